@@ -1,0 +1,157 @@
+"""Yes/no paraphrase sets (PSF-Med style, arXiv 2602.21428).
+
+Each question asks whether a condition is present, in the narrow original register
+("Is there a pleural effusion?"), and comes with 4-6 meaning-preserving paraphrases: at
+least one per strategy (lexical, syntactic, register shift, voice) the family pool has,
+the rest drawn from the pool's remaining families. No paraphrase inverts polarity: every
+template asks about presence, and a test scans them for negation cues.
+
+Train-split patients get train families only. Validation and test patients get each
+question twice: once with train families (in-distribution) and once with held-out
+families.
+"""
+
+from __future__ import annotations
+
+import random
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from mechtune.data.builders.common import BuildResult, Progress, TableSet, counted, finish
+from mechtune.data.ontology import PARAPHRASE_STRATEGIES, CueFamily, load_ontology
+from mechtune.data.schema import ParaphraseSet, Study
+from mechtune.data.splits import DEFAULT_FRACTIONS, patient_split, record_rng
+from mechtune.data.text import realise_question
+
+
+@dataclass(frozen=True)
+class ParaphraseConfig:
+    seed: int = 0
+    questions_per_study: int = 2
+    min_paraphrases: int = 4
+    max_paraphrases: int = 6
+    original_family: str = "q.is_there"
+    heldout_eval: bool = True
+    split_fractions: tuple[float, float, float] = DEFAULT_FRACTIONS
+
+    def __post_init__(self) -> None:
+        if self.questions_per_study < 1:
+            raise ValueError(f"questions_per_study must be >= 1, got {self.questions_per_study}")
+        if not 1 <= self.min_paraphrases <= self.max_paraphrases:
+            raise ValueError(
+                f"need 1 <= min_paraphrases <= max_paraphrases, got "
+                f"{self.min_paraphrases}, {self.max_paraphrases}"
+            )
+        family = load_ontology().family(self.original_family)
+        if family.kind != "question":
+            raise ValueError(f"original_family {self.original_family!r} is not a question family")
+        object.__setattr__(self, "split_fractions", tuple(self.split_fractions))
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["split_fractions"] = list(self.split_fractions)
+        return d
+
+
+def _pick_families(pool: tuple[CueFamily, ...], n: int, rng: random.Random) -> list[CueFamily]:
+    """One family per strategy first, then fill up to n from the rest of the pool."""
+    by_strategy: dict[str, list[CueFamily]] = {}
+    for fam in pool:
+        by_strategy.setdefault(fam.strategy or "", []).append(fam)
+    chosen = [rng.choice(by_strategy[s]) for s in PARAPHRASE_STRATEGIES if s in by_strategy]
+    rest = [f for f in pool if f not in chosen]
+    rng.shuffle(rest)
+    chosen.extend(rest[: max(0, n - len(chosen))])
+    return chosen[:n]
+
+
+def _conditions(study: Study, k: int, rng: random.Random) -> list[str]:
+    """Balance yes and no answers: alternate present and absent conditions."""
+    onto = load_ontology()
+    present = [c.id for c in onto.pathologies if study.label(c.id) is True]
+    absent = [c.id for c in onto.pathologies if study.label(c.id) is False]
+    rng.shuffle(present)
+    rng.shuffle(absent)
+    chosen: list[str] = []
+    while len(chosen) < k and (present or absent):
+        for group in (present, absent):
+            if group and len(chosen) < k:
+                chosen.append(group.pop())
+    return chosen
+
+
+def make_paraphrase_set(
+    study: Study,
+    condition: str,
+    heldout: bool,
+    split: str,
+    config: ParaphraseConfig,
+    rng: random.Random,
+) -> ParaphraseSet:
+    onto = load_ontology()
+    pool = onto.families_of("paraphrase", heldout=heldout, condition=condition)
+    n = rng.randint(config.min_paraphrases, config.max_paraphrases)
+    question = realise_question(condition, config.original_family)
+    n_synonyms = max(1, len(onto.condition(condition).synonyms))
+    texts: list[str] = []
+    families: list[CueFamily] = []
+    for fam in _pick_families(pool, n, rng):
+        text = realise_question(condition, fam.id, rng.randrange(n_synonyms))
+        if text != question and text not in texts:
+            texts.append(text)
+            families.append(fam)
+    answer = study.label(condition)
+    return ParaphraseSet(
+        question_id=f"{study.study_id}-{condition}-{'h' if heldout else 'i'}",
+        study_id=study.study_id,
+        patient_id=study.patient_id,
+        condition=condition,
+        question=question,
+        paraphrases=tuple(texts),
+        strategies=tuple(f.strategy or "unknown" for f in families),
+        families=tuple(f.id for f in families),
+        answer=bool(answer),
+        image_ref=study.image_ref,
+        heldout_family=tuple(f.heldout for f in families),
+        split=split,
+    )
+
+
+def build_paraphrase(
+    studies: Iterable[Study],
+    out_dir: str | Path,
+    config: ParaphraseConfig | None = None,
+    *,
+    fmt: str = "parquet",
+    progress: Progress | None = None,
+    source: dict[str, Any] | None = None,
+) -> BuildResult:
+    """Write the ``paraphrases`` table plus a manifest."""
+    config = config or ParaphraseConfig()
+    out = Path(out_dir)
+    seen = 0
+    answers: Counter[str] = Counter()
+    strategies: Counter[str] = Counter()
+    with TableSet(out, ["paraphrases"], fmt) as tables:
+        for study in counted(studies, progress):
+            seen += 1
+            split = patient_split(study.patient_id, config.seed, config.split_fractions)
+            rng = record_rng(config.seed, "paraphrase", study.study_id)
+            pools = [False, True] if split != "train" and config.heldout_eval else [False]
+            for condition in _conditions(study, config.questions_per_study, rng):
+                for heldout in pools:
+                    record = make_paraphrase_set(study, condition, heldout, split, config, rng)
+                    answers["yes" if record.answer else "no"] += 1
+                    strategies.update(record.strategies)
+                    tables.write("paraphrases", record)
+    counts = {
+        "studies": seen,
+        "answers": dict(sorted(answers.items())),
+        "paraphrases_by_strategy": dict(sorted(strategies.items())),
+        "tables": tables.counts(),
+    }
+    result = BuildResult(out, "paraphrase", tables.files, counts)
+    return finish(result, config=config.to_dict(), extra={"source": source or {}})

@@ -1,0 +1,191 @@
+"""Atomic, deterministic, streaming output: Parquet or JSONL tables plus a manifest."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import tempfile
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+import mechtune
+
+FORMATS: tuple[str, ...] = ("parquet", "jsonl")
+MANIFEST_NAME = "manifest.json"
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
+    """Yield a temporary path next to ``path``; move it into place only on success."""
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        yield tmp
+        with open(tmp, "rb") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, target)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+
+
+def sha256_file(path: str | os.PathLike[str]) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+class TableWriter:
+    """Stream rows to a Parquet (row groups) or JSONL file, atomically.
+
+    Rows are buffered up to ``row_group_size`` and flushed, so memory stays bounded
+    however many rows are written. The file appears at ``path`` only on ``close()``
+    without error; use it as a context manager.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        schema: pa.Schema,
+        *,
+        fmt: str = "parquet",
+        row_group_size: int = 65536,
+    ) -> None:
+        if fmt not in FORMATS:
+            raise ValueError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
+        self.path = Path(path)
+        self.schema = schema
+        self.fmt = fmt
+        self.row_group_size = row_group_size
+        self.rows = 0
+        self._buffer: dict[str, list[Any]] = {name: [] for name in schema.names}
+        self._buffered = 0
+        self._ctx = atomic_path(self.path)
+        self._tmp = self._ctx.__enter__()
+        self._pq: pq.ParquetWriter | None = None
+        self._fh: Any = None
+        if fmt == "parquet":
+            self._pq = pq.ParquetWriter(self._tmp, schema, compression="zstd")
+        else:
+            self._fh = open(self._tmp, "w", encoding="utf-8")  # noqa: SIM115
+
+    def write(self, row: Mapping[str, Any]) -> None:
+        for name, column in self._buffer.items():
+            column.append(row[name])
+        self._buffered += 1
+        if self._buffered >= self.row_group_size:
+            self._flush()
+
+    def write_many(self, rows: Sequence[Mapping[str, Any]]) -> None:
+        for row in rows:
+            self.write(row)
+
+    def _flush(self) -> None:
+        if not self._buffered:
+            return
+        if self._pq is not None:
+            table = pa.Table.from_pydict(self._buffer, schema=self.schema)
+            self._pq.write_table(table, row_group_size=self.row_group_size)
+        else:
+            names = self.schema.names
+            columns = [self._buffer[n] for n in names]
+            lines = [
+                json.dumps(dict(zip(names, values, strict=True)), ensure_ascii=False)
+                for values in zip(*columns, strict=True)
+            ]
+            self._fh.write("\n".join(lines) + "\n")
+        self.rows += self._buffered
+        self._buffer = {name: [] for name in self.schema.names}
+        self._buffered = 0
+
+    def close(self) -> None:
+        self._flush()
+        if self._pq is not None:
+            self._pq.close()
+        else:
+            self._fh.close()
+        self._ctx.__exit__(None, None, None)
+
+    def abort(self, exc: BaseException) -> None:
+        if self._pq is not None:
+            self._pq.close()
+        elif self._fh is not None:
+            self._fh.close()
+        self._ctx.__exit__(type(exc), exc, exc.__traceback__)
+
+    def __enter__(self) -> TableWriter:
+        return self
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        if exc is None:
+            self.close()
+        else:
+            self.abort(exc)
+
+
+def table_filename(name: str, fmt: str) -> str:
+    return f"{name}.{fmt}"
+
+
+def write_manifest(
+    out_dir: str | os.PathLike[str],
+    *,
+    kind: str,
+    config: Mapping[str, Any],
+    counts: Mapping[str, Any],
+    files: Sequence[str],
+    extra: Mapping[str, Any] | None = None,
+) -> Path:
+    """Write ``manifest.json``: what was built, from what config, with what content hash.
+
+    No timestamps: the same seed and config give a byte-identical manifest.
+    """
+    out = Path(out_dir)
+    hashes = {name: sha256_file(out / name) for name in files}
+    content = hashlib.sha256("".join(f"{n}:{hashes[n]}\n" for n in sorted(hashes)).encode())
+    manifest = {
+        "kind": kind,
+        "mechtune_version": mechtune.__version__,
+        "config": dict(config),
+        "counts": dict(counts),
+        "files": hashes,
+        "content_hash": content.hexdigest(),
+        **(dict(extra) if extra else {}),
+    }
+    path = out / MANIFEST_NAME
+    atomic_write_text(path, json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+    return path
+
+
+def read_manifest(out_dir: str | os.PathLike[str]) -> dict[str, Any]:
+    path = Path(out_dir) / MANIFEST_NAME
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no manifest; is this a mechtune data folder?")
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def read_table(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
+    """Read a Parquet or JSONL table written by ``TableWriter`` into row dicts."""
+    p = Path(path)
+    if p.suffix == ".parquet":
+        return pq.read_table(p).to_pylist()
+    if p.suffix == ".jsonl":
+        with open(p, encoding="utf-8") as fh:
+            return [json.loads(line) for line in fh if line.strip()]
+    raise ValueError(f"{p}: unknown table format (expected .parquet or .jsonl)")
