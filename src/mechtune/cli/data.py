@@ -1,0 +1,340 @@
+"""`mechtune data ...`: build, import and check benchmark and training data."""
+
+from __future__ import annotations
+
+import json
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.table import Table
+
+from mechtune.cli._common import StudySource, console, fail, progress_bar, study_source
+from mechtune.data.builders.common import BuildResult, TableSet, finish
+from mechtune.data.builders.contextual import ContextualConfig, build_contextual
+from mechtune.data.builders.paraphrase import ParaphraseConfig, build_paraphrase
+from mechtune.data.builders.polarity import PolarityConfig, build_polarity
+from mechtune.data.check import (
+    DEFAULT_MAX_DISAGREEMENT,
+    DEFAULT_SAMPLE,
+    PolarityCheckFailed,
+    check_dataset,
+)
+from mechtune.data.importers import DataFormatError, read_nast_benchmark, read_psf_records
+from mechtune.data.io import MANIFEST_NAME
+from mechtune.data.polarity_check import PolarityReport, clinical_available
+
+app = typer.Typer(help="Build, import and check benchmark and training data.", no_args_is_help=True)
+build_app = typer.Typer(
+    help="Build datasets from a label CSV or the default synthetic studies. "
+    "With no sub-command, builds all three kinds into OUT/{polarity,contextual,paraphrase}."
+)
+import_app = typer.Typer(
+    help="Validate external benchmark files and convert them.", no_args_is_help=True
+)
+app.add_typer(build_app, name="build")
+app.add_typer(import_app, name="import")
+
+
+class Fmt(str, Enum):
+    parquet = "parquet"
+    jsonl = "jsonl"
+
+
+class Uncertain(str, Enum):
+    skip = "skip"
+    present = "present"
+    absent = "absent"
+
+
+OutOpt = Annotated[Path, typer.Option("--out", "-o", help="Output folder.")]
+LabelsOpt = Annotated[
+    Path | None,
+    typer.Option(help="CheXpert or MIMIC-CXR-JPG label CSV; default: synthetic studies."),
+]
+NOpt = Annotated[int, typer.Option("--n", help="Number of synthetic studies.", min=1)]
+SeedOpt = Annotated[int, typer.Option(help="Random seed: the same seed gives the same bytes.")]
+FmtOpt = Annotated[Fmt, typer.Option("--format", help="Output table format.")]
+UncertainOpt = Annotated[
+    Uncertain, typer.Option(help="What a -1.0 (uncertain) label means: skip it, present or absent.")
+]
+SkipBadOpt = Annotated[
+    bool, typer.Option("--skip-bad", help="Skip malformed rows (and report their count).")
+]
+CheckOpt = Annotated[
+    bool,
+    typer.Option(
+        "--check/--no-check",
+        help="Run the independent polarity check (needs the `clinical` extra).",
+    ),
+]
+MaxDisOpt = Annotated[
+    float, typer.Option(help="Fail when the polarity disagreement rate exceeds this.")
+]
+
+
+def report_table(title: str, result: BuildResult) -> Table:
+    table = Table(title=title, title_justify="left")
+    table.add_column("table")
+    table.add_column("rows", justify="right")
+    for split in ("train", "val", "test"):
+        table.add_column(split, justify="right")
+    for name, info in result.counts.get("tables", {}).items():
+        by = info["by_split"]
+        table.add_row(
+            name, str(info["rows"]), *(str(by.get(s, 0)) for s in ("train", "val", "test"))
+        )
+    return table
+
+
+def print_check(report: PolarityReport, threshold: float) -> None:
+    status = "[green]passed[/]" if report.passes(threshold) else "[red]FAILED[/]"
+    console.print(
+        f"polarity check {status}: {report.n_texts} sentences, {report.n_mentions} mentions; "
+        f"disagreement {report.disagreement_rate:.2%} (limit {threshold:.2%}), "
+        f"unmatched {report.unmatched}"
+    )
+
+
+def run_check(out: Path, enabled: bool, threshold: float, sample: int = DEFAULT_SAMPLE) -> None:
+    """Run the polarity check after a build; a missing extra is reported, not hidden."""
+    if not enabled:
+        console.print(f"{out}: polarity check disabled (--no-check)")
+        return
+    if not clinical_available():
+        console.print(
+            f"[yellow]{out}: polarity check skipped: medspacy is not installed "
+            "(pip install 'mechtune[clinical]')[/]"
+        )
+        return
+    try:
+        report = check_dataset(out, sample_rows=sample, max_disagreement=threshold)
+    except PolarityCheckFailed as exc:
+        print_check(exc.report, threshold)
+        raise fail(str(exc)) from None
+    print_check(report, threshold)
+
+
+def _build(kind: str, source: StudySource, out: Path, seed: int, fmt: Fmt) -> BuildResult:
+    with progress_bar(f"{kind}: {out}", len(source)) as advance:
+        source_info: dict[str, Any] = source.description
+        if kind == "polarity":
+            return build_polarity(
+                source,
+                out,
+                PolarityConfig(seed=seed),
+                fmt=fmt.value,
+                progress=advance,
+                source=source_info,
+            )
+        if kind == "contextual":
+            return build_contextual(
+                source,
+                out,
+                ContextualConfig(seed=seed),
+                fmt=fmt.value,
+                progress=advance,
+                source=source_info,
+            )
+        return build_paraphrase(
+            source,
+            out,
+            ParaphraseConfig(seed=seed),
+            fmt=fmt.value,
+            progress=advance,
+            source=source_info,
+        )
+
+
+def build_kinds(
+    kinds: list[str],
+    out: Path,
+    source: StudySource,
+    seed: int,
+    fmt: Fmt,
+    check: bool,
+    max_disagreement: float,
+    nested: bool,
+) -> dict[str, BuildResult]:
+    results = {}
+    for kind in kinds:
+        target = out / kind if nested else out
+        results[kind] = _build(kind, source, target, seed, fmt)
+        console.print(report_table(f"{kind} -> {target}", results[kind]))
+        run_check(target, check, max_disagreement)
+    return results
+
+
+@build_app.callback(invoke_without_command=True)
+def build_all(
+    ctx: typer.Context,
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="Output folder.")] = None,
+    labels: LabelsOpt = None,
+    n: NOpt = 2000,
+    seed: SeedOpt = 0,
+    fmt: FmtOpt = Fmt.parquet,
+    uncertain: UncertainOpt = Uncertain.skip,
+    skip_bad: SkipBadOpt = False,
+    check: CheckOpt = True,
+    max_disagreement: MaxDisOpt = DEFAULT_MAX_DISAGREEMENT,
+) -> None:
+    if ctx.invoked_subcommand is not None:
+        return
+    if out is None:
+        raise fail("missing option '--out'")
+    source = study_source(labels, n, seed, uncertain.value, skip_bad)
+    build_kinds(
+        ["polarity", "contextual", "paraphrase"],
+        out,
+        source,
+        seed,
+        fmt,
+        check,
+        max_disagreement,
+        nested=True,
+    )
+
+
+@build_app.command("polarity")
+def build_polarity_cmd(
+    out: OutOpt,
+    labels: LabelsOpt = None,
+    n: NOpt = 2000,
+    seed: SeedOpt = 0,
+    fmt: FmtOpt = Fmt.parquet,
+    uncertain: UncertainOpt = Uncertain.skip,
+    skip_bad: SkipBadOpt = False,
+    check: CheckOpt = True,
+    max_disagreement: MaxDisOpt = DEFAULT_MAX_DISAGREEMENT,
+) -> None:
+    """Polarity-controlled MCQ pairs (MedNega-CXR style): negated vs affirmative wording."""
+    source = study_source(labels, n, seed, uncertain.value, skip_bad)
+    build_kinds(["polarity"], out, source, seed, fmt, check, max_disagreement, nested=False)
+
+
+@build_app.command("contextual")
+def build_contextual_cmd(
+    out: OutOpt,
+    labels: LabelsOpt = None,
+    n: NOpt = 2000,
+    seed: SeedOpt = 0,
+    fmt: FmtOpt = Fmt.parquet,
+    uncertain: UncertainOpt = Uncertain.skip,
+    skip_bad: SkipBadOpt = False,
+    check: CheckOpt = True,
+    max_disagreement: MaxDisOpt = DEFAULT_MAX_DISAGREEMENT,
+) -> None:
+    """Attribute-level counterfactual claim sets and single negated captions."""
+    source = study_source(labels, n, seed, uncertain.value, skip_bad)
+    build_kinds(["contextual"], out, source, seed, fmt, check, max_disagreement, nested=False)
+
+
+@build_app.command("paraphrase")
+def build_paraphrase_cmd(
+    out: OutOpt,
+    labels: LabelsOpt = None,
+    n: NOpt = 2000,
+    seed: SeedOpt = 0,
+    fmt: FmtOpt = Fmt.parquet,
+    uncertain: UncertainOpt = Uncertain.skip,
+    skip_bad: SkipBadOpt = False,
+    check: CheckOpt = True,
+    max_disagreement: MaxDisOpt = DEFAULT_MAX_DISAGREEMENT,
+) -> None:
+    """Yes/no questions with 4-6 labelled, meaning-preserving paraphrases each."""
+    source = study_source(labels, n, seed, uncertain.value, skip_bad)
+    build_kinds(["paraphrase"], out, source, seed, fmt, check, max_disagreement, nested=False)
+
+
+def _write_imported(
+    kind: str, table: str, records: list[Any], out: Path, fmt: Fmt, report: dict[str, Any]
+) -> BuildResult:
+    with TableSet(out, [table], fmt.value) as tables:
+        for record in records:
+            tables.write(table, record)
+    result = BuildResult(out, kind, tables.files, {"tables": tables.counts()})
+    return finish(result, config={"imported": True}, extra={"source": {"import": report}})
+
+
+@import_app.command("nast")
+def import_nast(
+    path: Annotated[Path, typer.Argument(help="NAST benchmark JSON or JSONL file.")],
+    out: OutOpt,
+    fmt: FmtOpt = Fmt.parquet,
+    skip_bad: SkipBadOpt = False,
+    check: CheckOpt = True,
+    max_disagreement: MaxDisOpt = DEFAULT_MAX_DISAGREEMENT,
+) -> None:
+    """Validate a NAST (MedNega-CXR) benchmark file and convert it to an mcq table."""
+    try:
+        records, report = read_nast_benchmark(path, skip_bad=skip_bad)
+    except (DataFormatError, FileNotFoundError) as exc:
+        raise fail(str(exc)) from None
+    result = _write_imported("polarity", "mcq", list(records), out, fmt, report.to_dict())
+    console.print(
+        f"kept {report.rows_kept} of {report.rows_read} records; skipped {report.skipped}"
+    )
+    console.print(report_table(f"imported -> {out}", result))
+    run_check(out, check, max_disagreement)
+
+
+@import_app.command("psf")
+def import_psf(
+    path: Annotated[Path, typer.Argument(help="PSF-Med style paraphrase JSON or JSONL file.")],
+    out: OutOpt,
+    fmt: FmtOpt = Fmt.parquet,
+    skip_bad: SkipBadOpt = False,
+) -> None:
+    """Validate PSF-Med style paraphrase records and convert them to a paraphrases table."""
+    try:
+        records, report = read_psf_records(path, skip_bad=skip_bad)
+    except (DataFormatError, FileNotFoundError) as exc:
+        raise fail(str(exc)) from None
+    result = _write_imported("paraphrase", "paraphrases", list(records), out, fmt, report.to_dict())
+    console.print(
+        f"kept {report.rows_kept} of {report.rows_read} records; skipped {report.skipped}"
+    )
+    console.print(report_table(f"imported -> {out}", result))
+
+
+@app.command("check")
+def check_cmd(
+    path: Annotated[Path, typer.Argument(help="A data folder, or a folder of data folders.")],
+    sample: Annotated[
+        int, typer.Option(help="Rows to check per table (0: all).", min=0)
+    ] = DEFAULT_SAMPLE,
+    max_disagreement: MaxDisOpt = DEFAULT_MAX_DISAGREEMENT,
+) -> None:
+    """Run the polarity check on built data and print statistics."""
+    folders = (
+        [path]
+        if (path / MANIFEST_NAME).is_file()
+        else sorted(p.parent for p in path.glob(f"*/{MANIFEST_NAME}"))
+    )
+    if not folders:
+        raise fail(f"{path}: no {MANIFEST_NAME} here or one level down; nothing to check")
+    if not clinical_available():
+        raise fail("the polarity check needs medspacy: pip install 'mechtune[clinical]'")
+    failed = False
+    for folder in folders:
+        manifest = json.loads((folder / MANIFEST_NAME).read_text())
+        console.print(f"[bold]{folder}[/] ({manifest['kind']})")
+        try:
+            report = check_dataset(
+                folder, sample_rows=sample or None, max_disagreement=max_disagreement
+            )
+        except PolarityCheckFailed as exc:
+            report, failed = exc.report, True
+        print_check(report, max_disagreement)
+        table = Table("family", "agree", "disagree", "unmatched", title_justify="left")
+        for family, c in sorted(report.by_family.items()):
+            table.add_row(
+                family,
+                str(c.get("agree", 0)),
+                str(c.get("disagree", 0)),
+                str(c.get("unmatched", 0)),
+            )
+        console.print(table)
+    if failed:
+        raise typer.Exit(1)

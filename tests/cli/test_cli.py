@@ -1,0 +1,137 @@
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from mechtune.cli.main import app
+from mechtune.data.io import read_table
+
+runner = CliRunner()
+
+COMMANDS = [
+    [],
+    ["demo"],
+    ["data"],
+    ["data", "build"],
+    ["data", "build", "polarity"],
+    ["data", "build", "contextual"],
+    ["data", "build", "paraphrase"],
+    ["data", "check"],
+    ["data", "import"],
+    ["data", "import", "nast"],
+    ["data", "import", "psf"],
+]
+
+
+@pytest.mark.parametrize("args", COMMANDS, ids=lambda a: " ".join(a) or "mechtune")
+def test_help_on_every_command(args):
+    result = runner.invoke(app, [*args, "--help"])
+    assert result.exit_code == 0, result.output
+    assert "Usage" in result.output
+
+
+def test_build_polarity_synthetic_jsonl(tmp_path):
+    out = tmp_path / "pol"
+    result = runner.invoke(
+        app,
+        [
+            "data",
+            "build",
+            "polarity",
+            "--n",
+            "200",
+            "--out",
+            str(out),
+            "--format",
+            "jsonl",
+            "--no-check",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    rows = read_table(out / "mcq.jsonl")
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["counts"]["tables"]["mcq"]["rows"] == len(rows) > 0
+    assert manifest["source"]["synthetic"]["n_studies"] == 200
+
+
+def test_build_all_kinds(tmp_path):
+    result = runner.invoke(
+        app, ["data", "build", "--n", "100", "--out", str(tmp_path), "--no-check"]
+    )
+    assert result.exit_code == 0, result.output
+    for kind in ("polarity", "contextual", "paraphrase"):
+        assert (tmp_path / kind / "manifest.json").is_file()
+
+
+def test_build_all_requires_out():
+    result = runner.invoke(app, ["data", "build", "--n", "10"])
+    assert result.exit_code != 0
+    assert "--out" in result.output
+
+
+def test_build_from_label_csv(tmp_path):
+    csv = tmp_path / "mimic-cxr-2.0.0-chexpert.csv"
+    header = (
+        "subject_id,study_id,Atelectasis,Cardiomegaly,Consolidation,Edema,"
+        "Enlarged Cardiomediastinum,Fracture,Lung Lesion,Lung Opacity,No Finding,"
+        "Pleural Effusion,Pleural Other,Pneumonia,Pneumothorax,Support Devices"
+    )
+    rows = [
+        "10,50,1.0,1.0,0.0,0.0,,0.0,,,,-1.0,,,0.0,",
+        "10,51,1.0,,0.0,,,,,,,,,,,",
+        "11,52,1.0,1.0,0.0,0.0,0.0,,,1.0,,0.0,,,,1.0",
+    ]
+    csv.write_text("\n".join([header, *rows]) + "\n")
+    out = tmp_path / "pol"
+    result = runner.invoke(
+        app, ["data", "build", "polarity", "--labels", str(csv), "--out", str(out), "--no-check"]
+    )
+    assert result.exit_code == 0, result.output
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["counts"]["studies"] == 3
+    assert manifest["counts"]["filtered_out_by_row_filter"] == 1
+    assert manifest["source"]["labels"]["uncertain_labels"] == 1
+
+
+def test_bad_csv_names_file_line_and_value(tmp_path):
+    csv = tmp_path / "labels.csv"
+    csv.write_text("subject_id,study_id,Edema\n1,2,1.0\n1,3,2.0\n")
+    result = runner.invoke(
+        app,
+        [
+            "data",
+            "build",
+            "polarity",
+            "--labels",
+            str(csv),
+            "--out",
+            str(tmp_path / "o"),
+            "--no-check",
+        ],
+    )
+    assert result.exit_code == 1
+    text = " ".join(result.output.split())
+    assert "labels.csv" in text and "line 3" in text and "2.0" in text
+    skipped = runner.invoke(
+        app,
+        [
+            "data",
+            "build",
+            "polarity",
+            "--labels",
+            str(csv),
+            "--out",
+            str(tmp_path / "o"),
+            "--no-check",
+            "--skip-bad",
+        ],
+    )
+    assert skipped.exit_code == 0, skipped.output
+    assert "skipped 1" in " ".join(skipped.output.split())
+
+
+def test_demo_quick(tmp_path):
+    result = runner.invoke(app, ["demo", "--quick", "--no-check", "--out", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "data" / "contextual" / "claims.parquet").is_file()
+    assert "Example claim sets" in result.output
