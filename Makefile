@@ -9,11 +9,12 @@ RUN    ?= runs/demo
 
 .PHONY: demo test lint venv clean
 
+# The demo installs the `clinical` extra too, so that its polarity check runs.
 $(VENV)/.stamp-core: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q $(TORCH)
-	$(PY) -m pip install -q -e .
+	$(PY) -m pip install -q -e '.[clinical]'
 	touch $@
 
 $(VENV)/.stamp-dev: $(VENV)/.stamp-core
@@ -29,8 +30,8 @@ test: $(VENV)/.stamp-dev
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -q -m "not slow"
 
 lint: $(VENV)/.stamp-dev
-	$(VENV)/bin/ruff check src tests benchmarks
-	$(VENV)/bin/ruff format --check src tests benchmarks
+	$(VENV)/bin/ruff check src tests benchmarks experiments
+	$(VENV)/bin/ruff format --check src tests benchmarks experiments
 	$(VENV)/bin/mypy
 
 clean:

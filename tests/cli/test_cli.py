@@ -20,6 +20,10 @@ COMMANDS = [
     ["data", "import"],
     ["data", "import", "nast"],
     ["data", "import", "psf"],
+    ["sim"],
+    ["sim", "render"],
+    ["sim", "build"],
+    ["sim", "train-clip"],
 ]
 
 
@@ -135,3 +139,26 @@ def test_demo_quick(tmp_path):
     assert result.exit_code == 0, result.output
     assert (tmp_path / "data" / "contextual" / "claims.parquet").is_file()
     assert "Example claim sets" in result.output
+    assert "Zero-shot phantom CLIP" in result.output
+    report = json.loads((tmp_path / "zero_shot.json").read_text())
+    assert 0 <= report["claims"]["heldout"]["claim_accuracy"]["value"] <= 1
+    for png in ("phantom_contact_sheet.png", "zero_shot_blind_spot.png"):
+        assert (tmp_path / "figures" / png).read_bytes()[:4] == b"\x89PNG"
+    assert (tmp_path / "world" / "images.npy").is_file()
+
+
+def test_sim_render_build_and_train(tmp_path):
+    png = tmp_path / "grid.png"
+    result = runner.invoke(app, ["sim", "render", "--n", "8", "--out", str(png)])
+    assert result.exit_code == 0, result.output
+    assert png.read_bytes()[:4] == b"\x89PNG"
+    result = runner.invoke(app, ["sim", "build", "--n", "40", "--out", str(tmp_path / "w")])
+    assert result.exit_code == 0, result.output
+    manifest = json.loads((tmp_path / "w" / "manifest.json").read_text())
+    assert manifest["counts"]["image_shape"] == [40, 128, 128]
+    result = runner.invoke(
+        app, ["sim", "train-clip", "--steps", "2", "--n", "120", "--out", str(tmp_path / "ckpt")]
+    )
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "ckpt" / "model.safetensors").is_file()
+    assert "largest |difference| from the shipped checkpoint" in result.output

@@ -3,19 +3,23 @@ library functions."""
 
 from __future__ import annotations
 
+import json
 import random
 import time
 from pathlib import Path
 from typing import Annotated
 
+import numpy as np
 import pyarrow.parquet as pq
 import typer
 from rich.table import Table
 
 from mechtune import __version__
 from mechtune.cli import data as data_cli
-from mechtune.cli._common import console, study_source
+from mechtune.cli import sim as sim_cli
+from mechtune.cli._common import console, progress_bar, study_source
 from mechtune.data.check import DEFAULT_MAX_DISAGREEMENT
+from mechtune.data.io import atomic_write_text
 
 app = typer.Typer(
     help="mechtune: trace, then prescribe. Measure, locate and fix negation and paraphrase "
@@ -24,6 +28,7 @@ app = typer.Typer(
     pretty_exceptions_show_locals=False,
 )
 app.add_typer(data_cli.app, name="data")
+app.add_typer(sim_cli.app, name="sim")
 
 
 def _version(value: bool) -> None:
@@ -62,6 +67,49 @@ def _examples(out: Path) -> Table:
     return table
 
 
+def _zero_shot(out: Path, n: int, seed: int, quick: bool) -> dict:
+    """Phantom world -> contact sheet -> shipped phantom CLIP -> zero-shot blind spot."""
+    from mechtune.eval.figures import blind_spot_chart, contact_sheet
+    from mechtune.eval.zero_shot import evaluate_zero_shot, summary_rows, to_jsonable
+    from mechtune.sim.clip import load_default
+    from mechtune.sim.world import WorldConfig, make_world, save_world, showcase_studies
+
+    with progress_bar("render phantom world", n) as advance:
+        world = make_world(WorldConfig(n_studies=n, seed=seed), progress=advance)
+    save_world(world, out / "world")
+    figures = out / "figures"
+    sheet = showcase_studies(32, seed)
+    contact_sheet(
+        world_images(sheet, seed),
+        sheet,
+        figures / "phantom_contact_sheet.png",
+        title="Phantom radiographs (L marks the patient's left)",
+    )
+    console.print("evaluating the shipped phantom CLIP (locked MiniLM text tower) ...")
+    report = evaluate_zero_shot(load_default(), world, split="test", probes=not quick)
+    blind_spot_chart(report["claims"], figures / "zero_shot_blind_spot.png")
+    atomic_write_text(
+        out / "zero_shot.json", json.dumps(to_jsonable(report), indent=2, sort_keys=True) + "\n"
+    )
+    table = Table(
+        "metric (test patients)",
+        "in-distribution phrasing",
+        "held-out phrasing",
+        title=f"Zero-shot phantom CLIP, 95% bootstrap CIs ({report['studies']} studies)",
+        title_justify="left",
+    )
+    for row in summary_rows(report):
+        table.add_row(*row)
+    console.print(table)
+    return report
+
+
+def world_images(studies: list, seed: int) -> np.ndarray:
+    from mechtune.sim.render import RenderConfig, Renderer
+
+    return Renderer(RenderConfig(seed=seed)).render(studies)
+
+
 @app.command()
 def demo(
     out: Annotated[Path, typer.Option("--out", "-o", help="Run folder.")] = Path("runs/demo"),
@@ -74,13 +122,14 @@ def demo(
         bool, typer.Option("--check/--no-check", help="Run the polarity check.")
     ] = True,
 ) -> None:
-    """The main job: build the offline benchmark and training data on synthetic studies.
+    """The main job, offline: data, phantom world, and the zero-shot negation blind spot.
 
-    Writes OUT/data/{polarity,contextual,paraphrase} with manifests, runs the independent
-    polarity check, and prints a summary.
+    Writes OUT/data/{polarity,contextual,paraphrase} (benchmarks with manifests, checked by
+    an independent negation detector), OUT/world (phantom radiographs and reports),
+    OUT/figures/*.png and OUT/zero_shot.json, and prints a summary table.
     """
     start = time.perf_counter()
-    n = min(n, 300) if quick else n
+    n = min(n, 400) if quick else n
     source = study_source(None, n, seed, "skip", False)
     results = data_cli.build_kinds(
         ["polarity", "contextual", "paraphrase"],
@@ -93,12 +142,14 @@ def demo(
         nested=True,
     )
     console.print(_examples(out / "data"))
+    _zero_shot(out, n, seed, quick)
     ctx = results["contextual"].counts
     console.print(
         f"[bold]done[/] in {time.perf_counter() - start:.1f} s: {n} studies -> "
         f"{results['polarity'].counts['tables']['mcq']['rows']} MCQ pairs, "
         f"{ctx['pairs']} claim pairs ({ctx['contralateral_claim_sets']} contralateral claim sets), "
-        f"{results['paraphrase'].counts['tables']['paraphrases']['rows']} paraphrase sets -> {out}"
+        f"{results['paraphrase'].counts['tables']['paraphrases']['rows']} paraphrase sets; "
+        f"figures in {out / 'figures'}"
     )
 
 

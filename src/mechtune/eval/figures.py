@@ -1,0 +1,132 @@
+"""Figures: contact sheets of phantom radiographs and zero-shot blind-spot charts."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from mechtune.data.io import atomic_path
+from mechtune.data.schema import Finding, Study
+
+ABBREVIATION = {
+    "atelectasis": "atel",
+    "cardiomegaly": "CM",
+    "consolidation": "consol",
+    "edema": "edema",
+    "enlarged_cardiomediastinum": "wide med",
+    "fracture": "rib fx",
+    "lung_lesion": "nodule",
+    "lung_opacity": "opac",
+    "pleural_effusion": "eff",
+    "pleural_other": "pl thick",
+    "pneumonia": "pna",
+    "pneumothorax": "PTX",
+    "support_devices": "lines",
+}
+SIDE = {"left": "L", "right": "R", "bilateral": "bil"}
+SIZE = {"small": "sm", "moderate": "mod", "large": "lg", "mild": "mild", "severe": "sev"}
+ZONE = {"upper": "UZ", "middle": "MZ", "lower": "LZ", "apical": "apex", "basal": "base"}
+
+
+def finding_label(f: Finding) -> str:
+    """``Finding(pleural_effusion, left, small)`` -> ``"L eff sm"``."""
+    parts = [
+        SIDE.get(f.laterality or "", ""),
+        ZONE.get(f.zone or "", ""),
+        ABBREVIATION.get(f.condition, f.condition),
+        SIZE.get(f.severity or "", ""),
+    ]
+    return " ".join(p for p in parts if p)
+
+
+def study_label(study: Study) -> str:
+    present = [finding_label(f) for f in study.present() if f.condition != "no_finding"]
+    return ", ".join(present) if present else "normal"
+
+
+def _pyplot() -> Any:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def contact_sheet(
+    images: np.ndarray,
+    studies: Sequence[Study],
+    path: str | Path,
+    *,
+    columns: int = 8,
+    title: str | None = None,
+) -> Path:
+    """A labelled grid of radiographs, written atomically as PNG.
+
+    Labels use the patient's side: "L" findings appear on the image's right.
+    """
+    plt = _pyplot()
+    n = len(studies)
+    rows = (n + columns - 1) // columns
+    fig, axes = plt.subplots(rows, columns, figsize=(2.1 * columns, 2.35 * rows), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, image, study in zip(axes.flat, images, studies, strict=False):
+        ax.imshow(image, cmap="gray", vmin=0, vmax=255)
+        label = study_label(study)
+        ax.set_title(label if len(label) < 34 else label[:31] + "...", fontsize=7)
+        ax.text(
+            0.98,
+            0.02,
+            "L",
+            color="yellow",
+            fontsize=7,
+            ha="right",
+            va="bottom",
+            transform=ax.transAxes,
+        )
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    out = Path(path)
+    with atomic_path(out) as tmp:
+        fig.savefig(tmp, format="png", dpi=90)
+    plt.close(fig)
+    return out
+
+
+def blind_spot_chart(claims: dict[str, Any], path: str | Path) -> Path:
+    """Bar chart: zero-shot accuracy by polarity and flipped attribute, with 95% CIs."""
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
+    for ax, (key, title) in zip(
+        axes,
+        (
+            ("accuracy_by_polarity", "Claim accuracy by polarity of the correct claim"),
+            ("pairwise_by_attribute", "Pairwise accuracy by flipped attribute"),
+        ),
+        strict=True,
+    ):
+        names = list(next(iter(claims.values()))[key])
+        width = 0.38
+        for j, (family, result) in enumerate(claims.items()):
+            est = [result[key][n] for n in names]
+            value = np.array([e.value for e in est])
+            err = np.array([[e.value - e.low for e in est], [e.high - e.value for e in est]])
+            x = np.arange(len(names)) + (j - 0.5) * width
+            ax.bar(x, value, width, yerr=err, capsize=3, label=family.replace("_", " "))
+        ax.set_xticks(np.arange(len(names)), names)
+        ax.set_ylim(0, 1)
+        if key == "pairwise_by_attribute":
+            ax.axhline(0.5, color="grey", lw=0.8, ls=":", label="chance")
+        ax.set_title(title, fontsize=9)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    out = Path(path)
+    with atomic_path(out) as tmp:
+        fig.savefig(tmp, format="png", dpi=100)
+    plt.close(fig)
+    return out
