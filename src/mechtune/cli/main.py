@@ -18,6 +18,7 @@ from mechtune import __version__
 from mechtune.cli import data as data_cli
 from mechtune.cli import sim as sim_cli
 from mechtune.cli._common import console, progress_bar, study_source
+from mechtune.cli.trace import trace_command
 from mechtune.data.check import DEFAULT_MAX_DISAGREEMENT
 from mechtune.data.io import atomic_write_text
 
@@ -29,6 +30,7 @@ app = typer.Typer(
 )
 app.add_typer(data_cli.app, name="data")
 app.add_typer(sim_cli.app, name="sim")
+app.command("trace")(trace_command)
 
 
 def _version(value: bool) -> None:

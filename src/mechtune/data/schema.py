@@ -138,18 +138,18 @@ class Study(_Record):
         if isinstance(self.findings, list):
             object.__setattr__(self, "findings", tuple(self.findings))
         for f in self.findings:
-            _require(isinstance(f, Finding), where, f"findings must be Finding, got {f!r}")
+            if not isinstance(f, Finding):  # message built only on failure: this is a hot path
+                raise RecordError(f"{where}: findings must be Finding, got {f!r}")
         # A condition may not be stated both present and absent on the same side.
         for i, a in enumerate(self.findings):
             for b in self.findings[i + 1 :]:
                 if a.condition != b.condition:
                     continue
-                _require(a.key() != b.key(), where, f"duplicate finding {a.key()}")
-                if a.present != b.present:
-                    _require(
-                        not (_sides(a.laterality) & _sides(b.laterality)),
-                        where,
-                        f"{a.condition} stated both present and absent on the same side",
+                if a.key() == b.key():
+                    raise RecordError(f"{where}: duplicate finding {a.key()}")
+                if a.present != b.present and _sides(a.laterality) & _sides(b.laterality):
+                    raise RecordError(
+                        f"{where}: {a.condition} stated both present and absent on the same side"
                     )
 
     def present(self) -> tuple[Finding, ...]:

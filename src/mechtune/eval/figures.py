@@ -90,7 +90,7 @@ def contact_sheet(
         )
     if title:
         fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0, 1, 0.985 if title else 1))
     out = Path(path)
     with atomic_path(out) as tmp:
         fig.savefig(tmp, format="png", dpi=90)
@@ -128,5 +128,58 @@ def blind_spot_chart(claims: dict[str, Any], path: str | Path) -> Path:
     out = Path(path)
     with atomic_path(out) as tmp:
         fig.savefig(tmp, format="png", dpi=100)
+    plt.close(fig)
+    return out
+
+
+def cte_heatmap(
+    cte: np.ndarray,
+    roles: Sequence[str],
+    path: str | Path,
+    *,
+    title: str = "Causal tracing effect by layer and token role",
+) -> Path:
+    """Heatmap of CTE ``[L+1, R]`` (layer 0 = embedding output); NaN cells left blank."""
+    plt = _pyplot()
+    data = np.asarray(cte, dtype=float).T  # roles x layers
+    fig, ax = plt.subplots(figsize=(1.0 + 0.7 * data.shape[1], 0.6 + 0.45 * data.shape[0]))
+    finite = data[np.isfinite(data)]
+    vmax = max(abs(finite).max(), 1e-6) if finite.size else 1.0
+    im = ax.imshow(np.ma.masked_invalid(data), cmap="RdBu_r", vmin=-vmax, vmax=vmax, aspect="auto")
+    for (r, c), value in np.ndenumerate(data):
+        if np.isfinite(value):
+            ax.text(c, r, f"{value:.2f}", ha="center", va="center", fontsize=7)
+    ax.set_yticks(range(len(roles)), [r.replace("_", " ") for r in roles])
+    ax.set_xticks(range(data.shape[1]), [str(i) for i in range(data.shape[1])])
+    ax.set_xlabel("layer (0 = embedding output)")
+    ax.set_title(title, fontsize=9)
+    fig.colorbar(im, ax=ax, shrink=0.8)
+    fig.tight_layout()
+    out = Path(path)
+    with atomic_path(out) as tmp:
+        fig.savefig(tmp, format="png", dpi=110)
+    plt.close(fig)
+    return out
+
+
+def alpha_bars(
+    cte_layer: np.ndarray, low: np.ndarray, high: np.ndarray, alpha: np.ndarray, path: str | Path
+) -> Path:
+    """Per-layer CTE with 95% CIs, and the NAST weights alpha_l."""
+    plt = _pyplot()
+    x = np.arange(len(cte_layer))
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.2))
+    err = np.vstack([cte_layer - low, high - cte_layer])
+    axes[0].bar(x, cte_layer, yerr=err, capsize=3, color="tab:blue")
+    axes[0].set_title("per-layer CTE (mean over roles, 95% CI over pairs)", fontsize=9)
+    axes[1].bar(x, alpha, color="tab:orange")
+    axes[1].set_title("alpha_l = min-max normalised CTE_l", fontsize=9)
+    for ax in axes:
+        ax.set_xticks(x)
+        ax.set_xlabel("layer (0 = embedding output)")
+    fig.tight_layout()
+    out = Path(path)
+    with atomic_path(out) as tmp:
+        fig.savefig(tmp, format="png", dpi=110)
     plt.close(fig)
     return out

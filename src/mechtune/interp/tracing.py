@@ -1,0 +1,249 @@
+"""Causal tracing of negation in a dual encoder's text tower (NAST, arXiv 2602.12498).
+
+For a length-matched pair (correct text, foil text) and an image embedding, S is the
+image-text cosine similarity. Recording the foil's hidden states, then running the correct
+text with its state at (layer l, position p) replaced by the foil's gives S^{l,p}, and
+
+    CTE(l, p) = (S_corr - S^{l,p}) / (S_corr - S_foil).
+
+Layer 0 is the embedding output; layer l is the output of block l-1. (NAST's released code
+reports d*/d = 1 - CTE; we report CTE.) 1 means the patch alone moves the score all the way
+to the foil's; 0 means it changes nothing.
+
+``trace_scores`` is fast: per group of equal-length pairs it runs the clean and foil texts
+once, then for each layer l one batched pass of blocks l..L-1 over every (pair, position)
+patch, re-using the clean prefix. ``trace_scores_reference`` is the plain loop (one full
+forward per (l, p), as the NAST code does); tests hold the two equal.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from mechtune.models.dual_encoder import DualEncoder
+
+
+class TraceError(ValueError):
+    """Bad tracing input: length-mismatched pair, bad layer or image index."""
+
+
+@dataclass(frozen=True)
+class TracePair:
+    """A correct text, its foil (same token length), and the row of its image embedding.
+
+    ``roles`` names each token position (specials included), when known.
+    """
+
+    correct: str
+    foil: str
+    image: int
+    roles: tuple[str, ...] | None = None
+    family: str = ""
+    condition: str = ""
+    orientation: str = "negation_in_foil"
+
+
+@dataclass
+class PairScores:
+    """Raw scores of one pair: ``patched[l, p]`` is S^{l,p}."""
+
+    s_correct: float
+    s_foil: float
+    patched: torch.Tensor  # [L+1, T]
+    tokens: list[str]
+
+    @property
+    def cte(self) -> torch.Tensor:
+        return (self.s_correct - self.patched) / (self.s_correct - self.s_foil)
+
+
+def _check_pair(
+    encoder: DualEncoder,
+    pair: TracePair,
+    n_images: int,
+    tok_c: dict[str, torch.Tensor],
+    tok_f: dict[str, torch.Tensor],
+) -> None:
+    if not 0 <= pair.image < n_images:
+        raise TraceError(
+            f"pair {pair.correct!r}: image index {pair.image} out of range [0, {n_images})"
+        )
+    tc, tf = tok_c["input_ids"].shape[1], tok_f["input_ids"].shape[1]
+    if tc != tf:
+        raise TraceError(
+            f"pair {pair.correct!r} / {pair.foil!r}: token lengths differ "
+            f"({tc} vs {tf}); causal tracing needs length-matched pairs"
+        )
+
+
+def _cosine(emb: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
+    return (emb * images).sum(-1)
+
+
+def token_length(encoder: DualEncoder, text: str) -> int:
+    return int(encoder.tokenize([text])["input_ids"].shape[1])
+
+
+def _groups(
+    encoder: DualEncoder, pairs: Sequence[TracePair], batch_pairs: int
+) -> Iterator[list[int]]:
+    """Indices of pairs grouped by token length, in chunks of ``batch_pairs``."""
+    by_length: dict[int, list[int]] = {}
+    for i, pair in enumerate(pairs):
+        by_length.setdefault(token_length(encoder, pair.correct), []).append(i)
+    for length in sorted(by_length):
+        group = by_length[length]
+        for lo in range(0, len(group), batch_pairs):
+            yield group[lo : lo + batch_pairs]
+
+
+@torch.no_grad()
+def trace_scores(
+    encoder: DualEncoder,
+    pairs: Sequence[TracePair],
+    images: torch.Tensor,
+    *,
+    batch_pairs: int = 16,
+    layers: Sequence[int] | None = None,
+) -> list[PairScores]:
+    """S_corr, S_foil and S^{l,p} for every pair, batched with clean-prefix reuse.
+
+    ``images``: ``[N, D]`` normalised image embeddings; ``layers``: which l in 0..L to
+    patch (default all). Returns one ``PairScores`` per pair, in input order.
+    """
+    n_layers = len(encoder.text_layers)
+    wanted = _layers(layers, n_layers)
+    out: list[PairScores | None] = [None] * len(pairs)
+    for idx in _groups(encoder, pairs, batch_pairs):
+        group = [pairs[i] for i in idx]
+        tok_c = encoder.tokenize([p.correct for p in group])
+        tok_f = encoder.tokenize([p.foil for p in group])
+        for p in group:
+            _check_pair(
+                encoder, p, len(images), encoder.tokenize([p.correct]), encoder.tokenize([p.foil])
+            )
+        if tok_c["input_ids"].shape != tok_f["input_ids"].shape:
+            raise TraceError("a group of equal-length pairs tokenised to different shapes")
+        img = images[[p.image for p in group]]
+        clean, call = encoder.capture(tok_c)
+        foil, _ = encoder.capture(tok_f)
+        s_corr = _cosine(encoder.head(clean[-1], tok_c), img)
+        s_foil = _cosine(encoder.head(foil[-1], tok_f), img)
+        n, t = tok_c["input_ids"].shape
+        rows = torch.arange(n).repeat_interleave(t)  # patched row r belongs to pair rows[r]
+        pos = torch.arange(n * t) % t
+        patched = torch.full((n, n_layers + 1, t), float("nan"), dtype=s_corr.dtype)
+        # At the embedding output, a position whose token is the same in both texts has
+        # the same state: patching it changes nothing, so S^{0,p} = S_corr exactly.
+        same_token = (tok_c["input_ids"] == tok_f["input_ids"]).view(-1)
+        for layer in wanted:
+            todo = torch.arange(n * t) if layer > 0 else torch.nonzero(~same_token).view(-1)
+            if layer == 0:
+                patched[:, 0] = s_corr[:, None].expand(n, t)
+            if len(todo) == 0:
+                continue
+            sub_rows, sub_pos = rows[todo], pos[todo]
+            x = clean[layer].index_select(0, sub_rows).clone()
+            x[torch.arange(len(todo)), sub_pos] = foil[layer][sub_rows, sub_pos]
+            h = encoder.run_layers(x, layer, call, sub_rows)
+            sub_tokens = {k: v.index_select(0, sub_rows) for k, v in tok_c.items()}
+            s = _cosine(encoder.head(h, sub_tokens), img.index_select(0, sub_rows))
+            patched[sub_rows, layer, sub_pos] = s
+        ids = tok_c["input_ids"]
+        for j, i in enumerate(idx):
+            tokens = encoder.token_strings(ids[j].tolist())
+            out[i] = PairScores(float(s_corr[j]), float(s_foil[j]), patched[j], tokens)
+    return [o for o in out if o is not None]
+
+
+def _layers(layers: Sequence[int] | None, n_layers: int) -> list[int]:
+    wanted = list(range(n_layers + 1)) if layers is None else list(layers)
+    for layer in wanted:
+        if not 0 <= layer <= n_layers:
+            raise TraceError(
+                f"layer {layer} out of range: this text tower has layers 0..{n_layers} "
+                "(0 = embedding output)"
+            )
+    return wanted
+
+
+@contextlib.contextmanager
+def patch_state(
+    encoder: DualEncoder,
+    layer: int,
+    position: int,
+    value: torch.Tensor,
+    rows: Sequence[int] | None = None,
+) -> Iterator[None]:
+    """Within the block, replace hidden state (layer, position) by ``value`` ``[B, H]``
+    (only in batch ``rows``, when given). The hook is removed on exit, even after an error.
+    """
+    sel = slice(None) if rows is None else list(rows)
+    layers = encoder.text_layers
+    n = len(layers)
+    _layers([layer], n)
+
+    def pre(module: nn.Module, args: tuple, kwargs: dict) -> tuple:
+        h = args[0].clone()
+        h[sel, position] = value[sel]
+        return (h, *args[1:]), kwargs
+
+    def post(module: nn.Module, args: tuple, output: object) -> object:
+        h = output[0] if isinstance(output, tuple) else output
+        h = h.clone()  # type: ignore[union-attr]
+        h[sel, position] = value[sel]
+        return (h, *output[1:]) if isinstance(output, tuple) else h
+
+    handle = (
+        layers[layer].register_forward_pre_hook(pre, with_kwargs=True)
+        if layer < n
+        else layers[n - 1].register_forward_hook(post)
+    )
+    try:
+        yield
+    finally:
+        handle.remove()
+
+
+@torch.no_grad()
+def trace_scores_reference(
+    encoder: DualEncoder,
+    pairs: Sequence[TracePair],
+    images: torch.Tensor,
+    raw_images: object | None = None,
+) -> list[PairScores]:
+    """The plain loop: one full forward pass per (layer, position).
+
+    With ``raw_images`` (indexable by ``pair.image``) each pass is what the NAST code runs:
+    the image encoder plus the text tower on (correct, foil); without, only the text
+    tower on the correct text, against the cached ``images`` embeddings.
+    """
+    n_layers = len(encoder.text_layers)
+    out = []
+    for pair in pairs:
+        tok_c, tok_f = encoder.tokenize([pair.correct]), encoder.tokenize([pair.foil])
+        _check_pair(encoder, pair, len(images), tok_c, tok_f)
+        both = encoder.tokenize([pair.correct, pair.foil])
+        foil, _ = encoder.capture(tok_f)
+        s_corr = float(encoder.encode_tokens(tok_c)[0] @ images[pair.image])
+        s_foil = float(encoder.encode_tokens(tok_f)[0] @ images[pair.image])
+        t = tok_c["input_ids"].shape[1]
+        patched = torch.empty(n_layers + 1, t, dtype=images.dtype)
+        for layer in range(n_layers + 1):
+            for p in range(t):
+                if raw_images is None:
+                    with patch_state(encoder, layer, p, foil[layer][:, p]):
+                        patched[layer, p] = encoder.encode_tokens(tok_c)[0] @ images[pair.image]
+                    continue
+                img = encoder.encode_images(raw_images[pair.image : pair.image + 1])[0]  # type: ignore[index]
+                value = torch.stack([foil[layer][0, p], foil[layer][0, p]])
+                with patch_state(encoder, layer, p, value, rows=[0]):
+                    patched[layer, p] = encoder.encode_tokens(both)[0] @ img
+        tokens = encoder.token_strings(tok_c["input_ids"][0].tolist())
+        out.append(PairScores(s_corr, s_foil, patched, tokens))
+    return out

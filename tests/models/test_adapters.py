@@ -1,0 +1,111 @@
+import numpy as np
+import pytest
+import torch
+
+from mechtune.models.dual_encoder import HFCLIPDualEncoder, PhantomDualEncoder
+from mechtune.models.sites import text_site
+from mechtune.models.spec import ModelSpecError, load_dual_encoder, parse_spec
+from tests.tiny_models import tiny_clip
+
+
+@pytest.fixture(scope="module")
+def clip_dir(tmp_path_factory):
+    return tiny_clip(tmp_path_factory.mktemp("tiny_clip"))
+
+
+@pytest.fixture(scope="module")
+def clip(clip_dir):
+    return load_dual_encoder(f"hf:{clip_dir}")
+
+
+def test_tiny_clip_loads_by_spec_and_encodes(clip):
+    assert isinstance(clip, HFCLIPDualEncoder)
+    texts = clip.encode_texts(
+        ["there is no pleural effusion .", "there is small pleural effusion ."]
+    )
+    assert texts.shape == (2, 16)
+    assert torch.allclose(texts.norm(dim=-1), torch.ones(2), atol=1e-5)
+    images = np.random.default_rng(0).integers(0, 255, (3, 128, 128), dtype=np.uint8)
+    emb = clip.encode_images(images)
+    assert emb.shape == (3, 16) and torch.allclose(emb.norm(dim=-1), torch.ones(3), atol=1e-5)
+    assert len(clip.text_layers) == 2 and clip.logit_scale > 1
+
+
+def test_text_embedding_matches_the_model_and_the_cut_forward(clip):
+    tokens = clip.tokenize(["there is no edema .", "there is severe pulmonary edema ."])
+    with torch.no_grad():
+        ours = clip.encode_tokens(tokens)
+        raw = clip.model.get_text_features(**tokens)
+        theirs = torch.nn.functional.normalize(raw.pooler_output, dim=-1)
+        states, _ = clip.capture(tokens)
+        cut = clip.head(states[-1], tokens)
+    assert torch.allclose(ours, theirs, atol=1e-6)
+    assert torch.allclose(cut, ours, atol=1e-6)
+    assert len(states) == 3  # embedding output + 2 blocks
+
+
+def test_phantom_spec_and_cut_forward():
+    enc = load_dual_encoder("phantom:default")
+    assert isinstance(enc, PhantomDualEncoder)
+    tokens = enc.tokenize(["No left pleural effusion.", "Severe pulmonary edema."])
+    with torch.no_grad():
+        states, call = enc.capture(tokens)
+        rows = torch.arange(2)
+        rerun = enc.run_layers(states[2], 2, call, rows)
+        assert torch.allclose(rerun, states[-1], atol=1e-5)
+        assert torch.allclose(enc.head(states[-1], tokens), enc.encode_tokens(tokens), atol=1e-6)
+    assert len(states) == 7
+
+
+@pytest.mark.parametrize(
+    "spec,fragment",
+    [
+        ("", "bad model spec ''"),
+        ("clip-vit", "expected SCHEME:NAME"),
+        ("torchhub:foo", "SCHEME one of hf, openclip, phantom"),
+        ("hf:", "bad model spec"),
+    ],
+)
+def test_bad_specs(spec, fragment):
+    with pytest.raises(ModelSpecError, match=fragment):
+        parse_spec(spec)
+
+
+def test_missing_local_model_and_hub_offline(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(ModelSpecError, match="cannot load"):
+        load_dual_encoder(f"hf:{tmp_path / 'nothing-here'}")
+    with pytest.raises(ModelSpecError, match="HF_HUB_OFFLINE=1"):
+        load_dual_encoder("hf:openai/clip-vit-base-patch32")
+    with pytest.raises(ModelSpecError, match="cannot load"):
+        load_dual_encoder(f"phantom:{tmp_path}")
+
+
+def test_openclip_path_skips_cleanly_without_the_extra():
+    pytest.importorskip("open_clip", exc_type=ImportError)
+    enc = load_dual_encoder("openclip:local-dir:/nonexistent")  # pragma: no cover
+    assert enc is not None  # pragma: no cover
+
+
+def test_openclip_missing_extra_is_a_clear_error():
+    try:
+        import open_clip  # noqa: F401
+    except Exception:
+        with pytest.raises(ModelSpecError, match=r"mechtune\[openclip\]"):
+            load_dual_encoder(
+                "openclip:hf-hub:microsoft/BiomedCLIP-PubMedBERT_256-vit_base_patch16_224"
+            )
+    else:  # pragma: no cover - the extra is installed
+        pytest.skip("open_clip is installed")
+
+
+def test_site_table(clip):
+    site = text_site(clip.model)
+    assert site.layers_pattern == "text_model.encoder.layers"
+    name = (
+        "base_model.model.module.text_model.encoder.layers.1.self_attn.q_proj.lora_A.default.weight"
+    )
+    assert site.layer_index(name) == 1
+    assert site.layer_index("vision_model.encoder.layers.1.self_attn.q_proj.weight") is None
+    with pytest.raises(TypeError, match="no text site for Linear"):
+        text_site(torch.nn.Linear(2, 2))
