@@ -56,6 +56,15 @@ def _pyplot() -> Any:
     return plt
 
 
+def _save_png(plt: Any, fig: Any, path: str | Path, *, dpi: int) -> Path:
+    """Write a figure atomically as PNG and close it."""
+    out = Path(path)
+    with atomic_path(out) as tmp:
+        fig.savefig(tmp, format="png", dpi=dpi)
+    plt.close(fig)
+    return out
+
+
 def contact_sheet(
     images: np.ndarray,
     studies: Sequence[Study],
@@ -91,11 +100,7 @@ def contact_sheet(
     if title:
         fig.suptitle(title, fontsize=10)
     fig.tight_layout(rect=(0, 0, 1, 0.985 if title else 1))
-    out = Path(path)
-    with atomic_path(out) as tmp:
-        fig.savefig(tmp, format="png", dpi=90)
-    plt.close(fig)
-    return out
+    return _save_png(plt, fig, path, dpi=90)
 
 
 def blind_spot_chart(claims: dict[str, Any], path: str | Path) -> Path:
@@ -125,11 +130,7 @@ def blind_spot_chart(claims: dict[str, Any], path: str | Path) -> Path:
         ax.set_title(title, fontsize=9)
         ax.legend(fontsize=7)
     fig.tight_layout()
-    out = Path(path)
-    with atomic_path(out) as tmp:
-        fig.savefig(tmp, format="png", dpi=100)
-    plt.close(fig)
-    return out
+    return _save_png(plt, fig, path, dpi=100)
 
 
 def cte_heatmap(
@@ -155,11 +156,7 @@ def cte_heatmap(
     ax.set_title(title, fontsize=9)
     fig.colorbar(im, ax=ax, shrink=0.8)
     fig.tight_layout()
-    out = Path(path)
-    with atomic_path(out) as tmp:
-        fig.savefig(tmp, format="png", dpi=110)
-    plt.close(fig)
-    return out
+    return _save_png(plt, fig, path, dpi=110)
 
 
 def alpha_bars(
@@ -178,8 +175,4 @@ def alpha_bars(
         ax.set_xticks(x)
         ax.set_xlabel("layer (0 = embedding output)")
     fig.tight_layout()
-    out = Path(path)
-    with atomic_path(out) as tmp:
-        fig.savefig(tmp, format="png", dpi=110)
-    plt.close(fig)
-    return out
+    return _save_png(plt, fig, path, dpi=110)

@@ -114,51 +114,89 @@ def trace_scores(
     """S_corr, S_foil and S^{l,p} for every pair, batched with clean-prefix reuse.
 
     ``images``: ``[N, D]`` normalised image embeddings; ``layers``: which l in 0..L to
-    patch (default all). Returns one ``PairScores`` per pair, in input order.
+    patch (default all; others are NaN). The patched *text* embeddings do not depend on
+    the image, so each distinct (correct, foil) text pair is traced once and scored
+    against every image it comes with. Returns one ``PairScores`` per pair, in order.
     """
     n_layers = len(encoder.text_layers)
     wanted = _layers(layers, n_layers)
-    out: list[PairScores | None] = [None] * len(pairs)
-    for idx in _groups(encoder, pairs, batch_pairs):
-        group = [pairs[i] for i in idx]
-        tok_c = encoder.tokenize([p.correct for p in group])
-        tok_f = encoder.tokenize([p.foil for p in group])
-        for p in group:
-            _check_pair(
-                encoder, p, len(images), encoder.tokenize([p.correct]), encoder.tokenize([p.foil])
-            )
-        if tok_c["input_ids"].shape != tok_f["input_ids"].shape:
-            raise TraceError("a group of equal-length pairs tokenised to different shapes")
-        img = images[[p.image for p in group]]
-        clean, call = encoder.capture(tok_c)
-        foil, _ = encoder.capture(tok_f)
-        s_corr = _cosine(encoder.head(clean[-1], tok_c), img)
-        s_foil = _cosine(encoder.head(foil[-1], tok_f), img)
-        n, t = tok_c["input_ids"].shape
-        rows = torch.arange(n).repeat_interleave(t)  # patched row r belongs to pair rows[r]
-        pos = torch.arange(n * t) % t
-        patched = torch.full((n, n_layers + 1, t), float("nan"), dtype=s_corr.dtype)
-        # At the embedding output, a position whose token is the same in both texts has
-        # the same state: patching it changes nothing, so S^{0,p} = S_corr exactly.
-        same_token = (tok_c["input_ids"] == tok_f["input_ids"]).view(-1)
-        for layer in wanted:
-            todo = torch.arange(n * t) if layer > 0 else torch.nonzero(~same_token).view(-1)
-            if layer == 0:
-                patched[:, 0] = s_corr[:, None].expand(n, t)
-            if len(todo) == 0:
-                continue
-            sub_rows, sub_pos = rows[todo], pos[todo]
-            x = clean[layer].index_select(0, sub_rows).clone()
-            x[torch.arange(len(todo)), sub_pos] = foil[layer][sub_rows, sub_pos]
-            h = encoder.run_layers(x, layer, call, sub_rows)
-            sub_tokens = {k: v.index_select(0, sub_rows) for k, v in tok_c.items()}
-            s = _cosine(encoder.head(h, sub_tokens), img.index_select(0, sub_rows))
-            patched[sub_rows, layer, sub_pos] = s
-        ids = tok_c["input_ids"]
-        for j, i in enumerate(idx):
-            tokens = encoder.token_strings(ids[j].tolist())
-            out[i] = PairScores(float(s_corr[j]), float(s_foil[j]), patched[j], tokens)
-    return [o for o in out if o is not None]
+    for pair in pairs:
+        _check_pair(
+            encoder,
+            pair,
+            len(images),
+            encoder.tokenize([pair.correct]),
+            encoder.tokenize([pair.foil]),
+        )
+    texts: dict[tuple[str, str], int] = {}
+    for pair in pairs:
+        texts.setdefault((pair.correct, pair.foil), len(texts))
+    distinct = [TracePair(c, f, 0) for c, f in texts]
+    traced: list[_TracedText | None] = [None] * len(distinct)
+    for idx in _groups(encoder, distinct, batch_pairs):
+        for i, item in zip(
+            idx, _trace_texts(encoder, [distinct[i] for i in idx], wanted), strict=True
+        ):
+            traced[i] = item
+    out = []
+    for pair in pairs:
+        entry = traced[texts[(pair.correct, pair.foil)]]
+        assert entry is not None
+        img = images[pair.image].to(entry.correct.dtype)
+        patched = entry.patched @ img  # [L+1, T]
+        out.append(
+            PairScores(float(entry.correct @ img), float(entry.foil @ img), patched, entry.tokens)
+        )
+    return out
+
+
+@dataclass
+class _TracedText:
+    """Text embeddings of one (correct, foil) pair: clean, foil, and every patch."""
+
+    correct: torch.Tensor  # [D]
+    foil: torch.Tensor  # [D]
+    patched: torch.Tensor  # [L+1, T, D] (NaN for layers not traced)
+    tokens: list[str]
+
+
+def _trace_texts(
+    encoder: DualEncoder, group: list[TracePair], wanted: list[int]
+) -> list[_TracedText]:
+    """Patched text embeddings for a group of equal-length text pairs."""
+    n_layers = len(encoder.text_layers)
+    tok_c = encoder.tokenize([p.correct for p in group])
+    tok_f = encoder.tokenize([p.foil for p in group])
+    if tok_c["input_ids"].shape != tok_f["input_ids"].shape:
+        raise TraceError("a group of equal-length pairs tokenised to different shapes")
+    clean, call = encoder.capture(tok_c)
+    foil, _ = encoder.capture(tok_f)
+    e_corr = encoder.head(clean[-1], tok_c)
+    e_foil = encoder.head(foil[-1], tok_f)
+    n, t = tok_c["input_ids"].shape
+    rows = torch.arange(n).repeat_interleave(t)  # patched row r belongs to pair rows[r]
+    pos = torch.arange(n * t) % t
+    patched = torch.full((n, n_layers + 1, t, e_corr.shape[1]), float("nan"), dtype=e_corr.dtype)
+    # At the embedding output, a position whose token is the same in both texts has the
+    # same state: patching it changes nothing, so its patched embedding is the clean one.
+    same_token = (tok_c["input_ids"] == tok_f["input_ids"]).view(-1)
+    for layer in wanted:
+        todo = torch.arange(n * t) if layer > 0 else torch.nonzero(~same_token).view(-1)
+        if layer == 0:
+            patched[:, 0] = e_corr[:, None, :]
+        if len(todo) == 0:
+            continue
+        sub_rows, sub_pos = rows[todo], pos[todo]
+        x = clean[layer].index_select(0, sub_rows).clone()
+        x[torch.arange(len(todo)), sub_pos] = foil[layer][sub_rows, sub_pos]
+        h = encoder.run_layers(x, layer, call, sub_rows)
+        sub_tokens = {k: v.index_select(0, sub_rows) for k, v in tok_c.items()}
+        patched[sub_rows, layer, sub_pos] = encoder.head(h, sub_tokens)
+    ids = tok_c["input_ids"]
+    return [
+        _TracedText(e_corr[j], e_foil[j], patched[j], encoder.token_strings(ids[j].tolist()))
+        for j in range(n)
+    ]
 
 
 def _layers(layers: Sequence[int] | None, n_layers: int) -> list[int]:
