@@ -109,3 +109,22 @@ def test_site_table(clip):
     assert site.layer_index("vision_model.encoder.layers.1.self_attn.q_proj.weight") is None
     with pytest.raises(TypeError, match="no text site for Linear"):
         text_site(torch.nn.Linear(2, 2))
+
+
+def test_sentence_tower_with_any_image_encoder(tmp_path):
+    from mechtune.interp.tracing import TracePair, trace_scores, trace_scores_reference
+    from mechtune.models.sentence_tower import SentenceTowerCLIP, SentenceTowerDualEncoder
+    from mechtune.sim.text_tower import minilm_path
+
+    torch.manual_seed(0)
+    image_encoder = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.LazyLinear(384))
+    model = SentenceTowerCLIP(minilm_path(), image_encoder)
+    enc = SentenceTowerDualEncoder(model)
+    images = enc.encode_images(torch.rand(2, 8, 8))
+    assert images.shape == (2, 384)
+    pairs = [TracePair("No pneumothorax.", "Large pneumothorax.", 0)]
+    fast = trace_scores(enc, pairs, images.detach())
+    ref = trace_scores_reference(enc, pairs, images.detach())
+    assert torch.allclose(fast[0].cte, ref[0].cte, atol=1e-5)
+    with pytest.raises(ValueError, match=r"no 1_Pooling/config\.json"):
+        SentenceTowerCLIP(tmp_path, image_encoder)

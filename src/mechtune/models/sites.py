@@ -40,10 +40,11 @@ def clip_text_head(
     return nn.functional.normalize(model.text_projection(pooled), dim=-1)
 
 
-def phantom_text_head(
+def mean_pooled_head(
     model: Any, hidden: torch.Tensor, tokens: dict[str, torch.Tensor]
 ) -> torch.Tensor:
-    """Phantom CLIP: mean pooling over real tokens, L2 norm, fixed centring, L2 norm."""
+    """Sentence-transformers towers (the phantom CLIP's MiniLM): mean pooling over real
+    tokens, L2 norm, fixed centring, L2 norm."""
     pooled = model.text.pool(hidden, tokens["attention_mask"])
     return model.center_text(pooled)
 
@@ -93,7 +94,8 @@ class TextSite:
 
 TEXT_SITES: dict[str, TextSite] = {
     "CLIPModel": TextSite("text_model.encoder.layers", clip_text_head),
-    "PhantomCLIP": TextSite("text.bert.encoder.layer", phantom_text_head),
+    "PhantomCLIP": TextSite("text.bert.encoder.layer", mean_pooled_head),
+    "SentenceTowerCLIP": TextSite("text.bert.encoder.layer", mean_pooled_head),
     # open_clip wraps HF text towers (BiomedCLIP) in CustomTextCLIP.
     "CustomTextCLIP": TextSite("text.transformer.encoder.layer", openclip_hf_text_head),
 }

@@ -1,0 +1,73 @@
+"""A sentence-transformers text tower paired with any image encoder.
+
+This is how a LiT-style model plugs in: a locked (or LoRA-tuned) sentence-transformers
+BERT with mean pooling, an image encoder that maps images to the same space, and an
+optional fixed centring vector. The phantom CLIP is one such model; ``SentenceTowerCLIP``
+builds others from any sentence-transformers folder and any ``nn.Module`` image encoder.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from mechtune.models.dual_encoder import DualEncoder
+from mechtune.sim.text_tower import MiniLMTower
+
+
+def check_mean_pooling(folder: str | Path) -> None:
+    """Refuse sentence-transformers folders whose pooling is not plain mean pooling."""
+    config = Path(folder) / "1_Pooling" / "config.json"
+    if not config.is_file():
+        raise ValueError(
+            f"{folder}: no 1_Pooling/config.json; is this a sentence-transformers model folder?"
+        )
+    pooling = json.loads(config.read_text(encoding="utf-8"))
+    if not pooling.get("pooling_mode_mean_tokens", False):
+        raise ValueError(f"{config}: only mean pooling is supported, got {pooling}")
+
+
+class SentenceTowerCLIP(nn.Module):
+    """``image_encoder`` (images -> ``[B, D]``) + a sentence-transformers BERT tower."""
+
+    text_center: torch.Tensor
+
+    def __init__(
+        self,
+        text_folder: str | Path,
+        image_encoder: nn.Module,
+        center: torch.Tensor | None = None,
+        logit_scale: float = 1 / 0.07,
+    ) -> None:
+        super().__init__()
+        check_mean_pooling(text_folder)
+        self.text = MiniLMTower(text_folder)
+        self.image_encoder = image_encoder
+        dim = self.text.dim
+        self.register_buffer("text_center", torch.zeros(dim) if center is None else center)
+        self.logit_scale = nn.Parameter(torch.tensor(float(logit_scale)).log())
+
+    def center_text(self, raw: torch.Tensor) -> torch.Tensor:
+        return nn.functional.normalize(raw - self.text_center, dim=-1)
+
+
+class SentenceTowerDualEncoder(DualEncoder):
+    """Dual-encoder adapter over a ``SentenceTowerCLIP``."""
+
+    def __init__(self, model: SentenceTowerCLIP) -> None:
+        super().__init__(model, model.text.tokenizer, max_length=model.text.max_length)
+
+    def encode_images(self, images: Any) -> torch.Tensor:
+        x = images if torch.is_tensor(images) else torch.as_tensor(images)
+        return nn.functional.normalize(self.model.image_encoder(x), dim=-1)
+
+    def encode_tokens(self, tokens: dict[str, torch.Tensor]) -> torch.Tensor:
+        return self.model.center_text(self.model.text(**tokens))
+
+    @property
+    def logit_scale(self) -> float:
+        return float(self.model.logit_scale.detach().exp())
