@@ -66,17 +66,20 @@ def run_trace(
     )
     if not build.pairs:
         raise fail("no length-matched pair to trace")
-    with progress_bar("embed images", None) as _:
-        images = _images(encoder, world)
+    console.print(f"embedding {len(world.images)} images ...")
+    images = _images(encoder, world)
     config = TraceConfig(epsilon=epsilon, seed=seed)
+    distinct = len({(p.correct, p.foil) for p in build.pairs})
     try:
-        result = trace(
-            encoder,
-            build.pairs,
-            images,
-            config,
-            counts={**build.to_dict(), "model": model, "split": split},
-        )
+        with progress_bar("trace distinct text pairs", distinct) as advance:
+            result = trace(
+                encoder,
+                build.pairs,
+                images,
+                config,
+                counts={**build.to_dict(), "model": model, "split": split},
+                progress=advance,
+            )
     except (TraceError, ValueError) as exc:
         raise fail(str(exc)) from None
     result.save(out)

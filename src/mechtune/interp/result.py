@@ -9,6 +9,7 @@ alpha_l is CTE_l min-max normalised to [0, 1] (the NAST gradient weight). Pairs 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -195,9 +196,10 @@ def trace(
     images: torch.Tensor,
     config: TraceConfig | None = None,
     counts: dict[str, Any] | None = None,
+    progress: Callable[[int], None] | None = None,
 ) -> TraceResult:
     """Fast causal tracing of all pairs, aggregated (see module docstring)."""
     config = config or TraceConfig()
     torch.manual_seed(config.seed)
-    scores = trace_scores(encoder, pairs, images, batch_pairs=config.batch_pairs)
+    scores = trace_scores(encoder, pairs, images, batch_pairs=config.batch_pairs, progress=progress)
     return aggregate(pairs, scores, config, counts)

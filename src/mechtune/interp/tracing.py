@@ -19,7 +19,7 @@ forward per (l, p), as the NAST code does); tests hold the two equal.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -110,13 +110,15 @@ def trace_scores(
     *,
     batch_pairs: int = 16,
     layers: Sequence[int] | None = None,
+    progress: Callable[[int], None] | None = None,
 ) -> list[PairScores]:
     """S_corr, S_foil and S^{l,p} for every pair, batched with clean-prefix reuse.
 
     ``images``: ``[N, D]`` normalised image embeddings; ``layers``: which l in 0..L to
     patch (default all; others are NaN). The patched *text* embeddings do not depend on
     the image, so each distinct (correct, foil) text pair is traced once and scored
-    against every image it comes with. Returns one ``PairScores`` per pair, in order.
+    against every image it comes with. ``progress`` is called with the number of distinct
+    text pairs done after each group. Returns one ``PairScores`` per pair, in order.
     """
     n_layers = len(encoder.text_layers)
     wanted = _layers(layers, n_layers)
@@ -138,6 +140,8 @@ def trace_scores(
             idx, _trace_texts(encoder, [distinct[i] for i in idx], wanted), strict=True
         ):
             traced[i] = item
+        if progress is not None:
+            progress(len(idx))
     out = []
     for pair in pairs:
         entry = traced[texts[(pair.correct, pair.foil)]]
