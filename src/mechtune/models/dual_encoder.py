@@ -13,6 +13,7 @@ its first block (captured by a hook), so masks and flags are the model's own.
 from __future__ import annotations
 
 import json
+from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -51,7 +52,7 @@ class LayerCall:
         return tuple(pick(a) for a in self.args), {k: pick(v) for k, v in self.kwargs.items()}
 
 
-class DualEncoder:
+class DualEncoder(ABC):
     """Base adapter. Subclasses supply the model's own image and text paths."""
 
     def __init__(self, model: Any, tokenizer: Any, max_length: int = 77) -> None:
@@ -62,15 +63,18 @@ class DualEncoder:
 
     # -- to implement -----------------------------------------------------------------------
 
-    def encode_images(self, images: Any) -> torch.Tensor:  # pragma: no cover - abstract
-        raise NotImplementedError
+    @abstractmethod
+    def encode_images(self, images: Any) -> torch.Tensor:
+        """Images -> ``[B, D]`` L2-normalised embeddings."""
 
-    def encode_tokens(self, tokens: dict[str, torch.Tensor]) -> torch.Tensor:  # pragma: no cover
-        raise NotImplementedError
+    @abstractmethod
+    def encode_tokens(self, tokens: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The model's own (differentiable) text path: tokens -> ``[B, D]`` normalised."""
 
     @property
-    def logit_scale(self) -> float:  # pragma: no cover - abstract
-        raise NotImplementedError
+    @abstractmethod
+    def logit_scale(self) -> float:
+        """exp(logit scale): the temperature that multiplies cosine similarities."""
 
     # -- shared -------------------------------------------------------------------------------
 
