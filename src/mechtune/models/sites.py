@@ -71,6 +71,8 @@ class TextSite:
 
     layers: str  # dotted path of the ModuleList of transformer blocks
     head: Head
+    # Linear layers inside a block that LoRA adapts: attention projections and MLP.
+    lora_targets: tuple[str, ...] = ()
 
     @property
     def layers_pattern(self) -> str:
@@ -92,12 +94,22 @@ class TextSite:
         return int(match.group(1)) if match else None
 
 
+CLIP_LORA = ("q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2")
+BERT_LORA = (
+    "query",
+    "key",
+    "value",
+    "attention.output.dense",
+    "intermediate.dense",
+    "output.dense",
+)
+
 TEXT_SITES: dict[str, TextSite] = {
-    "CLIPModel": TextSite("text_model.encoder.layers", clip_text_head),
-    "PhantomCLIP": TextSite("text.bert.encoder.layer", mean_pooled_head),
-    "SentenceTowerCLIP": TextSite("text.bert.encoder.layer", mean_pooled_head),
+    "CLIPModel": TextSite("text_model.encoder.layers", clip_text_head, CLIP_LORA),
+    "PhantomCLIP": TextSite("text.bert.encoder.layer", mean_pooled_head, BERT_LORA),
+    "SentenceTowerCLIP": TextSite("text.bert.encoder.layer", mean_pooled_head, BERT_LORA),
     # open_clip wraps HF text towers (BiomedCLIP) in CustomTextCLIP.
-    "CustomTextCLIP": TextSite("text.transformer.encoder.layer", openclip_hf_text_head),
+    "CustomTextCLIP": TextSite("text.transformer.encoder.layer", openclip_hf_text_head, BERT_LORA),
 }
 
 

@@ -1,0 +1,1 @@
+"""Training: LoRA on the text tower, NAST gradient scaling, losses."""

@@ -1,0 +1,54 @@
+"""NAST gradient scaling: every LoRA parameter of text block l gets its gradient multiplied
+by alpha_l ** beta before the optimiser step (the learning rate is unchanged).
+
+alpha comes from causal tracing over the hidden states h_0..h_L (h_0 = embedding output,
+h_l = output of block l-1), so block b is weighted by the effect at its output,
+alpha[b + 1]. beta = 0 is uniform LoRA (0 ** 0 = 1); larger beta concentrates updates in
+the high-effect blocks. Hooks are per parameter and linear, so they commute with DDP's
+gradient averaging; they are registered inside a context manager and always removed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator, Sequence
+
+import torch
+from torch import nn
+
+from mechtune.train.lora import lora_parameters
+
+
+def block_scales(alpha: Sequence[float] | torch.Tensor, beta: float, n_blocks: int) -> torch.Tensor:
+    """Per-block gradient multipliers ``alpha[b + 1] ** beta`` for b in 0..n_blocks-1."""
+    a = torch.as_tensor(alpha, dtype=torch.float64)
+    if a.numel() != n_blocks + 1:
+        raise ValueError(
+            f"alpha has {a.numel()} entries; expected {n_blocks + 1} "
+            "(embedding output + one per block)"
+        )
+    if beta < 0:
+        raise ValueError(f"beta must be >= 0, got {beta}")
+    if ((a < 0) | (a > 1)).any() or not torch.isfinite(a).all():
+        raise ValueError(f"alpha must lie in [0, 1], got {a.tolist()}")
+    return a[1:].pow(beta)
+
+
+@contextlib.contextmanager
+def scaled_gradients(model: nn.Module, scales: torch.Tensor) -> Iterator[dict[str, float]]:
+    """Within the block, LoRA gradients of block l are multiplied by ``scales[l]``.
+
+    Yields ``{parameter name: scale}``.
+    """
+    params = lora_parameters(model)
+    handles = []
+    applied: dict[str, float] = {}
+    for name, (layer, param) in params.items():
+        scale = float(scales[layer])
+        applied[name] = scale
+        handles.append(param.register_hook(lambda g, s=scale: g * s))
+    try:
+        yield applied
+    finally:
+        for h in handles:
+            h.remove()
