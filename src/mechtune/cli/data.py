@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from enum import Enum
 from pathlib import Path
 from typing import Annotated, Any
@@ -196,55 +197,36 @@ def build_all(
     )
 
 
-@build_app.command("polarity")
-def build_polarity_cmd(
-    out: OutOpt,
-    labels: LabelsOpt = None,
-    n: NOpt = 2000,
-    seed: SeedOpt = 0,
-    fmt: FmtOpt = Fmt.parquet,
-    uncertain: UncertainOpt = Uncertain.skip,
-    skip_bad: SkipBadOpt = False,
-    check: CheckOpt = True,
-    max_disagreement: MaxDisOpt = DEFAULT_MAX_DISAGREEMENT,
-) -> None:
-    """Polarity-controlled MCQ pairs (MedNega-CXR style): negated vs affirmative wording."""
-    source = study_source(labels, n, seed, uncertain.value, skip_bad)
-    build_kinds(["polarity"], out, source, seed, fmt, check, max_disagreement, nested=False)
+BUILD_HELP = {
+    "polarity": "Polarity-controlled MCQ pairs (MedNega-CXR style): negated vs affirmative wording.",
+    "contextual": "Attribute-level counterfactual claim sets and single negated captions.",
+    "paraphrase": "Yes/no questions with 4-6 labelled, meaning-preserving paraphrases each.",
+}
 
 
-@build_app.command("contextual")
-def build_contextual_cmd(
-    out: OutOpt,
-    labels: LabelsOpt = None,
-    n: NOpt = 2000,
-    seed: SeedOpt = 0,
-    fmt: FmtOpt = Fmt.parquet,
-    uncertain: UncertainOpt = Uncertain.skip,
-    skip_bad: SkipBadOpt = False,
-    check: CheckOpt = True,
-    max_disagreement: MaxDisOpt = DEFAULT_MAX_DISAGREEMENT,
-) -> None:
-    """Attribute-level counterfactual claim sets and single negated captions."""
-    source = study_source(labels, n, seed, uncertain.value, skip_bad)
-    build_kinds(["contextual"], out, source, seed, fmt, check, max_disagreement, nested=False)
+def _build_command(kind: str) -> Callable[..., None]:
+    """One `data build KIND` command; the three kinds share every option."""
+
+    def command(
+        out: OutOpt,
+        labels: LabelsOpt = None,
+        n: NOpt = 2000,
+        seed: SeedOpt = 0,
+        fmt: FmtOpt = Fmt.parquet,
+        uncertain: UncertainOpt = Uncertain.skip,
+        skip_bad: SkipBadOpt = False,
+        check: CheckOpt = True,
+        max_disagreement: MaxDisOpt = DEFAULT_MAX_DISAGREEMENT,
+    ) -> None:
+        source = study_source(labels, n, seed, uncertain.value, skip_bad)
+        build_kinds([kind], out, source, seed, fmt, check, max_disagreement, nested=False)
+
+    command.__doc__ = BUILD_HELP[kind]
+    return command
 
 
-@build_app.command("paraphrase")
-def build_paraphrase_cmd(
-    out: OutOpt,
-    labels: LabelsOpt = None,
-    n: NOpt = 2000,
-    seed: SeedOpt = 0,
-    fmt: FmtOpt = Fmt.parquet,
-    uncertain: UncertainOpt = Uncertain.skip,
-    skip_bad: SkipBadOpt = False,
-    check: CheckOpt = True,
-    max_disagreement: MaxDisOpt = DEFAULT_MAX_DISAGREEMENT,
-) -> None:
-    """Yes/no questions with 4-6 labelled, meaning-preserving paraphrases each."""
-    source = study_source(labels, n, seed, uncertain.value, skip_bad)
-    build_kinds(["paraphrase"], out, source, seed, fmt, check, max_disagreement, nested=False)
+for _kind in BUILD_HELP:
+    build_app.command(_kind)(_build_command(_kind))
 
 
 def _write_imported(
