@@ -52,11 +52,12 @@ def _examples(out: Path) -> Table:
     """A few generated claims, so the user sees what the data looks like."""
     rows = pq.read_table(out / "contextual" / "claims.parquet").slice(0, 4000).to_pylist()
     rng = random.Random(0)
-    picks = [
-        rng.choice([r for r in rows if r["polarity"] == "affirmative"]),
-        rng.choice([r for r in rows if r["contralateral"]]),
-        rng.choice([r for r in rows if r["polarity"] == "negated" and not r["contralateral"]]),
+    kinds = [
+        [r for r in rows if r["polarity"] == "affirmative"],
+        [r for r in rows if r["contralateral"]],
+        [r for r in rows if r["polarity"] == "negated" and not r["contralateral"]],
     ]
+    picks = [rng.choice(kind) for kind in kinds if kind]  # a tiny run may lack a kind
     table = Table(
         "correct claim",
         "hard negatives (flipped attribute)",
