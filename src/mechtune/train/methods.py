@@ -1,0 +1,119 @@
+"""Negation fine-tuning methods, registered by name, all on the same data and budget.
+
+So far: ``zero-shot`` (no training), ``uniform-lora`` (NAST loss, beta = 0) and ``nast``
+(gradients of block l scaled by alpha_l ** beta). Training examples come from the
+contextual builder on a world's train-split patients (train phrasing families only).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import torch
+
+from mechtune.data.builders.contextual import ContextualConfig, study_records
+from mechtune.models.dual_encoder import DualEncoder
+from mechtune.sim.world import World
+from mechtune.train.loop import CaptionExample, ClaimExample, LoopConfig, Trainer
+
+
+@dataclass(frozen=True)
+class NegationData:
+    captions: list[CaptionExample]
+    claims: list[ClaimExample]
+
+
+def negation_examples(
+    world: World,
+    contextual: ContextualConfig | None = None,
+    split: str = "train",
+    heldout: bool = False,
+) -> NegationData:
+    """Single negated captions and claim sets of one split, in one family pool."""
+    contextual = contextual or ContextualConfig(
+        seed=world.config.seed, split_fractions=world.config.split_fractions
+    )
+    captions, claims = [], []
+    for row in world.indices(split):
+        claim_sets, caps = study_records(world.studies[int(row)], contextual)
+        captions += [CaptionExample(c.text, int(row)) for c in caps if c.heldout_family == heldout]
+        claims += [
+            ClaimExample(cs.candidates, int(row))
+            for cs in claim_sets
+            if cs.heldout_family == heldout
+        ]
+    return NegationData(captions, claims)
+
+
+Method = Callable[
+    [DualEncoder, torch.Tensor, NegationData, torch.Tensor, LoopConfig, Path], DualEncoder
+]
+METHODS: dict[str, Method] = {}
+
+
+def register(name: str) -> Callable[[Method], Method]:
+    def wrap(fn: Method) -> Method:
+        if name in METHODS:
+            raise ValueError(f"method {name!r} is already registered")
+        METHODS[name] = fn
+        return fn
+
+    return wrap
+
+
+@register("zero-shot")
+def zero_shot(
+    encoder: DualEncoder,
+    images: torch.Tensor,
+    data: NegationData,
+    alpha: torch.Tensor,
+    config: LoopConfig,
+    out: Path,
+) -> DualEncoder:
+    return encoder
+
+
+@register("uniform-lora")
+def uniform_lora(
+    encoder: DualEncoder,
+    images: torch.Tensor,
+    data: NegationData,
+    alpha: torch.Tensor,
+    config: LoopConfig,
+    out: Path,
+) -> DualEncoder:
+    trainer = Trainer(encoder, alpha, replace(config, beta=0.0), out)
+    trainer.fit(images, data.captions, data.claims, resume=True)
+    return encoder
+
+
+@register("nast")
+def nast(
+    encoder: DualEncoder,
+    images: torch.Tensor,
+    data: NegationData,
+    alpha: torch.Tensor,
+    config: LoopConfig,
+    out: Path,
+) -> DualEncoder:
+    trainer = Trainer(encoder, alpha, config, out)
+    trainer.fit(images, data.captions, data.claims, resume=True)
+    return encoder
+
+
+def run_method(
+    name: str,
+    encoder: DualEncoder,
+    images: torch.Tensor,
+    data: NegationData,
+    alpha: Sequence[float] | torch.Tensor,
+    config: LoopConfig,
+    out: str | Path,
+) -> DualEncoder:
+    """Train ``encoder`` in place with a registered method (resuming from ``out``)."""
+    if name not in METHODS:
+        raise KeyError(f"unknown method {name!r}; registered: {', '.join(sorted(METHODS))}")
+    torch.manual_seed(config.seed)
+    return METHODS[name](encoder, images, data, torch.as_tensor(alpha), config, Path(out))

@@ -1,0 +1,58 @@
+import pytest
+import torch
+
+from mechtune.models.spec import load_dual_encoder
+from mechtune.sim.world import WorldConfig, make_world
+from mechtune.train.loop import LoopConfig
+from mechtune.train.lora import LoraSettings, lora_parameters
+from mechtune.train.methods import METHODS, negation_examples, run_method
+
+
+@pytest.fixture(scope="module")
+def world():
+    return make_world(WorldConfig(n_studies=60, seed=0))
+
+
+def test_examples_come_from_train_patients_and_train_families(world):
+    data = negation_examples(world)
+    train_rows = set(world.indices("train").tolist())
+    assert data.captions and data.claims
+    assert {c.image for c in data.captions} <= train_rows
+    assert {c.image for c in data.claims} <= train_rows
+    assert all(len(c.candidates) >= 2 for c in data.claims)
+    held = negation_examples(world, split="test", heldout=True)
+    assert {c.image for c in held.claims} <= set(world.indices("test").tolist())
+
+
+def test_registry():
+    assert {"zero-shot", "uniform-lora", "nast"} <= set(METHODS)
+    with pytest.raises(KeyError, match="unknown method 'bogus'"):
+        run_method("bogus", None, None, None, [], LoopConfig(), "x")
+
+
+def test_zero_shot_changes_nothing_and_nast_trains_only_weighted_blocks(world, tmp_path):
+    enc = load_dual_encoder("phantom:default")
+    data = negation_examples(world)
+    with torch.no_grad():
+        images = enc.encode_images(world.images)
+        before = enc.encode_texts(["No pneumothorax."])
+    run_method("zero-shot", enc, images, data, torch.ones(7), LoopConfig(), tmp_path / "z")
+    assert torch.equal(enc.encode_texts(["No pneumothorax."]), before)
+
+    alpha = torch.tensor([1.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0])  # only block 2 (alpha[3]) learns
+    config = LoopConfig(
+        steps=2,
+        caption_batch=4,
+        claim_batch=4,
+        lr=1e-2,
+        beta=1.0,
+        checkpoint_every=2,
+        lora=LoraSettings(rank=2, alpha=4),
+    )
+    run_method("nast", enc, images, data, alpha, config, tmp_path / "n")
+    b_by_layer = {}
+    for name, (layer, p) in lora_parameters(enc.model).items():
+        if "lora_B" in name:
+            b_by_layer[layer] = b_by_layer.get(layer, 0.0) + float(p.detach().abs().sum())
+    # peft starts B at zero: only blocks with a non-zero gradient scale leave zero
+    assert {b for b, v in b_by_layer.items() if v > 0} == {2}
