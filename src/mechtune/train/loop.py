@@ -49,10 +49,11 @@ class LoopConfig:
     beta: float = 1.0
     seed: int = 0
     checkpoint_every: int = 50
+    shards: int = 1  # the global batch is split into this many shards (DDP: one per rank)
     lora: LoraSettings = field(default_factory=LoraSettings)
 
     def __post_init__(self) -> None:
-        for name in ("steps", "caption_batch", "claim_batch", "checkpoint_every"):
+        for name in ("steps", "caption_batch", "claim_batch", "checkpoint_every", "shards"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.lr <= 0:
@@ -98,6 +99,7 @@ class Trainer:
         alpha: Sequence[float] | torch.Tensor,
         config: LoopConfig,
         out_dir: str | Path,
+        accelerator: Any | None = None,
     ) -> None:
         self.encoder = encoder
         self.config = config
@@ -115,6 +117,12 @@ class Trainer:
         self.generator = torch.Generator().manual_seed(config.seed)
         self.step = 0
         self.history: list[dict[str, float]] = []
+        self.accelerator = accelerator
+        if accelerator is not None and accelerator.num_processes != config.shards:
+            raise ValueError(
+                f"under DDP, shards ({config.shards}) must equal the number of "
+                f"processes ({accelerator.num_processes})"
+            )
 
     # -- checkpoints ---------------------------------------------------------------------------
 
@@ -158,12 +166,22 @@ class Trainer:
 
     # -- training ---------------------------------------------------------------------------------
 
+    def _shard(self, batch: list, shard: int) -> list:
+        n = self.config.shards
+        return batch[shard * len(batch) // n : (shard + 1) * len(batch) // n]
+
     def train_step(
         self,
         images: torch.Tensor,
         captions: Sequence[CaptionExample],
         claims: Sequence[ClaimExample],
     ) -> dict[str, float]:
+        """One optimiser step on a global batch split into ``config.shards`` shards.
+
+        Single process: the shards' losses are averaged (gradient accumulation). Under
+        DDP (``accelerator`` with one process per shard) each rank takes its own shard and
+        the gradients are averaged across ranks, which is the same sum.
+        """
         cfg = self.config
         cap = [
             captions[i]
@@ -178,22 +196,35 @@ class Trainer:
             ).tolist()
         ]
         scale = self.encoder.logit_scale
+        if self.accelerator is not None:
+            shards = [self.accelerator.process_index]
+        else:
+            shards = list(range(cfg.shards))
+        totals: dict[str, float] = {}
+        self.optim.zero_grad(set_to_none=True)
         with scaled_gradients(self.model, self.scales):
-            text = _encode_distinct(self.encoder, [c.text for c in cap])
-            cands, mask = _claim_tensors(self.encoder, clm)
-            terms = self.loss(
-                images[[c.image for c in cap]],
-                text,
-                images[[c.image for c in clm]],
-                cands,
-                mask,
-                scale,
-            )
-            self.optim.zero_grad(set_to_none=True)
-            terms["loss"].backward()
+            for shard in shards:
+                c_cap, c_clm = self._shard(cap, shard), self._shard(clm, shard)
+                text = _encode_distinct(self.encoder, [c.text for c in c_cap])
+                cands, mask = _claim_tensors(self.encoder, c_clm)
+                terms = self.loss(
+                    images[[c.image for c in c_cap]],
+                    text,
+                    images[[c.image for c in c_clm]],
+                    cands,
+                    mask,
+                    scale,
+                )
+                (terms["loss"] / len(shards)).backward()
+                for k, v in terms.items():
+                    totals[k] = totals.get(k, 0.0) + float(v.detach()) / len(shards)
+        if self.accelerator is not None:
+            for _, p in self.params.values():
+                if p.grad is not None:
+                    p.grad = self.accelerator.reduce(p.grad, reduction="mean")
         self.optim.step()
         self.step += 1
-        return {k: float(v.detach()) for k, v in terms.items()}
+        return totals
 
     def fit(
         self,
@@ -219,7 +250,9 @@ class Trainer:
         while self.step < self.config.steps:
             terms = self.train_step(images, captions, claims)
             self.history.append({"step": self.step, **terms})
-            if self.step % self.config.checkpoint_every == 0 or self.step == self.config.steps:
+            last = self.step == self.config.steps
+            main = self.accelerator is None or self.accelerator.is_main_process
+            if main and (self.step % self.config.checkpoint_every == 0 or last):
                 self.save()
             done += 1
             if progress is not None:

@@ -1,0 +1,58 @@
+"""Launched by test_ddp.py under torchrun: train the tiny CLIP with one shard per rank."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import torch
+from accelerate import Accelerator
+from safetensors.torch import save_file
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+from mechtune.models.spec import load_dual_encoder
+from mechtune.train.loop import LoopConfig, Trainer
+from mechtune.train.lora import LoraSettings, lora_parameters
+from tests.train.test_loop import CAPTIONS, CLAIMS
+
+
+def build(folder: str, out: str, accelerator: Accelerator | None) -> Trainer:
+    enc = load_dual_encoder(f"hf:{folder}")
+    torch.manual_seed(0)
+    config = LoopConfig(
+        steps=3,
+        caption_batch=4,
+        claim_batch=4,
+        lr=1e-2,
+        checkpoint_every=3,
+        shards=2,
+        lora=LoraSettings(rank=2, alpha=4),
+    )
+    trainer = Trainer(enc, [0.2, 1.0, 0.5], config, out, accelerator=accelerator)
+    for _, p in lora_parameters(trainer.model).values():
+        torch.nn.init.normal_(p, std=0.05)
+    return trainer
+
+
+def images() -> torch.Tensor:
+    g = torch.Generator().manual_seed(1)
+    return torch.nn.functional.normalize(torch.randn(3, 16, generator=g), dim=-1)
+
+
+def main() -> None:
+    folder, out = sys.argv[1], sys.argv[2]
+    accelerator = Accelerator(cpu=True)
+    trainer = build(folder, out, accelerator)
+    trainer.model.eval()  # no dropout: ranks must not depend on RNG consumption
+    trainer.fit(images(), CAPTIONS, CLAIMS)
+    if accelerator.is_main_process:
+        weights = {
+            n: p.detach().contiguous() for n, (_, p) in lora_parameters(trainer.model).items()
+        }
+        save_file(weights, str(Path(out) / "ddp_weights.safetensors"))
+    accelerator.wait_for_everyone()
+
+
+if __name__ == "__main__":
+    main()
