@@ -1,4 +1,7 @@
-"""Launched by test_ddp.py under torchrun: train the tiny CLIP with one shard per rank."""
+"""Launched by test_ddp.py under torchrun: train the tiny CLIP with one shard per rank.
+
+The test puts the repository root on PYTHONPATH so that ``tests`` imports.
+"""
 
 from __future__ import annotations
 
@@ -8,8 +11,6 @@ from pathlib import Path
 import torch
 from accelerate import Accelerator
 from safetensors.torch import save_file
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from mechtune.models.spec import load_dual_encoder
 from mechtune.train.loop import LoopConfig, Trainer

@@ -16,7 +16,9 @@ def test_two_process_cpu_ddp_matches_single_process(tmp_path):
     folder = tiny_clip(tmp_path / "clip")
     out = tmp_path / "ddp"
     out.mkdir()
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    root = str(Path(__file__).resolve().parents[2])
+    path = os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH", "")) if p)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "PYTHONPATH": path}
     cmd = [
         sys.executable,
         "-m",
