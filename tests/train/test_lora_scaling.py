@@ -150,3 +150,22 @@ def test_update_norms_and_share(clip):
         update_share({0: 0.0}, [1.0], 1)
     with pytest.raises(ValueError, match=r"k must be in \[1, 3\]"):
         top_blocks([0.1, 0.2, 0.3], 4)
+
+
+def test_negclip_loss_against_hand_computation():
+    from mechtune.train.losses import NegCLIPLoss
+
+    image = torch.nn.functional.normalize(torch.tensor([[1.0, 0.0], [0.0, 1.0]]), dim=-1)
+    pos = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    neg = torch.tensor([[0.0, 1.0], [1.0, 0.0]])
+    cands = torch.stack([pos, neg], dim=1)  # [B=2, K=2, D]
+    mask = torch.tensor([[True, True], [True, False]])  # row 1 has no negative
+    scale = 2.0
+    # texts: pos0 (1,0), pos1 (0,1), row 0's negative (0,1); row 1's is masked out.
+    # image 0 scores (2, 0, 0); image 1 scores (0, 2, 2): the hard negative competes.
+    i2t = (
+        -math.log(math.exp(2) / (math.exp(2) + 2)) - math.log(math.exp(2) / (2 * math.exp(2) + 1))
+    ) / 2
+    t2i = -math.log(math.exp(2) / (math.exp(2) + 1))
+    out = NegCLIPLoss()(image, cands, mask, scale)
+    assert out["loss"].item() == pytest.approx((i2t + t2i) / 2, rel=1e-6)

@@ -56,3 +56,28 @@ def test_zero_shot_changes_nothing_and_nast_trains_only_weighted_blocks(world, t
             b_by_layer[layer] = b_by_layer.get(layer, 0.0) + float(p.detach().abs().sum())
     # peft starts B at zero: only blocks with a non-zero gradient scale leave zero
     assert {b for b, v in b_by_layer.items() if v > 0} == {2}
+
+
+def test_negclip_and_negbench_run_and_train_what_they_should(world, tmp_path):
+    enc = load_dual_encoder("phantom:default")
+    data = negation_examples(world)
+    assert data.mcq and all(len(m.candidates) == 4 for m in data.mcq)
+    with torch.no_grad():
+        images = enc.encode_images(world.images)
+    config = LoopConfig(
+        steps=1,
+        caption_batch=4,
+        claim_batch=4,
+        lr=1e-3,
+        checkpoint_every=1,
+        lora=LoraSettings(rank=2, alpha=4),
+    )
+    before = {n: p.detach().clone() for n, p in enc.model.named_parameters()}
+    run_method("negclip", enc, images, data, torch.ones(7), config, tmp_path / "negclip")
+    changed = {n for n, p in enc.model.named_parameters() if not torch.equal(p, before[n])}
+    assert changed and all("text.bert.encoder.layer." in n for n in changed)
+    assert not any("image_encoder" in n or "embeddings" in n for n in changed)
+
+    enc2 = load_dual_encoder("phantom:default")
+    run_method("negbench", enc2, images, data, torch.ones(7), config, tmp_path / "negbench")
+    assert lora_parameters(enc2.model)

@@ -17,12 +17,18 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from peft import PeftModel
 from safetensors.torch import load_file, save_file
 
 from mechtune.data.io import atomic_path, atomic_write_text
 from mechtune.models.dual_encoder import DualEncoder
-from mechtune.train.lora import LoraSettings, apply_text_lora, lora_parameters
-from mechtune.train.losses import NASTLoss
+from mechtune.train.lora import (
+    LoraSettings,
+    apply_text_lora,
+    enable_text_finetune,
+    trainable_text_parameters,
+)
+from mechtune.train.losses import NASTLoss, NegCLIPLoss
 from mechtune.train.scaling import block_scales, scaled_gradients
 
 
@@ -38,6 +44,9 @@ class ClaimExample:
     image: int
 
 
+LOSSES = ("nast", "negclip")
+
+
 @dataclass(frozen=True)
 class LoopConfig:
     steps: int = 200
@@ -50,7 +59,8 @@ class LoopConfig:
     seed: int = 0
     checkpoint_every: int = 50
     shards: int = 1  # the global batch is split into this many shards (DDP: one per rank)
-    lora: LoraSettings = field(default_factory=LoraSettings)
+    loss: str = "nast"  # "nast": lambda * L_CLIP + (1 - lambda) * L_claim; "negclip"
+    lora: LoraSettings | None = field(default_factory=LoraSettings)  # None: full fine-tuning
 
     def __post_init__(self) -> None:
         for name in ("steps", "caption_batch", "claim_batch", "checkpoint_every", "shards"):
@@ -58,10 +68,12 @@ class LoopConfig:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.lr <= 0:
             raise ValueError(f"lr must be > 0, got {self.lr}")
+        if self.loss not in LOSSES:
+            raise ValueError(f"loss must be one of {LOSSES}, got {self.loss!r}")
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
-        d["lora"] = self.lora.to_dict()
+        d["lora"] = self.lora.to_dict() if self.lora is not None else None
         return d
 
 
@@ -106,14 +118,18 @@ class Trainer:
         self.out = Path(out_dir)
         # peft injects the adapters into the model's own modules, so the adapter (and its
         # site table lookups) keep working on the unwrapped model.
-        self.model = apply_text_lora(encoder.model, config.lora)
-        self.params = lora_parameters(self.model)
+        if config.lora is None:
+            self.model = enable_text_finetune(encoder.model)
+        else:
+            self.model = apply_text_lora(encoder.model, config.lora)
+        self.params = trainable_text_parameters(self.model)
         n_blocks = len(encoder.text_layers)
         self.scales = block_scales(alpha, config.beta, n_blocks)
         self.optim = torch.optim.AdamW(
             [p for _, p in self.params.values()], lr=config.lr, weight_decay=config.weight_decay
         )
         self.loss = NASTLoss(config.lam)
+        self.negclip = NegCLIPLoss()
         self.generator = torch.Generator().manual_seed(config.seed)
         self.step = 0
         self.history: list[dict[str, float]] = []
@@ -140,8 +156,9 @@ class Trainer:
         with atomic_path(folder / "rng.pt") as tmp:
             # the sampler's stream, and torch's global one (dropout draws from it)
             torch.save({"sampler": self.generator.get_state(), "torch": torch.get_rng_state()}, tmp)
-        # the standard peft layout too, for PeftModel.from_pretrained(base_model, folder/"peft")
-        self.model.save_pretrained(str(folder / "peft"))
+        if isinstance(self.model, PeftModel):
+            # the standard peft layout too: PeftModel.from_pretrained(base, folder / "peft")
+            self.model.save_pretrained(str(folder / "peft"))
         state = {"step": self.step, "config": self.config.to_dict(), "history": self.history}
         atomic_write_text(folder / "state.json", json.dumps(state, indent=2) + "\n")
         return folder

@@ -70,18 +70,41 @@ def base_model(model: nn.Module) -> nn.Module:
     return model.get_base_model() if isinstance(model, PeftModel) else model
 
 
-def lora_parameters(model: nn.Module, site: TextSite | None = None) -> dict[str, tuple[int, Any]]:
-    """``{name: (text block index, parameter)}`` for every trainable LoRA parameter."""
+def trainable_text_parameters(
+    model: nn.Module, site: TextSite | None = None
+) -> dict[str, tuple[int, Any]]:
+    """``{name: (text block index, parameter)}`` for every trainable parameter.
+
+    Every trainable parameter must sit in a text block: anything else is an error, so a
+    method cannot silently train the vision tower.
+    """
     site = site or text_site(base_model(model))
     out = {}
     for name, param in model.named_parameters():
-        if "lora_" not in name or not param.requires_grad:
+        if not param.requires_grad:
             continue
         layer = site.layer_index(name)
         if layer is None:
-            raise ValueError(f"LoRA parameter {name!r} is outside the text blocks ({site.layers})")
+            raise ValueError(
+                f"trainable parameter {name!r} is outside the text blocks ({site.layers})"
+            )
         out[name] = (layer, param)
     return out
+
+
+def lora_parameters(model: nn.Module, site: TextSite | None = None) -> dict[str, tuple[int, Any]]:
+    """``{name: (text block index, parameter)}`` for every trainable LoRA parameter."""
+    return {n: v for n, v in trainable_text_parameters(model, site).items() if "lora_" in n}
+
+
+def enable_text_finetune(model: nn.Module) -> nn.Module:
+    """Full fine-tuning of the text blocks (as NegCLIP does): they train, all else frozen."""
+    site = text_site(model)
+    for p in model.parameters():
+        p.requires_grad_(False)
+    for p in site.text_layers(model).parameters():
+        p.requires_grad_(True)
+    return model
 
 
 def active_layers(model: nn.Module) -> Sequence[int]:

@@ -40,6 +40,27 @@ class ClaimLoss(nn.Module):
         return {"claim": F.cross_entropy(logits, target)}
 
 
+class NegCLIPLoss(nn.Module):
+    """NegCLIP (Yuksekgonul et al., 2023): the contrastive loss with each claim set's hard
+    negatives added to the batch's text side. Image i must pick its correct claim among all
+    correct claims *and* all hard negatives; each correct claim must pick its image."""
+
+    def forward(
+        self,
+        image: torch.Tensor,
+        candidates: torch.Tensor,
+        mask: torch.Tensor,
+        scale: torch.Tensor | float,
+    ) -> dict[str, torch.Tensor]:
+        positives = candidates[:, 0]  # [B, D]
+        negatives = candidates[:, 1:][mask[:, 1:]]  # [N, D]
+        texts = torch.cat([positives, negatives])
+        target = torch.arange(len(image), device=image.device)
+        i2t = F.cross_entropy(scale * image @ texts.T, target)
+        t2i = F.cross_entropy(scale * positives @ image.T, target)
+        return {"negclip": (i2t + t2i) / 2, "loss": (i2t + t2i) / 2}
+
+
 class NASTLoss(nn.Module):
     def __init__(self, lam: float = 0.5) -> None:
         super().__init__()

@@ -1,19 +1,22 @@
 """Negation fine-tuning methods, registered by name, all on the same data and budget.
 
-So far: ``zero-shot`` (no training), ``uniform-lora`` (NAST loss, beta = 0) and ``nast``
-(gradients of block l scaled by alpha_l ** beta). Training examples come from the
+``zero-shot`` (no training), ``uniform-lora`` (NAST loss, beta = 0), ``nast`` (gradients
+of block l scaled by alpha_l ** beta), ``negclip`` (hard negatives in the contrastive batch,
+full fine-tuning of the text blocks) and ``negbench`` (contrastive + multiple-choice loss on
+negated multi-condition options, uniform LoRA). Training examples come from the
 contextual builder on a world's train-split patients (train phrasing families only).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
 
 from mechtune.data.builders.contextual import ContextualConfig, study_records
+from mechtune.data.builders.polarity import PolarityConfig, make_mcq, passes_row_filter
 from mechtune.models.dual_encoder import DualEncoder
 from mechtune.sim.world import World
 from mechtune.train.loop import CaptionExample, ClaimExample, LoopConfig, Trainer
@@ -23,6 +26,7 @@ from mechtune.train.loop import CaptionExample, ClaimExample, LoopConfig, Traine
 class NegationData:
     captions: list[CaptionExample]
     claims: list[ClaimExample]
+    mcq: list[ClaimExample] = field(default_factory=list)  # NegBench-style options
 
 
 def negation_examples(
@@ -35,16 +39,27 @@ def negation_examples(
     contextual = contextual or ContextualConfig(
         seed=world.config.seed, split_fractions=world.config.split_fractions
     )
-    captions, claims = [], []
+    captions, claims, mcq = [], [], []
+    polarity = PolarityConfig(
+        seed=contextual.seed,
+        families="heldout" if heldout else "train",
+        split_fractions=contextual.split_fractions,
+    )
     for row in world.indices(split):
-        claim_sets, caps = study_records(world.studies[int(row)], contextual)
+        study = world.studies[int(row)]
+        claim_sets, caps = study_records(study, contextual)
         captions += [CaptionExample(c.text, int(row)) for c in caps if c.heldout_family == heldout]
         claims += [
             ClaimExample(cs.candidates, int(row))
             for cs in claim_sets
             if cs.heldout_family == heldout
         ]
-    return NegationData(captions, claims)
+        if passes_row_filter(study, polarity):
+            q = make_mcq(study, polarity, split)
+            options = [q.negated_options[q.correct_index]]
+            options += [o for i, o in enumerate(q.negated_options) if i != q.correct_index]
+            mcq.append(ClaimExample(tuple(options), int(row)))
+    return NegationData(captions, claims, mcq)
 
 
 Method = Callable[
@@ -100,6 +115,39 @@ def nast(
 ) -> DualEncoder:
     trainer = Trainer(encoder, alpha, config, out)
     trainer.fit(images, data.captions, data.claims, resume=True)
+    return encoder
+
+
+@register("negclip")
+def negclip(
+    encoder: DualEncoder,
+    images: torch.Tensor,
+    data: NegationData,
+    alpha: torch.Tensor,
+    config: LoopConfig,
+    out: Path,
+) -> DualEncoder:
+    """NegCLIP: hard negatives in the contrastive batch, full fine-tuning of the text blocks."""
+    trainer = Trainer(encoder, alpha, replace(config, beta=0.0, lora=None, loss="negclip"), out)
+    trainer.fit(images, data.captions, data.claims, resume=True)
+    return encoder
+
+
+@register("negbench")
+def negbench(
+    encoder: DualEncoder,
+    images: torch.Tensor,
+    data: NegationData,
+    alpha: torch.Tensor,
+    config: LoopConfig,
+    out: Path,
+) -> DualEncoder:
+    """NegBench: contrastive loss plus a multiple-choice loss over negated multi-condition
+    options (the polarity builder's MCQs), uniform LoRA."""
+    if not data.mcq:
+        raise ValueError("negbench needs MCQ examples: no train study passes the row filter")
+    trainer = Trainer(encoder, alpha, replace(config, beta=0.0), out)
+    trainer.fit(images, data.captions, data.mcq, resume=True)
     return encoder
 
 

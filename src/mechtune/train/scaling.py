@@ -16,7 +16,7 @@ from collections.abc import Iterator, Sequence
 import torch
 from torch import nn
 
-from mechtune.train.lora import lora_parameters
+from mechtune.train.lora import trainable_text_parameters
 
 
 def block_scales(alpha: Sequence[float] | torch.Tensor, beta: float, n_blocks: int) -> torch.Tensor:
@@ -36,11 +36,12 @@ def block_scales(alpha: Sequence[float] | torch.Tensor, beta: float, n_blocks: i
 
 @contextlib.contextmanager
 def scaled_gradients(model: nn.Module, scales: torch.Tensor) -> Iterator[dict[str, float]]:
-    """Within the block, LoRA gradients of block l are multiplied by ``scales[l]``.
+    """Within the block, gradients of the trainable parameters of text block l (LoRA, or
+    the block itself under full fine-tuning) are multiplied by ``scales[l]``.
 
     Yields ``{parameter name: scale}``.
     """
-    params = lora_parameters(model)
+    params = trainable_text_parameters(model)
     handles = []
     applied: dict[str, float] = {}
     for name, (layer, param) in params.items():
