@@ -51,3 +51,26 @@ def test_zero_shot_matches_brute_force():
             total += 1
     got = report["claims"]["in_distribution"]["claim_accuracy"]
     assert got.n == total and got.value == correct / total
+
+
+def test_polarity_mcq_accuracy_matches_brute_force():
+    from mechtune.data.builders.polarity import PolarityConfig, make_mcq, passes_row_filter
+    from mechtune.eval.zero_shot import polarity_mcq_accuracy
+
+    world = make_world(WorldConfig(n_studies=400, seed=2))
+    model = ToyEncoder()
+    got = polarity_mcq_accuracy(model, world, split="train")
+    cfg = PolarityConfig(seed=2)
+    idx = world.indices("train")
+    img = model.encode_images(world.images[idx])
+    for form in ("negated", "affirmative"):
+        hits = []
+        for row, i in enumerate(idx):
+            if not passes_row_filter(world.studies[i], cfg):
+                continue
+            q = make_mcq(world.studies[i], cfg, "train")
+            options = list(getattr(q, f"{form}_options"))
+            scores = [float(model.encode_texts([o])[0] @ img[row]) for o in options]
+            hits.append(int(np.argmax(scores)) == q.correct_index)
+        assert got[form].n == len(hits) > 0
+        assert got[form].value == np.mean(hits)

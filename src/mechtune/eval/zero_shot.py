@@ -192,6 +192,7 @@ def evaluate_zero_shot(
         "studies": len(idx),
         "retrieval": retrieval(model, world, idx, image_emb),
         "claims": summarise_claims(claim_sets, scores),
+        "polarity_mcq": polarity_mcq_accuracy(model, world, split=split, image_emb=image_emb),
     }
     if probes:
         train_idx = world.indices("train")
@@ -241,3 +242,30 @@ def summary_rows(report: dict[str, Any]) -> list[tuple[str, str, str]]:
             row(f"pairwise, {attr} flipped", lambda c, a=attr: c["pairwise_by_attribute"][a])
         )
     return rows
+
+
+def polarity_mcq_accuracy(
+    model: DualEncoder, world: World, *, split: str = "test", image_emb: torch.Tensor | None = None
+) -> dict[str, Estimate]:
+    """Accuracy on the polarity-controlled MCQs: the same questions with absence worded
+    by negation vs by affirmative equivalents (NAST's MedNega-CXR comparison)."""
+    from mechtune.data.builders.polarity import PolarityConfig, make_mcq, passes_row_filter
+
+    cfg = PolarityConfig(seed=world.config.seed, split_fractions=world.config.split_fractions)
+    idx = world.indices(split)
+    emb = image_emb if image_emb is not None else embed_images(model, world.images[idx])
+    questions = [
+        (j, make_mcq(world.studies[i], cfg, split))
+        for j, i in enumerate(idx)
+        if passes_row_filter(world.studies[i], cfg)
+    ]
+    out: dict[str, Estimate] = {}
+    for form in ("negated", "affirmative"):
+        texts = [t for _, q in questions for t in getattr(q, f"{form}_options")]
+        table, index = embed_texts(model, texts) if texts else (torch.empty(0), {})
+        hits = []
+        for j, q in questions:
+            options = table[[index[t] for t in getattr(q, f"{form}_options")]]
+            hits.append(int((options @ emb[j]).argmax()) == q.correct_index)
+        out[form] = bootstrap_mean(np.array(hits, dtype=float))
+    return out
