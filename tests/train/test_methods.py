@@ -81,3 +81,14 @@ def test_negclip_and_negbench_run_and_train_what_they_should(world, tmp_path):
     enc2 = load_dual_encoder("phantom:default")
     run_method("negbench", enc2, images, data, torch.ones(7), config, tmp_path / "negbench")
     assert lora_parameters(enc2.model)
+
+
+def test_phantom_recipe_matches_the_code_defaults():
+    from pathlib import Path
+
+    from mechtune.eval.negation_study import NegationStudyConfig, load_recipe
+
+    root = Path(__file__).resolve().parents[2]
+    assert load_recipe(root / "recipes" / "nast-phantom.yaml") == NegationStudyConfig()
+    with pytest.raises(ValueError, match="needs real data"):
+        load_recipe(root / "recipes" / "nast-biomedclip-mimic.yaml")

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import random
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Annotated
 
@@ -107,6 +108,52 @@ def _zero_shot(out: Path, n: int, seed: int, quick: bool) -> dict:
     return report
 
 
+def _negation_study(out: Path, quick: bool) -> None:
+    """Trace on train patients, train uniform LoRA and NAST, evaluate, table and figures."""
+    from mechtune.eval.figures import alpha_bars, cte_heatmap, update_share_chart
+    from mechtune.eval.negation_study import NegationStudyConfig, run_negation_study
+    from mechtune.interp.result import TraceResult
+
+    config = NegationStudyConfig()
+    if quick:
+        config = replace(
+            config,
+            world_studies=300,
+            trace_max_pairs=40,
+            loop=replace(
+                config.loop, steps=10, caption_batch=16, claim_batch=16, checkpoint_every=10
+            ),
+        )
+    folder = out / "negation"
+    console.print(
+        f"negation study: {', '.join(config.methods)}; "
+        f"{config.loop.steps} steps each (recipes/nast-phantom.yaml) ..."
+    )
+    results = run_negation_study(config, folder, log=console.print)
+    traced = TraceResult.load(folder / "trace")
+    figures = out / "figures"
+    cte_heatmap(traced.cte.numpy(), traced.roles, figures / "cte_heatmap.png")
+    alpha_bars(
+        traced.cte_layer.numpy(),
+        traced.cte_layer_low.numpy(),
+        traced.cte_layer_high.numpy(),
+        traced.alpha.numpy(),
+        figures / "alpha.png",
+    )
+    norms = {
+        m: {int(k): v for k, v in runs[0]["update_norms"].items()}
+        for m, runs in results["runs"].items()
+        if "update_norms" in runs[0]
+    }
+    if norms:
+        update_share_chart(norms, traced.cte_layer[1:].tolist(), figures / "update_share.png")
+    console.print(
+        "[bold]Negation methods on held-out phrasing families, test patients[/] "
+        f"(also in {folder / 'table.md'}):"
+    )
+    console.print((folder / "table.md").read_text())
+
+
 def world_images(studies: list, seed: int) -> np.ndarray:
     from mechtune.sim.render import RenderConfig, Renderer
 
@@ -146,6 +193,7 @@ def demo(
     )
     console.print(_examples(out / "data"))
     _zero_shot(out, n, seed, quick)
+    _negation_study(out, quick)
     ctx = results["contextual"].counts
     console.print(
         f"[bold]done[/] in {time.perf_counter() - start:.1f} s: {n} studies -> "

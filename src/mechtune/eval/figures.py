@@ -176,3 +176,27 @@ def alpha_bars(
         ax.set_xlabel("layer (0 = embedding output)")
     fig.tight_layout()
     return _save_png(plt, fig, path, dpi=110)
+
+
+def update_share_chart(
+    norms_by_method: dict[str, dict[int, float]], cte_by_block: Sequence[float], path: str | Path
+) -> Path:
+    """Per-block share of the total update for each method, next to the per-block CTE."""
+    plt = _pyplot()
+    blocks = np.arange(len(cte_by_block))
+    fig, ax = plt.subplots(figsize=(7, 3.2))
+    width = 0.8 / max(1, len(norms_by_method))
+    for j, (method, norms) in enumerate(norms_by_method.items()):
+        total = sum(norms.values()) or 1.0
+        share = [norms.get(int(b), 0.0) / total for b in blocks]
+        ax.bar(blocks + (j - (len(norms_by_method) - 1) / 2) * width, share, width, label=method)
+    ax2 = ax.twinx()
+    ax2.plot(blocks, cte_by_block, "k.--", label="CTE at block output")
+    ax.set_xlabel("text block")
+    ax.set_ylabel("share of total update")
+    ax2.set_ylabel("CTE")
+    ax.set_xticks(blocks)
+    ax.legend(fontsize=7, loc="upper left")
+    ax.set_title("Where the update lands", fontsize=9)
+    fig.tight_layout()
+    return _save_png(plt, fig, path, dpi=110)

@@ -1,0 +1,248 @@
+"""The negation study: trace, train every method on the same data and budget, evaluate.
+
+1. Render a phantom world; trace the shipped phantom CLIP on **train-split** patients (the
+   test split is never used to choose anything) to get alpha_l.
+2. For each method and seed: start from the shipped checkpoint, train on the train-split
+   patients' captions and claim sets (train phrasing families), evaluate on the test-split
+   patients (in-distribution and held-out families).
+3. Report R@1/R@5, claim accuracy, accuracy by polarity, the affirmative-negation gap,
+   polarity-MCQ accuracy, update share (top-3/top-5 blocks by CTE) and retention (drift on
+   everyday sentences), each with 95% bootstrap CIs; across seeds, mean and range.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from mechtune.data.io import atomic_write_text
+from mechtune.eval.retention import embedding_drift, general_sentences
+from mechtune.eval.update_share import update_share
+from mechtune.eval.zero_shot import embed_images, evaluate_zero_shot, to_jsonable
+from mechtune.interp.pairs import build_trace_pairs
+from mechtune.interp.result import TraceConfig, TraceResult, trace
+from mechtune.models.sites import text_site
+from mechtune.models.spec import load_dual_encoder
+from mechtune.sim.world import WorldConfig, make_world
+from mechtune.train.loop import LoopConfig
+from mechtune.train.lora import LoraSettings, lora_update_norms
+from mechtune.train.methods import negation_examples, run_method
+
+PAPER = {  # NAST (arXiv 2602.12498), Tables 1/3/4, in %
+    "CLIP": {"R@1": 23.5, "R@5": 34.7, "claim": 24.6, "gap": 21.6},
+    "NegCLIP": {"R@1": 36.2, "R@5": 52.4, "claim": 41.3, "gap": 12.8},
+    "NegBench": {"R@1": 43.1, "R@5": 59.2, "claim": 48.7, "gap": 10.2},
+    "NAST": {"R@1": 49.5, "R@5": 65.7, "claim": 55.6, "gap": 4.2},
+}
+
+
+@dataclass(frozen=True)
+class NegationStudyConfig:
+    methods: tuple[str, ...] = ("zero-shot", "uniform-lora", "nast")
+    seeds: tuple[int, ...] = (0,)
+    world_studies: int = 2000
+    world_seed: int = 0
+    trace_per_study: int = 1
+    trace_max_pairs: int = 300
+    loop: LoopConfig = field(
+        default_factory=lambda: LoopConfig(
+            steps=150, lr=5e-4, beta=2.0, checkpoint_every=50, lora=LoraSettings(rank=8, alpha=16)
+        )
+    )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "methods": list(self.methods),
+            "seeds": list(self.seeds),
+            "world_studies": self.world_studies,
+            "world_seed": self.world_seed,
+            "trace_per_study": self.trace_per_study,
+            "trace_max_pairs": self.trace_max_pairs,
+            "loop": self.loop.to_dict(),
+        }
+
+
+def load_recipe(path: str | Path) -> NegationStudyConfig:
+    """A phantom negation study from a recipe YAML (see ``recipes/nast-phantom.yaml``)."""
+    import yaml
+
+    raw = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+    loop = dict(raw.pop("loop", {}))
+    lora = loop.pop("lora", {})
+    known = {
+        "methods",
+        "seeds",
+        "world_studies",
+        "world_seed",
+        "trace_per_study",
+        "trace_max_pairs",
+    }
+    unknown = sorted(set(raw) - known - {"model"})
+    if unknown:
+        raise ValueError(f"{path}: unknown recipe keys {unknown}")
+    if raw.get("model", "phantom:default") != "phantom:default":
+        raise ValueError(
+            f"{path}: this runner trains the phantom CLIP; {raw['model']!r} needs "
+            "real data (see the recipe's comments)"
+        )
+    fields: dict[str, Any] = {
+        k: tuple(v) if isinstance(v, list) else v for k, v in raw.items() if k in known
+    }
+    settings = LoraSettings(**lora) if lora is not None else None
+    return NegationStudyConfig(**fields, loop=LoopConfig(**loop, lora=settings))
+
+
+def trace_on_train_split(world: Any, config: NegationStudyConfig) -> TraceResult:
+    encoder = load_dual_encoder("phantom:default")
+    rows = [(int(i), world.studies[int(i)]) for i in world.indices("train")]
+    build = build_trace_pairs(
+        rows, encoder, seed=config.world_seed, per_study=config.trace_per_study
+    )
+    pairs = build.pairs[: config.trace_max_pairs]
+    images = embed_images(encoder, world.images)
+    return trace(
+        encoder,
+        pairs,
+        images,
+        TraceConfig(seed=config.world_seed),
+        counts={**build.to_dict(), "split": "train", "used": len(pairs)},
+    )
+
+
+def run_negation_study(
+    config: NegationStudyConfig, out: str | Path, log: Callable[[str], None] | None = None
+) -> dict[str, Any]:
+    """Run every (method, seed); write ``results.json``, ``table.md`` and the trace."""
+    out = Path(out)
+    say = log or (lambda _msg: None)
+    world = make_world(WorldConfig(n_studies=config.world_studies, seed=config.world_seed))
+    say(f"tracing on {len(world.indices('train'))} train-split studies ...")
+    traced = trace_on_train_split(world, config)
+    traced.save(out / "trace")
+    cte_by_block = traced.cte_layer[1:].tolist()
+    data = negation_examples(world)
+    sentences = general_sentences()
+    runs: dict[str, list[dict[str, Any]]] = {}
+    for method in config.methods:
+        for seed in config.seeds if method != "zero-shot" else config.seeds[:1]:
+            encoder = load_dual_encoder("phantom:default")
+            images = embed_images(encoder, world.images)
+            before = encoder.encode_texts(sentences)
+            initial = _block_weights(encoder.model)
+            say(f"{method}, seed {seed}: training ...")
+            start = time.perf_counter()
+            run_method(
+                method,
+                encoder,
+                images,
+                data,
+                traced.alpha,
+                replace(config.loop, seed=seed),
+                out / "runs" / method / f"seed{seed}",
+            )
+            seconds = time.perf_counter() - start
+            report = to_jsonable(evaluate_zero_shot(encoder, world, split="test", probes=False))
+            report["retention"] = embedding_drift(before, encoder.encode_texts(sentences)).to_dict()
+            report["train_seconds"] = round(seconds, 1)
+            report["seed"] = seed
+            if method != "zero-shot":
+                norms = _block_update_norms(encoder.model, initial)
+                report["update_norms"] = norms
+                report["update_share"] = {
+                    f"top{k}": update_share(norms, cte_by_block, k) for k in (3, 5)
+                }
+            runs.setdefault(method, []).append(report)
+    results = {
+        "config": config.to_dict(),
+        "trace": {
+            "alpha": traced.alpha.tolist(),
+            "cte_layer": traced.cte_layer.tolist(),
+            "counts": traced.counts,
+        },
+        "runs": runs,
+    }
+    atomic_write_text(out / "results.json", json.dumps(results, indent=2) + "\n")
+    atomic_write_text(out / "table.md", results_table(results) + "\n")
+    return results
+
+
+def _block_weights(model: Any) -> dict[str, tuple[int, Any]]:
+    """Every parameter inside a text block, with its block index (trainable or not)."""
+    site = text_site(model)
+    out = {}
+    for name, p in model.named_parameters():
+        layer = site.layer_index(name)
+        if layer is not None and "lora_" not in name:
+            out[name] = (layer, p.detach().clone())
+    return out
+
+
+def _block_update_norms(model: Any, initial: dict[str, tuple[int, Any]]) -> dict[int, float]:
+    """Per block, the summed update norm: ||(alpha/r) B A|| for LoRA adapters, or
+    ||W - W_0|| for weights trained directly (full fine-tuning)."""
+    norms = lora_update_norms(model)
+    for name, p in model.named_parameters():
+        if name in initial:  # peft renames the weights it wraps; those do not change
+            layer, w0 = initial[name]
+            delta = float((p.detach() - w0).norm())
+            if delta > 0:
+                norms[layer] = norms.get(layer, 0.0) + delta
+    return norms
+
+
+def _agg(values: list[float]) -> str:
+    if not values or any(v is None or not np.isfinite(v) for v in values):
+        return "n/a"
+    mean = 100 * float(np.mean(values))
+    if len(values) == 1:
+        return f"{mean:.1f}"
+    return f"{mean:.1f} ({100 * min(values):.1f}–{100 * max(values):.1f})"
+
+
+def results_table(results: dict[str, Any]) -> str:
+    """Markdown in the shape of NAST's Tables 1/3/4, held-out phrasing families."""
+    head = (
+        "| method | seeds | R@1 | R@5 | claim acc | affirmative acc | negated acc | "
+        "gap (pp) | contralateral | MCQ neg / aff | top-3 share | top-5 share | retention |"
+    )
+    lines = [head, "|" + "---|" * 13]
+    for method, reports in results["runs"].items():
+
+        def get(path: str, reps: list[dict[str, Any]] = reports) -> list[float]:
+            out = []
+            for r in reps:
+                node: Any = r
+                for key in path.split("/"):
+                    node = node.get(key) if isinstance(node, dict) else None
+                out.append(node["value"] if isinstance(node, dict) else node)
+            return [v for v in out if v is not None]
+
+        held = "claims/heldout"
+        lines.append(
+            "| "
+            + " | ".join(
+                [
+                    method,
+                    str(len(reports)),
+                    _agg(get("retrieval/R@1")),
+                    _agg(get("retrieval/R@5")),
+                    _agg(get(f"{held}/claim_accuracy")),
+                    _agg(get(f"{held}/accuracy_by_polarity/affirmative")),
+                    _agg(get(f"{held}/accuracy_by_polarity/negated")),
+                    _agg(get(f"{held}/affirmative_negation_gap")),
+                    _agg(get(f"{held}/accuracy_by_polarity/contralateral")),
+                    f"{_agg(get('polarity_mcq/negated'))} / {_agg(get('polarity_mcq/affirmative'))}",
+                    _agg(get("update_share/top3")),
+                    _agg(get("update_share/top5")),
+                    _agg(get("retention")),
+                ]
+            )
+            + " |"
+        )
+    return "\n".join(lines)
