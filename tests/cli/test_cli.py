@@ -24,6 +24,9 @@ COMMANDS = [
     ["sim", "render"],
     ["sim", "build"],
     ["sim", "train-clip"],
+    ["eval"],
+    ["eval", "negation"],
+    ["trace"],
 ]
 
 
@@ -162,3 +165,78 @@ def test_sim_render_build_and_train(tmp_path):
     assert result.exit_code == 0, result.output
     assert (tmp_path / "ckpt" / "model.safetensors").is_file()
     assert "largest |difference| from the shipped checkpoint" in result.output
+
+
+def test_eval_negation_on_user_claims(tmp_path):
+    from mechtune.sim.world import WorldConfig, make_world, save_world
+
+    world = make_world(WorldConfig(n_studies=20, seed=0))
+    save_world(world, tmp_path / "w")
+    claims = tmp_path / "claims.jsonl"
+    sid = world.studies[3].study_id
+    claims.write_text(
+        json.dumps(
+            {"image": sid, "candidates": ["No pneumothorax.", "Large pneumothorax."], "correct": 0}
+        )
+        + "\n"
+        + json.dumps(
+            {"image": 4, "candidates": ["Pleural effusion.", "No pleural effusion."], "correct": 1}
+        )
+        + "\n"
+    )
+    out = tmp_path / "res.json"
+    result = runner.invoke(
+        app,
+        [
+            "eval",
+            "negation",
+            "--claims",
+            str(claims),
+            "--world",
+            str(tmp_path / "w"),
+            "--out",
+            str(out),
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    assert json.loads(out.read_text())["claim_accuracy"]["n"] == 2
+    claims.write_text(json.dumps({"image": "nope", "candidates": ["a", "b"], "correct": 0}) + "\n")
+    bad = runner.invoke(
+        app, ["eval", "negation", "--claims", str(claims), "--world", str(tmp_path / "w")]
+    )
+    assert bad.exit_code == 1
+    assert "line 1, field 'image': 'nope'" in " ".join(bad.output.split())
+
+
+def test_eval_negation_applies_a_peft_adapter(tmp_path):
+    import torch
+
+    from mechtune.models.spec import load_dual_encoder
+    from mechtune.sim.world import WorldConfig, make_world, save_world
+    from mechtune.train.loop import LoopConfig, Trainer
+    from mechtune.train.lora import LoraSettings, lora_parameters
+
+    world = make_world(WorldConfig(n_studies=20, seed=0))
+    save_world(world, tmp_path / "w")
+    enc = load_dual_encoder("phantom:default")
+    trainer = Trainer(
+        enc,
+        [1.0] * 7,
+        LoopConfig(steps=1, checkpoint_every=1, lora=LoraSettings(rank=2, alpha=4)),
+        tmp_path / "run",
+    )
+    for _, p in lora_parameters(trainer.model).values():
+        torch.nn.init.normal_(p, std=0.05)
+    trainer.save()
+    claims = tmp_path / "claims.jsonl"
+    claims.write_text(
+        json.dumps(
+            {"image": 0, "candidates": ["No edema.", "Severe pulmonary edema."], "correct": 0}
+        )
+        + "\n"
+    )
+    args = ["eval", "negation", "--claims", str(claims), "--world", str(tmp_path / "w")]
+    ok = runner.invoke(app, [*args, "--adapter", str(trainer.checkpoints()[-1] / "peft")])
+    assert ok.exit_code == 0, ok.output
+    missing = runner.invoke(app, [*args, "--adapter", str(tmp_path)])
+    assert missing.exit_code == 1 and "adapter_config.json" in missing.output
