@@ -241,6 +241,10 @@ def summary_rows(report: dict[str, Any]) -> list[tuple[str, str, str]]:
         rows.append(
             row(f"pairwise, {attr} flipped", lambda c, a=attr: c["pairwise_by_attribute"][a])
         )
+    if "polarity_mcq" in report:
+        mcq = report["polarity_mcq"]
+        rows.append(("polarity MCQ, negated wording", mcq["negated"].pct(), ""))
+        rows.append(("polarity MCQ, affirmative wording", mcq["affirmative"].pct(), ""))
     return rows
 
 
