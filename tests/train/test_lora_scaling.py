@@ -169,3 +169,56 @@ def test_negclip_loss_against_hand_computation():
     t2i = -math.log(math.exp(2) / (math.exp(2) + 1))
     out = NegCLIPLoss()(image, cands, mask, scale)
     assert out["loss"].item() == pytest.approx((i2t + t2i) / 2, rel=1e-6)
+
+
+def test_adam_undoes_gradient_scaling_but_not_learning_rate_scaling(clip):
+    """Why LoopConfig.scaling exists: with AdamW, multiplying a block's gradients by a
+    constant leaves its update (almost) unchanged; per-block learning rates do not."""
+    from mechtune.train.loop import CaptionExample, ClaimExample, LoopConfig, Trainer
+
+    caps = [CaptionExample("there is no edema .", 0), CaptionExample("no pneumothorax .", 1)]
+    claims = [ClaimExample(("there is no edema .", "there is severe edema ."), 0)]
+    images = torch.nn.functional.normalize(
+        torch.randn(2, 16, generator=torch.Generator().manual_seed(0)), dim=-1
+    )
+
+    def block1_update(scaling, alpha, tmp):
+        torch.manual_seed(0)
+        enc = load_dual_encoder(f"hf:{clip_dir_of(clip)}")
+        cfg = LoopConfig(
+            steps=3,
+            caption_batch=2,
+            claim_batch=1,
+            lr=1e-2,
+            beta=1.0,
+            checkpoint_every=3,
+            scaling=scaling,
+            lora=LoraSettings(rank=2, alpha=4),
+        )
+        trainer = Trainer(enc, alpha, cfg, tmp)
+        for _, p in lora_parameters(trainer.model).values():
+            torch.nn.init.normal_(p, std=0.05, generator=torch.Generator().manual_seed(3))
+        start = {
+            n: p.detach().clone()
+            for n, (blk, p) in lora_parameters(trainer.model).items()
+            if blk == 1
+        }
+        trainer.fit(images, caps, claims)
+        return sum(
+            float((p.detach() - start[n]).norm())
+            for n, (blk, p) in lora_parameters(trainer.model).items()
+            if blk == 1
+        )
+
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as d:
+        full_g = block1_update("gradient", [1.0, 1.0, 1.0], f"{d}/a")
+        tenth_g = block1_update("gradient", [1.0, 1.0, 0.1], f"{d}/b")
+        tenth_lr = block1_update("lr", [1.0, 1.0, 0.1], f"{d}/c")
+    assert tenth_g == pytest.approx(full_g, rel=0.05)  # Adam normalises the factor away
+    assert tenth_lr == pytest.approx(0.1 * full_g, rel=0.2)
+
+
+def clip_dir_of(encoder):
+    return encoder.model.config._name_or_path

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Sequence
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -60,6 +61,10 @@ class LoopConfig:
     checkpoint_every: int = 50
     shards: int = 1  # the global batch is split into this many shards (DDP: one per rank)
     loss: str = "nast"  # "nast": lambda * L_CLIP + (1 - lambda) * L_claim; "negclip"
+    # "gradient": NAST as specified, gradients of block l times alpha_l ** beta. Adam divides
+    # each parameter's step by its own gradient scale, so this only matters where alpha_l is
+    # 0 (or tiny). "lr": per-block learning rates lr * alpha_l ** beta, which Adam keeps.
+    scaling: str = "gradient"
     lora: LoraSettings | None = field(default_factory=LoraSettings)  # None: full fine-tuning
 
     def __post_init__(self) -> None:
@@ -70,6 +75,8 @@ class LoopConfig:
             raise ValueError(f"lr must be > 0, got {self.lr}")
         if self.loss not in LOSSES:
             raise ValueError(f"loss must be one of {LOSSES}, got {self.loss!r}")
+        if self.scaling not in ("gradient", "lr"):
+            raise ValueError(f"scaling must be 'gradient' or 'lr', got {self.scaling!r}")
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -125,9 +132,17 @@ class Trainer:
         self.params = trainable_text_parameters(self.model)
         n_blocks = len(encoder.text_layers)
         self.scales = block_scales(alpha, config.beta, n_blocks)
-        self.optim = torch.optim.AdamW(
-            [p for _, p in self.params.values()], lr=config.lr, weight_decay=config.weight_decay
-        )
+        if config.scaling == "gradient":
+            groups: list[dict[str, Any]] = [{"params": [p for _, p in self.params.values()]}]
+        else:  # per-block learning rates lr * alpha_l ** beta
+            by_block: dict[int, list[Any]] = {}
+            for layer, p in self.params.values():
+                by_block.setdefault(layer, []).append(p)
+            groups = [
+                {"params": ps, "lr": config.lr * float(self.scales[b])}
+                for b, ps in sorted(by_block.items())
+            ]
+        self.optim = torch.optim.AdamW(groups, lr=config.lr, weight_decay=config.weight_decay)
         self.loss = NASTLoss(config.lam)
         self.negclip = NegCLIPLoss()
         self.generator = torch.Generator().manual_seed(config.seed)
@@ -219,7 +234,12 @@ class Trainer:
             shards = list(range(cfg.shards))
         totals: dict[str, float] = {}
         self.optim.zero_grad(set_to_none=True)
-        with scaled_gradients(self.model, self.scales):
+        scaling = (
+            scaled_gradients(self.model, self.scales)
+            if cfg.scaling == "gradient"
+            else nullcontext()
+        )
+        with scaling:
             for shard in shards:
                 c_cap, c_clm = self._shard(cap, shard), self._shard(clm, shard)
                 text = _encode_distinct(self.encoder, [c.text for c in c_cap])
