@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -90,65 +91,46 @@ def zero_shot(
     return encoder
 
 
-@register("uniform-lora")
-def uniform_lora(
-    encoder: DualEncoder,
-    images: torch.Tensor,
-    data: NegationData,
-    alpha: torch.Tensor,
-    config: LoopConfig,
-    out: Path,
-) -> DualEncoder:
-    trainer = Trainer(encoder, alpha, replace(config, beta=0.0), out)
-    trainer.fit(images, data.captions, data.claims, resume=True)
-    return encoder
+def _trained(claims_of: Callable[[NegationData], list[ClaimExample]], **overrides: Any) -> Method:
+    """A method that trains with ``config`` changed by ``overrides`` on chosen claims."""
+
+    def method(
+        encoder: DualEncoder,
+        images: torch.Tensor,
+        data: NegationData,
+        alpha: torch.Tensor,
+        config: LoopConfig,
+        out: Path,
+    ) -> DualEncoder:
+        claims = claims_of(data)
+        if not claims:
+            raise ValueError(
+                "no training claims for this method (for negbench: no train "
+                "study passes the polarity row filter)"
+            )
+        trainer = Trainer(encoder, alpha, replace(config, **overrides), out)
+        trainer.fit(images, data.captions, claims, resume=True)
+        return encoder
+
+    return method
 
 
-@register("nast")
-def nast(
-    encoder: DualEncoder,
-    images: torch.Tensor,
-    data: NegationData,
-    alpha: torch.Tensor,
-    config: LoopConfig,
-    out: Path,
-) -> DualEncoder:
-    trainer = Trainer(encoder, alpha, config, out)
-    trainer.fit(images, data.captions, data.claims, resume=True)
-    return encoder
+def _claim_sets(data: NegationData) -> list[ClaimExample]:
+    return data.claims
 
 
-@register("negclip")
-def negclip(
-    encoder: DualEncoder,
-    images: torch.Tensor,
-    data: NegationData,
-    alpha: torch.Tensor,
-    config: LoopConfig,
-    out: Path,
-) -> DualEncoder:
-    """NegCLIP: hard negatives in the contrastive batch, full fine-tuning of the text blocks."""
-    trainer = Trainer(encoder, alpha, replace(config, beta=0.0, lora=None, loss="negclip"), out)
-    trainer.fit(images, data.captions, data.claims, resume=True)
-    return encoder
+def _mcq_options(data: NegationData) -> list[ClaimExample]:
+    return data.mcq
 
 
-@register("negbench")
-def negbench(
-    encoder: DualEncoder,
-    images: torch.Tensor,
-    data: NegationData,
-    alpha: torch.Tensor,
-    config: LoopConfig,
-    out: Path,
-) -> DualEncoder:
-    """NegBench: contrastive loss plus a multiple-choice loss over negated multi-condition
-    options (the polarity builder's MCQs), uniform LoRA."""
-    if not data.mcq:
-        raise ValueError("negbench needs MCQ examples: no train study passes the row filter")
-    trainer = Trainer(encoder, alpha, replace(config, beta=0.0), out)
-    trainer.fit(images, data.captions, data.mcq, resume=True)
-    return encoder
+# uniform LoRA: the NAST loss with beta = 0 (every block weighted 1)
+register("uniform-lora")(_trained(_claim_sets, beta=0.0))
+# NAST: block l's gradients (or learning rate, config.scaling) weighted by alpha_l ** beta
+register("nast")(_trained(_claim_sets))
+# NegCLIP: hard negatives in the contrastive batch, full fine-tuning of the text blocks
+register("negclip")(_trained(_claim_sets, beta=0.0, lora=None, loss="negclip"))
+# NegBench: contrastive + multiple-choice loss on negated multi-condition options, uniform LoRA
+register("negbench")(_trained(_mcq_options, beta=0.0))
 
 
 def run_method(
