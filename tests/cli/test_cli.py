@@ -240,3 +240,26 @@ def test_eval_negation_applies_a_peft_adapter(tmp_path):
     assert ok.exit_code == 0, ok.output
     missing = runner.invoke(app, [*args, "--adapter", str(tmp_path)])
     assert missing.exit_code == 1 and "adapter_config.json" in missing.output
+
+
+@pytest.mark.parametrize(
+    "kind,name,table",
+    [("nast", "nast_benchmark.json", "mcq"), ("psf", "psf_records.jsonl", "paraphrases")],
+)
+def test_import_external_files(tmp_path, kind, name, table):
+    from pathlib import Path
+
+    fixture = Path(__file__).resolve().parents[1] / "data" / "fixtures" / "importers" / name
+    args = ["data", "import", kind, str(fixture), "--out", str(tmp_path)]
+    if kind == "nast":
+        args.append("--no-check")
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    manifest = json.loads((tmp_path / "manifest.json").read_text())
+    rows = read_table(tmp_path / f"{table}.parquet")
+    assert manifest["counts"]["tables"][table]["rows"] == len(rows) > 0
+    assert manifest["source"]["import"]["rows_kept"] == len(rows)
+    bad = runner.invoke(
+        app, ["data", "import", kind, str(tmp_path / "missing.json"), "--out", str(tmp_path / "x")]
+    )
+    assert bad.exit_code == 1 and "missing.json" in " ".join(bad.output.split())

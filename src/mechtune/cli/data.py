@@ -229,14 +229,29 @@ for _kind in BUILD_HELP:
     build_app.command(_kind)(_build_command(_kind))
 
 
-def _write_imported(
-    kind: str, table: str, records: list[Any], out: Path, fmt: Fmt, report: dict[str, Any]
-) -> BuildResult:
+def _import(
+    read: Callable[..., tuple[list[Any], Any]],
+    path: Path,
+    skip_bad: bool,
+    kind: str,
+    table: str,
+    out: Path,
+    fmt: Fmt,
+) -> None:
+    """Read and validate an external file, write it as a table with a manifest, report."""
+    try:
+        records, report = read(path, skip_bad=skip_bad)
+    except (DataFormatError, FileNotFoundError) as exc:
+        raise fail(str(exc)) from None
     with TableSet(out, [table], fmt.value) as tables:
         for record in records:
             tables.write(table, record)
     result = BuildResult(out, kind, tables.files, {"tables": tables.counts()})
-    return finish(result, config={"imported": True}, extra={"source": {"import": report}})
+    finish(result, config={"imported": True}, extra={"source": {"import": report.to_dict()}})
+    console.print(
+        f"kept {report.rows_kept} of {report.rows_read} records; skipped {report.skipped}"
+    )
+    console.print(report_table(f"imported -> {out}", result))
 
 
 @import_app.command("nast")
@@ -249,15 +264,7 @@ def import_nast(
     max_disagreement: MaxDisOpt = DEFAULT_MAX_DISAGREEMENT,
 ) -> None:
     """Validate a NAST (MedNega-CXR) benchmark file and convert it to an mcq table."""
-    try:
-        records, report = read_nast_benchmark(path, skip_bad=skip_bad)
-    except (DataFormatError, FileNotFoundError) as exc:
-        raise fail(str(exc)) from None
-    result = _write_imported("polarity", "mcq", list(records), out, fmt, report.to_dict())
-    console.print(
-        f"kept {report.rows_kept} of {report.rows_read} records; skipped {report.skipped}"
-    )
-    console.print(report_table(f"imported -> {out}", result))
+    _import(read_nast_benchmark, path, skip_bad, "polarity", "mcq", out, fmt)
     run_check(out, check, max_disagreement)
 
 
@@ -269,15 +276,7 @@ def import_psf(
     skip_bad: SkipBadOpt = False,
 ) -> None:
     """Validate PSF-Med style paraphrase records and convert them to a paraphrases table."""
-    try:
-        records, report = read_psf_records(path, skip_bad=skip_bad)
-    except (DataFormatError, FileNotFoundError) as exc:
-        raise fail(str(exc)) from None
-    result = _write_imported("paraphrase", "paraphrases", list(records), out, fmt, report.to_dict())
-    console.print(
-        f"kept {report.rows_kept} of {report.rows_read} records; skipped {report.skipped}"
-    )
-    console.print(report_table(f"imported -> {out}", result))
+    _import(read_psf_records, path, skip_bad, "paraphrase", "paraphrases", out, fmt)
 
 
 @app.command("check")

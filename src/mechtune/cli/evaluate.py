@@ -11,7 +11,7 @@ import torch
 import typer
 
 from mechtune.cli._common import console, fail
-from mechtune.data.io import atomic_write_text
+from mechtune.data.io import atomic_write_text, read_jsonl_records
 from mechtune.eval.metrics import bootstrap_mean, claim_hits
 from mechtune.eval.zero_shot import embed_images
 from mechtune.models.spec import ModelSpecError, load_dual_encoder
@@ -32,17 +32,10 @@ def read_claims(path: Path, world: World) -> list[tuple[int, list[str]]]:
     """
     rows = {s.study_id: i for i, s in enumerate(world.studies)}
     out = []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        if not line.strip():
-            continue
+    for number, record in read_jsonl_records(
+        path, ("image", "candidates", "correct"), ClaimFileError
+    ):
         where = f"{path}, line {number}"
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise ClaimFileError(f"{where}: invalid JSON ({exc.msg})") from None
-        for key in ("image", "candidates", "correct"):
-            if key not in record:
-                raise ClaimFileError(f"{where}: missing field {key!r}")
         image, cands, correct = record["image"], record["candidates"], record["correct"]
         if isinstance(image, int) and 0 <= image < len(world.studies):
             row = image

@@ -196,3 +196,25 @@ def read_table(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
         with open(p, encoding="utf-8") as fh:
             return [json.loads(line) for line in fh if line.strip()]
     raise ValueError(f"{p}: unknown table format (expected .parquet or .jsonl)")
+
+
+def read_jsonl_records(
+    path: str | os.PathLike[str], required: Sequence[str], error: type[Exception] = ValueError
+) -> Iterator[tuple[int, dict[str, Any]]]:
+    """(line number, record) for each non-blank line; a line that is not a JSON object or
+    lacks a ``required`` field raises ``error`` naming the file and the line."""
+    p = Path(path)
+    with open(p, encoding="utf-8") as fh:
+        for number, line in enumerate(fh, start=1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise error(f"{p}, line {number}: invalid JSON ({exc.msg})") from None
+            if not isinstance(record, dict):
+                raise error(f"{p}, line {number}: expected a JSON object, got {record!r}")
+            for key in required:
+                if key not in record:
+                    raise error(f"{p}, line {number}: missing field {key!r}")
+            yield number, record

@@ -14,13 +14,13 @@ it) or ``negation_in_caption`` (the finding is absent; the correct text negates 
 
 from __future__ import annotations
 
-import json
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from mechtune.data.io import read_jsonl_records
 from mechtune.data.ontology import load_ontology
 from mechtune.data.schema import Study
 from mechtune.data.splits import record_rng
@@ -215,20 +215,7 @@ def build_trace_pairs(
 
 def read_pairs_file(path: str | Path) -> list[dict[str, Any]]:
     """JSONL of ``{"correct": ..., "foil": ..., "image": <row or study id>}`` records."""
-    p = Path(path)
-    out = []
-    for number, line in enumerate(p.read_text(encoding="utf-8").splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise TraceError(f"{p}, line {number}: invalid JSON ({exc.msg})") from None
-        for key in ("correct", "foil", "image"):
-            if key not in record:
-                raise TraceError(f"{p}, line {number}: missing field {key!r}")
-        out.append(record)
-    return out
+    return [r for _, r in read_jsonl_records(path, ("correct", "foil", "image"), TraceError)]
 
 
 def pairs_from_records(
