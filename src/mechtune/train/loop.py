@@ -10,7 +10,6 @@ checkpoint ends with the same weights as an uninterrupted one.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Sequence
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
@@ -18,11 +17,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from peft import PeftModel
-from safetensors.torch import load_file, save_file
 
-from mechtune.data.io import atomic_path, atomic_write_text
 from mechtune.models.dual_encoder import DualEncoder
+from mechtune.train.checkpoint import checkpoint_folders, load_latest_checkpoint, save_checkpoint
 from mechtune.train.lora import (
     LoraSettings,
     apply_text_lora,
@@ -158,41 +155,21 @@ class Trainer:
     # -- checkpoints ---------------------------------------------------------------------------
 
     def checkpoints(self) -> list[Path]:
-        return sorted(self.out.glob("step_*"), key=lambda p: int(p.name.split("_")[1]))
+        return checkpoint_folders(self.out)
 
     def save(self) -> Path:
-        folder = self.out / f"step_{self.step:06d}"
-        folder.mkdir(parents=True, exist_ok=True)
-        weights = {n: p.detach().contiguous() for n, (_, p) in self.params.items()}
-        with atomic_path(folder / "adapter.safetensors") as tmp:
-            save_file(weights, str(tmp))
-        with atomic_path(folder / "optimizer.pt") as tmp:
-            torch.save(self.optim.state_dict(), tmp)
-        with atomic_path(folder / "rng.pt") as tmp:
-            # the sampler's stream, and torch's global one (dropout draws from it)
-            torch.save({"sampler": self.generator.get_state(), "torch": torch.get_rng_state()}, tmp)
-        if isinstance(self.model, PeftModel):
-            # the standard peft layout too: PeftModel.from_pretrained(base, folder / "peft")
-            self.model.save_pretrained(str(folder / "peft"))
-        state = {"step": self.step, "config": self.config.to_dict(), "history": self.history}
-        atomic_write_text(folder / "state.json", json.dumps(state, indent=2) + "\n")
-        return folder
+        params = {n: p for n, (_, p) in self.params.items()}
+        state = {"config": self.config.to_dict(), "history": self.history}
+        return save_checkpoint(
+            self.out, self.step, params, self.optim, self.generator, state, self.model
+        )
 
     def resume(self) -> bool:
         """Load the newest checkpoint, if any. Returns whether one was loaded."""
-        found = [c for c in self.checkpoints() if (c / "state.json").is_file()]
-        if not found:
+        params = {n: p for n, (_, p) in self.params.items()}
+        state = load_latest_checkpoint(self.out, params, self.optim, self.generator)
+        if state is None:
             return False
-        folder = found[-1]
-        weights = load_file(str(folder / "adapter.safetensors"))
-        with torch.no_grad():
-            for name, (_, p) in self.params.items():
-                p.copy_(weights[name])
-        self.optim.load_state_dict(torch.load(folder / "optimizer.pt", weights_only=True))
-        rng = torch.load(folder / "rng.pt", weights_only=True)
-        self.generator.set_state(rng["sampler"])
-        torch.set_rng_state(rng["torch"])
-        state = json.loads((folder / "state.json").read_text(encoding="utf-8"))
         self.step, self.history = int(state["step"]), list(state["history"])
         return True
 
