@@ -14,7 +14,7 @@ from mechtune.sim.reports import ReportConfig
 from mechtune.sim.world import WorldConfig, make_world, save_world, showcase_studies
 
 app = typer.Typer(
-    help="The phantom chest X-ray world: render, build, train the phantom CLIP.",
+    help="The phantom chest X-ray world: render, build, train the phantom CLIP and VQA head.",
     no_args_is_help=True,
 )
 
@@ -97,4 +97,35 @@ def train_clip(
     console.print(f"wrote {out} in {log['seconds']} s; final loss {log['history'][-1]['loss']:.3f}")
     if compare:
         diff = compare_checkpoints(out, default_checkpoint())
+        console.print(f"largest |difference| from the shipped checkpoint: {diff:.3g}")
+
+
+@app.command("train-vqa")
+def train_vqa(
+    out: Annotated[Path, typer.Option("--out", "-o", help="Checkpoint folder to write.")],
+    seed: SeedOpt = 0,
+    steps: Annotated[int, typer.Option(help="Optimiser steps.", min=1)] = 600,
+    n: Annotated[int, typer.Option("--n", help="Studies in the training world.", min=10)] = 6000,
+    compare: Annotated[
+        bool, typer.Option(help="Compare the result with the shipped default checkpoint.")
+    ] = True,
+) -> None:
+    """Train the phantom VQA head on the narrow question register (rebuilds the default)."""
+    from mechtune.sim.train_clip import compare_checkpoints
+    from mechtune.sim.train_vqa import TrainVQAConfig, train_phantom_vqa
+    from mechtune.sim.vqa import default_vqa_checkpoint
+
+    config = TrainVQAConfig(seed=seed, steps=steps, n_studies=n)
+    with progress_bar("train phantom VQA head", steps) as advance:
+
+        def progress(stage: str, done: int, total: int) -> None:
+            if stage == "train":
+                advance(1)
+
+        model, log = train_phantom_vqa(config, progress=progress)
+    model.save(out, extra={"train": log})
+    val = log["val_register_accuracy"]["balanced_accuracy"]
+    console.print(f"wrote {out} in {log['seconds']} s; val balanced accuracy {val:.3f}")
+    if compare:
+        diff = compare_checkpoints(out, default_vqa_checkpoint())
         console.print(f"largest |difference| from the shipped checkpoint: {diff:.3g}")

@@ -197,7 +197,7 @@ def image_embeddings(model: PhantomCLIP, images: np.ndarray, batch_size: int = 5
 
 
 def compare_checkpoints(a: str | Path, b: str | Path) -> float:
-    """Largest absolute difference between two phantom CLIP checkpoints' tensors."""
+    """Largest absolute difference between two checkpoints (phantom CLIP or VQA head)."""
     sa, sb = load_file(str(Path(a) / WEIGHTS)), load_file(str(Path(b) / WEIGHTS))
     if sa.keys() != sb.keys():
         raise ValueError(f"{a} and {b} hold different tensors")

@@ -68,7 +68,7 @@ def _pick_families(pool: tuple[CueFamily, ...], n: int, rng: random.Random) -> l
     return chosen[:n]
 
 
-def _conditions(study: Study, k: int, rng: random.Random) -> list[str]:
+def balanced_conditions(study: Study, k: int, rng: random.Random) -> list[str]:
     """Balance yes and no answers: alternate present and absent conditions."""
     onto = load_ontology()
     present = [c.id for c in onto.pathologies if study.label(c.id) is True]
@@ -141,7 +141,7 @@ def build_paraphrase(
             split = patient_split(study.patient_id, config.seed, config.split_fractions)
             rng = record_rng(config.seed, "paraphrase", study.study_id)
             pools = [False, True] if split != "train" and config.heldout_eval else [False]
-            for condition in _conditions(study, config.questions_per_study, rng):
+            for condition in balanced_conditions(study, config.questions_per_study, rng):
                 for heldout in pools:
                     record = make_paraphrase_set(study, condition, heldout, split, config, rng)
                     answers["yes" if record.answer else "no"] += 1
