@@ -3,6 +3,11 @@
     .venv/bin/python experiments/negation_study.py --recipe recipes/nast-phantom.yaml \\
         --methods zero-shot uniform-lora nast --seeds 0 1 2 --out runs/negation_3seeds
 
+Choosing settings uses the validation patients only, e.g.
+
+    .venv/bin/python experiments/negation_study.py --eval-split val --methods nast \\
+        --set scaling=lr beta=1 --out runs/tune/nast_lr_b1
+
 Writes results.json and table.md into --out (see mechtune.eval.negation_study).
 """
 
@@ -11,6 +16,8 @@ from __future__ import annotations
 import argparse
 from dataclasses import replace
 from pathlib import Path
+
+import yaml
 
 from mechtune.eval.negation_study import load_recipe, run_negation_study
 
@@ -21,8 +28,26 @@ def main() -> None:
     parser.add_argument("--methods", nargs="+", default=None)
     parser.add_argument("--seeds", type=int, nargs="+", default=None)
     parser.add_argument("--out", type=Path, default=Path("runs/negation_study"))
+    parser.add_argument(
+        "--eval-split", choices=("val", "test"), default=None, help="val to choose settings"
+    )
+    parser.add_argument(
+        "--set",
+        nargs="*",
+        default=[],
+        metavar="LOOP_KEY=VALUE",
+        help="override loop settings, e.g. scaling=lr beta=1 steps=100",
+    )
+    parser.add_argument("--no-balance", action="store_true", help="claim sets as drawn")
     args = parser.parse_args()
     config = load_recipe(args.recipe)
+    if args.no_balance:
+        config = replace(config, balance_polarity=False)
+    if args.eval_split:
+        config = replace(config, eval_split=args.eval_split)
+    if args.set:
+        overrides = {k: yaml.safe_load(v) for k, v in (item.split("=", 1) for item in args.set)}
+        config = replace(config, loop=replace(config.loop, **overrides))
     if args.methods:
         config = replace(config, methods=tuple(args.methods))
     if args.seeds:

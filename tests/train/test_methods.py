@@ -3,9 +3,10 @@ import torch
 
 from mechtune.models.spec import load_dual_encoder
 from mechtune.sim.world import WorldConfig, make_world
+from mechtune.train.consistency import ConsistencyConfig
 from mechtune.train.loop import LoopConfig
 from mechtune.train.lora import LoraSettings, lora_parameters
-from mechtune.train.methods import METHODS, negation_examples, run_method
+from mechtune.train.methods import METHODS, methods_for, negation_examples, run_method
 
 
 @pytest.fixture(scope="module")
@@ -25,9 +26,20 @@ def test_examples_come_from_train_patients_and_train_families(world):
 
 
 def test_registry():
-    assert {"zero-shot", "uniform-lora", "nast"} <= set(METHODS)
-    with pytest.raises(KeyError, match="unknown method 'bogus'"):
+    assert {"zero-shot", "uniform-lora", "nast"} <= set(methods_for("negation"))
+    assert methods_for("paraphrase") == ["consistency-lora"]
+    assert METHODS["consistency-lora"].config is ConsistencyConfig
+    with pytest.raises(KeyError, match="unknown negation method 'bogus'"):
         run_method("bogus", None, None, None, [], LoopConfig(), "x")
+    with pytest.raises(KeyError, match="unknown negation method 'consistency-lora'"):
+        run_method("consistency-lora", None, None, None, [], LoopConfig(), "x")
+
+
+def test_balancing_repeats_claim_sets_and_adds_or_drops_none(world):
+    data = negation_examples(world)
+    raw = negation_examples(world, balance_polarity=False)
+    assert len(data.claims) > len(raw.claims)
+    assert set(data.claims) == set(raw.claims)  # repeats only, nothing new or dropped
 
 
 def test_zero_shot_changes_nothing_and_nast_trains_only_weighted_blocks(world, tmp_path):

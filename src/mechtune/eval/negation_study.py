@@ -50,11 +50,20 @@ class NegationStudyConfig:
     world_seed: int = 0
     trace_per_study: int = 1
     trace_max_pairs: int = 300
+    eval_split: str = "test"
+    balance_polarity: bool = True
     loop: LoopConfig = field(
         default_factory=lambda: LoopConfig(
             steps=150, lr=5e-4, beta=2.0, checkpoint_every=50, lora=LoraSettings(rank=8, alpha=16)
         )
     )
+
+    def __post_init__(self) -> None:
+        if self.eval_split not in ("val", "test"):
+            raise ValueError(
+                f"eval_split must be 'val' (choosing settings) or 'test' (reporting), "
+                f"got {self.eval_split!r}"
+            )
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -64,6 +73,8 @@ class NegationStudyConfig:
             "world_seed": self.world_seed,
             "trace_per_study": self.trace_per_study,
             "trace_max_pairs": self.trace_max_pairs,
+            "eval_split": self.eval_split,
+            "balance_polarity": self.balance_polarity,
             "loop": self.loop.to_dict(),
         }
 
@@ -82,6 +93,8 @@ def load_recipe(path: str | Path) -> NegationStudyConfig:
         "world_seed",
         "trace_per_study",
         "trace_max_pairs",
+        "eval_split",
+        "balance_polarity",
     }
     unknown = sorted(set(raw) - known - {"model"})
     if unknown:
@@ -126,7 +139,7 @@ def run_negation_study(
     traced = trace_on_train_split(world, config)
     traced.save(out / "trace")
     cte_by_block = traced.cte_layer[1:].tolist()
-    data = negation_examples(world)
+    data = negation_examples(world, balance_polarity=config.balance_polarity)
     sentences = general_sentences()
     runs: dict[str, list[dict[str, Any]]] = {}
     for method in config.methods:
@@ -147,7 +160,9 @@ def run_negation_study(
                 out / "runs" / method / f"seed{seed}",
             )
             seconds = time.perf_counter() - start
-            report = to_jsonable(evaluate_zero_shot(encoder, world, split="test", probes=False))
+            report = to_jsonable(
+                evaluate_zero_shot(encoder, world, split=config.eval_split, probes=False)
+            )
             report["retention"] = embedding_drift(before, encoder.encode_texts(sentences)).to_dict()
             report["train_seconds"] = round(seconds, 1)
             report["seed"] = seed
@@ -209,9 +224,9 @@ def results_table(results: dict[str, Any]) -> str:
     """Markdown in the shape of NAST's Tables 1/3/4, held-out phrasing families."""
     head = (
         "| method | seeds | R@1 | R@5 | claim acc | affirmative acc | negated acc | "
-        "gap (pp) | contralateral | MCQ neg / aff | top-3 share | top-5 share | retention |"
+        "gap (pp) | existence-only gap | contralateral | MCQ neg / aff | top-3 share | top-5 share | retention |"
     )
-    lines = [head, "|" + "---|" * 13]
+    lines = [head, "|" + "---|" * 14]
     for method, reports in results["runs"].items():
 
         def get(path: str, reps: list[dict[str, Any]] = reports) -> list[float]:
@@ -236,6 +251,7 @@ def results_table(results: dict[str, Any]) -> str:
                     _agg(get(f"{held}/accuracy_by_polarity/affirmative")),
                     _agg(get(f"{held}/accuracy_by_polarity/negated")),
                     _agg(get(f"{held}/affirmative_negation_gap")),
+                    _agg(get(f"{held}/existence_only_gap")),
                     _agg(get(f"{held}/accuracy_by_polarity/contralateral")),
                     f"{_agg(get('polarity_mcq/negated'))} / {_agg(get('polarity_mcq/affirmative'))}",
                     _agg(get("update_share/top3")),

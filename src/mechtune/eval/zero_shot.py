@@ -101,11 +101,22 @@ def summarise_claims(claim_sets: list[ClaimSet], scores: list[np.ndarray]) -> di
         }
         acc = {k: bootstrap_mean(top1[v]) for k, v in groups.items()}
         gap = bootstrap_mean_diff(top1[groups["affirmative"]], top1[groups["negated"]])
+        # Like for like: sets whose only negative is the polarity-flipped statement, so
+        # affirmative and negated sets are equally hard apart from the wording.
+        existence = {
+            k: [i for i in v if claim_sets[i].flipped == ("existence",)]
+            for k, v in groups.items()
+            if k != "contralateral"
+        }
+        existence_gap = bootstrap_mean_diff(
+            top1[existence["affirmative"]], top1[existence["negated"]]
+        )
         out[family_name] = {
             "claim_accuracy": bootstrap_mean(top1[sel]),
             "pairwise_by_attribute": {a: bootstrap_mean(v) for a, v in sorted(by_attr.items())},
             "accuracy_by_polarity": acc,
             "affirmative_negation_gap": gap,
+            "existence_only_gap": existence_gap,
             "claim_sets": len(sel),
         }
     return out
@@ -236,6 +247,7 @@ def summary_rows(report: dict[str, Any]) -> list[tuple[str, str, str]]:
         row("  correct claim negated", lambda c: c["accuracy_by_polarity"]["negated"]),
         row("  contralateral negation", lambda c: c["accuracy_by_polarity"]["contralateral"]),
         row("affirmative - negated gap (pp)", lambda c: c["affirmative_negation_gap"]),
+        row("  same gap, existence-only sets (pp)", lambda c: c["existence_only_gap"]),
     ]
     for attr in ("existence", "laterality", "severity"):
         rows.append(

@@ -1,10 +1,14 @@
-"""Negation fine-tuning methods, registered by name, all on the same data and budget.
+"""Fine-tuning methods, registered by name with their task and config class.
 
+Negation (dual encoders, :class:`LoopConfig`), all on the same data and budget:
 ``zero-shot`` (no training), ``uniform-lora`` (NAST loss, beta = 0), ``nast`` (gradients
 of block l scaled by alpha_l ** beta), ``negclip`` (hard negatives in the contrastive batch,
 full fine-tuning of the text blocks) and ``negbench`` (contrastive + multiple-choice loss on
 negated multi-condition options, uniform LoRA). Training examples come from the
 contextual builder on a world's train-split patients (train phrasing families only).
+
+Paraphrase (yes/no VLMs, :class:`ConsistencyConfig`): ``consistency-lora``, PSF-Med's
+LoRA on chosen language-model layers with answer CE + symmetric KL.
 """
 
 from __future__ import annotations
@@ -19,7 +23,9 @@ import torch
 from mechtune.data.builders.contextual import ContextualConfig, study_records
 from mechtune.data.builders.polarity import PolarityConfig, make_mcq, passes_row_filter
 from mechtune.models.dual_encoder import DualEncoder
+from mechtune.models.yes_no import YesNoVLM
 from mechtune.sim.world import World
+from mechtune.train.consistency import ConsistencyConfig, ConsistencyExample, ConsistencyTrainer
 from mechtune.train.loop import CaptionExample, ClaimExample, LoopConfig, Trainer
 
 
@@ -35,12 +41,21 @@ def negation_examples(
     contextual: ContextualConfig | None = None,
     split: str = "train",
     heldout: bool = False,
+    balance_polarity: bool = True,
 ) -> NegationData:
-    """Single negated captions and claim sets of one split, in one family pool."""
+    """Single negated captions and claim sets of one split, in one family pool.
+
+    Most conditions are absent in most studies, so about two thirds of the claim sets have
+    a negated correct claim; trained on them as drawn, every method learns to prefer "No
+    ..." wording and overshoots (the affirmative-negation gap flips sign). With
+    ``balance_polarity`` the minority polarity's claim sets are repeated, in order, until
+    both polarities are equally many, so uniform sampling sees each half the time.
+    """
     contextual = contextual or ContextualConfig(
         seed=world.config.seed, split_fractions=world.config.split_fractions
     )
-    captions, claims, mcq = [], [], []
+    captions, mcq = [], []
+    by_polarity: dict[str, list[ClaimExample]] = {"affirmative": [], "negated": []}
     polarity = PolarityConfig(
         seed=contextual.seed,
         families="heldout" if heldout else "train",
@@ -50,33 +65,66 @@ def negation_examples(
         study = world.studies[int(row)]
         claim_sets, caps = study_records(study, contextual)
         captions += [CaptionExample(c.text, int(row)) for c in caps if c.heldout_family == heldout]
-        claims += [
-            ClaimExample(cs.candidates, int(row))
-            for cs in claim_sets
-            if cs.heldout_family == heldout
-        ]
+        for cs in claim_sets:
+            if cs.heldout_family == heldout:
+                by_polarity.setdefault(cs.polarity, []).append(
+                    ClaimExample(cs.candidates, int(row))
+                )
         if passes_row_filter(study, polarity):
             q = make_mcq(study, polarity, split)
             options = [q.negated_options[q.correct_index]]
             options += [o for i, o in enumerate(q.negated_options) if i != q.correct_index]
             mcq.append(ClaimExample(tuple(options), int(row)))
+    if balance_polarity:
+        claims = _balanced(list(by_polarity.values()))
+    else:
+        claims = [c for group in by_polarity.values() for c in group]
     return NegationData(captions, claims, mcq)
+
+
+def _balanced(groups: list[list[ClaimExample]]) -> list[ClaimExample]:
+    """Each non-empty group repeated cyclically up to the largest group's size."""
+    size = max((len(g) for g in groups), default=0)
+    return [g[i % len(g)] for g in groups if g for i in range(size)]
 
 
 Method = Callable[
     [DualEncoder, torch.Tensor, NegationData, torch.Tensor, LoopConfig, Path], DualEncoder
 ]
-METHODS: dict[str, Method] = {}
+ParaphraseMethod = Callable[
+    [YesNoVLM, Any, Sequence[ConsistencyExample], ConsistencyConfig, Path], YesNoVLM
+]
 
 
-def register(name: str) -> Callable[[Method], Method]:
-    def wrap(fn: Method) -> Method:
+@dataclass(frozen=True)
+class MethodEntry:
+    """A registered method: the task it fixes, its config class, and how to run it."""
+
+    name: str
+    task: str  # "negation" (dual encoders) or "paraphrase" (yes/no VLMs)
+    config: type
+    run: Callable[..., Any]
+
+
+METHODS: dict[str, MethodEntry] = {}
+TASK_CONFIGS = {"negation": LoopConfig, "paraphrase": ConsistencyConfig}
+
+
+def register(name: str, task: str = "negation") -> Callable[[Callable[..., Any]], Any]:
+    if task not in TASK_CONFIGS:
+        raise ValueError(f"unknown task {task!r}; known: {sorted(TASK_CONFIGS)}")
+
+    def wrap(fn: Callable[..., Any]) -> Callable[..., Any]:
         if name in METHODS:
             raise ValueError(f"method {name!r} is already registered")
-        METHODS[name] = fn
+        METHODS[name] = MethodEntry(name, task, TASK_CONFIGS[task], fn)
         return fn
 
     return wrap
+
+
+def methods_for(task: str) -> list[str]:
+    return sorted(n for n, m in METHODS.items() if m.task == task)
 
 
 @register("zero-shot")
@@ -143,7 +191,40 @@ def run_method(
     out: str | Path,
 ) -> DualEncoder:
     """Train ``encoder`` in place with a registered method (resuming from ``out``)."""
-    if name not in METHODS:
-        raise KeyError(f"unknown method {name!r}; registered: {', '.join(sorted(METHODS))}")
+    entry = _entry(name, "negation")
     torch.manual_seed(config.seed)
-    return METHODS[name](encoder, images, data, torch.as_tensor(alpha), config, Path(out))
+    return entry.run(encoder, images, data, torch.as_tensor(alpha), config, Path(out))
+
+
+@register("consistency-lora", task="paraphrase")
+def consistency_lora(
+    vlm: YesNoVLM,
+    images: Any,
+    examples: Sequence[ConsistencyExample],
+    config: ConsistencyConfig,
+    out: Path,
+) -> YesNoVLM:
+    """PSF-Med's targeted LoRA: CE + w * symmetric KL on ``config.layers``."""
+    ConsistencyTrainer(vlm, config, out).fit(images, examples, resume=True)
+    return vlm
+
+
+def run_paraphrase_method(
+    name: str,
+    vlm: YesNoVLM,
+    images: Any,
+    examples: Sequence[ConsistencyExample],
+    config: ConsistencyConfig,
+    out: str | Path,
+) -> YesNoVLM:
+    """Train ``vlm`` in place with a registered paraphrase method (resuming from ``out``)."""
+    entry = _entry(name, "paraphrase")
+    torch.manual_seed(config.seed)
+    return entry.run(vlm, images, examples, config, Path(out))
+
+
+def _entry(name: str, task: str) -> MethodEntry:
+    if name not in METHODS or METHODS[name].task != task:
+        known = ", ".join(methods_for(task))
+        raise KeyError(f"unknown {task} method {name!r}; registered: {known}")
+    return METHODS[name]

@@ -1,0 +1,129 @@
+import math
+
+import numpy as np
+import pytest
+import torch
+from peft import PeftModel
+
+from mechtune.sim.vqa import PhantomVQA, load_default_vqa
+from mechtune.train.consistency import (
+    ConsistencyConfig,
+    ConsistencyExample,
+    ConsistencyLoss,
+    ConsistencyTrainer,
+    lora_layers,
+    symmetric_kl,
+)
+
+
+def bernoulli_kl(p: float, q: float) -> float:
+    return p * math.log(p / q) + (1 - p) * math.log((1 - p) / (1 - q))
+
+
+def test_symmetric_kl_matches_the_definition() -> None:
+    a = torch.tensor([2.0, -1.0, 0.3, 0.0])
+    b = torch.tensor([-0.5, -1.0, 1.7, 4.0])
+    got = symmetric_kl(a, b)
+    for i in range(4):
+        p, q = 1 / (1 + math.exp(-a[i].item())), 1 / (1 + math.exp(-b[i].item()))
+        want = bernoulli_kl(p, q) + bernoulli_kl(q, p)
+        assert got[i].item() == pytest.approx(want, rel=1e-5, abs=1e-7)
+    assert got[1].item() == 0.0  # same margin, same distribution
+
+
+def test_symmetric_kl_equals_softmax_kl_over_yes_no_logits() -> None:
+    # The VLM's yes/no distribution is a softmax over two logits; only their difference
+    # (the margin) matters.
+    yes_a, no_a, yes_b, no_b = 1.3, -0.2, 0.1, 0.9
+    p = torch.softmax(torch.tensor([yes_a, no_a]), 0)
+    q = torch.softmax(torch.tensor([yes_b, no_b]), 0)
+    want = float((p * (p / q).log()).sum() + (q * (q / p).log()).sum())
+    got = symmetric_kl(torch.tensor([yes_a - no_a]), torch.tensor([yes_b - no_b]))
+    assert got.item() == pytest.approx(want, rel=1e-5)
+
+
+def test_consistency_loss_terms_by_hand() -> None:
+    orig = torch.tensor([1.0, -2.0])
+    para = torch.tensor([-0.5, -1.0])
+    answer = torch.tensor([True, False])
+    terms = ConsistencyLoss(consistency_weight=0.7)(orig, para, answer)
+
+    def nll(m: float, y: bool) -> float:
+        p = 1 / (1 + math.exp(-m))
+        return -math.log(p if y else 1 - p)
+
+    ce = (nll(1.0, True) + nll(-2.0, False) + nll(-0.5, True) + nll(-1.0, False)) / 4
+    kl = float(symmetric_kl(orig, para).mean())
+    assert terms["answer_ce"].item() == pytest.approx(ce, rel=1e-6)
+    assert terms["symmetric_kl"].item() == pytest.approx(kl, rel=1e-6)
+    assert terms["loss"].item() == pytest.approx(ce + 0.7 * kl, rel=1e-6)
+
+
+def test_config_validates() -> None:
+    with pytest.raises(ValueError, match="steps must be >= 1"):
+        ConsistencyConfig(steps=0)
+    with pytest.raises(ValueError, match="at least one block"):
+        ConsistencyConfig(layers=())
+    assert ConsistencyConfig.from_dict(ConsistencyConfig(layers=(1, 2)).to_dict()).layers == (1, 2)
+
+
+@pytest.fixture(scope="module")
+def examples() -> list[ConsistencyExample]:
+    return [
+        ConsistencyExample(0, "Is there a pleural effusion?", ("Is pleural fluid visible?",), True),
+        ConsistencyExample(
+            1, "Is there a pneumothorax?", ("Is air in the pleural space seen?",), False
+        ),
+        ConsistencyExample(
+            2, "Is there cardiomegaly?", ("Does the image show an enlarged heart?",), True
+        ),
+    ]
+
+
+def _vqa() -> PhantomVQA:
+    torch.manual_seed(0)
+    return load_default_vqa()
+
+
+def _images(model: PhantomVQA) -> torch.Tensor:
+    rng = np.random.default_rng(0)
+    return model.embed_images(rng.integers(0, 255, (3, 128, 128), dtype=np.uint8))
+
+
+def test_lora_only_on_chosen_layers_and_nothing_else_changes(tmp_path, examples) -> None:
+    model = _vqa()
+    before = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    images = _images(model)
+    trainer = ConsistencyTrainer(
+        model, ConsistencyConfig(layers=(1, 2), steps=3, batch_size=4, lr=1e-2), tmp_path
+    )
+    assert isinstance(trainer.model, PeftModel)
+    assert lora_layers(trainer.model, model.layers_pattern) == [1, 2]
+    trainer.fit(images, examples)
+    after = trainer.model.get_base_model().state_dict()
+    changed = []
+    for name, value in after.items():
+        base = name.replace(".base_layer", "")
+        if "lora_" in name:
+            assert any(f"question.bert.encoder.layer.{i}." in name for i in (1, 2)), name
+            continue
+        assert torch.equal(value, before[base]), f"{name} changed"
+    lora_b = [v for n, v in after.items() if "lora_B" in n]
+    changed = [v for v in lora_b if v.abs().sum() > 0]
+    assert lora_b and len(changed) == len(lora_b)  # every adapter trained
+
+
+def test_resume_gives_the_same_weights(tmp_path, examples) -> None:
+    config = ConsistencyConfig(layers=(5,), steps=4, batch_size=4, lr=1e-2, checkpoint_every=2)
+    straight = ConsistencyTrainer(_vqa(), config, tmp_path / "a")
+    images = _images(straight.vlm)  # type: ignore[arg-type]
+    straight.fit(images, examples)
+
+    first = ConsistencyTrainer(_vqa(), config, tmp_path / "b")
+    first.fit(images, examples, stop_after=2)
+    second = ConsistencyTrainer(_vqa(), config, tmp_path / "b")
+    second.fit(images, examples, resume=True)
+    assert second.step == 4
+    for name, p in straight.params.items():
+        assert torch.equal(p, second.params[name]), name
+    assert (tmp_path / "b" / "step_000004" / "peft" / "adapter_config.json").is_file()
