@@ -54,7 +54,12 @@ class NegationStudyConfig:
     balance_polarity: bool = True
     loop: LoopConfig = field(
         default_factory=lambda: LoopConfig(
-            steps=150, lr=5e-4, beta=2.0, checkpoint_every=50, lora=LoraSettings(rank=8, alpha=16)
+            steps=150,
+            lr=5e-4,
+            beta=1.0,
+            scaling="lr",
+            checkpoint_every=50,
+            lora=LoraSettings(rank=8, alpha=16),
         )
     )
 
