@@ -145,9 +145,21 @@ def test_demo_quick(tmp_path):
     assert "Zero-shot phantom CLIP" in result.output
     report = json.loads((tmp_path / "zero_shot.json").read_text())
     assert 0 <= report["claims"]["heldout"]["claim_accuracy"]["value"] <= 1
-    for png in ("phantom_contact_sheet.png", "zero_shot_blind_spot.png"):
+    pngs = (
+        "phantom_contact_sheet.png",
+        "zero_shot_blind_spot.png",
+        "cte_heatmap.png",
+        "flip_auc_by_layer.png",
+        "flip_rate.png",
+    )
+    for png in pngs:
         assert (tmp_path / "figures" / png).read_bytes()[:4] == b"\x89PNG"
     assert (tmp_path / "world" / "images.npy").is_file()
+    assert "Paraphrase consistency on held-out paraphrase families" in result.output
+    paraphrase = json.loads((tmp_path / "paraphrase" / "results.json").read_text())
+    assert set(paraphrase["runs"]) == {"sae"}
+    assert 0 <= paraphrase["baseline"]["heldout"]["flip_rate"]["value"] <= 1
+    assert (tmp_path / "paraphrase" / "saes" / "layer_0" / "cfg.json").is_file()
 
 
 def test_sim_render_build_and_train(tmp_path):
@@ -165,6 +177,12 @@ def test_sim_render_build_and_train(tmp_path):
     assert result.exit_code == 0, result.output
     assert (tmp_path / "ckpt" / "model.safetensors").is_file()
     assert "largest |difference| from the shipped checkpoint" in result.output
+    result = runner.invoke(
+        app, ["sim", "train-vqa", "--steps", "2", "--n", "120", "--out", str(tmp_path / "vqa")]
+    )
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "vqa" / "model.safetensors").is_file()
+    assert "val balanced accuracy" in result.output
 
 
 def test_eval_negation_on_user_claims(tmp_path):

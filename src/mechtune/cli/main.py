@@ -156,6 +156,58 @@ def _negation_study(out: Path, quick: bool) -> None:
     console.print((folder / "table.md").read_text())
 
 
+def _paraphrase_study(out: Path, quick: bool) -> None:
+    """Baseline flip rate, SAE analysis, clamping, consistency LoRA per layer range."""
+    from mechtune.eval.figures import auc_by_layer_chart, flip_rate_chart
+    from mechtune.eval.paraphrase_study import ParaphraseStudyConfig, run_paraphrase_study
+
+    config = ParaphraseStudyConfig()
+    if quick:
+        config = replace(
+            config,
+            world_studies=300,
+            sae_steps=40,
+            sae_reports=100,
+            analysis_sets=60,
+            ranges=("sae",),
+            lora=replace(config.lora, steps=5, batch_size=8, checkpoint_every=5),
+        )
+    folder = out / "paraphrase"
+    console.print(
+        f"paraphrase study: SAEs on {config.sae_width} features, consistency LoRA on "
+        f"{', '.join(config.ranges)} layers, {config.lora.steps} steps each "
+        "(recipes/consistency-phantom.yaml) ..."
+    )
+    results = run_paraphrase_study(config, folder, log=console.print)
+    figures = out / "figures"
+    analysis = results["analysis"]
+    auc_by_layer_chart(
+        {int(k): v for k, v in analysis["auc_by_layer"].items()},
+        {int(k): tuple(v) for k, v in analysis["auc_ci_by_layer"].items()},
+        analysis["chosen_layers"],
+        figures / "flip_auc_by_layer.png",
+    )
+    rows = {"baseline": results["baseline"]}
+    if results.get("clamping"):
+        rows["clamping"] = results["clamping"]
+    for name, reports in results["runs"].items():
+        rows[f"LoRA {name}"] = reports[0]
+    flip_rate_chart(
+        {
+            name: {
+                split: r[split]["flip_rate"]["value"] for split in ("heldout", "in_distribution")
+            }
+            for name, r in rows.items()
+        },
+        figures / "flip_rate.png",
+    )
+    console.print(
+        "[bold]Paraphrase consistency on held-out paraphrase families, test patients[/] "
+        f"(also in {folder / 'table.md'}):"
+    )
+    console.print((folder / "table.md").read_text())
+
+
 def world_images(studies: list, seed: int) -> np.ndarray:
     from mechtune.sim.render import RenderConfig, Renderer
 
@@ -174,11 +226,13 @@ def demo(
         bool, typer.Option("--check/--no-check", help="Run the polarity check.")
     ] = True,
 ) -> None:
-    """The main job, offline: data, phantom world, and the zero-shot negation blind spot.
+    """The main job, offline: data, the phantom world, the negation study (trace, NAST vs
+    uniform LoRA) and the paraphrase study (flip rate, SAE analysis, consistency LoRA).
 
     Writes OUT/data/{polarity,contextual,paraphrase} (benchmarks with manifests, checked by
     an independent negation detector), OUT/world (phantom radiographs and reports),
-    OUT/figures/*.png and OUT/zero_shot.json, and prints a summary table.
+    OUT/zero_shot.json, OUT/negation and OUT/paraphrase (results.json, table.md, adapters,
+    SAEs) and OUT/figures/*.png, and prints the tables.
     """
     start = time.perf_counter()
     n = min(n, 400) if quick else n
@@ -196,6 +250,7 @@ def demo(
     console.print(_examples(out / "data"))
     _zero_shot(out, n, seed, quick)
     _negation_study(out, quick)
+    _paraphrase_study(out, quick)
     ctx = results["contextual"].counts
     console.print(
         f"[bold]done[/] in {time.perf_counter() - start:.1f} s: {n} studies -> "

@@ -200,3 +200,47 @@ def update_share_chart(
     ax.set_title("Where the update lands", fontsize=9)
     fig.tight_layout()
     return _save_png(plt, fig, path, dpi=110)
+
+
+def auc_by_layer_chart(
+    auc: dict[int, float],
+    ci: dict[int, tuple[float, float]],
+    chosen: Sequence[int],
+    path: str | Path,
+) -> Path:
+    """Flip-prediction AUC per layer with 95% CIs; the chosen range highlighted."""
+    plt = _pyplot()
+    layers = sorted(auc)
+    values = np.array([auc[i] for i in layers])
+    low = np.array([ci[i][0] for i in layers])
+    high = np.array([ci[i][1] for i in layers])
+    colors = ["tab:orange" if i in chosen else "tab:blue" for i in layers]
+    fig, ax = plt.subplots(figsize=(6, 3.2))
+    err = np.vstack([values - low, high - values])
+    ax.bar(layers, values, yerr=err, capsize=3, color=colors)
+    ax.axhline(0.5, color="grey", lw=0.8, ls="--")
+    ax.set_ylim(0.4, 1.0)
+    ax.set_xticks(layers)
+    ax.set_xlabel("question-encoder layer (block output)")
+    ax.set_ylabel("flip-prediction AUC")
+    ax.set_title("Where phrasing sensitivity is readable (orange: chosen range)", fontsize=9)
+    fig.tight_layout()
+    return _save_png(plt, fig, path, dpi=110)
+
+
+def flip_rate_chart(rows: dict[str, dict[str, float]], path: str | Path) -> Path:
+    """Flip rate (held-out and in-distribution paraphrase families) per condition."""
+    plt = _pyplot()
+    names = list(rows)
+    x = np.arange(len(names))
+    fig, ax = plt.subplots(figsize=(1.5 + 1.1 * len(names), 3.4))
+    for j, (key, label) in enumerate(
+        (("heldout", "held-out families"), ("in_distribution", "train families"))
+    ):
+        ax.bar(x + (j - 0.5) * 0.38, [100 * rows[n][key] for n in names], 0.38, label=label)
+    ax.set_xticks(x, names, rotation=20, ha="right", fontsize=8)
+    ax.set_ylabel("flip rate (%)")
+    ax.legend(fontsize=7)
+    ax.set_title("Paraphrase flip rate before and after", fontsize=9)
+    fig.tight_layout()
+    return _save_png(plt, fig, path, dpi=110)

@@ -36,7 +36,7 @@ class YesNoVLM(Protocol):
     """A model that answers yes/no questions about images."""
 
     @property
-    def layers(self) -> Sequence[nn.Module]:
+    def layers(self) -> nn.ModuleList:
         """The language-model blocks, input to output."""
         ...
 

@@ -1,0 +1,46 @@
+"""Run the paraphrase study from a recipe, optionally overriding seeds, ranges and split.
+
+    .venv/bin/python experiments/paraphrase_study.py --recipe recipes/consistency-phantom.yaml \\
+        --seeds 0 1 2 --out runs/paraphrase_3seeds
+
+Choosing settings uses the validation patients only (``--eval-split val``). ``--set`` overrides
+consistency-LoRA settings, e.g. ``--set steps=100 consistency_weight=2``.
+Writes results.json and table.md into --out (see mechtune.eval.paraphrase_study).
+"""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import replace
+from pathlib import Path
+
+import yaml
+
+from mechtune.eval.paraphrase_study import load_paraphrase_recipe, run_paraphrase_study
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--recipe", type=Path, default=Path("recipes/consistency-phantom.yaml"))
+    parser.add_argument("--seeds", type=int, nargs="+", default=None)
+    parser.add_argument("--ranges", nargs="+", default=None)
+    parser.add_argument("--eval-split", choices=("val", "test"), default=None)
+    parser.add_argument("--set", nargs="*", default=[], metavar="LORA_KEY=VALUE")
+    parser.add_argument("--out", type=Path, default=Path("runs/paraphrase_study"))
+    args = parser.parse_args()
+    config = load_paraphrase_recipe(args.recipe)
+    if args.seeds:
+        config = replace(config, seeds=tuple(args.seeds))
+    if args.ranges:
+        config = replace(config, ranges=tuple(args.ranges))
+    if args.eval_split:
+        config = replace(config, eval_split=args.eval_split)
+    if args.set:
+        overrides = {k: yaml.safe_load(v) for k, v in (item.split("=", 1) for item in args.set)}
+        config = replace(config, lora=replace(config.lora, **overrides))
+    run_paraphrase_study(config, args.out, log=lambda m: print(m, flush=True))
+    print((args.out / "table.md").read_text())
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,426 @@
+"""The paraphrase study on the phantom VQA model: measure, locate with SAEs, fix, compare.
+
+1. **Data.** A phantom world; PSF-Med style paraphrase sets for the train-split patients
+   (train paraphrase families) and for the evaluation split (``val`` to choose settings,
+   ``test`` to report), once with train families (in-distribution) and once with
+   held-out families.
+2. **Baseline.** Flip rate, pairwise flip rate, mean |margin difference|, accuracy,
+   text-only agreement (blank image) and swap sensitivity (another patient's image).
+3. **SAE analysis** on train-split pairs: one TopK SAE per question-encoder layer, trained
+   on the residual states of the train-split questions; flip-prediction AUC by layer;
+   feature attribution; a causal patch; the chosen layer range (AUC peak ± half_width).
+4. **Clamping** the top feature at inference, on the evaluation split.
+5. **Consistency LoRA** with the same budget on each layer range: all layers, the SAE
+   range, the earliest and the latest layers of the same width.
+6. A markdown table (held-out families), ``results.json`` and figures.
+
+The phantom VQA's question encoder never sees the image, so a question's residual states
+are the same whatever the image: SAE training data uses each distinct question once.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from mechtune.data.answers import answers_from_margins
+from mechtune.data.io import atomic_write_text
+from mechtune.data.schema import ParaphraseSet
+from mechtune.eval.consistency import (
+    answer_accuracy,
+    flip_rate,
+    group_flips,
+    margin_difference,
+    pairwise_flip_rate,
+    swap_sensitivity,
+    text_only_agreement,
+    to_jsonable,
+    two_proportion_z_test,
+)
+from mechtune.interp.sae import SAE, SAEConfig, save_saelens
+from mechtune.interp.sae_analysis import (
+    AnalysisConfig,
+    SAEAnalysis,
+    analyse,
+    feature_edit,
+    margins,
+    paraphrase_pairs,
+    token_states,
+)
+from mechtune.interp.sae_train import train_sae
+from mechtune.sim.train_vqa import world_paraphrase_sets
+from mechtune.sim.vqa import PhantomVQA, load_default_vqa
+from mechtune.sim.world import World, WorldConfig, make_world
+from mechtune.train.consistency import ConsistencyConfig, consistency_examples
+from mechtune.train.methods import run_paraphrase_method
+
+PAPER = {  # PSF-Med (arXiv 2602.21428), MedGemma-4B on MIMIC binary questions, in %
+    "baseline": {"flip": 14.6, "margin_diff": 1.63, "accuracy": 84.2},
+    "clamping": {"flip": 10.8, "margin_diff": None, "accuracy": None},
+    "targeted LoRA (L15-19)": {"flip": 4.4, "margin_diff": 0.33, "accuracy": 82.3},
+}
+RANGES = ("all", "sae", "early", "late")
+
+
+@dataclass(frozen=True)
+class ParaphraseStudyConfig:
+    world_studies: int = 2000
+    world_seed: int = 0
+    questions_per_study: int = 2
+    eval_split: str = "test"
+    seeds: tuple[int, ...] = (0,)
+    sae_width: int = 768
+    sae_k: int = 16
+    sae_steps: int = 400
+    sae_reports: int = 1000
+    analysis_sets: int = 600
+    half_width: int = 1
+    ranges: tuple[str, ...] = RANGES
+    lora: ConsistencyConfig = field(default_factory=ConsistencyConfig)
+
+    def __post_init__(self) -> None:
+        if self.eval_split not in ("val", "test"):
+            raise ValueError(
+                f"eval_split must be 'val' (choosing settings) or 'test' (reporting), "
+                f"got {self.eval_split!r}"
+            )
+        object.__setattr__(self, "seeds", tuple(self.seeds))
+        object.__setattr__(self, "ranges", tuple(self.ranges))
+        unknown = sorted(set(self.ranges) - set(RANGES))
+        if unknown:
+            raise ValueError(f"unknown layer ranges {unknown}; known: {list(RANGES)}")
+        if not self.seeds:
+            raise ValueError("seeds must name at least one seed")
+        if isinstance(self.lora, dict):
+            object.__setattr__(self, "lora", ConsistencyConfig.from_dict(self.lora))
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d.update(seeds=list(self.seeds), ranges=list(self.ranges), lora=self.lora.to_dict())
+        return d
+
+
+def load_paraphrase_recipe(path: str | Path) -> ParaphraseStudyConfig:
+    """A phantom paraphrase study from a recipe YAML (``recipes/consistency-phantom.yaml``)."""
+    import yaml
+
+    raw = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+    model = raw.pop("model", "phantom:vqa")
+    if model != "phantom:vqa":
+        raise ValueError(f"{path}: this runner trains the phantom VQA model, not {model!r}")
+    known = set(ParaphraseStudyConfig.__dataclass_fields__)
+    unknown = sorted(set(raw) - known)
+    if unknown:
+        raise ValueError(f"{path}: unknown recipe keys {unknown}")
+    return ParaphraseStudyConfig(**raw)
+
+
+# -- evaluation -----------------------------------------------------------------------------
+
+
+def _row(s: ParaphraseSet) -> int:
+    return int(s.image_ref or 0)
+
+
+def swap_rows(world: World, sets: Sequence[ParaphraseSet]) -> list[int]:
+    """For each set, the image row of another patient's study in the same list (the next
+    set whose patient differs, cyclically): deterministic and never the same patient."""
+    out = []
+    for i, s in enumerate(sets):
+        for step in range(1, len(sets)):
+            other = sets[(i + step) % len(sets)]
+            if other.patient_id != s.patient_id:
+                out.append(_row(other))
+                break
+        else:
+            raise ValueError("swap sensitivity needs questions from at least two patients")
+    return out
+
+
+@torch.no_grad()
+def evaluate_sets(
+    vlm: PhantomVQA,
+    images: torch.Tensor,
+    sets: Sequence[ParaphraseSet],
+    swapped: Sequence[int],
+) -> dict[str, Any]:
+    """PSF-Med metrics of one list of paraphrase sets, with 95% bootstrap CIs."""
+    rows = [_row(s) for s in sets for _ in range(1 + len(s.paraphrases))]
+    texts = [t for s in sets for t in (s.question, *s.paraphrases)]
+    flat = margins(vlm, images, rows, texts)
+    per_set, at = [], 0
+    for s in sets:
+        n = 1 + len(s.paraphrases)
+        per_set.append(flat[at : at + n])
+        at += n
+    groups = answers_from_margins(sets, per_set)
+    originals = [s.question for s in sets]
+    base = np.array([g.original_answer for g in groups])
+    blank = vlm.blank_images(images[[_row(s) for s in sets]])
+    blank_answers = margins(vlm, blank, list(range(len(sets))), originals) > 0
+    swap_answers = margins(vlm, images, list(swapped), originals) > 0
+    return {
+        "groups": len(groups),
+        "flips": int(sum(group_flips(g) for g in groups)),
+        "flip_rate": flip_rate(groups),
+        "pairwise_flip_rate": pairwise_flip_rate(groups),
+        "margin_difference": margin_difference(groups),
+        "accuracy": answer_accuracy(groups),
+        "text_only_agreement": text_only_agreement(base, blank_answers),
+        "swap_sensitivity": swap_sensitivity(base, swap_answers),
+    }
+
+
+def evaluate_both(
+    vlm: PhantomVQA, images: torch.Tensor, eval_sets: dict[str, list[ParaphraseSet]], world: World
+) -> dict[str, Any]:
+    return {
+        name: evaluate_sets(vlm, images, sets, swap_rows(world, sets))
+        for name, sets in eval_sets.items()
+    }
+
+
+# -- SAEs ------------------------------------------------------------------------------------
+
+
+def train_layer_saes(
+    vlm: PhantomVQA,
+    images: torch.Tensor,
+    sets: Sequence[ParaphraseSet],
+    config: ParaphraseStudyConfig,
+    corpus: Sequence[str] = (),
+) -> tuple[dict[int, SAE], dict[int, dict[str, Any]]]:
+    """One TopK SAE per question-encoder layer, trained on the residual states of the
+    distinct train-split questions plus ``corpus`` (in-domain text: the question set alone
+    has too few distinct tokens for a dictionary of this width)."""
+    first_row: dict[str, int] = {}
+    for s in sets:
+        for t in (s.question, *s.paraphrases):
+            first_row.setdefault(t, _row(s))
+    for t in corpus:
+        first_row.setdefault(t, 0)
+    texts = sorted(first_row)
+    layers = list(range(len(vlm.layers)))
+    states = token_states(vlm, images, [first_row[t] for t in texts], texts, layers)
+    saes, reports = {}, {}
+    for layer in layers:
+        sae_config = SAEConfig(
+            d_in=states[layer].shape[1],
+            d_sae=config.sae_width,
+            kind="topk",
+            k=config.sae_k,
+            layer=layer,
+            model="phantom:vqa",
+            hook=f"{vlm.layers_pattern}.{layer}",
+        )
+        sae, report = train_sae(states[layer], sae_config, steps=config.sae_steps, seed=0)
+        saes[layer] = sae.eval()
+        reports[layer] = {"tokens": int(states[layer].shape[0]), **report.final.to_dict()}
+    return saes, reports
+
+
+def layer_ranges(chosen: Sequence[int], n_layers: int, names: Sequence[str]) -> dict[str, Any]:
+    """``{name: layers}``: all (None), the SAE range, and the first/last blocks of the same
+    width, so each targeted range trains the same number of blocks."""
+    width = len(chosen)
+    table: dict[str, Any] = {
+        "all": None,
+        "sae": tuple(chosen),
+        "early": tuple(range(width)),
+        "late": tuple(range(n_layers - width, n_layers)),
+    }
+    return {name: table[name] for name in names}
+
+
+# -- the study ---------------------------------------------------------------------------------
+
+
+def run_paraphrase_study(
+    config: ParaphraseStudyConfig,
+    out: str | Path,
+    log: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
+    """Run every step; write ``results.json``, ``table.md``, the SAEs and the adapters."""
+    out = Path(out)
+    say = log or (lambda _msg: None)
+    world = make_world(WorldConfig(n_studies=config.world_studies, seed=config.world_seed))
+    kwargs = {"questions_per_study": config.questions_per_study, "seed": config.world_seed}
+    train_sets = world_paraphrase_sets(world, "train", heldout=False, **kwargs)
+    eval_sets = {
+        "in_distribution": world_paraphrase_sets(world, config.eval_split, heldout=False, **kwargs),
+        "heldout": world_paraphrase_sets(world, config.eval_split, heldout=True, **kwargs),
+    }
+    vqa = load_default_vqa()
+    images = vqa.embed_images(world.images)
+    timings: dict[str, float] = {}
+
+    start = time.perf_counter()
+    say(f"baseline on {len(eval_sets['heldout'])} {config.eval_split}-split questions ...")
+    baseline = evaluate_both(vqa, images, eval_sets, world)
+    timings["baseline"] = time.perf_counter() - start
+
+    start = time.perf_counter()
+    say(f"training {len(vqa.layers)} SAEs on train-split questions ...")
+    reports = sorted({world.studies[int(i)].report or "" for i in world.indices("train")} - {""})
+    corpus = random.Random(config.world_seed).sample(reports, min(config.sae_reports, len(reports)))
+    saes, sae_reports = train_layer_saes(vqa, images, train_sets, config, corpus)
+    picked = random.Random(config.world_seed).sample(
+        train_sets, min(config.analysis_sets, len(train_sets))
+    )
+    pairs = paraphrase_pairs(picked, _row)
+    analysis = analyse(
+        vqa, images, pairs, saes, AnalysisConfig(half_width=config.half_width, seed=0)
+    )
+    timings["sae"] = time.perf_counter() - start
+    say(
+        f"flip-prediction AUC peaks at layer {analysis.peak_layer}; "
+        f"chosen layers {analysis.chosen_layers}"
+    )
+
+    start = time.perf_counter()
+    clamped = _clamped(vqa, images, eval_sets, world, saes, analysis)
+    timings["clamping"] = time.perf_counter() - start
+
+    runs: dict[str, list[dict[str, Any]]] = {}
+    ranges = layer_ranges(analysis.chosen_layers, len(vqa.layers), config.ranges)
+    examples = consistency_examples(train_sets, _row)
+    for name, layers in ranges.items():
+        for seed in config.seeds:
+            say(f"consistency LoRA on layers {name} ({layers or 'all'}), seed {seed} ...")
+            model = load_default_vqa(text=None)
+            start = time.perf_counter()
+            lora = replace(config.lora, layers=layers, seed=seed)
+            run_paraphrase_method(
+                "consistency-lora",
+                model,
+                images,
+                examples,
+                lora,
+                out / "runs" / name / f"seed{seed}",
+            )
+            seconds = time.perf_counter() - start
+            report = evaluate_both(model, images, eval_sets, world)
+            report.update(seed=seed, layers=None if layers is None else list(layers))
+            report["train_seconds"] = round(seconds, 1)
+            runs.setdefault(name, []).append(report)
+
+    results = to_jsonable(
+        {
+            "config": config.to_dict(),
+            "counts": {
+                "train_sets": len(train_sets),
+                **{k: len(v) for k, v in eval_sets.items()},
+                "analysis_pairs": len(pairs),
+            },
+            "baseline": baseline,
+            "sae": {"layers": {str(k): v for k, v in sae_reports.items()}},
+            "analysis": analysis.to_dict(),
+            "clamping": clamped,
+            "runs": runs,
+            "seconds": {k: round(v, 1) for k, v in timings.items()},
+        }
+    )
+    for layer, sae in saes.items():
+        save_saelens(sae, out / "saes" / f"layer_{layer}")
+    atomic_write_text(out / "results.json", json.dumps(results, indent=2) + "\n")
+    atomic_write_text(out / "table.md", results_table(results) + "\n")
+    return results
+
+
+def _clamped(
+    vqa: PhantomVQA,
+    images: torch.Tensor,
+    eval_sets: dict[str, list[ParaphraseSet]],
+    world: World,
+    saes: dict[int, SAE],
+    analysis: SAEAnalysis,
+) -> dict[str, Any] | None:
+    if not analysis.top_features:
+        return None
+    feature = int(analysis.top_features[0]["feature"])
+    layer = analysis.peak_layer
+    with feature_edit(vqa, saes[layer], layer, feature, analysis.clamp_value):
+        report = evaluate_both(vqa, images, eval_sets, world)
+    report.update(layer=layer, feature=feature, value=analysis.clamp_value)
+    return report
+
+
+# -- the table ---------------------------------------------------------------------------------
+
+
+def _cell(values: list[float], scale: float = 100.0, digits: int = 1) -> str:
+    if not values or any(v is None or not np.isfinite(v) for v in values):
+        return "n/a"
+    mean = scale * float(np.mean(values))
+    if len(values) == 1:
+        return f"{mean:.{digits}f}"
+    lo, hi = scale * min(values), scale * max(values)
+    return f"{mean:.{digits}f} ({lo:.{digits}f}–{hi:.{digits}f})"
+
+
+def results_table(results: dict[str, Any]) -> str:
+    """Markdown: held-out paraphrase families (and in-distribution flip rate), mean and
+    range over seeds; p from a two-proportion z-test of the held-out flip rate against the
+    baseline, the largest over seeds."""
+    head = (
+        "| condition | seeds | flip rate | pairwise flip | mean |margin diff| | accuracy | "
+        "flip rate, in-dist | text-only agreement | p (flip vs baseline, max over seeds) |"
+    )
+    lines = [head, "|" + "---|" * 9]
+    base = results["baseline"]["heldout"]
+    rows: list[tuple[str, list[dict[str, Any]]]] = [("baseline", [results["baseline"]])]
+    if results.get("clamping"):
+        a = results["clamping"]
+        rows.append((f"clamp L{a['layer']} f{a['feature']}", [results["clamping"]]))
+    for name, reports in results["runs"].items():
+        layers = reports[0]["layers"]
+        label = f"LoRA {name} ({'all' if layers is None else _span(layers)})"
+        rows.append((label, reports))
+    for label, reports in rows:
+
+        def vals(split: str, key: str, reps: list[dict[str, Any]] = reports) -> list[float]:
+            return [r[split][key]["value"] for r in reps]
+
+        if label == "baseline":
+            p = "–"
+        else:
+            p_values = [
+                two_proportion_z_test(
+                    base["flips"], base["groups"], r["heldout"]["flips"], r["heldout"]["groups"]
+                )[1]
+                for r in reports
+            ]
+            p = f"{max(p_values):.2g}"
+        lines.append(
+            "| "
+            + " | ".join(
+                [
+                    label,
+                    str(len(reports)),
+                    _cell(vals("heldout", "flip_rate")),
+                    _cell(vals("heldout", "pairwise_flip_rate")),
+                    _cell(vals("heldout", "margin_difference"), scale=1.0, digits=2),
+                    _cell(vals("heldout", "accuracy")),
+                    _cell(vals("in_distribution", "flip_rate")),
+                    _cell(vals("heldout", "text_only_agreement")),
+                    p,
+                ]
+            )
+            + " |"
+        )
+    return "\n".join(lines)
+
+
+def _span(layers: Sequence[int]) -> str:
+    layers = sorted(layers)
+    if layers == list(range(layers[0], layers[-1] + 1)):
+        return f"L{layers[0]}–{layers[-1]}" if len(layers) > 1 else f"L{layers[0]}"
+    return ",".join(f"L{i}" for i in layers)

@@ -1,0 +1,410 @@
+"""Where does phrasing sensitivity live? SAE analysis of a yes/no VLM (PSF-Med §SAE).
+
+Given paraphrase pairs (an original question and one paraphrase, same image) and one
+sparse autoencoder per analysed layer:
+
+1. **Flip-prediction AUC by layer.** Per pair, the SAE feature change f(paraphrase) −
+   f(original) (features averaged over the model's readout positions) feeds an L2
+   logistic regression, cross-validated by question, that predicts whether the answer
+   flips. The layer where flips are most predictable is where the sensitivity is encoded.
+2. **Feature attribution** at the peak layer: features whose change correlates with the
+   margin shift m(paraphrase) − m(original).
+3. **Causal patch** on flip cases: remove the top feature's contribution, x − f_k·W_dec[k],
+   from the paraphrase's residual at the readout positions and report the share of the
+   margin gap recovered, (m_patched − m_para) / (m_orig − m_para).
+4. **Clamping** at inference: set feature k to a fixed value c on every question,
+   x + (c − f_k)·W_dec[k], with c its mean on original-register questions; the caller
+   measures flip rate and accuracy with the hook on.
+
+The output is the chosen layer range (the AUC peak ± ``half_width``, shifted inward at the
+ends of the stack) with this evidence.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+from scipy.stats import rankdata
+
+from mechtune.data.schema import ParaphraseSet
+from mechtune.models.yes_no import YesNoVLM, capture_block_outputs, edit_block_output
+
+
+class Dictionary(Protocol):
+    """What the analysis needs from an SAE: encoding and the decoder directions."""
+
+    w_dec: torch.Tensor  # [d_sae, d_in]
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor: ...
+
+
+@dataclass(frozen=True)
+class PairBatch:
+    """Paraphrase pairs: image rows, texts, answers, and the set each pair came from."""
+
+    rows: list[int]
+    originals: list[str]
+    paraphrases: list[str]
+    answers: np.ndarray  # [P] bool
+    groups: np.ndarray  # [P] set index, for grouped cross-validation
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+
+def paraphrase_pairs(sets: Sequence[ParaphraseSet], image_row: Any) -> PairBatch:
+    """Every (original, paraphrase) pair of the sets; ``image_row(set) -> int``."""
+    rows, originals, paraphrases, answers, groups = [], [], [], [], []
+    for g, s in enumerate(sets):
+        for p in s.paraphrases:
+            rows.append(int(image_row(s)))
+            originals.append(s.question)
+            paraphrases.append(p)
+            answers.append(s.answer)
+            groups.append(g)
+    return PairBatch(rows, originals, paraphrases, np.asarray(answers), np.asarray(groups))
+
+
+def _take(images: Any, rows: Sequence[int]) -> Any:
+    if isinstance(images, list | tuple):
+        return [images[i] for i in rows]
+    return images[list(rows)]
+
+
+@torch.no_grad()
+def margins(
+    vlm: YesNoVLM, images: Any, rows: Sequence[int], texts: Sequence[str], batch: int = 64
+) -> np.ndarray:
+    """``[N]`` margins of (images[rows[i]], texts[i])."""
+    out = [
+        vlm.margin(_take(images, rows[i : i + batch]), texts[i : i + batch]).float().cpu()
+        for i in range(0, len(texts), batch)
+    ]
+    return torch.cat(out).numpy() if out else np.zeros(0, dtype=np.float32)
+
+
+def _masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    m = mask.to(x.dtype).unsqueeze(-1)
+    return (x * m).sum(1) / m.sum(1).clamp(min=1)
+
+
+@torch.no_grad()
+def readout_features(
+    vlm: YesNoVLM,
+    images: Any,
+    rows: Sequence[int],
+    texts: Sequence[str],
+    saes: Mapping[int, Dictionary],
+    batch: int = 64,
+) -> dict[int, torch.Tensor]:
+    """``{layer: [N, d_sae]}``: SAE features averaged over each question's readout
+    positions (features are encoded per token, then averaged)."""
+    out: dict[int, list[torch.Tensor]] = {layer: [] for layer in saes}
+    for i in range(0, len(texts), batch):
+        imgs, qs = _take(images, rows[i : i + batch]), list(texts[i : i + batch])
+        mask = vlm.readout_positions(imgs, qs)
+        with capture_block_outputs(vlm, list(saes)) as states:
+            vlm.margin(imgs, qs)
+        for layer, sae in saes.items():
+            state = states[layer].float()
+            out[layer].append(_masked_mean(sae.encode(state), mask.to(state.device)).cpu())
+    return {layer: torch.cat(parts) for layer, parts in out.items()}
+
+
+@torch.no_grad()
+def token_states(
+    vlm: YesNoVLM,
+    images: Any,
+    rows: Sequence[int],
+    texts: Sequence[str],
+    layers: Sequence[int],
+    batch: int = 64,
+) -> dict[int, torch.Tensor]:
+    """``{layer: [n_tokens, d]}``: residual states at every readout position (SAE
+    training data)."""
+    out: dict[int, list[torch.Tensor]] = {layer: [] for layer in layers}
+    for i in range(0, len(texts), batch):
+        imgs, qs = _take(images, rows[i : i + batch]), list(texts[i : i + batch])
+        mask = vlm.readout_positions(imgs, qs)
+        with capture_block_outputs(vlm, layers) as states:
+            vlm.margin(imgs, qs)
+        for layer in layers:
+            state = states[layer].float()
+            out[layer].append(state[mask.to(state.device)].cpu())
+    return {layer: torch.cat(parts) for layer, parts in out.items()}
+
+
+# -- statistics ----------------------------------------------------------------------------
+
+
+def roc_auc(scores: np.ndarray, labels: np.ndarray) -> float:
+    """Area under the ROC curve (Mann-Whitney, ties counted half). NaN if one class."""
+    labels = np.asarray(labels, dtype=bool)
+    n_pos, n_neg = int(labels.sum()), int((~labels).sum())
+    if n_pos == 0 or n_neg == 0:
+        return float("nan")
+    ranks = rankdata(scores)
+    return float((ranks[labels].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+
+
+def _logistic_fit(x: torch.Tensor, y: torch.Tensor, l2: float) -> tuple[torch.Tensor, ...]:
+    mean, std = x.mean(0), x.std(0).clamp(min=1e-6)
+    z = (x - mean) / std
+    w = torch.zeros(x.shape[1], requires_grad=True)
+    b = torch.zeros((), requires_grad=True)
+    opt = torch.optim.LBFGS([w, b], max_iter=100, line_search_fn="strong_wolfe")
+
+    def closure() -> torch.Tensor:
+        opt.zero_grad()
+        loss = torch.nn.functional.binary_cross_entropy_with_logits(z @ w + b, y)
+        loss = loss + l2 * w.square().sum()
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    return w.detach(), b.detach(), mean, std
+
+
+def cross_validated_scores(
+    x: torch.Tensor, y: np.ndarray, groups: np.ndarray, folds: int = 5, l2: float = 1e-2
+) -> np.ndarray:
+    """Out-of-fold logistic-regression scores; folds split by group (question set), so no
+    question is scored by a model that saw its other paraphrases."""
+    unique = np.unique(groups)
+    fold_of = {g: i % folds for i, g in enumerate(unique)}
+    fold = np.array([fold_of[g] for g in groups])
+    scores = np.zeros(len(y), dtype=np.float64)
+    target = torch.as_tensor(y, dtype=torch.float32)
+    for k in range(folds):
+        test = fold == k
+        if not test.any() or test.all():
+            continue
+        train = torch.from_numpy(~test)
+        w, b, mean, std = _logistic_fit(x[train], target[train], l2)
+        scores[test] = (((x[torch.from_numpy(test)] - mean) / std) @ w + b).numpy()
+    return scores
+
+
+# -- the analysis --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class AnalysisConfig:
+    folds: int = 5
+    l2: float = 1e-2
+    top_features: int = 10
+    min_active_share: float = 0.01
+    half_width: int = 1
+    bootstrap: int = 1000
+    seed: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class SAEAnalysis:
+    """Evidence for a layer range; every field is JSON-serialisable via ``to_dict``."""
+
+    layers: list[int]
+    auc_by_layer: dict[int, float]
+    auc_ci_by_layer: dict[int, tuple[float, float]]
+    peak_layer: int
+    chosen_layers: list[int]
+    pairs: int
+    flip_pairs: int
+    top_features: list[dict[str, float]]
+    patch: dict[str, float] = field(default_factory=dict)
+    clamp_value: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["auc_by_layer"] = {str(k): v for k, v in self.auc_by_layer.items()}
+        d["auc_ci_by_layer"] = {str(k): list(v) for k, v in self.auc_ci_by_layer.items()}
+        return d
+
+
+def _auc_ci(scores: np.ndarray, labels: np.ndarray, groups: np.ndarray, n: int, seed: int):
+    """95% CI of the AUC, resampling question sets."""
+    rng = np.random.default_rng(seed)
+    unique = np.unique(groups)
+    members = {g: np.flatnonzero(groups == g) for g in unique}
+    values = []
+    for _ in range(n):
+        pick = np.concatenate([members[g] for g in rng.choice(unique, len(unique))])
+        value = roc_auc(scores[pick], labels[pick])
+        if np.isfinite(value):
+            values.append(value)
+    if not values:
+        return (float("nan"), float("nan"))
+    return (float(np.percentile(values, 2.5)), float(np.percentile(values, 97.5)))
+
+
+def analyse(
+    vlm: YesNoVLM,
+    images: Any,
+    pairs: PairBatch,
+    saes: Mapping[int, Dictionary],
+    config: AnalysisConfig | None = None,
+) -> SAEAnalysis:
+    """Steps 1-3 of the module docstring on ``pairs``; the clamp value for step 4."""
+    config = config or AnalysisConfig()
+    layers = sorted(saes)
+    m_orig = margins(vlm, images, pairs.rows, pairs.originals)
+    m_para = margins(vlm, images, pairs.rows, pairs.paraphrases)
+    flips = (m_orig > 0) != (m_para > 0)
+    f_orig = readout_features(vlm, images, pairs.rows, pairs.originals, saes)
+    f_para = readout_features(vlm, images, pairs.rows, pairs.paraphrases, saes)
+    auc, ci = {}, {}
+    for layer in layers:
+        delta = f_para[layer] - f_orig[layer]
+        scores = cross_validated_scores(delta, flips, pairs.groups, config.folds, config.l2)
+        auc[layer] = roc_auc(scores, flips)
+        ci[layer] = _auc_ci(scores, flips, pairs.groups, config.bootstrap, config.seed)
+    finite = {k: v for k, v in auc.items() if np.isfinite(v)}
+    peak = max(finite, key=lambda k: finite[k]) if finite else layers[len(layers) // 2]
+    chosen = layer_window(peak, config.half_width, len(vlm.layers))
+    peak_delta = (f_para[peak] - f_orig[peak]).numpy()
+    shift = m_para - m_orig
+    top = attribute_features(peak_delta, shift, f_orig[peak].numpy(), config)
+    analysis = SAEAnalysis(
+        layers=layers,
+        auc_by_layer=auc,
+        auc_ci_by_layer=ci,
+        peak_layer=peak,
+        chosen_layers=chosen,
+        pairs=len(pairs),
+        flip_pairs=int(flips.sum()),
+        top_features=top,
+    )
+    if top:
+        k = int(top[0]["feature"])
+        analysis.patch = patch_recovery(
+            vlm, images, pairs, flips, m_orig, m_para, saes[peak], peak, k
+        )
+        analysis.clamp_value = float(f_orig[peak][:, k].mean())
+    return analysis
+
+
+def layer_window(peak: int, half_width: int, n_layers: int) -> list[int]:
+    """``2 * half_width + 1`` consecutive layers centred on ``peak``, shifted inward at
+    the ends so the width (and a LoRA budget over it) does not depend on where the peak
+    is; all layers when there are fewer."""
+    width = min(2 * half_width + 1, n_layers)
+    start = min(max(peak - half_width, 0), n_layers - width)
+    return list(range(start, start + width))
+
+
+def attribute_features(
+    delta: np.ndarray, shift: np.ndarray, original: np.ndarray, config: AnalysisConfig
+) -> list[dict[str, float]]:
+    """Features whose change ``delta [P, F]`` correlates with the margin shift ``[P]``.
+
+    Only features active (non-zero) on at least ``min_active_share`` of the pairs, in the
+    original or the paraphrase, are ranked, by |Pearson r|.
+    """
+    active = ((np.abs(delta) > 0) | (original > 0)).mean(0) >= config.min_active_share
+    d = delta - delta.mean(0)
+    s = shift - shift.mean()
+    denom = np.sqrt((d**2).sum(0) * (s**2).sum()) + 1e-12
+    r = (d * s[:, None]).sum(0) / denom
+    r[~active] = 0.0
+    order = np.argsort(-np.abs(r), kind="stable")[: config.top_features]
+    return [
+        {
+            "feature": int(k),
+            "correlation": round(float(r[k]), 4),
+            "mean_change": round(float(delta[:, k].mean()), 4),
+            "active_share": round(float((np.abs(delta[:, k]) > 0).mean()), 4),
+        }
+        for k in order
+        if r[k] != 0.0
+    ]
+
+
+@contextlib.contextmanager
+def feature_edit(
+    vlm: YesNoVLM,
+    sae: Dictionary,
+    layer: int,
+    feature: int,
+    value: float | None,
+    mask: torch.Tensor | None = None,
+) -> Iterator[None]:
+    """While open, layer ``layer``'s output becomes x + (c − f_k(x))·W_dec[k] at the readout
+    positions ``mask [B, T]`` (all positions when None): ``value=None`` means c = 0, the
+    paper's patch x − f_k·W_dec[k]; a number clamps the feature to it."""
+    direction = sae.w_dec[feature].detach()
+
+    def edit(state: torch.Tensor) -> torch.Tensor:
+        f = sae.encode(state.float())[..., feature]
+        target = torch.zeros_like(f) if value is None else torch.full_like(f, value)
+        change = (target - f).unsqueeze(-1) * direction.to(state.device)
+        if mask is not None:
+            change = change * mask.to(state.device).unsqueeze(-1).to(change.dtype)
+        return state + change.to(state.dtype)
+
+    with edit_block_output(vlm.layers[layer], edit):
+        yield
+
+
+@torch.no_grad()
+def patch_recovery(
+    vlm: YesNoVLM,
+    images: Any,
+    pairs: PairBatch,
+    flips: np.ndarray,
+    m_orig: np.ndarray,
+    m_para: np.ndarray,
+    sae: Dictionary,
+    layer: int,
+    feature: int,
+    batch: int = 64,
+) -> dict[str, float]:
+    """Share of the margin gap recovered on flip pairs by removing one feature from the
+    paraphrase's readout positions: mean and median of (m_patched − m_para)/(m_orig − m_para)."""
+    idx = np.flatnonzero(flips)
+    if len(idx) == 0:
+        return {"feature": feature, "flip_pairs": 0}
+    patched = []
+    for i in range(0, len(idx), batch):
+        part = idx[i : i + batch]
+        rows = [pairs.rows[j] for j in part]
+        imgs, qs = _take(images, rows), [pairs.paraphrases[j] for j in part]
+        mask = vlm.readout_positions(imgs, qs)
+        with feature_edit(vlm, sae, layer, feature, None, mask):
+            patched.append(vlm.margin(imgs, qs).float().cpu())
+    m_patch = torch.cat(patched).numpy()
+    share = (m_patch - m_para[idx]) / (m_orig[idx] - m_para[idx])
+    return {
+        "feature": feature,
+        "layer": layer,
+        "flip_pairs": len(idx),
+        "recovered_mean": round(float(share.mean()), 4),
+        "recovered_median": round(float(np.median(share)), 4),
+        "answers_restored": round(float(((m_patch > 0) == (m_orig[idx] > 0)).mean()), 4),
+    }
+
+
+__all__ = [
+    "AnalysisConfig",
+    "Dictionary",
+    "PairBatch",
+    "SAEAnalysis",
+    "analyse",
+    "attribute_features",
+    "cross_validated_scores",
+    "feature_edit",
+    "layer_window",
+    "margins",
+    "paraphrase_pairs",
+    "patch_recovery",
+    "readout_features",
+    "roc_auc",
+    "token_states",
+]

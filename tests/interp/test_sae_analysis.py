@@ -1,0 +1,244 @@
+"""SAE analysis on a toy yes/no model whose every step can be recomputed by hand."""
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from mechtune.data.schema import ParaphraseSet
+from mechtune.interp.sae import SAE, SAEConfig
+from mechtune.interp.sae_analysis import (
+    AnalysisConfig,
+    analyse,
+    attribute_features,
+    cross_validated_scores,
+    feature_edit,
+    layer_window,
+    margins,
+    paraphrase_pairs,
+    readout_features,
+    roc_auc,
+    token_states,
+)
+from mechtune.models.yes_no import YesNoVLM, capture_block_outputs
+
+D = 8
+
+
+class Block(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.proj = nn.Linear(D, D)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + torch.tanh(self.proj(x))
+
+
+class ToyVLM(nn.Module):
+    """Word embeddings -> 3 residual blocks -> mean over words -> margin; images are
+    vectors added to every position."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.vocab: dict[str, int] = {}
+        self.embed = nn.Embedding(64, D)
+        self.blocks = nn.ModuleList([Block() for _ in range(3)])
+        self.readout = nn.Linear(D, 1)
+
+    @property
+    def layers(self) -> nn.ModuleList:
+        return self.blocks
+
+    @property
+    def layers_pattern(self) -> str:
+        return "blocks"
+
+    @property
+    def lora_targets(self) -> tuple[str, ...]:
+        return ("proj",)
+
+    @property
+    def module(self) -> nn.Module:
+        return self
+
+    def tokens(self, questions: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        words = [q.lower().rstrip("?").split() for q in questions]
+        width = max(len(w) for w in words)
+        ids = torch.zeros(len(words), width, dtype=torch.long)
+        mask = torch.zeros(len(words), width, dtype=torch.bool)
+        for i, ws in enumerate(words):
+            for j, w in enumerate(ws):
+                ids[i, j] = self.vocab.setdefault(w, len(self.vocab) + 1)
+                mask[i, j] = True
+        return ids, mask
+
+    def states(self, images: Any, questions: Sequence[str], upto: int | None = None):
+        ids, mask = self.tokens(questions)
+        x = self.embed(ids) + torch.as_tensor(images, dtype=torch.float32)[:, None, :]
+        for block in self.blocks[:upto]:
+            x = block(x)
+        return x, mask
+
+    def head(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        m = mask.float().unsqueeze(-1)
+        return self.readout((x * m).sum(1) / m.sum(1)).squeeze(-1)
+
+    def margin(self, images: Any, questions: Sequence[str]) -> torch.Tensor:
+        x, mask = self.states(images, questions)
+        return self.head(x, mask)
+
+    def readout_positions(self, images: Any, questions: Sequence[str]) -> torch.Tensor:
+        return self.tokens(questions)[1]
+
+    def blank_images(self, images: Any) -> Any:
+        return torch.zeros_like(torch.as_tensor(images))
+
+
+def random_sae(seed: int = 0, d_sae: int = 16) -> SAE:
+    torch.manual_seed(seed)
+    sae = SAE(SAEConfig(d_in=D, d_sae=d_sae, kind="topk", k=4))
+    with torch.no_grad():
+        sae.w_enc.normal_()
+        sae.w_dec.copy_(nn.functional.normalize(torch.randn(d_sae, D), dim=-1))
+        sae.b_enc.normal_(0, 0.1)
+        sae.b_dec.normal_(0, 0.1)
+    return sae
+
+
+@pytest.fixture(scope="module")
+def toy() -> ToyVLM:
+    model = ToyVLM().eval()
+    assert isinstance(model, YesNoVLM)
+    return model
+
+
+def sets() -> list[ParaphraseSet]:
+    qs = [
+        ("is there effusion", ("any effusion seen", "effusion present", "can you spot effusion")),
+        ("is there edema", ("edema present", "any edema visible", "fluid in lungs")),
+        ("is there a mass", ("mass present", "any lump visible", "a nodule")),
+        ("is there a fracture", ("broken rib", "fracture present", "any fracture seen")),
+    ]
+    out = []
+    for i in range(12):
+        q, ps = qs[i % 4]
+        out.append(
+            ParaphraseSet(
+                question_id=f"q{i}",
+                study_id=f"s{i}",
+                patient_id=f"p{i}",
+                condition=None,
+                question=q,
+                paraphrases=ps,
+                strategies=("lexical",) * len(ps),
+                families=(),
+                answer=bool(i % 2),
+                image_ref=str(i),
+            )
+        )
+    return out
+
+
+def images() -> torch.Tensor:
+    return torch.randn(12, D, generator=torch.Generator().manual_seed(1))
+
+
+def test_roc_auc_matches_brute_force() -> None:
+    rng = np.random.default_rng(0)
+    scores = rng.integers(0, 5, 40).astype(float)  # many ties
+    labels = rng.random(40) < 0.4
+    pos, neg = scores[labels], scores[~labels]
+    brute = np.mean([(p > n) + 0.5 * (p == n) for p in pos for n in neg])
+    assert roc_auc(scores, labels) == pytest.approx(brute)
+    assert np.isnan(roc_auc(scores, np.zeros(40, dtype=bool)))
+
+
+def test_layer_window_keeps_its_width() -> None:
+    assert layer_window(17, 2, 34) == [15, 16, 17, 18, 19]
+    assert layer_window(5, 1, 6) == [3, 4, 5]
+    assert layer_window(0, 1, 6) == [0, 1, 2]
+    assert layer_window(1, 5, 3) == [0, 1, 2]
+
+
+def test_cross_validated_scores_separate_separable_data() -> None:
+    rng = np.random.default_rng(0)
+    y = rng.random(200) < 0.3
+    x = torch.from_numpy(rng.normal(size=(200, 5)) + 3.0 * y[:, None]).float()
+    groups = np.arange(200) // 4
+    assert roc_auc(cross_validated_scores(x, y, groups), y) > 0.95
+    noise = torch.from_numpy(rng.normal(size=(200, 5))).float()
+    assert abs(roc_auc(cross_validated_scores(noise, y, groups), y) - 0.5) < 0.2
+
+
+def test_attribute_features_ranks_the_correlated_feature_first() -> None:
+    rng = np.random.default_rng(0)
+    delta = rng.normal(size=(100, 6))
+    shift = 2.0 * delta[:, 4] + 0.1 * rng.normal(size=100)
+    top = attribute_features(delta, shift, np.abs(delta), AnalysisConfig(top_features=3))
+    assert top[0]["feature"] == 4 and top[0]["correlation"] > 0.95
+    assert len(top) == 3
+
+
+def test_readout_features_and_token_states_follow_the_mask(toy) -> None:
+    sae = random_sae()
+    qs = ["is there effusion", "effusion present"]
+    imgs = images()[:2]
+    feats = readout_features(toy, imgs, [0, 1], qs, {1: sae})[1]
+    states = token_states(toy, imgs, [0, 1], qs, [1])[1]
+    assert states.shape == (3 + 2, D)  # 3 + 2 real tokens
+    with torch.no_grad():
+        x, mask = toy.states(imgs, qs, upto=2)  # block 1's output
+        f = sae.encode(x)
+        want = torch.stack([f[i][mask[i]].mean(0) for i in range(2)])
+    torch.testing.assert_close(feats, want)
+
+
+def test_feature_patch_equals_manual_edit(toy) -> None:
+    sae = random_sae()
+    qs = ["any effusion seen", "a nodule"]
+    imgs = images()[:2]
+    k, layer = 3, 1
+    mask = toy.readout_positions(imgs, qs)
+    with torch.no_grad(), feature_edit(toy, sae, layer, k, None, mask):
+        patched = toy.margin(imgs, qs)
+    with torch.no_grad():
+        x, m = toy.states(imgs, qs, upto=layer + 1)
+        x = x - (sae.encode(x)[..., k] * m).unsqueeze(-1) * sae.w_dec[k]
+        for block in toy.blocks[layer + 1 :]:
+            x = block(x)
+        manual = toy.head(x, m)
+        clamped_value = 0.7
+    torch.testing.assert_close(patched, manual)
+    with torch.no_grad(), feature_edit(toy, sae, layer, k, clamped_value):
+        with capture_block_outputs(toy, [layer]) as st:
+            toy.margin(imgs, qs)
+        captured = st[layer]
+    before = toy.states(imgs, qs, upto=layer + 1)[0].detach()
+    f_before = sae.encode(before)[..., k]
+    expect = before + (clamped_value - f_before).unsqueeze(-1) * sae.w_dec[k]
+    torch.testing.assert_close(captured, expect.detach())
+    # hooks are gone afterwards
+    with torch.no_grad():
+        torch.testing.assert_close(toy.margin(imgs, qs), toy.margin(imgs, qs))
+    assert not toy.blocks[layer]._forward_hooks
+
+
+def test_analyse_end_to_end(toy) -> None:
+    data = sets()
+    pairs = paraphrase_pairs(data, lambda s: int(s.image_ref))
+    assert len(pairs) == sum(len(s.paraphrases) for s in data)
+    saes = {i: random_sae(i) for i in range(3)}
+    result = analyse(toy, images(), pairs, saes, AnalysisConfig(folds=3, bootstrap=50))
+    assert set(result.auc_by_layer) == {0, 1, 2}
+    assert result.chosen_layers == layer_window(result.peak_layer, 1, 3)
+    m_orig = margins(toy, images(), pairs.rows, pairs.originals)
+    m_para = margins(toy, images(), pairs.rows, pairs.paraphrases)
+    assert result.flip_pairs == int(((m_orig > 0) != (m_para > 0)).sum())
+    if result.flip_pairs and result.top_features:
+        assert result.patch["flip_pairs"] == result.flip_pairs
+    d = result.to_dict()
+    assert set(d["auc_by_layer"]) == {"0", "1", "2"}
