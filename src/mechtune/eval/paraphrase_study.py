@@ -292,7 +292,16 @@ def run_paraphrase_study(
     runs: dict[str, list[dict[str, Any]]] = {}
     ranges = layer_ranges(analysis.chosen_layers, len(vqa.layers), config.ranges)
     examples = consistency_examples(train_sets, _row)
+    trained: dict[Any, str] = {}
     for name, layers in ranges.items():
+        if layers in trained:
+            # Two names for the same layers (the SAE range can be the last blocks): the same
+            # training would give the same weights, so the reports are shared, not recomputed.
+            first = trained[layers]
+            say(f"layers {name} are the same as {first}; reusing its runs")
+            runs[name] = [{**r, "same_as": first} for r in runs[first]]
+            continue
+        trained[layers] = name
         for seed in config.seeds:
             say(f"consistency LoRA on layers {name} ({layers or 'all'}), seed {seed} ...")
             model = load_default_vqa(text=None)
@@ -383,6 +392,8 @@ def results_table(results: dict[str, Any]) -> str:
     for name, reports in results["runs"].items():
         layers = reports[0]["layers"]
         label = f"LoRA {name} ({'all' if layers is None else _span(layers)})"
+        if "same_as" in reports[0]:
+            label += f", same runs as {reports[0]['same_as']}"
         rows.append((label, reports))
     for label, reports in rows:
 
