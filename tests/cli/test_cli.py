@@ -26,6 +26,9 @@ COMMANDS = [
     ["sim", "train-clip"],
     ["eval"],
     ["eval", "negation"],
+    ["sae"],
+    ["sae", "train"],
+    ["sae", "analyze"],
     ["trace"],
 ]
 

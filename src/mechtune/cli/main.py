@@ -18,6 +18,7 @@ from rich.table import Table
 from mechtune import __version__
 from mechtune.cli import data as data_cli
 from mechtune.cli import evaluate as eval_cli
+from mechtune.cli import sae as sae_cli
 from mechtune.cli import sim as sim_cli
 from mechtune.cli._common import console, progress_bar, study_source
 from mechtune.cli.trace import trace_command
@@ -33,6 +34,7 @@ app = typer.Typer(
 app.add_typer(data_cli.app, name="data")
 app.add_typer(sim_cli.app, name="sim")
 app.add_typer(eval_cli.app, name="eval")
+app.add_typer(sae_cli.app, name="sae")
 app.command("trace")(trace_command)
 
 

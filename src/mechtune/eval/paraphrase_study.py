@@ -23,7 +23,7 @@ from __future__ import annotations
 import json
 import random
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -48,6 +48,7 @@ from mechtune.eval.consistency import (
 from mechtune.interp.sae import SAE, SAEConfig, save_saelens
 from mechtune.interp.sae_analysis import (
     AnalysisConfig,
+    Dictionary,
     SAEAnalysis,
     analyse,
     feature_edit,
@@ -56,9 +57,10 @@ from mechtune.interp.sae_analysis import (
     token_states,
 )
 from mechtune.interp.sae_train import train_sae
+from mechtune.models.yes_no import YesNoVLM, take_rows
 from mechtune.sim.train_vqa import world_paraphrase_sets
 from mechtune.sim.vqa import PhantomVQA, load_default_vqa
-from mechtune.sim.world import World, WorldConfig, make_world
+from mechtune.sim.world import WorldConfig, make_world
 from mechtune.train.consistency import ConsistencyConfig, consistency_examples
 from mechtune.train.methods import run_paraphrase_method
 
@@ -126,11 +128,12 @@ def load_paraphrase_recipe(path: str | Path) -> ParaphraseStudyConfig:
 # -- evaluation -----------------------------------------------------------------------------
 
 
-def _row(s: ParaphraseSet) -> int:
+def image_row(s: ParaphraseSet) -> int:
+    """The row of a set's image in the image batch (its ``image_ref``, a row number)."""
     return int(s.image_ref or 0)
 
 
-def swap_rows(world: World, sets: Sequence[ParaphraseSet]) -> list[int]:
+def swap_rows(sets: Sequence[ParaphraseSet]) -> list[int]:
     """For each set, the image row of another patient's study in the same list (the next
     set whose patient differs, cyclically): deterministic and never the same patient."""
     out = []
@@ -138,7 +141,7 @@ def swap_rows(world: World, sets: Sequence[ParaphraseSet]) -> list[int]:
         for step in range(1, len(sets)):
             other = sets[(i + step) % len(sets)]
             if other.patient_id != s.patient_id:
-                out.append(_row(other))
+                out.append(image_row(other))
                 break
         else:
             raise ValueError("swap sensitivity needs questions from at least two patients")
@@ -147,13 +150,13 @@ def swap_rows(world: World, sets: Sequence[ParaphraseSet]) -> list[int]:
 
 @torch.no_grad()
 def evaluate_sets(
-    vlm: PhantomVQA,
-    images: torch.Tensor,
+    vlm: YesNoVLM,
+    images: Any,
     sets: Sequence[ParaphraseSet],
     swapped: Sequence[int],
 ) -> dict[str, Any]:
     """PSF-Med metrics of one list of paraphrase sets, with 95% bootstrap CIs."""
-    rows = [_row(s) for s in sets for _ in range(1 + len(s.paraphrases))]
+    rows = [image_row(s) for s in sets for _ in range(1 + len(s.paraphrases))]
     texts = [t for s in sets for t in (s.question, *s.paraphrases)]
     flat = margins(vlm, images, rows, texts)
     per_set, at = [], 0
@@ -164,7 +167,7 @@ def evaluate_sets(
     groups = answers_from_margins(sets, per_set)
     originals = [s.question for s in sets]
     base = np.array([g.original_answer for g in groups])
-    blank = vlm.blank_images(images[[_row(s) for s in sets]])
+    blank = vlm.blank_images(take_rows(images, [image_row(s) for s in sets]))
     blank_answers = margins(vlm, blank, list(range(len(sets))), originals) > 0
     swap_answers = margins(vlm, images, list(swapped), originals) > 0
     return {
@@ -180,15 +183,55 @@ def evaluate_sets(
 
 
 def evaluate_both(
-    vlm: PhantomVQA, images: torch.Tensor, eval_sets: dict[str, list[ParaphraseSet]], world: World
+    vlm: YesNoVLM, images: Any, eval_sets: dict[str, list[ParaphraseSet]]
 ) -> dict[str, Any]:
     return {
-        name: evaluate_sets(vlm, images, sets, swap_rows(world, sets))
-        for name, sets in eval_sets.items()
+        name: evaluate_sets(vlm, images, sets, swap_rows(sets)) for name, sets in eval_sets.items()
     }
 
 
 # -- SAEs ------------------------------------------------------------------------------------
+
+
+def train_question_saes(
+    vlm: YesNoVLM,
+    images: Any,
+    sets: Sequence[ParaphraseSet],
+    layers: Sequence[int],
+    sae: SAEConfig,
+    *,
+    steps: int,
+    corpus: Sequence[str] = (),
+    per_image: bool = True,
+    seed: int = 0,
+) -> tuple[dict[int, SAE], dict[int, dict[str, Any]]]:
+    """One SAE per layer (shape and kind from ``sae``; ``d_in`` and ``layer`` are filled in),
+    trained on the residual states at the readout positions of every question and
+    paraphrase of ``sets`` plus the ``corpus`` texts (read with image row 0).
+
+    ``per_image=False`` reads each distinct text once, for models whose question states do
+    not depend on the image (the phantom VQA's question encoder); otherwise each distinct
+    (image, text) pair is read once."""
+    first_row: dict[tuple[int, str], int] = {}
+    for s in sets:
+        for t in (s.question, *s.paraphrases):
+            key = (image_row(s) if per_image else 0, t)
+            first_row.setdefault(key, image_row(s))
+    for t in corpus:
+        first_row.setdefault((0, t), 0)
+    keys = sorted(first_row)
+    if not keys:
+        raise ValueError("no questions to train SAEs on")
+    states = token_states(vlm, images, [first_row[k] for k in keys], [t for _, t in keys], layers)
+    saes, reports = {}, {}
+    for layer in layers:
+        config = replace(
+            sae, d_in=int(states[layer].shape[1]), layer=layer, hook=f"{vlm.layers_pattern}.{layer}"
+        )
+        trained, report = train_sae(states[layer], config, steps=steps, seed=seed)
+        saes[layer] = trained.eval()
+        reports[layer] = {"tokens": int(states[layer].shape[0]), **report.final.to_dict()}
+    return saes, reports
 
 
 def train_layer_saes(
@@ -201,30 +244,12 @@ def train_layer_saes(
     """One TopK SAE per question-encoder layer, trained on the residual states of the
     distinct train-split questions plus ``corpus`` (in-domain text: the question set alone
     has too few distinct tokens for a dictionary of this width)."""
-    first_row: dict[str, int] = {}
-    for s in sets:
-        for t in (s.question, *s.paraphrases):
-            first_row.setdefault(t, _row(s))
-    for t in corpus:
-        first_row.setdefault(t, 0)
-    texts = sorted(first_row)
+    shape = SAEConfig(d_in=1, d_sae=config.sae_width, kind="topk", k=config.sae_k)
+    shape = replace(shape, model="phantom:vqa")
     layers = list(range(len(vlm.layers)))
-    states = token_states(vlm, images, [first_row[t] for t in texts], texts, layers)
-    saes, reports = {}, {}
-    for layer in layers:
-        sae_config = SAEConfig(
-            d_in=states[layer].shape[1],
-            d_sae=config.sae_width,
-            kind="topk",
-            k=config.sae_k,
-            layer=layer,
-            model="phantom:vqa",
-            hook=f"{vlm.layers_pattern}.{layer}",
-        )
-        sae, report = train_sae(states[layer], sae_config, steps=config.sae_steps, seed=0)
-        saes[layer] = sae.eval()
-        reports[layer] = {"tokens": int(states[layer].shape[0]), **report.final.to_dict()}
-    return saes, reports
+    return train_question_saes(
+        vlm, images, sets, layers, shape, steps=config.sae_steps, corpus=corpus, per_image=False
+    )
 
 
 def layer_ranges(chosen: Sequence[int], n_layers: int, names: Sequence[str]) -> dict[str, Any]:
@@ -264,7 +289,7 @@ def run_paraphrase_study(
 
     start = time.perf_counter()
     say(f"baseline on {len(eval_sets['heldout'])} {config.eval_split}-split questions ...")
-    baseline = evaluate_both(vqa, images, eval_sets, world)
+    baseline = evaluate_both(vqa, images, eval_sets)
     timings["baseline"] = time.perf_counter() - start
 
     start = time.perf_counter()
@@ -275,7 +300,7 @@ def run_paraphrase_study(
     picked = random.Random(config.world_seed).sample(
         train_sets, min(config.analysis_sets, len(train_sets))
     )
-    pairs = paraphrase_pairs(picked, _row)
+    pairs = paraphrase_pairs(picked, image_row)
     analysis = analyse(
         vqa, images, pairs, saes, AnalysisConfig(half_width=config.half_width, seed=0)
     )
@@ -286,12 +311,12 @@ def run_paraphrase_study(
     )
 
     start = time.perf_counter()
-    clamped = _clamped(vqa, images, eval_sets, world, saes, analysis)
+    clamped = clamped_report(vqa, images, eval_sets, saes, analysis)
     timings["clamping"] = time.perf_counter() - start
 
     runs: dict[str, list[dict[str, Any]]] = {}
     ranges = layer_ranges(analysis.chosen_layers, len(vqa.layers), config.ranges)
-    examples = consistency_examples(train_sets, _row)
+    examples = consistency_examples(train_sets, image_row)
     trained: dict[Any, str] = {}
     for name, layers in ranges.items():
         if layers in trained:
@@ -316,7 +341,7 @@ def run_paraphrase_study(
                 out / "runs" / name / f"seed{seed}",
             )
             seconds = time.perf_counter() - start
-            report = evaluate_both(model, images, eval_sets, world)
+            report = evaluate_both(model, images, eval_sets)
             report.update(seed=seed, layers=None if layers is None else list(layers))
             report["train_seconds"] = round(seconds, 1)
             runs.setdefault(name, []).append(report)
@@ -344,20 +369,21 @@ def run_paraphrase_study(
     return results
 
 
-def _clamped(
-    vqa: PhantomVQA,
-    images: torch.Tensor,
+def clamped_report(
+    vqa: YesNoVLM,
+    images: Any,
     eval_sets: dict[str, list[ParaphraseSet]],
-    world: World,
-    saes: dict[int, SAE],
+    saes: Mapping[int, Dictionary],
     analysis: SAEAnalysis,
 ) -> dict[str, Any] | None:
+    """The metrics of ``eval_sets`` with the analysis's top feature clamped at its peak
+    layer (None when no feature was attributed)."""
     if not analysis.top_features:
         return None
     feature = int(analysis.top_features[0]["feature"])
     layer = analysis.peak_layer
     with feature_edit(vqa, saes[layer], layer, feature, analysis.clamp_value):
-        report = evaluate_both(vqa, images, eval_sets, world)
+        report = evaluate_both(vqa, images, eval_sets)
     report.update(layer=layer, feature=feature, value=analysis.clamp_value)
     return report
 

@@ -32,7 +32,12 @@ import torch
 from scipy.stats import rankdata
 
 from mechtune.data.schema import ParaphraseSet
-from mechtune.models.yes_no import YesNoVLM, capture_block_outputs, edit_block_output
+from mechtune.models.yes_no import (
+    YesNoVLM,
+    capture_block_outputs,
+    edit_block_output,
+    take_rows,
+)
 
 
 class Dictionary(Protocol):
@@ -70,19 +75,13 @@ def paraphrase_pairs(sets: Sequence[ParaphraseSet], image_row: Any) -> PairBatch
     return PairBatch(rows, originals, paraphrases, np.asarray(answers), np.asarray(groups))
 
 
-def _take(images: Any, rows: Sequence[int]) -> Any:
-    if isinstance(images, list | tuple):
-        return [images[i] for i in rows]
-    return images[list(rows)]
-
-
 @torch.no_grad()
 def margins(
     vlm: YesNoVLM, images: Any, rows: Sequence[int], texts: Sequence[str], batch: int = 64
 ) -> np.ndarray:
     """``[N]`` margins of (images[rows[i]], texts[i])."""
     out = [
-        vlm.margin(_take(images, rows[i : i + batch]), texts[i : i + batch]).float().cpu()
+        vlm.margin(take_rows(images, rows[i : i + batch]), texts[i : i + batch]).float().cpu()
         for i in range(0, len(texts), batch)
     ]
     return torch.cat(out).numpy() if out else np.zeros(0, dtype=np.float32)
@@ -106,7 +105,7 @@ def readout_features(
     positions (features are encoded per token, then averaged)."""
     out: dict[int, list[torch.Tensor]] = {layer: [] for layer in saes}
     for i in range(0, len(texts), batch):
-        imgs, qs = _take(images, rows[i : i + batch]), list(texts[i : i + batch])
+        imgs, qs = take_rows(images, rows[i : i + batch]), list(texts[i : i + batch])
         mask = vlm.readout_positions(imgs, qs)
         with capture_block_outputs(vlm, list(saes)) as states:
             vlm.margin(imgs, qs)
@@ -129,7 +128,7 @@ def token_states(
     training data)."""
     out: dict[int, list[torch.Tensor]] = {layer: [] for layer in layers}
     for i in range(0, len(texts), batch):
-        imgs, qs = _take(images, rows[i : i + batch]), list(texts[i : i + batch])
+        imgs, qs = take_rows(images, rows[i : i + batch]), list(texts[i : i + batch])
         mask = vlm.readout_positions(imgs, qs)
         with capture_block_outputs(vlm, layers) as states:
             vlm.margin(imgs, qs)
@@ -375,7 +374,7 @@ def patch_recovery(
     for i in range(0, len(idx), batch):
         part = idx[i : i + batch]
         rows = [pairs.rows[j] for j in part]
-        imgs, qs = _take(images, rows), [pairs.paraphrases[j] for j in part]
+        imgs, qs = take_rows(images, rows), [pairs.paraphrases[j] for j in part]
         mask = vlm.readout_positions(imgs, qs)
         with feature_edit(vlm, sae, layer, feature, None, mask):
             patched.append(vlm.margin(imgs, qs).float().cpu())

@@ -31,6 +31,14 @@ import torch
 from torch import nn
 
 
+def take_rows(images: Any, rows: Sequence[int]) -> Any:
+    """Rows of an image batch in its own container: a tensor or array is indexed, a list or
+    tuple is picked from (so PIL images and precomputed embeddings both work)."""
+    if isinstance(images, list | tuple):
+        return [images[i] for i in rows]
+    return images[list(rows)]
+
+
 @runtime_checkable
 class YesNoVLM(Protocol):
     """A model that answers yes/no questions about images."""

@@ -22,7 +22,7 @@ from peft import LoraConfig, PeftModel, get_peft_model
 from torch import nn
 
 from mechtune.data.schema import ParaphraseSet
-from mechtune.models.yes_no import YesNoVLM, layer_of_parameter
+from mechtune.models.yes_no import YesNoVLM, layer_of_parameter, take_rows
 from mechtune.train.checkpoint import load_latest_checkpoint, save_checkpoint
 
 
@@ -171,7 +171,7 @@ class ConsistencyTrainer:
         paraphrases = [chooser.choice(e.paraphrases) for e in batch]
         rows = [e.image for e in batch]
         texts = [e.question for e in batch] + paraphrases
-        margins = self.vlm.margin(_take(images, rows + rows), texts)
+        margins = self.vlm.margin(take_rows(images, rows + rows), texts)
         n = len(batch)
         answer = torch.tensor([e.answer for e in batch], device=margins.device)
         terms = self.loss(margins[:n], margins[n:], answer)
@@ -212,13 +212,6 @@ class ConsistencyTrainer:
                 break
         self.model.eval()
         return self.history
-
-
-def _take(images: Any, rows: list[int]) -> Any:
-    """Rows of an image batch: a tensor or array is indexed, a list is picked from."""
-    if isinstance(images, list | tuple):
-        return [images[i] for i in rows]
-    return images[rows]
 
 
 def lora_layers(model: PeftModel | nn.Module, layers_pattern: str) -> list[int]:

@@ -1,0 +1,396 @@
+"""`mechtune sae train|analyze`: sparse autoencoders on a yes/no VLM's residual stream.
+
+Models (``--model``): ``phantom:vqa`` (the shipped phantom VQA model; images are studies
+of a phantom world) or ``hf:DIR`` (a transformers image-text-to-text model such as
+MedGemma saved in DIR, read by :class:`mechtune.models.hf_vqa.HFYesNoVLM`; never remote
+code).
+
+Questions (``--questions``): PSF-Med style records, JSONL or a JSON array
+(:func:`mechtune.data.importers.read_psf_records`). The image of a record is its
+``image_ref`` (or ``study_id``): for ``phantom:vqa`` a study id or row of the world, for
+``hf:`` an image file path relative to ``--image-root`` (default: the questions file's
+folder). Without ``--questions``, ``phantom:vqa`` uses the world's own paraphrase sets of
+``--split``.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import re
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.table import Table
+
+from mechtune.cli._common import console, fail
+from mechtune.data.importers import DataFormatError, read_psf_records
+from mechtune.data.io import atomic_write_text
+from mechtune.data.schema import ParaphraseSet
+from mechtune.models.yes_no import YesNoVLM
+
+app = typer.Typer(help="Sparse autoencoders: train them, find where flips live.")
+
+MODEL_HELP = "phantom:vqa, or hf:DIR (a saved image-text-to-text model such as MedGemma)."
+QUESTIONS_HELP = "PSF-Med style records (JSONL or JSON array); default: the world's own."
+
+
+class QuestionFileError(ValueError):
+    pass
+
+
+@dataclass
+class Questions:
+    """A model, its image batch, and paraphrase sets whose ``image_ref`` is a row of it."""
+
+    vlm: YesNoVLM
+    images: Any
+    sets: list[ParaphraseSet]
+    per_image: bool  # whether question states depend on the image
+    corpus: list[str]  # extra in-domain text for SAE training
+    source: dict[str, Any]
+
+
+def load_yes_no_model(spec: str) -> tuple[YesNoVLM, bool]:
+    """``(model, is_phantom)`` for a model spec."""
+    if spec == "phantom:vqa":
+        from mechtune.sim.vqa import load_default_vqa
+
+        return load_default_vqa(), True
+    if spec.startswith("hf:") and len(spec) > 3:
+        import torch
+
+        from mechtune.models.hf_vqa import HFYesNoVLM
+
+        path = spec[3:]
+        if not Path(path).is_dir():
+            raise QuestionFileError(
+                f"model {spec!r}: {path} is not a folder (save the model and processor "
+                "there with save_pretrained; the hub is not reached at run time)"
+            )
+        return HFYesNoVLM.from_pretrained(path, dtype=torch.float32), False
+    raise QuestionFileError(f"unknown model spec {spec!r}: use phantom:vqa or hf:DIR")
+
+
+def _phantom_rows(sets: list[ParaphraseSet], world: Any, path: Path) -> list[ParaphraseSet]:
+    rows = {s.study_id: i for i, s in enumerate(world.studies)}
+    out = []
+    for s in sets:
+        ref = s.image_ref or s.study_id
+        if ref in rows:
+            row = rows[ref]
+        elif ref.isdigit() and int(ref) < len(world.studies):
+            row = int(ref)
+        else:
+            raise QuestionFileError(
+                f"{path}, question {s.question_id!r}: image {ref!r} is neither a study id "
+                f"nor a row (0..{len(world.studies) - 1}) of the world"
+            )
+        out.append(replace(s, image_ref=str(row)))
+    return out
+
+
+def _image_rows(
+    sets: list[ParaphraseSet], root: Path, path: Path
+) -> tuple[list[ParaphraseSet], list[Any]]:
+    from PIL import Image, UnidentifiedImageError
+
+    index: dict[str, int] = {}
+    images: list[Any] = []
+    out = []
+    for s in sets:
+        if not s.image_ref:
+            raise QuestionFileError(
+                f"{path}, question {s.question_id!r}: no image reference (image_ref, image, "
+                "image_path or dicom_id); an hf: model needs one per question"
+            )
+        if s.image_ref not in index:
+            file = root / s.image_ref
+            try:
+                with Image.open(file) as image:
+                    images.append(image.convert("RGB"))
+            except (FileNotFoundError, UnidentifiedImageError, OSError) as exc:
+                raise QuestionFileError(
+                    f"{path}, question {s.question_id!r}: image {str(file)!r} cannot be read "
+                    f"({type(exc).__name__})"
+                ) from None
+            index[s.image_ref] = len(images) - 1
+        out.append(replace(s, image_ref=str(index[s.image_ref])))
+    return out, images
+
+
+def load_questions(
+    model: str,
+    questions: Path | None,
+    *,
+    world_dir: Path | None,
+    n: int,
+    seed: int,
+    split: str,
+    heldout: bool,
+    image_root: Path | None,
+    skip_bad: bool,
+) -> Questions:
+    """The model, images and paraphrase sets of a command; errors name file and record."""
+    vlm, phantom = load_yes_no_model(model)
+    source: dict[str, Any] = {"model": model}
+    sets: list[ParaphraseSet] = []
+    if questions is not None:
+        try:
+            sets, report = read_psf_records(questions, skip_bad=skip_bad)
+        except (DataFormatError, FileNotFoundError) as exc:
+            raise QuestionFileError(str(exc)) from None
+        skipped = sum(report.skipped.values())
+        console.print(
+            f"read {report.rows_read} records from {questions}: kept {report.rows_kept}, "
+            f"skipped {skipped} {dict(report.skipped) if skipped else ''}"
+        )
+        if not sets:
+            raise QuestionFileError(f"{questions}: no usable question records")
+        source["questions"] = report.to_dict()
+    if not phantom:
+        if questions is None:
+            raise QuestionFileError(f"model {model!r} needs --questions (and their images)")
+        root = image_root if image_root is not None else questions.parent
+        sets, images = _image_rows(sets, root, questions)
+        source["images"] = {"root": str(root), "distinct": len(images)}
+        return Questions(vlm, images, sets, True, [], source)
+
+    from mechtune.sim.train_vqa import world_paraphrase_sets
+    from mechtune.sim.vqa import PhantomVQA
+    from mechtune.sim.world import WorldConfig, load_world, make_world
+
+    assert isinstance(vlm, PhantomVQA)
+    if world_dir is not None:
+        world = load_world(world_dir)
+        source["world"] = str(world_dir)
+    else:
+        world = make_world(WorldConfig(n_studies=n, seed=seed))
+        source["world"] = {"n_studies": n, "seed": seed}
+    if questions is not None:
+        sets = _phantom_rows(sets, world, questions)
+    else:
+        sets = world_paraphrase_sets(world, split, heldout=heldout, seed=seed)
+        source["split"] = {"split": split, "heldout_families": heldout, "sets": len(sets)}
+        if not sets:
+            raise QuestionFileError(f"the world has no {split}-split studies; raise --n")
+    train = world.indices("train")
+    corpus = sorted({world.studies[int(i)].report or "" for i in train} - {""})
+    embedded = vlm.embed_images(world.images)
+    return Questions(vlm, embedded, sets, False, corpus, source)
+
+
+def _layers(text: str | None, n_layers: int) -> list[int]:
+    if text is None:
+        return list(range(n_layers))
+    try:
+        layers = sorted({int(x) for x in text.split(",") if x.strip()})
+    except ValueError:
+        raise QuestionFileError(f"--layers {text!r}: expected comma-separated integers") from None
+    bad = [i for i in layers if not 0 <= i < n_layers]
+    if bad or not layers:
+        raise QuestionFileError(f"--layers {text!r}: the model has layers 0..{n_layers - 1}")
+    return layers
+
+
+# Options shared by both commands.
+ModelOpt = Annotated[str, typer.Option(help=MODEL_HELP)]
+QuestionsOpt = Annotated[Path | None, typer.Option(help=QUESTIONS_HELP)]
+WorldOpt = Annotated[Path | None, typer.Option(help="phantom: a saved world folder.")]
+NOpt = Annotated[int, typer.Option("--n", min=2, help="phantom: studies if rendered.")]
+SeedOpt = Annotated[int, typer.Option(help="World, sampling and training seed.")]
+RootOpt = Annotated[Path | None, typer.Option(help="hf: folder image paths are relative to.")]
+SkipOpt = Annotated[bool, typer.Option(help="Skip bad records (counted) instead of failing.")]
+LayersOpt = Annotated[str | None, typer.Option(help="Comma-separated layers; default all.")]
+
+
+@app.command("train")
+def train(
+    out: Annotated[Path, typer.Option(help="Folder for layer_<L>/ SAEs and report.json.")],
+    model: ModelOpt = "phantom:vqa",
+    questions: QuestionsOpt = None,
+    layers: LayersOpt = None,
+    kind: Annotated[str, typer.Option(help="topk or jumprelu.")] = "topk",
+    width: Annotated[int, typer.Option(min=1, help="Features per SAE.")] = 768,
+    k: Annotated[int, typer.Option(min=1, help="topk: features kept per token.")] = 16,
+    steps: Annotated[int, typer.Option(min=1, help="Optimiser steps per SAE.")] = 400,
+    corpus: Annotated[
+        Path | None, typer.Option(help="Extra texts, one per line (phantom default: reports).")
+    ] = None,
+    world: WorldOpt = None,
+    n: NOpt = 2000,
+    seed: SeedOpt = 0,
+    split: Annotated[str, typer.Option(help="phantom: split of the world's questions.")] = "train",
+    image_root: RootOpt = None,
+    skip_bad: SkipOpt = False,
+) -> None:
+    """Train one SAE per layer on the residual states of the questions and paraphrases,
+    saved in SAELens layout (cfg.json + sae_weights.safetensors) with R², FVU and L0."""
+    from mechtune.eval.paraphrase_study import train_question_saes
+    from mechtune.interp.sae import SAEConfig, save_saelens
+
+    try:
+        data = load_questions(
+            model,
+            questions,
+            world_dir=world,
+            n=n,
+            seed=seed,
+            split=split,
+            heldout=False,
+            image_root=image_root,
+            skip_bad=skip_bad,
+        )
+        chosen = _layers(layers, len(data.vlm.layers))
+        shape = SAEConfig(
+            d_in=1, d_sae=width, kind=kind, k=k if kind == "topk" else None, model=model
+        )
+        texts = list(data.corpus)
+        if corpus is not None:
+            if not corpus.is_file():
+                raise QuestionFileError(f"--corpus {corpus}: no such file")
+            texts = [line.strip() for line in corpus.read_text().splitlines() if line.strip()]
+    except (QuestionFileError, ValueError) as exc:
+        raise fail(str(exc)) from None
+    console.print(
+        f"training {len(chosen)} {kind} SAEs ({width} features) on {len(data.sets)} question "
+        f"sets + {len(texts)} corpus texts, {steps} steps each ..."
+    )
+    saes, reports = train_question_saes(
+        data.vlm,
+        data.images,
+        data.sets,
+        chosen,
+        shape,
+        steps=steps,
+        corpus=texts,
+        per_image=data.per_image,
+        seed=seed,
+    )
+    table = Table("layer", "tokens", "R²", "FVU", "L0")
+    for layer, sae in saes.items():
+        save_saelens(sae, out / f"layer_{layer}")
+        r = reports[layer]
+        table.add_row(
+            str(layer), str(r["tokens"]), f"{r['r2']:.3f}", f"{r['fvu']:.3f}", f"{r['l0']:.1f}"
+        )
+    console.print(table)
+    report = {
+        **data.source,
+        "sae": {"kind": kind, "width": width, "k": shape.k, "steps": steps, "seed": seed},
+        "question_sets": len(data.sets),
+        "corpus_texts": len(texts),
+        "layers": {str(layer): r for layer, r in reports.items()},
+    }
+    atomic_write_text(out / "report.json", json.dumps(report, indent=2) + "\n")
+    console.print(f"wrote {len(saes)} SAEs and report.json to {out}")
+
+
+def load_layer_saes(folder: Path, layers: list[int] | None) -> dict[int, Any]:
+    """``{layer: SAE}`` from ``folder/layer_<L>/`` (any layout load_sae reads); the layer
+    is the SAE's own config value when it has one, else the folder name's number."""
+    from mechtune.interp.sae import load_sae
+
+    if not folder.is_dir():
+        raise QuestionFileError(f"--saes {folder}: no such folder")
+    saes: dict[int, Any] = {}
+    for child in sorted(folder.iterdir()):
+        match = re.fullmatch(r"layer_(\d+)", child.name)
+        if not child.is_dir() or match is None:
+            continue
+        sae = load_sae(child)
+        layer = sae.config.layer if sae.config.layer is not None else int(match.group(1))
+        if layers is None or layer in layers:
+            saes[layer] = sae.eval()
+    if not saes:
+        raise QuestionFileError(f"--saes {folder}: no layer_<L>/ SAE folders (for {layers})")
+    return saes
+
+
+@app.command("analyze")
+def analyze(
+    saes: Annotated[Path, typer.Option(help="Folder of layer_<L>/ SAEs (sae train's --out).")],
+    out: Annotated[Path, typer.Option(help="Folder for analysis.json and auc_by_layer.png.")],
+    model: ModelOpt = "phantom:vqa",
+    questions: QuestionsOpt = None,
+    layers: LayersOpt = None,
+    half_width: Annotated[int, typer.Option(min=0, help="Chosen range: peak ± this.")] = 1,
+    max_questions: Annotated[int, typer.Option(min=2, help="Question sets sampled.")] = 600,
+    world: WorldOpt = None,
+    n: NOpt = 2000,
+    seed: SeedOpt = 0,
+    split: Annotated[str, typer.Option(help="phantom: split of the world's questions.")] = "train",
+    image_root: RootOpt = None,
+    skip_bad: SkipOpt = False,
+) -> None:
+    """Flip-prediction AUC by layer, feature attribution, a causal patch, and the flip rate
+    and accuracy with the top feature clamped: the chosen layer range, with evidence."""
+    from mechtune.eval.consistency import to_jsonable
+    from mechtune.eval.figures import auc_by_layer_chart
+    from mechtune.eval.paraphrase_study import clamped_report, evaluate_sets, image_row, swap_rows
+    from mechtune.interp.sae_analysis import AnalysisConfig, analyse, paraphrase_pairs
+
+    try:
+        data = load_questions(
+            model,
+            questions,
+            world_dir=world,
+            n=n,
+            seed=seed,
+            split=split,
+            heldout=False,
+            image_root=image_root,
+            skip_bad=skip_bad,
+        )
+        wanted = None if layers is None else _layers(layers, len(data.vlm.layers))
+        dictionaries = load_layer_saes(saes, wanted)
+    except (QuestionFileError, ValueError, FileNotFoundError) as exc:
+        raise fail(str(exc)) from None
+    sets = data.sets
+    if len(sets) > max_questions:
+        sets = random.Random(seed).sample(sets, max_questions)
+    pairs = paraphrase_pairs(sets, image_row)
+    console.print(
+        f"analysing {len(pairs)} paraphrase pairs of {len(sets)} questions at layers "
+        f"{sorted(dictionaries)} ..."
+    )
+    analysis = analyse(
+        data.vlm, data.images, pairs, dictionaries, AnalysisConfig(half_width=half_width, seed=seed)
+    )
+    baseline = evaluate_sets(data.vlm, data.images, sets, swap_rows(sets))
+    clamped = clamped_report(data.vlm, data.images, {"questions": sets}, dictionaries, analysis)
+    result = to_jsonable(
+        {
+            **data.source,
+            "saes": str(saes),
+            "analysis": analysis.to_dict(),
+            "baseline": baseline,
+            "clamping": clamped["questions"] if clamped else None,
+        }
+    )
+    atomic_write_text(out / "analysis.json", json.dumps(result, indent=2) + "\n")
+    auc_by_layer_chart(
+        analysis.auc_by_layer,
+        analysis.auc_ci_by_layer,
+        analysis.chosen_layers,
+        out / "auc_by_layer.png",
+    )
+    table = Table("layer", "flip AUC", "95% CI")
+    for layer in analysis.layers:
+        lo, hi = analysis.auc_ci_by_layer[layer]
+        table.add_row(str(layer), f"{analysis.auc_by_layer[layer]:.3f}", f"{lo:.3f}–{hi:.3f}")
+    console.print(table)
+    console.print(
+        f"{analysis.flip_pairs} of {analysis.pairs} pairs flip; AUC peaks at layer "
+        f"{analysis.peak_layer}: chosen layers {analysis.chosen_layers}"
+    )
+    if clamped:
+        after = result["clamping"]
+        console.print(
+            f"clamping feature {clamped['feature']} at layer {clamped['layer']}: flip rate "
+            f"{baseline['flip_rate'].pct()} -> {100 * after['flip_rate']['value']:.1f}%, "
+            f"accuracy {baseline['accuracy'].pct()} -> {100 * after['accuracy']['value']:.1f}%"
+        )
+    console.print(f"wrote {out / 'analysis.json'}")
