@@ -238,7 +238,16 @@ def test_analyse_end_to_end(toy) -> None:
     m_orig = margins(toy, images(), pairs.rows, pairs.originals)
     m_para = margins(toy, images(), pairs.rows, pairs.paraphrases)
     assert result.flip_pairs == int(((m_orig > 0) != (m_para > 0)).sum())
-    if result.flip_pairs and result.top_features:
-        assert result.patch["flip_pairs"] == result.flip_pairs
+    assert result.flip_pairs and result.top_features  # the toy has flips to patch
+    assert result.patch["flip_pairs"] == result.flip_pairs
+    # every patched feature is an attributed one; the reported patch recovers most
+    tried = [p["feature"] for p in result.patches]
+    assert tried == [f["feature"] for f in result.top_features[:5]]
+    best = max(p["recovered_mean"] for p in result.patches)
+    assert result.patch["recovered_mean"] == best
+    # the clamp value is the chosen feature's mean on the originals
+    f_orig = readout_features(toy, images(), pairs.rows, pairs.originals, saes)
+    expected = float(f_orig[result.peak_layer][:, result.patch["feature"]].mean())
+    assert result.clamp_value == pytest.approx(expected, abs=1e-6)
     d = result.to_dict()
     assert set(d["auc_by_layer"]) == {"0", "1", "2"}

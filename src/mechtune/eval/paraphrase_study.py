@@ -376,11 +376,12 @@ def clamped_report(
     saes: Mapping[int, Dictionary],
     analysis: SAEAnalysis,
 ) -> dict[str, Any] | None:
-    """The metrics of ``eval_sets`` with the analysis's top feature clamped at its peak
-    layer (None when no feature was attributed)."""
-    if not analysis.top_features:
+    """The metrics of ``eval_sets`` with the analysis's causal candidate (the patched
+    feature that recovered most margin) clamped at the peak layer (None when no feature was
+    attributed)."""
+    if not analysis.patch:
         return None
-    feature = int(analysis.top_features[0]["feature"])
+    feature = int(analysis.patch["feature"])
     layer = analysis.peak_layer
     with feature_edit(vqa, saes[layer], layer, feature, analysis.clamp_value):
         report = evaluate_both(vqa, images, eval_sets)

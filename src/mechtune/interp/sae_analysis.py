@@ -9,10 +9,11 @@ sparse autoencoder per analysed layer:
    flips. The layer where flips are most predictable is where the sensitivity is encoded.
 2. **Feature attribution** at the peak layer: features whose change correlates with the
    margin shift m(paraphrase) − m(original).
-3. **Causal patch** on flip cases: remove the top feature's contribution, x − f_k·W_dec[k],
+3. **Causal patch** on flip cases: remove one feature's contribution, x − f_k·W_dec[k],
    from the paraphrase's residual at the readout positions and report the share of the
-   margin gap recovered, (m_patched − m_para) / (m_orig − m_para).
-4. **Clamping** at inference: set feature k to a fixed value c on every question,
+   margin gap recovered, (m_patched − m_para) / (m_orig − m_para), for each of the first
+   ``patch_features`` attributed features; the best one is the causal candidate.
+4. **Clamping** at inference: set that feature k to a fixed value c on every question,
    x + (c − f_k)·W_dec[k], with c its mean on original-register questions; the caller
    measures flip rate and accuracy with the hook on.
 
@@ -199,6 +200,7 @@ class AnalysisConfig:
     top_features: int = 10
     min_active_share: float = 0.01
     half_width: int = 1
+    patch_features: int = 5  # top attributed features tried by the causal patch
     bootstrap: int = 1000
     seed: int = 0
 
@@ -218,7 +220,8 @@ class SAEAnalysis:
     pairs: int
     flip_pairs: int
     top_features: list[dict[str, float]]
-    patch: dict[str, float] = field(default_factory=dict)
+    patch: dict[str, float] = field(default_factory=dict)  # the best of ``patches``
+    patches: list[dict[str, float]] = field(default_factory=list)
     clamp_value: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
@@ -282,11 +285,16 @@ def analyse(
         top_features=top,
     )
     if top:
-        k = int(top[0]["feature"])
-        analysis.patch = patch_recovery(
-            vlm, images, pairs, flips, m_orig, m_para, saes[peak], peak, k
-        )
-        analysis.clamp_value = float(f_orig[peak][:, k].mean())
+        # Patch each of the first few attributed features on the flip pairs; the one that
+        # recovers the most margin is the causal candidate, and the one clamped.
+        analysis.patches = [
+            patch_recovery(
+                vlm, images, pairs, flips, m_orig, m_para, saes[peak], peak, int(f["feature"])
+            )
+            for f in top[: config.patch_features]
+        ]
+        analysis.patch = max(analysis.patches, key=lambda p: p.get("recovered_mean", 0.0))
+        analysis.clamp_value = float(f_orig[peak][:, int(analysis.patch["feature"])].mean())
     return analysis
 
 
