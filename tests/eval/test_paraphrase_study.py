@@ -65,6 +65,7 @@ def test_results_table_rows_means_and_p_values():
     }
     lines = results_table(results).splitlines()
     assert len(lines) == 2 + 5
+    assert lines[0].count("|") == 10  # 9 columns: no stray pipes in a header
     rows = {line.split(" | ")[0].lstrip("| "): line.split(" | ") for line in lines[2:]}
     assert set(rows) == {
         "baseline",

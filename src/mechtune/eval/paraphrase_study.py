@@ -407,7 +407,7 @@ def results_table(results: dict[str, Any]) -> str:
     range over seeds; p from a two-proportion z-test of the held-out flip rate against the
     baseline, the largest over seeds."""
     head = (
-        "| condition | seeds | flip rate | pairwise flip | mean |margin diff| | accuracy | "
+        "| condition | seeds | flip rate | pairwise flip | mean abs margin diff | accuracy | "
         "flip rate, in-dist | text-only agreement | p (flip vs baseline, max over seeds) |"
     )
     lines = [head, "|" + "---|" * 9]
