@@ -129,7 +129,7 @@ def load_questions(
     n: int,
     seed: int,
     split: str,
-    heldout: bool,
+    heldout: bool = False,
     image_root: Path | None,
     skip_bad: bool,
 ) -> Questions:
@@ -239,7 +239,6 @@ def train(
             n=n,
             seed=seed,
             split=split,
-            heldout=False,
             image_root=image_root,
             skip_bad=skip_bad,
         )
@@ -340,7 +339,6 @@ def analyze(
             n=n,
             seed=seed,
             split=split,
-            heldout=False,
             image_root=image_root,
             skip_bad=skip_bad,
         )

@@ -49,6 +49,8 @@ import torch
 from PIL import Image
 from torch import nn
 
+from mechtune.models.sites import site_for_class
+
 MEDGEMMA_4B_ID = "google/medgemma-4b-it"
 DEFAULT_INSTRUCTION = "Answer yes or no."
 GEMMA_LORA = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
@@ -87,10 +89,9 @@ VLM_SITES: dict[str, VLMSite] = {
 
 def vlm_site(model: nn.Module) -> VLMSite:
     """The site of a model, by class (walking base classes), or a clear error."""
-    for cls in type(model).__mro__:
-        site = VLM_SITES.get(cls.__name__)
-        if site is not None:
-            return site
+    site = site_for_class(VLM_SITES, model)
+    if site is not None:
+        return site
     known = ", ".join(sorted(VLM_SITES))
     raise TypeError(
         f"no VLM site for {type(model).__name__}; supported classes: {known} "

@@ -9,9 +9,9 @@ block's output (the *head*).
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 from torch import nn
@@ -113,11 +113,22 @@ TEXT_SITES: dict[str, TextSite] = {
 }
 
 
-def text_site(model: nn.Module) -> TextSite:
-    """The site of a model, by class (walking base classes), or a clear error."""
+_Site = TypeVar("_Site")
+
+
+def site_for_class(table: Mapping[str, _Site], model: object) -> _Site | None:
+    """The entry of ``table`` for the model's class name, walking its base classes."""
     for cls in type(model).__mro__:
-        site = TEXT_SITES.get(cls.__name__)
+        site = table.get(cls.__name__)
         if site is not None:
             return site
+    return None
+
+
+def text_site(model: nn.Module) -> TextSite:
+    """The site of a model, by class (walking base classes), or a clear error."""
+    site = site_for_class(TEXT_SITES, model)
+    if site is not None:
+        return site
     known = ", ".join(sorted(TEXT_SITES))
     raise TypeError(f"no text site for {type(model).__name__}; supported classes: {known}")
