@@ -119,7 +119,7 @@ def test_bad_csv_names_file_line_and_value(tmp_path):
             "--no-check",
         ],
     )
-    assert result.exit_code == 1
+    assert result.exit_code == 2
     text = " ".join(result.output.split())
     assert "labels.csv" in text and "line 3" in text and "2.0" in text
     skipped = runner.invoke(
@@ -225,7 +225,7 @@ def test_eval_negation_on_user_claims(tmp_path):
     bad = runner.invoke(
         app, ["eval", "negation", "--claims", str(claims), "--world", str(tmp_path / "w")]
     )
-    assert bad.exit_code == 1
+    assert bad.exit_code == 2
     assert "line 1, field 'image': 'nope'" in " ".join(bad.output.split())
 
 
@@ -260,7 +260,7 @@ def test_eval_negation_applies_a_peft_adapter(tmp_path):
     ok = runner.invoke(app, [*args, "--adapter", str(trainer.checkpoints()[-1] / "peft")])
     assert ok.exit_code == 0, ok.output
     missing = runner.invoke(app, [*args, "--adapter", str(tmp_path)])
-    assert missing.exit_code == 1 and "adapter_config.json" in missing.output
+    assert missing.exit_code == 2 and "adapter_config.json" in missing.output
 
 
 @pytest.mark.parametrize(
@@ -283,4 +283,4 @@ def test_import_external_files(tmp_path, kind, name, table):
     bad = runner.invoke(
         app, ["data", "import", kind, str(tmp_path / "missing.json"), "--out", str(tmp_path / "x")]
     )
-    assert bad.exit_code == 1 and "missing.json" in " ".join(bad.output.split())
+    assert bad.exit_code == 2 and "missing.json" in " ".join(bad.output.split())

@@ -83,7 +83,7 @@ def test_sae_analyze_on_gemma_reports_auc_per_layer_and_a_range(gemma_dir, quest
 def test_sae_train_names_the_question_and_the_missing_image(gemma_dir, questions, tmp_path):
     (questions.parent / "b.png").unlink()
     result = _train(gemma_dir, questions, tmp_path / "saes")
-    assert result.exit_code == 1
+    assert result.exit_code == 2
     output = " ".join(result.output.split())
     assert (
         "questions.jsonl" in output and "'q2'" in output
@@ -93,12 +93,12 @@ def test_sae_train_names_the_question_and_the_missing_image(gemma_dir, questions
 
 def test_sae_train_rejects_a_bad_model_spec_and_bad_layers(gemma_dir, questions, tmp_path):
     result = _train("nowhere", questions, tmp_path / "saes")
-    assert result.exit_code == 1 and "not a folder" in " ".join(result.output.split())
+    assert result.exit_code == 2 and "not a folder" in " ".join(result.output.split())
     result = _train(gemma_dir, questions, tmp_path / "saes", "--layers", "0,7")
-    assert result.exit_code == 1 and "layers 0..2" in " ".join(result.output.split())
+    assert result.exit_code == 2 and "layers 0..2" in " ".join(result.output.split())
     args = ["sae", "train", "--model", "clip:x", "--out", str(tmp_path / "s")]
     result = runner.invoke(app, args)
-    assert result.exit_code == 1 and "unknown model spec" in result.output
+    assert result.exit_code == 2 and "unknown model spec" in result.output
 
 
 def test_sae_train_and_analyze_on_the_phantom_vqa(tmp_path):

@@ -5,6 +5,7 @@ import pytest
 import torch
 from PIL import Image
 
+from mechtune.errors import DataError
 from mechtune.models.hf_vqa import (
     DEFAULT_INSTRUCTION,
     GEMMA_LORA,
@@ -243,7 +244,7 @@ def test_bad_inputs_are_named(vlm, images):
         vlm.margin(images[:2], QUESTIONS)
     with pytest.raises(ValueError, match="uint8"):
         as_pil_images([np.zeros((8, 8, 3), dtype=np.float32)])
-    with pytest.raises(TypeError, match="batch"):
+    with pytest.raises(DataError, match="batch"):
         as_pil_images(images[2])
     assert vlm.margin([], []).shape == (0,)
     assert vlm.readout_positions([], []).shape == (0, 0)

@@ -1,6 +1,7 @@
 import pytest
 import torch
 
+from mechtune.errors import ConfigError
 from mechtune.models.spec import load_dual_encoder
 from mechtune.sim.world import WorldConfig, make_world
 from mechtune.train.consistency import ConsistencyConfig
@@ -29,9 +30,9 @@ def test_registry():
     assert {"zero-shot", "uniform-lora", "nast"} <= set(methods_for("negation"))
     assert methods_for("paraphrase") == ["consistency-lora"]
     assert METHODS["consistency-lora"].config is ConsistencyConfig
-    with pytest.raises(KeyError, match="unknown negation method 'bogus'"):
+    with pytest.raises(ConfigError, match="unknown negation method 'bogus'"):
         run_method("bogus", None, None, None, [], LoopConfig(), "x")
-    with pytest.raises(KeyError, match="unknown negation method 'consistency-lora'"):
+    with pytest.raises(ConfigError, match="unknown negation method 'consistency-lora'"):
         run_method("consistency-lora", None, None, None, [], LoopConfig(), "x")
 
 

@@ -18,10 +18,12 @@ from rich.progress import (
     TextColumn,
     TimeElapsedColumn,
 )
+from typer.core import TyperGroup
 
-from mechtune.data.importers import DataFormatError, read_label_csv
+from mechtune.data.importers import read_label_csv
 from mechtune.data.schema import Study
 from mechtune.data.synthetic import SyntheticConfig, sample_studies
+from mechtune.errors import MechtuneError
 
 console = Console(stderr=True)
 
@@ -41,9 +43,28 @@ def progress_bar(description: str, total: int | None) -> Iterator[Any]:
         yield lambda n: progress.advance(task, n)
 
 
-def fail(message: str, code: int = 1) -> typer.Exit:
-    console.print(f"[bold red]error:[/] {message}")
-    return typer.Exit(code)
+ERROR_EXIT = 2  # any MechtuneError (bad setting, bad input, failed gate) and missing files
+
+
+def report_error(exc: BaseException) -> None:
+    """Print one clean line for an error (no traceback)."""
+    message = str(exc)
+    if isinstance(exc, FileNotFoundError) and exc.filename is not None:
+        message = f"{exc.filename}: no such file or folder"
+    console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+
+
+class MechtuneGroup(TyperGroup):
+    """The top-level command group: every ``MechtuneError`` (and a missing input file)
+    raised by any subcommand becomes one message and exit code 2. Library code raises;
+    only this entry point turns errors into exit codes."""
+
+    def invoke(self, ctx: Any) -> Any:
+        try:
+            return super().invoke(ctx)
+        except (MechtuneError, FileNotFoundError) as exc:
+            report_error(exc)
+            raise typer.Exit(ERROR_EXIT) from None
 
 
 @dataclass
@@ -74,10 +95,7 @@ def study_source(
     if labels is None:
         config = SyntheticConfig(n_studies=n, seed=seed)
         return StudySource(None, config, {"synthetic": config.to_dict()})
-    try:
-        studies, report = read_label_csv(labels, uncertain=uncertain, skip_bad=skip_bad)
-    except (DataFormatError, ValueError, FileNotFoundError) as exc:
-        raise fail(str(exc)) from None
+    studies, report = read_label_csv(labels, uncertain=uncertain, skip_bad=skip_bad)
     skipped = sum(report.skipped.values())
     console.print(
         f"read {report.rows_read} rows from {labels}: kept {report.rows_kept}, "

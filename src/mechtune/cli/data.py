@@ -11,7 +11,7 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from mechtune.cli._common import StudySource, console, fail, progress_bar, study_source
+from mechtune.cli._common import StudySource, console, progress_bar, study_source
 from mechtune.data.builders.common import BuildResult, TableSet, finish
 from mechtune.data.builders.contextual import ContextualConfig, build_contextual
 from mechtune.data.builders.paraphrase import ParaphraseConfig, build_paraphrase
@@ -22,9 +22,10 @@ from mechtune.data.check import (
     PolarityCheckFailed,
     check_dataset,
 )
-from mechtune.data.importers import DataFormatError, read_nast_benchmark, read_psf_records
+from mechtune.data.importers import read_nast_benchmark, read_psf_records
 from mechtune.data.io import MANIFEST_NAME
 from mechtune.data.polarity_check import PolarityReport, clinical_available
+from mechtune.errors import DataError, MissingExtraError
 
 app = typer.Typer(help="Build, import and check benchmark and training data.", no_args_is_help=True)
 build_app = typer.Typer(
@@ -113,7 +114,7 @@ def run_check(out: Path, enabled: bool, threshold: float, sample: int = DEFAULT_
         report = check_dataset(out, sample_rows=sample, max_disagreement=threshold)
     except PolarityCheckFailed as exc:
         print_check(exc.report, threshold)
-        raise fail(str(exc)) from None
+        raise
     print_check(report, threshold)
 
 
@@ -183,7 +184,7 @@ def build_all(
     if ctx.invoked_subcommand is not None:
         return
     if out is None:
-        raise fail("missing option '--out'")
+        raise typer.BadParameter("missing option '--out'", param_hint="--out")
     source = study_source(labels, n, seed, uncertain.value, skip_bad)
     build_kinds(
         ["polarity", "contextual", "paraphrase"],
@@ -239,10 +240,7 @@ def _import(
     fmt: Fmt,
 ) -> None:
     """Read and validate an external file, write it as a table with a manifest, report."""
-    try:
-        records, report = read(path, skip_bad=skip_bad)
-    except (DataFormatError, FileNotFoundError) as exc:
-        raise fail(str(exc)) from None
+    records, report = read(path, skip_bad=skip_bad)
     with TableSet(out, [table], fmt.value) as tables:
         for record in records:
             tables.write(table, record)
@@ -294,9 +292,11 @@ def check_cmd(
         else sorted(p.parent for p in path.glob(f"*/{MANIFEST_NAME}"))
     )
     if not folders:
-        raise fail(f"{path}: no {MANIFEST_NAME} here or one level down; nothing to check")
+        raise DataError(f"{path}: no {MANIFEST_NAME} here or one level down; nothing to check")
     if not clinical_available():
-        raise fail("the polarity check needs medspacy: pip install 'mechtune[clinical]'")
+        raise MissingExtraError(
+            "the polarity check needs medspacy: pip install 'mechtune[clinical]'"
+        )
     failed = False
     for folder in folders:
         manifest = json.loads((folder / MANIFEST_NAME).read_text())

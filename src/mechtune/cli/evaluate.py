@@ -10,17 +10,18 @@ import numpy as np
 import torch
 import typer
 
-from mechtune.cli._common import console, fail
+from mechtune.cli._common import console
 from mechtune.data.io import atomic_write_text, read_jsonl_records
+from mechtune.errors import DataError
 from mechtune.eval.metrics import bootstrap_mean, claim_hits
 from mechtune.eval.zero_shot import embed_images
-from mechtune.models.spec import ModelSpecError, load_dual_encoder
+from mechtune.models.spec import load_dual_encoder
 from mechtune.sim.world import World, WorldConfig, load_world, make_world
 
 app = typer.Typer(help="Evaluate models on benchmarks.", no_args_is_help=True)
 
 
-class ClaimFileError(ValueError):
+class ClaimFileError(DataError):
     pass
 
 
@@ -74,23 +75,17 @@ def negation(
     out: Annotated[Path | None, typer.Option(help="Write the result JSON here.")] = None,
 ) -> None:
     """Claim accuracy (top-1 over each set) with a 95% bootstrap CI."""
-    try:
-        encoder = load_dual_encoder(model)
-    except ModelSpecError as exc:
-        raise fail(str(exc)) from None
+    encoder = load_dual_encoder(model)
     if adapter is not None:
         from peft import PeftModel
 
         if not (adapter / "adapter_config.json").is_file():
-            raise fail(f"{adapter}: no adapter_config.json (expected a peft adapter folder)")
+            raise DataError(f"{adapter}: no adapter_config.json (expected a peft adapter folder)")
         PeftModel.from_pretrained(encoder.model, str(adapter))  # injects into encoder.model
     the_world = (
         load_world(world) if world is not None else make_world(WorldConfig(n_studies=n, seed=seed))
     )
-    try:
-        items = read_claims(claims, the_world)
-    except (ClaimFileError, FileNotFoundError) as exc:
-        raise fail(str(exc)) from None
+    items = read_claims(claims, the_world)
     images = embed_images(encoder, the_world.images)
     texts = sorted({t for _, cands in items for t in cands})
     with torch.no_grad():

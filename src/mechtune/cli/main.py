@@ -20,7 +20,7 @@ from mechtune.cli import data as data_cli
 from mechtune.cli import evaluate as eval_cli
 from mechtune.cli import sae as sae_cli
 from mechtune.cli import sim as sim_cli
-from mechtune.cli._common import console, progress_bar, study_source
+from mechtune.cli._common import MechtuneGroup, console, progress_bar, study_source
 from mechtune.cli.trace import trace_command
 from mechtune.data.check import DEFAULT_MAX_DISAGREEMENT
 from mechtune.data.io import atomic_write_text
@@ -30,6 +30,7 @@ app = typer.Typer(
     "failures in medical vision-language models.",
     no_args_is_help=True,
     pretty_exceptions_show_locals=False,
+    cls=MechtuneGroup,
 )
 app.add_typer(data_cli.app, name="data")
 app.add_typer(sim_cli.app, name="sim")

@@ -25,10 +25,11 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from mechtune.cli._common import console, fail
+from mechtune.cli._common import console
 from mechtune.data.importers import DataFormatError, read_psf_records
 from mechtune.data.io import atomic_write_text
 from mechtune.data.schema import ParaphraseSet
+from mechtune.errors import DataError
 from mechtune.models.yes_no import YesNoVLM
 
 app = typer.Typer(help="Sparse autoencoders: train them, find where flips live.")
@@ -37,7 +38,7 @@ MODEL_HELP = "phantom:vqa, or hf:DIR (a saved image-text-to-text model such as M
 QUESTIONS_HELP = "PSF-Med style records (JSONL or JSON array); default: the world's own."
 
 
-class QuestionFileError(ValueError):
+class QuestionFileError(DataError):
     pass
 
 
@@ -231,28 +232,23 @@ def train(
     from mechtune.eval.paraphrase_study import train_question_saes
     from mechtune.interp.sae import SAEConfig, save_saelens
 
-    try:
-        data = load_questions(
-            model,
-            questions,
-            world_dir=world,
-            n=n,
-            seed=seed,
-            split=split,
-            image_root=image_root,
-            skip_bad=skip_bad,
-        )
-        chosen = _layers(layers, len(data.vlm.layers))
-        shape = SAEConfig(
-            d_in=1, d_sae=width, kind=kind, k=k if kind == "topk" else None, model=model
-        )
-        texts = list(data.corpus)
-        if corpus is not None:
-            if not corpus.is_file():
-                raise QuestionFileError(f"--corpus {corpus}: no such file")
-            texts = [line.strip() for line in corpus.read_text().splitlines() if line.strip()]
-    except (QuestionFileError, ValueError) as exc:
-        raise fail(str(exc)) from None
+    data = load_questions(
+        model,
+        questions,
+        world_dir=world,
+        n=n,
+        seed=seed,
+        split=split,
+        image_root=image_root,
+        skip_bad=skip_bad,
+    )
+    chosen = _layers(layers, len(data.vlm.layers))
+    shape = SAEConfig(d_in=1, d_sae=width, kind=kind, k=k if kind == "topk" else None, model=model)
+    texts = list(data.corpus)
+    if corpus is not None:
+        if not corpus.is_file():
+            raise QuestionFileError(f"--corpus {corpus}: no such file")
+        texts = [line.strip() for line in corpus.read_text().splitlines() if line.strip()]
     console.print(
         f"training {len(chosen)} {kind} SAEs ({width} features) on {len(data.sets)} question "
         f"sets + {len(texts)} corpus texts, {steps} steps each ..."
@@ -331,21 +327,18 @@ def analyze(
     from mechtune.eval.paraphrase_study import clamped_report, evaluate_sets, image_row, swap_rows
     from mechtune.interp.sae_analysis import AnalysisConfig, analyse, paraphrase_pairs
 
-    try:
-        data = load_questions(
-            model,
-            questions,
-            world_dir=world,
-            n=n,
-            seed=seed,
-            split=split,
-            image_root=image_root,
-            skip_bad=skip_bad,
-        )
-        wanted = None if layers is None else _layers(layers, len(data.vlm.layers))
-        dictionaries = load_layer_saes(saes, wanted)
-    except (QuestionFileError, ValueError, FileNotFoundError) as exc:
-        raise fail(str(exc)) from None
+    data = load_questions(
+        model,
+        questions,
+        world_dir=world,
+        n=n,
+        seed=seed,
+        split=split,
+        image_root=image_root,
+        skip_bad=skip_bad,
+    )
+    wanted = None if layers is None else _layers(layers, len(data.vlm.layers))
+    dictionaries = load_layer_saes(saes, wanted)
     sets = data.sets
     if len(sets) > max_questions:
         sets = random.Random(seed).sample(sets, max_questions)

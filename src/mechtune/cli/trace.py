@@ -9,12 +9,12 @@ import torch
 import typer
 from rich.table import Table
 
-from mechtune.cli._common import console, fail, progress_bar
+from mechtune.cli._common import console, progress_bar
 from mechtune.eval.figures import alpha_bars, cte_heatmap
 from mechtune.interp.pairs import build_trace_pairs, pairs_from_records, read_pairs_file
 from mechtune.interp.result import TraceConfig, TraceResult, trace
 from mechtune.interp.tracing import TraceError
-from mechtune.models.spec import ModelSpecError, load_dual_encoder
+from mechtune.models.spec import load_dual_encoder
 from mechtune.sim.world import World, WorldConfig, load_world, make_world
 
 
@@ -37,10 +37,7 @@ def run_trace(
     per_study: int,
 ) -> TraceResult:
     """Library-level orchestration behind the command (also used by the demo)."""
-    try:
-        encoder = load_dual_encoder(model)
-    except ModelSpecError as exc:
-        raise fail(str(exc)) from None
+    encoder = load_dual_encoder(model)
     rows = {s.study_id: i for i, s in enumerate(world.studies)}
     if pairs == "default":
         chosen = [(int(i), world.studies[int(i)]) for i in world.indices(split)]
@@ -56,32 +53,28 @@ def run_trace(
                 )
             return rows[value]
 
-        try:
-            build = pairs_from_records(read_pairs_file(pairs), encoder, image_row)
-        except (TraceError, FileNotFoundError) as exc:
-            raise fail(str(exc)) from None
+        build = pairs_from_records(read_pairs_file(pairs), encoder, image_row)
     console.print(
         f"pairs: {build.candidates} candidates, {len(build.pairs)} kept, "
         f"rejected {dict(build.rejected) or 0}"
     )
     if not build.pairs:
-        raise fail("no length-matched pair to trace")
+        raise TraceError(
+            f"{pairs}: no length-matched pair to trace (rejected: {dict(build.rejected)})"
+        )
     console.print(f"embedding {len(world.images)} images ...")
     images = _images(encoder, world)
     config = TraceConfig(epsilon=epsilon, seed=seed)
     distinct = len({(p.correct, p.foil) for p in build.pairs})
-    try:
-        with progress_bar("trace distinct text pairs", distinct) as advance:
-            result = trace(
-                encoder,
-                build.pairs,
-                images,
-                config,
-                counts={**build.to_dict(), "model": model, "split": split},
-                progress=advance,
-            )
-    except (TraceError, ValueError) as exc:
-        raise fail(str(exc)) from None
+    with progress_bar("trace distinct text pairs", distinct) as advance:
+        result = trace(
+            encoder,
+            build.pairs,
+            images,
+            config,
+            counts={**build.to_dict(), "model": model, "split": split},
+            progress=advance,
+        )
     result.save(out)
     cte_heatmap(
         result.cte.numpy(),

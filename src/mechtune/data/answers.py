@@ -34,6 +34,7 @@ from mechtune.data.importers import (
     _records,
 )
 from mechtune.data.schema import ParaphraseSet, RecordError
+from mechtune.errors import ConfigError, DataError
 
 YES_NO: dict[str, bool] = {"yes": True, "no": False}
 HELD_OUT, IN_DISTRIBUTION = "held-out", "in-distribution"
@@ -164,12 +165,12 @@ class AnswerColumns:
     def __post_init__(self) -> None:
         object.__setattr__(self, "group", tuple(self.group))
         if not self.group:
-            raise ValueError("AnswerColumns.group needs at least one column")
+            raise ConfigError("AnswerColumns.group needs at least one column")
         for name in self.required() + self.optional():
             if not isinstance(name, str) or not name.strip():
-                raise ValueError(f"AnswerColumns: column names must be non-empty; got {name!r}")
+                raise ConfigError(f"AnswerColumns: column names must be non-empty; got {name!r}")
         if not self.original.strip():
-            raise ValueError("AnswerColumns.original must be a non-empty strategy value")
+            raise ConfigError("AnswerColumns.original must be a non-empty strategy value")
 
     def required(self) -> tuple[str, ...]:
         return (*self.group, self.study, self.question, self.strategy, self.answer)
@@ -402,11 +403,11 @@ def read_answer_records(
         suffix = Path(name).suffix.lower()
         kind = "csv" if suffix in _CSV_SUFFIXES else "jsonl" if suffix in _JSON_SUFFIXES else None
         if kind is None:
-            raise ValueError(
+            raise DataError(
                 f"{name}: cannot tell the format from the suffix; pass kind='csv' or 'jsonl'"
             )
     if kind not in ("csv", "jsonl"):
-        raise ValueError(f"kind must be 'csv' or 'jsonl'; got {kind!r}")
+        raise DataError(f"kind must be 'csv' or 'jsonl'; got {kind!r}")
     report = AnswerReport(name)
 
     def fail(error: DataFormatError) -> None:
@@ -457,16 +458,16 @@ def answers_from_margins(
     """
     per_set = [[float(m) for m in row] for row in margins]
     if len(per_set) != len(sets):
-        raise ValueError(f"{len(sets)} paraphrase sets but margins for {len(per_set)}")
+        raise DataError(f"{len(sets)} paraphrase sets but margins for {len(per_set)}")
     groups = []
     for s, values in zip(sets, per_set, strict=True):
         if len(values) != 1 + len(s.paraphrases):
-            raise ValueError(
+            raise DataError(
                 f"ParaphraseSet({s.question_id!r}): {len(values)} margins for the question "
                 f"and {len(s.paraphrases)} paraphrases (expected {1 + len(s.paraphrases)})"
             )
         if not all(math.isfinite(m) for m in values):
-            raise ValueError(f"ParaphraseSet({s.question_id!r}): non-finite margin in {values}")
+            raise DataError(f"ParaphraseSet({s.question_id!r}): non-finite margin in {values}")
         families: Sequence[str | None] = s.families or (None,) * len(s.paraphrases)
         variants = tuple(
             AnswerVariant(text, strategy, m > 0, m, family)
@@ -496,7 +497,7 @@ def family_labels(sets: Iterable[ParaphraseSet]) -> dict[str, str]:
         for family, heldout in zip(s.families, s.heldout_family, strict=False):
             label = HELD_OUT if heldout else IN_DISTRIBUTION
             if out.setdefault(family, label) != label:
-                raise ValueError(f"family {family!r} is marked both held-out and not")
+                raise DataError(f"family {family!r} is marked both held-out and not")
     return out
 
 

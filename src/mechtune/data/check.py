@@ -16,12 +16,13 @@ import pyarrow.parquet as pq
 
 from mechtune.data.io import MANIFEST_NAME, atomic_write_text, read_manifest
 from mechtune.data.polarity_check import LabelledText, Mention, PolarityChecker, PolarityReport
+from mechtune.errors import GateFailed
 
 DEFAULT_MAX_DISAGREEMENT = 0.02
 DEFAULT_SAMPLE = 2000
 
 
-class PolarityCheckFailed(RuntimeError):
+class PolarityCheckFailed(GateFailed):
     """The negation detector disagreed with our labels too often."""
 
     def __init__(self, out_dir: Path, report: PolarityReport, threshold: float) -> None:

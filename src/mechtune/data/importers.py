@@ -24,6 +24,7 @@ from typing import Any, TypeVar
 
 from mechtune.data.ontology import PARAPHRASE_STRATEGIES, load_ontology
 from mechtune.data.schema import Finding, MCQPair, ParaphraseSet, RecordError, Study
+from mechtune.errors import DataError
 
 T = TypeVar("T")
 UNCERTAIN_POLICIES: tuple[str, ...] = ("skip", "present", "absent")
@@ -45,7 +46,7 @@ _PATIENT_RE = re.compile(r"patient\d+")
 _DIGITS_RE = re.compile(r"[0-9]+")
 
 
-class DataFormatError(ValueError):
+class DataFormatError(DataError):
     """A row of an input file is bad. The message names file, row, column and value.
 
     ``row`` is the 1-based line (CSV, JSONL) or record number (JSON array: ``unit`` is
@@ -257,7 +258,7 @@ def read_label_csv(
     """
     if uncertain not in UNCERTAIN_POLICIES:
         allowed = ", ".join(UNCERTAIN_POLICIES)
-        raise ValueError(f"uncertain must be one of {allowed}; got {uncertain!r}")
+        raise DataError(f"uncertain must be one of {allowed}; got {uncertain!r}")
     name = str(path)
     report = ImportReport(name, uncertain_policy=uncertain)
     with open(path, "rb") as fh:

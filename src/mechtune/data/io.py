@@ -15,6 +15,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 import mechtune
+from mechtune.errors import ConfigError, DataError
 
 FORMATS: tuple[str, ...] = ("parquet", "jsonl")
 MANIFEST_NAME = "manifest.json"
@@ -75,7 +76,7 @@ class TableWriter:
         row_group_size: int = 65536,
     ) -> None:
         if fmt not in FORMATS:
-            raise ValueError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
+            raise ConfigError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
         self.path = Path(path)
         self.schema = schema
         self.fmt = fmt
@@ -195,7 +196,7 @@ def read_table(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
     if p.suffix == ".jsonl":
         with open(p, encoding="utf-8") as fh:
             return [json.loads(line) for line in fh if line.strip()]
-    raise ValueError(f"{p}: unknown table format (expected .parquet or .jsonl)")
+    raise DataError(f"{p}: unknown table format (expected .parquet or .jsonl)")
 
 
 def read_jsonl_records(

@@ -13,6 +13,8 @@ from typing import Any, Literal
 
 import yaml
 
+from mechtune.errors import DataError
+
 Laterality = Literal["left", "right", "bilateral"]
 Zone = Literal["upper", "middle", "lower", "apical", "basal"]
 LATERALITIES: tuple[str, ...] = ("left", "right", "bilateral")
@@ -30,7 +32,7 @@ CUE_KINDS: tuple[str, ...] = (
 PARAPHRASE_STRATEGIES: tuple[str, ...] = ("lexical", "syntactic", "register", "voice")
 
 
-class OntologyError(ValueError):
+class OntologyError(DataError):
     """An ontology or cue data file is inconsistent."""
 
 

@@ -31,6 +31,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from mechtune.data.ontology import load_ontology
+from mechtune.errors import ConfigError, MissingExtraError
 
 POLARITIES = ("affirmed", "negated", "absence_affirmative")
 POSTPOSED_CUES = (
@@ -63,7 +64,7 @@ class Mention:
 
     def __post_init__(self) -> None:
         if self.polarity not in POLARITIES:
-            raise ValueError(f"polarity must be one of {POLARITIES}, got {self.polarity!r}")
+            raise ConfigError(f"polarity must be one of {POLARITIES}, got {self.polarity!r}")
 
 
 @dataclass(frozen=True)
@@ -142,7 +143,7 @@ class PolarityChecker:
             from medspacy.context import ConTextRule
             from medspacy.ner import TargetRule
         except ImportError as exc:
-            raise ImportError(INSTALL_HINT) from exc
+            raise MissingExtraError(INSTALL_HINT) from exc
         _silence_medspacy()
         self.nlp = medspacy.load()
         targets = []

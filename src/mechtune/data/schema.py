@@ -10,6 +10,7 @@ from dataclasses import dataclass, fields
 from typing import Any, ClassVar, TypeVar
 
 from mechtune.data.ontology import load_ontology
+from mechtune.errors import DataError
 
 ATTRIBUTES: tuple[str, ...] = ("existence", "laterality", "severity")
 POLARITIES: tuple[str, ...] = ("affirmative", "negated")
@@ -18,7 +19,7 @@ SPLITS: tuple[str, ...] = ("train", "val", "test")
 R = TypeVar("R", bound="_Record")
 
 
-class RecordError(ValueError):
+class RecordError(DataError):
     """A record failed validation. The message names the record and the bad value."""
 
 

@@ -6,6 +6,7 @@ import hashlib
 import random
 
 from mechtune.data.schema import SPLITS
+from mechtune.errors import DataError
 
 DEFAULT_FRACTIONS: tuple[float, float, float] = (0.8, 0.1, 0.1)
 
@@ -23,7 +24,7 @@ def patient_split(
     Every study of a patient lands in the same split, whatever order rows arrive in.
     """
     if len(fractions) != 3 or any(f < 0 for f in fractions) or abs(sum(fractions) - 1) > 1e-9:
-        raise ValueError(
+        raise DataError(
             f"split fractions must be 3 non-negative numbers summing to 1, got {fractions}"
         )
     u = _unit_interval("split", seed, patient_id)

@@ -29,6 +29,7 @@ from dataclasses import asdict, dataclass
 from mechtune.data.ontology import load_ontology
 from mechtune.data.schema import Finding, Study
 from mechtune.data.splits import record_rng
+from mechtune.errors import ConfigError
 
 
 @dataclass(frozen=True)
@@ -41,9 +42,9 @@ class SyntheticConfig:
 
     def __post_init__(self) -> None:
         if self.n_studies < 0:
-            raise ValueError(f"n_studies must be >= 0, got {self.n_studies}")
+            raise ConfigError(f"n_studies must be >= 0, got {self.n_studies}")
         if self.max_studies_per_patient < 1:
-            raise ValueError(
+            raise ConfigError(
                 f"max_studies_per_patient must be >= 1, got {self.max_studies_per_patient}"
             )
 

@@ -11,6 +11,7 @@ from collections.abc import Mapping
 
 from mechtune.data.ontology import Condition, CueFamily, load_ontology
 from mechtune.data.schema import Finding
+from mechtune.errors import DataError
 
 _ZONE_PHRASE = {
     "upper": "upper zone",
@@ -92,9 +93,9 @@ def realise(finding: Finding, family: CueFamily | str) -> str:
     family_id = family if isinstance(family, str) else family.id
     kind = load_ontology().family(family_id).kind
     if finding.present and kind not in ("affirmative", "clause_affirmative"):
-        raise ValueError(f"family {family_id!r} ({kind}) cannot state a present finding")
+        raise DataError(f"family {family_id!r} ({kind}) cannot state a present finding")
     if not finding.present and kind not in ("negation", "clause_negation"):
-        raise ValueError(f"family {family_id!r} ({kind}) cannot state an absent finding")
+        raise DataError(f"family {family_id!r} ({kind}) cannot state an absent finding")
     return _realise(finding.key(), family_id)
 
 
@@ -105,11 +106,11 @@ def realise_absence_affirmative(condition: str, family_id: str, equivalent: int 
     cond = onto.condition(condition)
     family = onto.family(family_id)
     if family.kind not in ("absence_affirmative", "clause_absence_affirmative"):
-        raise ValueError(
+        raise DataError(
             f"family {family_id!r} ({family.kind}) is not an absence_affirmative family"
         )
     if not cond.absent_affirmative:
-        raise ValueError(f"condition {condition!r} has no affirmative equivalent of absence")
+        raise DataError(f"condition {condition!r} has no affirmative equivalent of absence")
     e = cond.absent_affirmative[equivalent % len(cond.absent_affirmative)]
     return fill(family.template, {"e": e}, sentence=not family.kind.startswith("clause_"))
 
@@ -121,7 +122,7 @@ def realise_question(condition: str, family_id: str, synonym: int = 0) -> str:
     cond = onto.condition(condition)
     family = onto.family(family_id)
     if family.kind not in ("question", "paraphrase"):
-        raise ValueError(f"family {family_id!r} ({family.kind}) is not a question family")
+        raise DataError(f"family {family_id!r} ({family.kind}) is not a question family")
     x = cond.name
     plural = _is_plural(cond, None)
     slots = {

@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 
 from mechtune.data.answers import AnswerGroup
+from mechtune.errors import ConfigError, DataError
 from mechtune.eval.metrics import Estimate, bootstrap_mean
 
 BY: tuple[str, ...] = ("strategy", "family")
@@ -65,14 +66,14 @@ def _margin_gaps(group: AnswerGroup) -> np.ndarray:
     """|margin(original) - margin(variant)| per variant, ``[V]``; needs every margin."""
     values = [m for m in group.margins if m is not None]
     if len(values) != len(group.margins):
-        raise ValueError(f"group {group.group_id!r} lacks margins; margin_difference needs them")
+        raise DataError(f"group {group.group_id!r} lacks margins; margin_difference needs them")
     original, *rest = values
     return np.abs(original - np.array(rest, dtype=np.float64))
 
 
 def _truth(group: AnswerGroup) -> bool:
     if group.ground_truth is None:
-        raise ValueError(f"group {group.group_id!r} has no ground truth; accuracy needs it")
+        raise DataError(f"group {group.group_id!r} has no ground truth; accuracy needs it")
     return group.ground_truth
 
 
@@ -96,7 +97,7 @@ def cluster_ratio(
     num = np.asarray(numerators, dtype=np.float64)
     den = np.asarray(denominators, dtype=np.float64)
     if num.shape != den.shape or num.ndim != 1:
-        raise ValueError(f"numerators {num.shape} and denominators {den.shape} must be [G]")
+        raise DataError(f"numerators {num.shape} and denominators {den.shape} must be [G]")
     total = den.sum()
     if num.size == 0 or total == 0:
         return Estimate(float("nan"), float("nan"), float("nan"), 0)
@@ -172,10 +173,10 @@ def _paired(a: Sequence[bool] | np.ndarray, b: Sequence[bool] | np.ndarray) -> n
     """Paired yes/no answers -> bool ``[N]``: do they differ?"""
     x, y = np.asarray(a), np.asarray(b)
     if x.ndim != 1 or x.shape != y.shape:
-        raise ValueError(f"paired answers must be two [N] arrays; got {x.shape} and {y.shape}")
+        raise DataError(f"paired answers must be two [N] arrays; got {x.shape} and {y.shape}")
     for arr in (x, y):
         if arr.dtype != np.bool_ and not np.isin(arr, (0, 1)).all():
-            raise ValueError("answers must be booleans (or 0/1), not margins")
+            raise DataError("answers must be booleans (or 0/1), not margins")
     return x.astype(bool) != y.astype(bool)
 
 
@@ -215,7 +216,7 @@ def two_proportion_z_test(k1: int, n1: int, k2: int, n2: int) -> tuple[float, fl
     """
     for k, n in ((k1, n1), (k2, n2)):
         if n <= 0 or not 0 <= k <= n:
-            raise ValueError(f"need 0 <= k <= n and n > 0; got k={k}, n={n}")
+            raise DataError(f"need 0 <= k <= n and n > 0; got k={k}, n={n}")
     pooled = (k1 + k2) / (n1 + n2)
     se = math.sqrt(pooled * (1 - pooled) * (1 / n1 + 1 / n2))
     if se == 0:  # both proportions are 0, or both 1
@@ -290,7 +291,7 @@ def consistency_summary(
     variants with that label, and drops groups with none.
     """
     if by is not None and by not in BY:
-        raise ValueError(f"by must be one of {BY} or None; got {by!r}")
+        raise ConfigError(f"by must be one of {BY} or None; got {by!r}")
     rows = [consistency_row(ALL_LABEL, groups, n_boot=n_boot, seed=seed)]
     if by is None:
         return rows

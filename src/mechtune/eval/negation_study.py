@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from mechtune.data.io import atomic_write_text
+from mechtune.errors import ConfigError
 from mechtune.eval.retention import embedding_drift, general_sentences
 from mechtune.eval.update_share import update_share
 from mechtune.eval.zero_shot import embed_images, evaluate_zero_shot, to_jsonable
@@ -65,7 +66,7 @@ class NegationStudyConfig:
 
     def __post_init__(self) -> None:
         if self.eval_split not in ("val", "test"):
-            raise ValueError(
+            raise ConfigError(
                 f"eval_split must be 'val' (choosing settings) or 'test' (reporting), "
                 f"got {self.eval_split!r}"
             )
@@ -103,9 +104,9 @@ def load_recipe(path: str | Path) -> NegationStudyConfig:
     }
     unknown = sorted(set(raw) - known - {"model"})
     if unknown:
-        raise ValueError(f"{path}: unknown recipe keys {unknown}")
+        raise ConfigError(f"{path}: unknown recipe keys {unknown}")
     if raw.get("model", "phantom:default") != "phantom:default":
-        raise ValueError(
+        raise ConfigError(
             f"{path}: this runner trains the phantom CLIP; {raw['model']!r} needs "
             "real data (see the recipe's comments)"
         )

@@ -34,6 +34,7 @@ import torch
 from mechtune.data.answers import answers_from_margins
 from mechtune.data.io import atomic_write_text
 from mechtune.data.schema import ParaphraseSet
+from mechtune.errors import ConfigError, DataError
 from mechtune.eval.consistency import (
     answer_accuracy,
     flip_rate,
@@ -90,7 +91,7 @@ class ParaphraseStudyConfig:
 
     def __post_init__(self) -> None:
         if self.eval_split not in ("val", "test"):
-            raise ValueError(
+            raise ConfigError(
                 f"eval_split must be 'val' (choosing settings) or 'test' (reporting), "
                 f"got {self.eval_split!r}"
             )
@@ -98,9 +99,9 @@ class ParaphraseStudyConfig:
         object.__setattr__(self, "ranges", tuple(self.ranges))
         unknown = sorted(set(self.ranges) - set(RANGES))
         if unknown:
-            raise ValueError(f"unknown layer ranges {unknown}; known: {list(RANGES)}")
+            raise ConfigError(f"unknown layer ranges {unknown}; known: {list(RANGES)}")
         if not self.seeds:
-            raise ValueError("seeds must name at least one seed")
+            raise ConfigError("seeds must name at least one seed")
         if isinstance(self.lora, dict):
             object.__setattr__(self, "lora", ConsistencyConfig.from_dict(self.lora))
 
@@ -117,11 +118,11 @@ def load_paraphrase_recipe(path: str | Path) -> ParaphraseStudyConfig:
     raw = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
     model = raw.pop("model", "phantom:vqa")
     if model != "phantom:vqa":
-        raise ValueError(f"{path}: this runner trains the phantom VQA model, not {model!r}")
+        raise ConfigError(f"{path}: this runner trains the phantom VQA model, not {model!r}")
     known = set(ParaphraseStudyConfig.__dataclass_fields__)
     unknown = sorted(set(raw) - known)
     if unknown:
-        raise ValueError(f"{path}: unknown recipe keys {unknown}")
+        raise ConfigError(f"{path}: unknown recipe keys {unknown}")
     return ParaphraseStudyConfig(**raw)
 
 
@@ -144,7 +145,7 @@ def swap_rows(sets: Sequence[ParaphraseSet]) -> list[int]:
                 out.append(image_row(other))
                 break
         else:
-            raise ValueError("swap sensitivity needs questions from at least two patients")
+            raise DataError("swap sensitivity needs questions from at least two patients")
     return out
 
 
@@ -221,7 +222,7 @@ def train_question_saes(
         first_row.setdefault((0, t), 0)
     keys = sorted(first_row)
     if not keys:
-        raise ValueError("no questions to train SAEs on")
+        raise DataError("no questions to train SAEs on")
     states = token_states(vlm, images, [first_row[k] for k in keys], [t for _, t in keys], layers)
     saes, reports = {}, {}
     for layer in layers:

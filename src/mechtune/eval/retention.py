@@ -10,6 +10,7 @@ from importlib import resources
 
 import torch
 
+from mechtune.errors import DataError
 from mechtune.eval.metrics import Estimate, bootstrap_mean
 
 
@@ -23,7 +24,7 @@ def general_sentences() -> list[str]:
 def embedding_drift(before: torch.Tensor, after: torch.Tensor) -> Estimate:
     """Mean cosine between matching rows of two ``[N, D]`` embedding tables, with a CI."""
     if before.shape != after.shape:
-        raise ValueError(
+        raise DataError(
             f"embedding tables differ in shape: {tuple(before.shape)} vs {tuple(after.shape)}"
         )
     cos = torch.nn.functional.cosine_similarity(before, after, dim=-1)

@@ -7,11 +7,13 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
+from mechtune.errors import ConfigError, DataError
+
 
 def top_blocks(cte_by_block: Sequence[float], k: int) -> list[int]:
     """Indices of the k blocks with the largest CTE (ties: the lower index first)."""
     if not 1 <= k <= len(cte_by_block):
-        raise ValueError(f"k must be in [1, {len(cte_by_block)}], got {k}")
+        raise ConfigError(f"k must be in [1, {len(cte_by_block)}], got {k}")
     order = sorted(range(len(cte_by_block)), key=lambda b: (-cte_by_block[b], b))
     return order[:k]
 
@@ -24,6 +26,6 @@ def update_share(norms: Mapping[int, float], cte_by_block: Sequence[float], k: i
     """
     total = sum(norms.values())
     if total <= 0:
-        raise ValueError("the LoRA update is zero everywhere: nothing to share out")
+        raise DataError("the LoRA update is zero everywhere: nothing to share out")
     top = set(top_blocks(cte_by_block, k))
     return sum(v for b, v in norms.items() if b in top) / total

@@ -19,6 +19,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from mechtune.data.io import atomic_path, atomic_write_text
+from mechtune.errors import ConfigError, DataError
 from mechtune.interp.pairs import ROLES, infer_roles
 from mechtune.interp.tracing import PairScores, TracePair, trace_scores
 from mechtune.models.dual_encoder import DualEncoder
@@ -36,9 +37,9 @@ class TraceConfig:
 
     def __post_init__(self) -> None:
         if self.epsilon <= 0:
-            raise ValueError(f"epsilon must be > 0, got {self.epsilon}")
+            raise ConfigError(f"epsilon must be > 0, got {self.epsilon}")
         if self.batch_pairs < 1:
-            raise ValueError(f"batch_pairs must be >= 1, got {self.batch_pairs}")
+            raise ConfigError(f"batch_pairs must be >= 1, got {self.batch_pairs}")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -141,7 +142,7 @@ def aggregate(
         s_corr.append(sc.s_correct)
         s_foil.append(sc.s_foil)
     if not per_pair:
-        raise ValueError(
+        raise DataError(
             f"no pair left to aggregate: {excluded} of {len(pairs)} excluded by "
             f"|S_corr - S_foil| < {config.epsilon}"
         )

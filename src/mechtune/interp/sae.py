@@ -33,6 +33,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 from mechtune.data.io import atomic_path, atomic_write_text
+from mechtune.errors import ConfigError, DataError
 
 GEMMA_SCOPE_2_FILE = "params.safetensors"
 GEMMA_SCOPE_1_FILE = "params.npz"
@@ -41,7 +42,7 @@ SAELENS_WEIGHTS = "sae_weights.safetensors"
 _CONFIG_METADATA_KEY = "mechtune_sae_config"  # our config, kept in the safetensors header
 
 
-class SAEFormatError(ValueError):
+class SAEFormatError(DataError):
     """An SAE file lacks a key, has a misshaped tensor, or uses an unsupported option."""
 
 
@@ -88,18 +89,18 @@ class SAEConfig:
         for name in ("d_in", "d_sae"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive int, got {value!r}")
+                raise ConfigError(f"{name} must be a positive int, got {value!r}")
         if self.kind not in _KINDS:
-            raise ValueError(f"unknown SAE kind {self.kind!r}; choose one of {', '.join(KINDS)}")
+            raise ConfigError(f"unknown SAE kind {self.kind!r}; choose one of {', '.join(KINDS)}")
         if self.kind == "topk":
             if isinstance(self.k, bool) or not isinstance(self.k, int):
-                raise ValueError(f"kind 'topk' needs an int k, got k={self.k!r}")
+                raise ConfigError(f"kind 'topk' needs an int k, got k={self.k!r}")
             if not 1 <= self.k <= self.d_sae:
-                raise ValueError(f"k must be in [1, d_sae={self.d_sae}], got {self.k}")
+                raise ConfigError(f"k must be in [1, d_sae={self.d_sae}], got {self.k}")
         elif self.k is not None:
-            raise ValueError(f"k is only for kind 'topk', got k={self.k!r} for {self.kind!r}")
+            raise ConfigError(f"k is only for kind 'topk', got k={self.k!r} for {self.kind!r}")
         if self.layer is not None and (not isinstance(self.layer, int) or self.layer < 0):
-            raise ValueError(f"layer must be a non-negative int or None, got {self.layer!r}")
+            raise ConfigError(f"layer must be a non-negative int or None, got {self.layer!r}")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -109,7 +110,7 @@ class SAEConfig:
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
-            raise ValueError(f"unknown SAEConfig field(s) {unknown}; known: {sorted(known)}")
+            raise ConfigError(f"unknown SAEConfig field(s) {unknown}; known: {sorted(known)}")
         return cls(**data)
 
 
@@ -319,7 +320,7 @@ def save_gemma_scope(sae: SAE, folder: str | Path) -> Path:
     layer, model and hook as well. Returns the file written.
     """
     if sae.config.kind != "jumprelu":
-        raise ValueError(f"Gemma Scope stores jumprelu SAEs only, got kind {sae.config.kind!r}")
+        raise DataError(f"Gemma Scope stores jumprelu SAEs only, got kind {sae.config.kind!r}")
     file = Path(folder) / GEMMA_SCOPE_2_FILE
     tensors = {k: v.contiguous().cpu() for k, v in sae.tensors().items()}
     metadata = {_CONFIG_METADATA_KEY: json.dumps(sae.config.to_dict(), sort_keys=True)}
@@ -514,9 +515,9 @@ def reconstruction_stats(
     x_all = activations.reshape(-1, activations.shape[-1])
     n = int(x_all.shape[0])
     if n == 0:
-        raise ValueError("reconstruction_stats needs at least one row")
+        raise DataError("reconstruction_stats needs at least one row")
     if x_all.shape[1] != sae.d_in:
-        raise ValueError(f"activations have d={x_all.shape[1]}, the SAE expects d_in={sae.d_in}")
+        raise DataError(f"activations have d={x_all.shape[1]}, the SAE expects d_in={sae.d_in}")
     device = sae.w_enc.device
     total = torch.zeros(sae.d_in, dtype=torch.float64, device=device)
     for start in range(0, n, chunk_rows):

@@ -29,6 +29,7 @@ from typing import Any
 
 import torch
 
+from mechtune.errors import ConfigError, DataError
 from mechtune.interp.sae import SAE, ReconstructionStats, SAEConfig, reconstruction_stats
 
 B_DEC_INITS: tuple[str, ...] = ("mean", "median", "zero")
@@ -57,23 +58,23 @@ class SAETrainConfig:
         for name in ("steps", "batch_size", "stats_rows", "log_every"):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive int, got {value!r}")
+                raise ConfigError(f"{name} must be a positive int, got {value!r}")
         if self.sparsity_warmup_steps < 0:
-            raise ValueError(
+            raise ConfigError(
                 f"sparsity_warmup_steps must be >= 0, got {self.sparsity_warmup_steps}"
             )
         for name in ("lr", "bandwidth"):
             if not getattr(self, name) > 0:
-                raise ValueError(f"{name} must be > 0, got {getattr(self, name)!r}")
+                raise ConfigError(f"{name} must be > 0, got {getattr(self, name)!r}")
         for name in ("sparsity_coefficient", "init_threshold"):
             if not getattr(self, name) >= 0:
-                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)!r}")
+                raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)!r}")
         if self.b_dec_init not in B_DEC_INITS:
-            raise ValueError(
+            raise ConfigError(
                 f"unknown b_dec_init {self.b_dec_init!r}; choose one of {', '.join(B_DEC_INITS)}"
             )
         if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
-            raise ValueError(f"betas must be two numbers in [0, 1), got {self.betas!r}")
+            raise ConfigError(f"betas must be two numbers in [0, 1), got {self.betas!r}")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -198,7 +199,7 @@ def _input_scale(x: torch.Tensor, chunk_rows: int = 65536) -> float:
         total += float(x[start : start + chunk_rows].to(torch.float64).square().sum())
     mean_sq = total / x.shape[0]
     if mean_sq <= 0:
-        raise ValueError("activations are all zero; cannot train an SAE on them")
+        raise DataError("activations are all zero; cannot train an SAE on them")
     return mean_sq**-0.5
 
 
@@ -258,13 +259,13 @@ def train_sae(
     """
     training = replace(training or SAETrainConfig(), **overrides)
     if activations.ndim != 2 or activations.shape[1] != config.d_in:
-        raise ValueError(
+        raise DataError(
             f"activations must be [N, d_in={config.d_in}], got {tuple(activations.shape)}"
         )
     if activations.shape[0] == 0:
-        raise ValueError("activations have no rows")
+        raise DataError("activations have no rows")
     if not torch.isfinite(activations).all():
-        raise ValueError("activations contain NaN or inf")
+        raise DataError("activations contain NaN or inf")
     started = time.perf_counter()
     device = activations.device
     generator = torch.Generator().manual_seed(training.seed)

@@ -25,10 +25,11 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from mechtune.errors import DataError
 from mechtune.models.dual_encoder import DualEncoder
 
 
-class TraceError(ValueError):
+class TraceError(DataError):
     """Bad tracing input: length-mismatched pair, bad layer or image index."""
 
 

@@ -22,6 +22,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from mechtune.errors import MissingExtraError
 from mechtune.models.sites import TextSite, text_site
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -264,7 +265,7 @@ class OpenCLIPDualEncoder(DualEncoder):
         try:
             import open_clip
         except ImportError as exc:  # open_clip imports torchvision
-            raise ImportError(
+            raise MissingExtraError(
                 f"open_clip could not be imported ({exc}); install the extra: "
                 "pip install 'mechtune[openclip]' (it needs a working torchvision)"
             ) from exc

@@ -49,6 +49,7 @@ import torch
 from PIL import Image
 from torch import nn
 
+from mechtune.errors import ConfigError, DataError, UnsupportedModelError
 from mechtune.models.sites import site_for_class
 
 MEDGEMMA_4B_ID = "google/medgemma-4b-it"
@@ -76,7 +77,9 @@ class VLMSite:
         for part in self.layers.split("."):
             module = getattr(module, part)
         if not isinstance(module, nn.ModuleList):
-            raise TypeError(f"{self.layers} is a {type(module).__name__}, not a ModuleList")
+            raise UnsupportedModelError(
+                f"{self.layers} is a {type(module).__name__}, not a ModuleList"
+            )
         return module
 
 
@@ -93,7 +96,7 @@ def vlm_site(model: nn.Module) -> VLMSite:
     if site is not None:
         return site
     known = ", ".join(sorted(VLM_SITES))
-    raise TypeError(
+    raise UnsupportedModelError(
         f"no VLM site for {type(model).__name__}; supported classes: {known} "
         "(or pass site=VLMSite(...))"
     )
@@ -102,7 +105,7 @@ def vlm_site(model: nn.Module) -> VLMSite:
 # -- answer tokens ----------------------------------------------------------------------------
 
 
-class AnswerTokenError(ValueError):
+class AnswerTokenError(ConfigError):
     """No spelling of an answer word is a single token of the tokenizer."""
 
 
@@ -166,7 +169,7 @@ class YesNoPrompt:
         for name in ("instruction", "system"):
             value = getattr(self, name)
             if value is not None and not value.strip():
-                raise ValueError(f"{name} must be None or non-blank text, got {value!r}")
+                raise ConfigError(f"{name} must be None or non-blank text, got {value!r}")
 
     def user_text(self, question: str) -> str:
         question = question.strip()
@@ -199,7 +202,7 @@ def _to_pil(image: Any) -> Image.Image:
         or array.ndim not in (2, 3)
         or (array.ndim == 3 and array.shape[-1] != 3)
     ):
-        raise ValueError(
+        raise DataError(
             f"an image must be a PIL image or uint8 [H, W] / [H, W, 3], "
             f"got {array.dtype} {list(array.shape)}"
         )
@@ -211,12 +214,12 @@ def as_pil_images(images: Any) -> list[Image.Image]:
     tensor) as a list of RGB PIL images."""
     if isinstance(images, np.ndarray | torch.Tensor):
         if images.ndim not in (3, 4):
-            raise ValueError(
+            raise DataError(
                 f"a stacked image batch must be [B, H, W] or [B, H, W, 3], got {list(images.shape)}"
             )
         return [_to_pil(image) for image in images]
     if isinstance(images, Image.Image):
-        raise TypeError("images must be a batch: wrap a single PIL image in a list")
+        raise DataError("images must be a batch: wrap a single PIL image in a list")
     return [_to_pil(image) for image in images]
 
 
@@ -250,7 +253,7 @@ class HFYesNoVLM:
         site: VLMSite | None = None,
     ) -> None:
         if reduce not in REDUCES:
-            raise ValueError(f"reduce must be one of {REDUCES}, got {reduce!r}")
+            raise ConfigError(f"reduce must be one of {REDUCES}, got {reduce!r}")
         self.model: Any = model.eval()
         self.processor = processor
         self.prompt = prompt or YesNoPrompt()
@@ -258,7 +261,7 @@ class HFYesNoVLM:
         self.site = site or vlm_site(model)
         tokenizer = processor.tokenizer
         if tokenizer.pad_token_id is None:
-            raise ValueError(f"{type(tokenizer).__name__} has no pad token; batches need one")
+            raise ConfigError(f"{type(tokenizer).__name__} has no pad token; batches need one")
         self.yes = resolve_answer_tokens(tokenizer, yes_word)
         self.no = resolve_answer_tokens(tokenizer, no_word)
         if set(self.yes.ids) & set(self.no.ids):
@@ -358,9 +361,9 @@ class HFYesNoVLM:
         ``input_ids``/``attention_mask``/``token_type_ids [B, T]``, ``pixel_values``."""
         pil = as_pil_images(images)
         if len(pil) != len(questions):
-            raise ValueError(f"{len(pil)} images but {len(questions)} questions")
+            raise DataError(f"{len(pil)} images but {len(questions)} questions")
         if not pil:
-            raise ValueError("empty batch")
+            raise DataError("empty batch")
         inputs = self.processor(
             text=self.prompts(questions),
             images=[[image] for image in pil],

@@ -15,6 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from mechtune.errors import DataError
 from mechtune.models.dual_encoder import DualEncoder
 from mechtune.sim.text_tower import MiniLMTower
 
@@ -23,12 +24,12 @@ def check_mean_pooling(folder: str | Path) -> None:
     """Refuse sentence-transformers folders whose pooling is not plain mean pooling."""
     config = Path(folder) / "1_Pooling" / "config.json"
     if not config.is_file():
-        raise ValueError(
+        raise DataError(
             f"{folder}: no 1_Pooling/config.json; is this a sentence-transformers model folder?"
         )
     pooling = json.loads(config.read_text(encoding="utf-8"))
     if not pooling.get("pooling_mode_mean_tokens", False):
-        raise ValueError(f"{config}: only mean pooling is supported, got {pooling}")
+        raise DataError(f"{config}: only mean pooling is supported, got {pooling}")
 
 
 class SentenceTowerCLIP(nn.Module):

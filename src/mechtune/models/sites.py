@@ -16,6 +16,8 @@ from typing import Any, TypeVar
 import torch
 from torch import nn
 
+from mechtune.errors import UnsupportedModelError
+
 Head = Callable[[Any, torch.Tensor, dict[str, torch.Tensor]], torch.Tensor]
 
 
@@ -82,7 +84,9 @@ class TextSite:
     def text_layers(self, model: nn.Module) -> nn.ModuleList:
         layers = _get(model, self.layers)
         if not isinstance(layers, nn.ModuleList):
-            raise TypeError(f"{self.layers} is a {type(layers).__name__}, not a ModuleList")
+            raise UnsupportedModelError(
+                f"{self.layers} is a {type(layers).__name__}, not a ModuleList"
+            )
         return layers
 
     def layer_index(self, parameter_name: str) -> int | None:
@@ -131,4 +135,6 @@ def text_site(model: nn.Module) -> TextSite:
     if site is not None:
         return site
     known = ", ".join(sorted(TEXT_SITES))
-    raise TypeError(f"no text site for {type(model).__name__}; supported classes: {known}")
+    raise UnsupportedModelError(
+        f"no text site for {type(model).__name__}; supported classes: {known}"
+    )

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 
+from mechtune.errors import ConfigError
 from mechtune.models.dual_encoder import (
     DualEncoder,
     HFCLIPDualEncoder,
@@ -30,7 +31,7 @@ EXAMPLES = (
 )
 
 
-class ModelSpecError(ValueError):
+class ModelSpecError(ConfigError):
     """A model spec is malformed or names a model that cannot be loaded."""
 
 

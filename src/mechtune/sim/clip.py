@@ -21,6 +21,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from mechtune.data.io import atomic_path, atomic_write_text
+from mechtune.errors import ConfigError
 from mechtune.sim.text_tower import MINILM_ID, MiniLMTower
 
 WEIGHTS = "model.safetensors"
@@ -41,7 +42,9 @@ class PhantomCLIPConfig:
     def __post_init__(self) -> None:
         object.__setattr__(self, "channels", tuple(self.channels))
         if self.image_size % self.downsample:
-            raise ValueError(f"image_size {self.image_size} must be divisible by {self.downsample}")
+            raise ConfigError(
+                f"image_size {self.image_size} must be divisible by {self.downsample}"
+            )
 
     @property
     def downsample(self) -> int:

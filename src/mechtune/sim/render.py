@@ -24,6 +24,7 @@ import numpy as np
 
 from mechtune.data.schema import Finding, Study
 from mechtune.data.splits import record_rng
+from mechtune.errors import ConfigError
 
 F32 = np.float32
 TEXTURES = 8
@@ -71,7 +72,7 @@ class RenderConfig:
 
     def __post_init__(self) -> None:
         if self.size < 32:
-            raise ValueError(f"size must be >= 32 pixels, got {self.size}")
+            raise ConfigError(f"size must be >= 32 pixels, got {self.size}")
         object.__setattr__(self, "scale_range", tuple(self.scale_range))
         object.__setattr__(self, "noise_range", tuple(self.noise_range))
         object.__setattr__(self, "contrast_range", tuple(self.contrast_range))

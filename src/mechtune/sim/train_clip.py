@@ -21,6 +21,7 @@ import torch
 from safetensors.torch import load_file
 
 from mechtune.data.schema import Study
+from mechtune.errors import ConfigError, DataError
 from mechtune.sim.clip import WEIGHTS, PhantomCLIP, PhantomCLIPConfig
 from mechtune.sim.reports import ReportConfig
 from mechtune.sim.text_tower import MiniLMTower
@@ -43,9 +44,9 @@ class TrainCLIPConfig:
     def __post_init__(self) -> None:
         for name in ("n_studies", "steps", "batch_size", "threads"):
             if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.lr <= 0:
-            raise ValueError(f"lr must be > 0, got {self.lr}")
+            raise ConfigError(f"lr must be > 0, got {self.lr}")
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -200,5 +201,5 @@ def compare_checkpoints(a: str | Path, b: str | Path) -> float:
     """Largest absolute difference between two checkpoints (phantom CLIP or VQA head)."""
     sa, sb = load_file(str(Path(a) / WEIGHTS)), load_file(str(Path(b) / WEIGHTS))
     if sa.keys() != sb.keys():
-        raise ValueError(f"{a} and {b} hold different tensors")
+        raise DataError(f"{a} and {b} hold different tensors")
     return max(float((sa[k].float() - sb[k].float()).abs().max()) for k in sa)

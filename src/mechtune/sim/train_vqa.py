@@ -28,6 +28,7 @@ from mechtune.data.ontology import load_ontology
 from mechtune.data.schema import ParaphraseSet
 from mechtune.data.splits import record_rng
 from mechtune.data.text import realise_question
+from mechtune.errors import ConfigError
 from mechtune.sim.clip import default_checkpoint
 from mechtune.sim.text_tower import MiniLMTower
 from mechtune.sim.train_clip import torch_threads
@@ -52,14 +53,14 @@ class TrainVQAConfig:
     def __post_init__(self) -> None:
         for name in ("n_studies", "steps", "batch_size", "threads", "hidden"):
             if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.lr <= 0:
-            raise ValueError(f"lr must be > 0, got {self.lr}")
+            raise ConfigError(f"lr must be > 0, got {self.lr}")
         object.__setattr__(self, "families", tuple(self.families))
         onto = load_ontology()
         for fam in self.families:
             if onto.family(fam).kind != "question":
-                raise ValueError(f"training family {fam!r} is not a question family")
+                raise ConfigError(f"training family {fam!r} is not a question family")
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)

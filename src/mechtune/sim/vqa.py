@@ -31,6 +31,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from mechtune.data.io import atomic_path, atomic_write_text
+from mechtune.errors import ConfigError, DataError
 from mechtune.models.sites import BERT_LORA
 from mechtune.sim.clip import ImageEncoder, PhantomCLIPConfig, default_checkpoint
 from mechtune.sim.text_tower import MINILM_ID, MiniLMTower
@@ -47,7 +48,7 @@ class PhantomVQAConfig:
 
     def __post_init__(self) -> None:
         if self.hidden < 1:
-            raise ValueError(f"hidden must be >= 1, got {self.hidden}")
+            raise ConfigError(f"hidden must be >= 1, got {self.hidden}")
         if isinstance(self.image, dict):
             object.__setattr__(self, "image", PhantomCLIPConfig(**self.image))
 
@@ -125,7 +126,7 @@ class PhantomVQA(nn.Module):
     def answer_logits(self, images: Any, questions: Sequence[str]) -> torch.Tensor:
         """``[B, 2]`` (yes, no) logits."""
         if len(questions) != len(images):
-            raise ValueError(f"{len(images)} images but {len(questions)} questions")
+            raise DataError(f"{len(images)} images but {len(questions)} questions")
         image = self._image_embeddings(images)
         return self.head(image, self.embed_questions(questions))
 
@@ -168,14 +169,14 @@ class PhantomVQA(nn.Module):
     def _image_embeddings(self, images: Any) -> torch.Tensor:
         if torch.is_tensor(images) and images.is_floating_point():
             if images.dim() != 2 or images.shape[1] != self.config.image.embed_dim:
-                raise ValueError(
+                raise DataError(
                     f"image embeddings must be [B, {self.config.image.embed_dim}], "
                     f"got {list(images.shape)}"
                 )
             return images.to(next(self.head.parameters()).device)
         array = np.asarray(images)
         if array.dtype != np.uint8 or array.ndim != 3:
-            raise ValueError(
+            raise DataError(
                 f"images must be uint8 [B, H, W] radiographs or float [B, D] embeddings, "
                 f"got {array.dtype} {list(array.shape)}"
             )

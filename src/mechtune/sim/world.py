@@ -24,6 +24,7 @@ from mechtune.data.io import atomic_path, read_manifest, write_manifest
 from mechtune.data.schema import Study
 from mechtune.data.splits import DEFAULT_FRACTIONS, patient_split
 from mechtune.data.synthetic import SyntheticConfig, sample_studies
+from mechtune.errors import ConfigError, DataError
 from mechtune.sim.render import RenderConfig, Renderer
 from mechtune.sim.reports import ReportConfig, write_report
 
@@ -43,7 +44,7 @@ class WorldConfig:
 
     def __post_init__(self) -> None:
         if self.n_studies < 1:
-            raise ValueError(f"n_studies must be >= 1, got {self.n_studies}")
+            raise ConfigError(f"n_studies must be >= 1, got {self.n_studies}")
         object.__setattr__(self, "split_fractions", tuple(self.split_fractions))
 
     def to_dict(self) -> dict[str, Any]:
@@ -144,7 +145,7 @@ def load_world(out_dir: str | Path, *, mmap: bool = True) -> World:
     out = Path(out_dir)
     manifest = read_manifest(out)
     if manifest.get("kind") != "world":
-        raise ValueError(f"{out}: manifest kind is {manifest.get('kind')!r}, not 'world'")
+        raise DataError(f"{out}: manifest kind is {manifest.get('kind')!r}, not 'world'")
     config = WorldConfig.from_dict(manifest["config"])
     images = np.load(out / IMAGES, mmap_mode="r" if mmap else None, allow_pickle=False)
     with open(out / STUDIES, encoding="utf-8") as fh:
@@ -152,7 +153,7 @@ def load_world(out_dir: str | Path, *, mmap: bool = True) -> World:
     with open(out / ACQUISITION, encoding="utf-8") as fh:
         acquisitions = [json.loads(line) for line in fh if line.strip()]
     if not len(studies) == len(acquisitions) == images.shape[0]:
-        raise ValueError(
+        raise DataError(
             f"{out}: {len(studies)} studies, {len(acquisitions)} acquisitions and "
             f"{images.shape[0]} images do not match"
         )

@@ -20,6 +20,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from mechtune.data.io import atomic_path, atomic_write_text
+from mechtune.errors import DataError
 
 
 def checkpoint_folders(out: Path) -> list[Path]:
@@ -71,7 +72,7 @@ def load_latest_checkpoint(
     weights = load_file(str(folder / "adapter.safetensors"))
     missing = sorted(set(params) - set(weights))
     if missing:
-        raise ValueError(f"{folder / 'adapter.safetensors'}: missing parameters {missing[:3]}")
+        raise DataError(f"{folder / 'adapter.safetensors'}: missing parameters {missing[:3]}")
     with torch.no_grad():
         for name, p in params.items():
             p.copy_(weights[name])

@@ -22,6 +22,7 @@ from peft import LoraConfig, PeftModel, get_peft_model
 from torch import nn
 
 from mechtune.data.schema import ParaphraseSet
+from mechtune.errors import ConfigError, DataError
 from mechtune.models.yes_no import YesNoVLM, layer_of_parameter, take_rows
 from mechtune.train.checkpoint import load_latest_checkpoint, save_checkpoint
 
@@ -37,7 +38,7 @@ class ConsistencyLoss(nn.Module):
     def __init__(self, consistency_weight: float = 1.0) -> None:
         super().__init__()
         if consistency_weight < 0:
-            raise ValueError(f"consistency_weight must be >= 0, got {consistency_weight}")
+            raise ConfigError(f"consistency_weight must be >= 0, got {consistency_weight}")
         self.weight = consistency_weight
 
     def forward(
@@ -70,15 +71,15 @@ class ConsistencyConfig:
     def __post_init__(self) -> None:
         for name in ("rank", "steps", "batch_size", "checkpoint_every"):
             if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.lr <= 0:
-            raise ValueError(f"lr must be > 0, got {self.lr}")
+            raise ConfigError(f"lr must be > 0, got {self.lr}")
         if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+            raise ConfigError(f"dropout must be in [0, 1), got {self.dropout}")
         if self.layers is not None:
             object.__setattr__(self, "layers", tuple(int(i) for i in self.layers))
             if not self.layers:
-                raise ValueError("layers must be None (all) or name at least one block")
+                raise ConfigError("layers must be None (all) or name at least one block")
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -96,7 +97,7 @@ def lm_lora_config(vlm: YesNoVLM, config: ConsistencyConfig) -> LoraConfig:
     layers = list(range(n_layers)) if config.layers is None else list(config.layers)
     bad = [i for i in layers if not 0 <= i < n_layers]
     if bad:
-        raise ValueError(f"LoRA layers {bad} out of range: the model has blocks 0..{n_layers - 1}")
+        raise ConfigError(f"LoRA layers {bad} out of range: the model has blocks 0..{n_layers - 1}")
     return LoraConfig(
         r=config.rank,
         lora_alpha=config.alpha,
@@ -139,7 +140,7 @@ class ConsistencyTrainer:
         self.params = {n: p for n, p in self.model.named_parameters() if p.requires_grad}
         outside = [n for n in self.params if layer_of_parameter(n, vlm.layers_pattern) is None]
         if outside:
-            raise ValueError(f"trainable parameters outside the LM blocks: {outside[:3]}")
+            raise ConfigError(f"trainable parameters outside the LM blocks: {outside[:3]}")
         self.optim = torch.optim.AdamW(
             list(self.params.values()), lr=config.lr, weight_decay=config.weight_decay
         )
@@ -192,10 +193,10 @@ class ConsistencyTrainer:
     ) -> list[dict[str, float]]:
         """Train to ``config.steps``; ``stop_after`` ends early, as a kill would."""
         if not examples:
-            raise ValueError("consistency training needs at least one question")
+            raise DataError("consistency training needs at least one question")
         empty = [e.question for e in examples if not e.paraphrases]
         if empty:
-            raise ValueError(f"questions without paraphrases: {empty[:3]}")
+            raise DataError(f"questions without paraphrases: {empty[:3]}")
         if resume:
             self.resume()
         done = 0

@@ -18,6 +18,7 @@ from typing import Any
 
 import torch
 
+from mechtune.errors import ConfigError, DataError
 from mechtune.models.dual_encoder import DualEncoder
 from mechtune.train.checkpoint import checkpoint_folders, load_latest_checkpoint, save_checkpoint
 from mechtune.train.lora import (
@@ -67,13 +68,13 @@ class LoopConfig:
     def __post_init__(self) -> None:
         for name in ("steps", "caption_batch", "claim_batch", "checkpoint_every", "shards"):
             if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.lr <= 0:
-            raise ValueError(f"lr must be > 0, got {self.lr}")
+            raise ConfigError(f"lr must be > 0, got {self.lr}")
         if self.loss not in LOSSES:
-            raise ValueError(f"loss must be one of {LOSSES}, got {self.loss!r}")
+            raise ConfigError(f"loss must be one of {LOSSES}, got {self.loss!r}")
         if self.scaling not in ("gradient", "lr"):
-            raise ValueError(f"scaling must be 'gradient' or 'lr', got {self.scaling!r}")
+            raise ConfigError(f"scaling must be 'gradient' or 'lr', got {self.scaling!r}")
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -147,7 +148,7 @@ class Trainer:
         self.history: list[dict[str, float]] = []
         self.accelerator = accelerator
         if accelerator is not None and accelerator.num_processes != config.shards:
-            raise ValueError(
+            raise ConfigError(
                 f"under DDP, shards ({config.shards}) must equal the number of "
                 f"processes ({accelerator.num_processes})"
             )
@@ -255,7 +256,7 @@ class Trainer:
         ``stop_after`` ends the run early after that many steps, as a kill would.
         """
         if not captions or not claims:
-            raise ValueError("training needs at least one caption and one claim set")
+            raise DataError("training needs at least one caption and one claim set")
         if resume:
             self.resume()
         images = images.detach()

@@ -15,6 +15,7 @@ from peft import LoraConfig, PeftModel, get_peft_model
 from peft.tuners.lora import LoraLayer
 from torch import nn
 
+from mechtune.errors import ConfigError, DataError
 from mechtune.models.sites import TextSite, text_site
 
 
@@ -29,9 +30,9 @@ class LoraSettings:
 
     def __post_init__(self) -> None:
         if self.rank < 1:
-            raise ValueError(f"rank must be >= 1, got {self.rank}")
+            raise ConfigError(f"rank must be >= 1, got {self.rank}")
         if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+            raise ConfigError(f"dropout must be in [0, 1), got {self.dropout}")
         if self.layers is not None:
             object.__setattr__(self, "layers", tuple(self.layers))
 
@@ -46,7 +47,7 @@ def lora_config(model: nn.Module, settings: LoraSettings) -> LoraConfig:
     layers = list(range(n_layers)) if settings.layers is None else list(settings.layers)
     bad = [i for i in layers if not 0 <= i < n_layers]
     if bad:
-        raise ValueError(
+        raise ConfigError(
             f"LoRA layers {bad} out of range: the text tower has blocks 0..{n_layers - 1}"
         )
     return LoraConfig(
@@ -85,7 +86,7 @@ def trainable_text_parameters(
             continue
         layer = site.layer_index(name)
         if layer is None:
-            raise ValueError(
+            raise DataError(
                 f"trainable parameter {name!r} is outside the text blocks ({site.layers})"
             )
         out[name] = (layer, param)

@@ -12,6 +12,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from mechtune.errors import ConfigError
+
 
 class ContrastiveLoss(nn.Module):
     def forward(
@@ -65,7 +67,7 @@ class NASTLoss(nn.Module):
     def __init__(self, lam: float = 0.5) -> None:
         super().__init__()
         if not 0.0 <= lam <= 1.0:
-            raise ValueError(f"lambda must be in [0, 1], got {lam}")
+            raise ConfigError(f"lambda must be in [0, 1], got {lam}")
         self.lam = lam
         self.clip = ContrastiveLoss()
         self.claim = ClaimLoss()

@@ -22,6 +22,7 @@ import torch
 
 from mechtune.data.builders.contextual import ContextualConfig, study_records
 from mechtune.data.builders.polarity import PolarityConfig, make_mcq, passes_row_filter
+from mechtune.errors import ConfigError, DataError
 from mechtune.models.dual_encoder import DualEncoder
 from mechtune.models.yes_no import YesNoVLM
 from mechtune.sim.world import World
@@ -112,11 +113,11 @@ TASK_CONFIGS = {"negation": LoopConfig, "paraphrase": ConsistencyConfig}
 
 def register(name: str, task: str = "negation") -> Callable[[Callable[..., Any]], Any]:
     if task not in TASK_CONFIGS:
-        raise ValueError(f"unknown task {task!r}; known: {sorted(TASK_CONFIGS)}")
+        raise ConfigError(f"unknown task {task!r}; known: {sorted(TASK_CONFIGS)}")
 
     def wrap(fn: Callable[..., Any]) -> Callable[..., Any]:
         if name in METHODS:
-            raise ValueError(f"method {name!r} is already registered")
+            raise ConfigError(f"method {name!r} is already registered")
         METHODS[name] = MethodEntry(name, task, TASK_CONFIGS[task], fn)
         return fn
 
@@ -152,7 +153,7 @@ def _trained(claims_of: Callable[[NegationData], list[ClaimExample]], **override
     ) -> DualEncoder:
         claims = claims_of(data)
         if not claims:
-            raise ValueError(
+            raise DataError(
                 "no training claims for this method (for negbench: no train "
                 "study passes the polarity row filter)"
             )
@@ -226,5 +227,5 @@ def run_paraphrase_method(
 def _entry(name: str, task: str) -> MethodEntry:
     if name not in METHODS or METHODS[name].task != task:
         known = ", ".join(methods_for(task))
-        raise KeyError(f"unknown {task} method {name!r}; registered: {known}")
+        raise ConfigError(f"unknown {task} method {name!r}; registered: {known}")
     return METHODS[name]

@@ -16,6 +16,7 @@ from collections.abc import Iterator, Sequence
 import torch
 from torch import nn
 
+from mechtune.errors import ConfigError
 from mechtune.train.lora import trainable_text_parameters
 
 
@@ -23,14 +24,14 @@ def block_scales(alpha: Sequence[float] | torch.Tensor, beta: float, n_blocks: i
     """Per-block gradient multipliers ``alpha[b + 1] ** beta`` for b in 0..n_blocks-1."""
     a = torch.as_tensor(alpha, dtype=torch.float64)
     if a.numel() != n_blocks + 1:
-        raise ValueError(
+        raise ConfigError(
             f"alpha has {a.numel()} entries; expected {n_blocks + 1} "
             "(embedding output + one per block)"
         )
     if beta < 0:
-        raise ValueError(f"beta must be >= 0, got {beta}")
+        raise ConfigError(f"beta must be >= 0, got {beta}")
     if ((a < 0) | (a > 1)).any() or not torch.isfinite(a).all():
-        raise ValueError(f"alpha must lie in [0, 1], got {a.tolist()}")
+        raise ConfigError(f"alpha must lie in [0, 1], got {a.tolist()}")
     return a[1:].pow(beta)
 
 

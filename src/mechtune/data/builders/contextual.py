@@ -35,6 +35,7 @@ from mechtune.data.ontology import CueFamily, load_ontology
 from mechtune.data.schema import Caption, ClaimSet, Finding, Study
 from mechtune.data.splits import DEFAULT_FRACTIONS, patient_split, record_rng
 from mechtune.data.text import realise
+from mechtune.errors import ConfigError
 
 _OTHER_SIDE = {"left": "right", "right": "left"}
 
@@ -54,11 +55,11 @@ class ContextualConfig:
 
     def __post_init__(self) -> None:
         if self.max_negatives is not None and self.max_negatives < 1:
-            raise ValueError(f"max_negatives must be >= 1 or None, got {self.max_negatives}")
+            raise ConfigError(f"max_negatives must be >= 1 or None, got {self.max_negatives}")
         if self.absent_per_study < 0:
-            raise ValueError(f"absent_per_study must be >= 0, got {self.absent_per_study}")
+            raise ConfigError(f"absent_per_study must be >= 0, got {self.absent_per_study}")
         if not 0.0 <= self.lateral_absent_rate <= 1.0:
-            raise ValueError(
+            raise ConfigError(
                 f"lateral_absent_rate must be in [0, 1], got {self.lateral_absent_rate}"
             )
         object.__setattr__(self, "split_fractions", tuple(self.split_fractions))

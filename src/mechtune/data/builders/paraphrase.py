@@ -25,6 +25,7 @@ from mechtune.data.ontology import PARAPHRASE_STRATEGIES, CueFamily, load_ontolo
 from mechtune.data.schema import ParaphraseSet, Study
 from mechtune.data.splits import DEFAULT_FRACTIONS, patient_split, record_rng
 from mechtune.data.text import realise_question
+from mechtune.errors import ConfigError
 
 
 @dataclass(frozen=True)
@@ -39,15 +40,15 @@ class ParaphraseConfig:
 
     def __post_init__(self) -> None:
         if self.questions_per_study < 1:
-            raise ValueError(f"questions_per_study must be >= 1, got {self.questions_per_study}")
+            raise ConfigError(f"questions_per_study must be >= 1, got {self.questions_per_study}")
         if not 1 <= self.min_paraphrases <= self.max_paraphrases:
-            raise ValueError(
+            raise ConfigError(
                 f"need 1 <= min_paraphrases <= max_paraphrases, got "
                 f"{self.min_paraphrases}, {self.max_paraphrases}"
             )
         family = load_ontology().family(self.original_family)
         if family.kind != "question":
-            raise ValueError(f"original_family {self.original_family!r} is not a question family")
+            raise ConfigError(f"original_family {self.original_family!r} is not a question family")
         object.__setattr__(self, "split_fractions", tuple(self.split_fractions))
 
     def to_dict(self) -> dict[str, Any]:

@@ -27,6 +27,7 @@ from mechtune.data.ontology import load_ontology
 from mechtune.data.schema import Finding, MCQPair, Study
 from mechtune.data.splits import DEFAULT_FRACTIONS, patient_split, record_rng
 from mechtune.data.text import capitalise, realise, realise_absence_affirmative
+from mechtune.errors import ConfigError
 
 FAMILY_SETS: tuple[str, ...] = ("all", "train", "heldout")
 
@@ -55,18 +56,18 @@ class PolarityConfig:
 
     def __post_init__(self) -> None:
         if self.n_conditions < 1:
-            raise ValueError(f"n_conditions must be >= 1, got {self.n_conditions}")
+            raise ConfigError(f"n_conditions must be >= 1, got {self.n_conditions}")
         if not 2 <= self.n_options <= 2**self.n_conditions:
-            raise ValueError(
+            raise ConfigError(
                 f"n_options must be in [2, 2**n_conditions = {2**self.n_conditions}], "
                 f"got {self.n_options}"
             )
         if not 1 <= self.max_flips <= self.n_conditions:
-            raise ValueError(f"max_flips must be in [1, n_conditions], got {self.max_flips}")
+            raise ConfigError(f"max_flips must be in [1, n_conditions], got {self.max_flips}")
         if self.min_present + self.min_absent < self.n_conditions:
-            raise ValueError("min_present + min_absent must be >= n_conditions")
+            raise ConfigError("min_present + min_absent must be >= n_conditions")
         if self.families not in FAMILY_SETS:
-            raise ValueError(f"families must be one of {FAMILY_SETS}, got {self.families!r}")
+            raise ConfigError(f"families must be one of {FAMILY_SETS}, got {self.families!r}")
         object.__setattr__(self, "split_fractions", tuple(self.split_fractions))
 
     def to_dict(self) -> dict[str, Any]:
