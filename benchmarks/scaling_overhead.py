@@ -22,7 +22,7 @@ from mechtune.models.spec import load_dual_encoder
 from mechtune.sim.world import WorldConfig, make_world
 from mechtune.train.loop import _claim_tensors, _encode_distinct
 from mechtune.train.lora import LoraSettings, apply_text_lora, lora_parameters
-from mechtune.train.losses import NASTLoss
+from mechtune.train.losses import NASTLoss, NegationBatch
 from mechtune.train.methods import negation_examples
 from mechtune.train.scaling import block_scales, scaled_gradients
 
@@ -59,12 +59,14 @@ def main() -> None:
             text = _encode_distinct(enc, [c.text for c in cap])
             cands, mask = _claim_tensors(enc, clm)
             terms = loss_fn(
-                images[[c.image for c in cap]],
-                text,
-                images[[c.image for c in clm]],
-                cands,
-                mask,
-                enc.logit_scale,
+                NegationBatch(
+                    images[[c.image for c in cap]],
+                    text,
+                    images[[c.image for c in clm]],
+                    cands,
+                    mask,
+                    enc.logit_scale,
+                )
             )
             opt.zero_grad(set_to_none=True)
             terms["loss"].backward()

@@ -127,3 +127,72 @@ def test_resume_gives_the_same_weights(tmp_path, examples) -> None:
     for name, p in straight.params.items():
         assert torch.equal(p, second.params[name]), name
     assert (tmp_path / "b" / "step_000004" / "peft" / "adapter_config.json").is_file()
+
+
+# Every ConsistencyConfig field, with a value that must change what a run produces.
+CONSISTENCY_FIELD_CHANGES = {
+    "layers": (4,),
+    "rank": 4,
+    "alpha": 8,
+    "dropout": 0.1,
+    "lr": 2e-2,
+    "weight_decay": 0.5,
+    "steps": 3,
+    "batch_size": 3,
+    "consistency_weight": 5.0,
+    "seed": 1,
+    "checkpoint_every": 1,
+}
+
+
+def test_every_consistency_field_has_a_change_test() -> None:
+    import dataclasses
+
+    fields = {f.name for f in dataclasses.fields(ConsistencyConfig)}
+    assert fields == set(CONSISTENCY_FIELD_CHANGES)
+
+
+def _consistency_run(tmp_path, examples, **kw):
+    config = ConsistencyConfig(
+        **{"layers": (5,), "steps": 2, "batch_size": 4, "lr": 1e-2, "checkpoint_every": 2, **kw}
+    )
+    trainer = ConsistencyTrainer(_vqa(), config, tmp_path)
+    for name, p in trainer.params.items():  # peft starts B at 0: give every factor a value
+        if "lora_B" in name:
+            torch.nn.init.normal_(p, std=0.05, generator=torch.Generator().manual_seed(2))
+    history = trainer.fit(_images(trainer.vlm), examples)  # type: ignore[arg-type]
+    weights = {n: p.detach().clone() for n, p in trainer.params.items()}
+    folders = sorted(p.name for p in tmp_path.glob("step_*"))
+    return weights, history, folders
+
+
+@pytest.mark.parametrize("field", sorted(CONSISTENCY_FIELD_CHANGES))
+def test_changing_a_consistency_field_changes_the_run(tmp_path, examples, field) -> None:
+    wa, ha, fa = _consistency_run(tmp_path / "a", examples)
+    wb, hb, fb = _consistency_run(
+        tmp_path / "b", examples, **{field: CONSISTENCY_FIELD_CHANGES[field]}
+    )
+    differs = (
+        wa.keys() != wb.keys()
+        or fa != fb
+        or ha != hb
+        or any(not torch.equal(wa[n], wb[n]) for n in wa)
+    )
+    assert differs, field
+
+
+@pytest.mark.parametrize(
+    ("kw", "message"),
+    [
+        ({"layers": (1, 1)}, r"layers must be distinct block indices >= 0, got \[1, 1\]"),
+        ({"layers": (-1,)}, r"layers must be distinct block indices >= 0"),
+        ({"alpha": 0}, "alpha must be > 0"),
+        ({"weight_decay": -1.0}, "weight_decay must be >= 0"),
+        ({"consistency_weight": -1.0}, "consistency_weight must be >= 0"),
+    ],
+)
+def test_config_refuses_bad_values_at_construction(kw, message) -> None:
+    from mechtune.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=message):
+        ConsistencyConfig(**kw)

@@ -98,3 +98,139 @@ def test_checkpoint_adapter_loads_with_peft(tmp_path):
     for name, p in loaded.named_parameters():
         if "lora_" in name:
             assert torch.equal(p, ours[name]), name
+
+
+def test_shards_must_divide_the_batches_at_construction():
+    """case19: a shard (DDP rank) with no example crashed deep in the tokenizer."""
+    from mechtune.errors import ConfigError
+
+    with pytest.raises(
+        ConfigError, match=r"caption_batch \(1\) must be a multiple of shards \(2\)"
+    ):
+        LoopConfig(shards=2, caption_batch=1, claim_batch=1)
+    with pytest.raises(ConfigError, match=r"claim_batch \(3\) must be a multiple of shards \(2\)"):
+        LoopConfig(shards=2, caption_batch=4, claim_batch=3)
+    LoopConfig(shards=2, caption_batch=4, claim_batch=2)  # fine
+
+
+def test_negclip_loss_is_the_one_trained(tmp_path):
+    """The NegCLIP baseline once built NegCLIPLoss and trained with the NAST loss."""
+    folder = tiny_clip(tmp_path / "clip")
+    neg, images = _trainer(folder, tmp_path / "neg", loss="negclip", steps=2, lora=None)
+    history = neg.fit(images, CAPTIONS, CLAIMS)
+    assert set(history[0]) == {"step", "negclip_i2t", "negclip_t2i", "loss"}
+    nast, images = _trainer(folder, tmp_path / "nast", loss="nast", steps=2, lora=None)
+    nast.fit(images, CAPTIONS, CLAIMS)
+    moved = [
+        n
+        for n, (_, p) in neg.params.items()
+        if not torch.equal(p.detach(), nast.params[n][1].detach())
+    ]
+    assert moved  # different losses, different weights
+
+
+def _fingerprint(tmp_path, name, **kw):
+    """Weights after a 4-step run, the logged history and the checkpoints written."""
+    trainer, images = _trainer(
+        tiny_clip(tmp_path / "clip"), tmp_path / name, **{"steps": 4, "checkpoint_every": 2, **kw}
+    )
+    history = trainer.fit(images, CAPTIONS, CLAIMS)
+    weights = {n: p.detach().clone() for n, (_, p) in trainer.params.items()}
+    return weights, history, [p.name for p in trainer.checkpoints()]
+
+
+def _differs(a, b):
+    (wa, ha, ca), (wb, hb, cb) = a, b
+    if wa.keys() != wb.keys() or ca != cb or len(ha) != len(hb) or ha[0].keys() != hb[0].keys():
+        return True
+    return any(not torch.equal(wa[n], wb[n]) for n in wa)
+
+
+# Every LoopConfig field, with a value that must change what a run produces (weights,
+# history or checkpoints). The meta-test below keeps this table complete.
+LOOP_FIELD_CHANGES = {
+    "steps": 3,
+    "caption_batch": 2,
+    "claim_batch": 3,
+    "lr": 2e-2,
+    "weight_decay": 0.5,
+    "lam": 0.9,
+    "beta": 2.0,
+    "seed": 1,
+    "checkpoint_every": 3,
+    "shards": 2,  # with caption_batch 4 / claim_batch 2 below
+    "loss": "negclip",
+    "scaling": "lr",
+    "lora": LoraSettings(rank=3, alpha=4, dropout=0.1),
+}
+LORA_FIELD_CHANGES = {"rank": 3, "alpha": 8, "dropout": 0.0, "layers": (1,)}
+
+
+def test_every_loop_field_has_a_change_test():
+    import dataclasses
+
+    assert {f.name for f in dataclasses.fields(LoopConfig)} == set(LOOP_FIELD_CHANGES)
+    assert {f.name for f in dataclasses.fields(LoraSettings)} == set(LORA_FIELD_CHANGES)
+
+
+@pytest.mark.parametrize("field", sorted(LOOP_FIELD_CHANGES))
+def test_changing_a_loop_field_changes_the_run(tmp_path, field):
+    base = {"caption_batch": 4, "claim_batch": 2, "scaling": "lr"} if field == "shards" else {}
+    if field == "beta":
+        base = {"scaling": "lr"}  # AdamW undoes constant gradient factors (see test below)
+    if field == "scaling":
+        base = {"beta": 1.0}
+    before = _fingerprint(tmp_path, "a", **base)
+    after = _fingerprint(tmp_path, "b", **{**base, field: LOOP_FIELD_CHANGES[field]})
+    assert _differs(before, after), field
+
+
+@pytest.mark.parametrize("field", sorted(LORA_FIELD_CHANGES))
+def test_changing_a_lora_field_changes_the_run(tmp_path, field):
+    base = LoraSettings(rank=2, alpha=4, dropout=0.1)
+    changed = dataclasses_replace(base, **{field: LORA_FIELD_CHANGES[field]})
+    before = _fingerprint(tmp_path, "a", lora=base)
+    after = _fingerprint(tmp_path, "b", lora=changed)
+    assert _differs(before, after), field
+
+
+def dataclasses_replace(obj, **kw):
+    import dataclasses
+
+    return dataclasses.replace(obj, **kw)
+
+
+@pytest.mark.parametrize(
+    ("kw", "message"),
+    [
+        ({"lam": 1.5}, r"lam must be in \[0, 1\]"),
+        ({"beta": -1.0}, "beta must be >= 0"),
+        ({"weight_decay": -0.1}, "weight_decay must be >= 0"),
+        ({"scaling": "grad"}, "scaling must be 'gradient' or 'lr'"),
+        ({"lora": LoraSettings(layers=None)}, None),
+    ],
+)
+def test_loop_config_refuses_bad_values_at_construction(kw, message):
+    from mechtune.errors import ConfigError
+
+    if message is None:
+        LoopConfig(**kw)
+        return
+    with pytest.raises(ConfigError, match=message):
+        LoopConfig(**kw)
+
+
+@pytest.mark.parametrize(
+    ("kw", "message"),
+    [
+        ({"layers": ()}, "name at least one block"),
+        ({"layers": (0, 0)}, r"distinct block indices >= 0, got \[0, 0\]"),
+        ({"alpha": 0}, "alpha must be > 0"),
+        ({"rank": 0}, "rank must be >= 1"),
+    ],
+)
+def test_lora_settings_refuse_bad_values(kw, message):
+    from mechtune.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=message):
+        LoraSettings(**kw)

@@ -6,7 +6,7 @@ import torch
 
 from mechtune.models.spec import load_dual_encoder
 from mechtune.train.lora import LoraSettings, active_layers, apply_text_lora, lora_parameters
-from mechtune.train.losses import ClaimLoss, ContrastiveLoss, NASTLoss
+from mechtune.train.losses import ClaimLoss, ContrastiveLoss, NASTLoss, NegationBatch
 from mechtune.train.scaling import block_scales, scaled_gradients
 from tests.tiny_models import tiny_clip
 
@@ -117,10 +117,10 @@ def test_losses_against_hand_computation():
     # row 0: logits (8, 6) -> CE = expected; row 1: only the correct candidate -> CE = 0
     assert claim == pytest.approx(expected / 2, rel=1e-6)
 
-    terms = NASTLoss(lam=0.25)(image, text, image, cands, mask, scale)
+    terms = NASTLoss(lam=0.25)(NegationBatch(image, text, image, cands, mask, scale))
     assert terms["loss"].item() == pytest.approx(0.25 * expected + 0.75 * expected / 2, rel=1e-6)
     assert set(terms) == {"clip", "claim", "loss"}
-    with pytest.raises(ValueError, match=r"lambda must be in \[0, 1\]"):
+    with pytest.raises(ValueError, match=r"lam \(lambda\) must be in \[0, 1\]"):
         NASTLoss(lam=1.5)
 
 
@@ -155,20 +155,33 @@ def test_update_norms_and_share(clip):
 def test_negclip_loss_against_hand_computation():
     from mechtune.train.losses import NegCLIPLoss
 
-    image = torch.nn.functional.normalize(torch.tensor([[1.0, 0.0], [0.0, 1.0]]), dim=-1)
-    pos = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
-    neg = torch.tensor([[0.0, 1.0], [1.0, 0.0]])
-    cands = torch.stack([pos, neg], dim=1)  # [B=2, K=2, D]
-    mask = torch.tensor([[True, True], [True, False]])  # row 1 has no negative
-    scale = 2.0
-    # texts: pos0 (1,0), pos1 (0,1), row 0's negative (0,1); row 1's is masked out.
-    # image 0 scores (2, 0, 0); image 1 scores (0, 2, 2): the hard negative competes.
-    i2t = (
-        -math.log(math.exp(2) / (math.exp(2) + 2)) - math.log(math.exp(2) / (2 * math.exp(2) + 1))
-    ) / 2
-    t2i = -math.log(math.exp(2) / (math.exp(2) + 1))
-    out = NegCLIPLoss()(image, cands, mask, scale)
+    e0, e1 = torch.tensor([1.0, 0.0]), torch.tensor([0.0, 1.0])
+    # one caption row (image e0, caption e0) and two claim rows: image e1 with correct e1
+    # and hard negative e0; image e0 with correct e0 and no negative (masked out)
+    cands = torch.stack([torch.stack([e1, e0]), torch.stack([e0, e1])])  # [C=2, K=2, D]
+    mask = torch.tensor([[True, True], [True, False]])
+    batch = NegationBatch(e0[None], e0[None], torch.stack([e1, e0]), cands, mask, 2.0)
+    # images: e0, e1, e0; texts: positives e0, e1, e0, then the one hard negative e0.
+    # i2t logits (scale 2): image e0 -> (2, 0, 2, 2); image e1 -> (0, 2, 0, 0).
+    a, b = math.exp(2), 1.0
+    i2t = (-math.log(a / (3 * a + b)) - math.log(a / (a + 3 * b)) - math.log(a / (3 * a + b))) / 3
+    # t2i logits: text e0 -> (2, 0, 2); text e1 -> (0, 2, 0); text e0 -> (2, 0, 2)
+    t2i = (-math.log(a / (2 * a + b)) - math.log(a / (a + 2 * b)) - math.log(a / (2 * a + b))) / 3
+    out = NegCLIPLoss()(batch)
+    assert out["negclip_i2t"].item() == pytest.approx(i2t, rel=1e-6)
+    assert out["negclip_t2i"].item() == pytest.approx(t2i, rel=1e-6)
     assert out["loss"].item() == pytest.approx((i2t + t2i) / 2, rel=1e-6)
+
+
+def test_create_loss_builds_the_configured_loss():
+    from mechtune.train.loop import LoopConfig
+    from mechtune.train.losses import NegCLIPLoss, create_loss
+
+    assert isinstance(create_loss(LoopConfig(loss="negclip")), NegCLIPLoss)
+    nast = create_loss(LoopConfig(loss="nast", lam=0.3))
+    assert isinstance(nast, NASTLoss) and nast.lam == 0.3
+    with pytest.raises(ValueError, match="loss must be one of"):
+        LoopConfig(loss="bogus")
 
 
 def test_adam_undoes_gradient_scaling_but_not_learning_rate_scaling(clip):

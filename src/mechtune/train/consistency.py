@@ -25,6 +25,7 @@ from mechtune.data.schema import ParaphraseSet
 from mechtune.errors import ConfigError, DataError
 from mechtune.models.yes_no import YesNoVLM, layer_of_parameter, take_rows
 from mechtune.train.checkpoint import load_latest_checkpoint, save_checkpoint
+from mechtune.train.lora import block_indices
 
 
 def symmetric_kl(margin_a: torch.Tensor, margin_b: torch.Tensor) -> torch.Tensor:
@@ -76,10 +77,14 @@ class ConsistencyConfig:
             raise ConfigError(f"lr must be > 0, got {self.lr}")
         if not 0.0 <= self.dropout < 1.0:
             raise ConfigError(f"dropout must be in [0, 1), got {self.dropout}")
+        if self.alpha <= 0:
+            raise ConfigError(f"alpha must be > 0, got {self.alpha}")
+        if self.weight_decay < 0:
+            raise ConfigError(f"weight_decay must be >= 0, got {self.weight_decay}")
+        if self.consistency_weight < 0:
+            raise ConfigError(f"consistency_weight must be >= 0, got {self.consistency_weight}")
         if self.layers is not None:
-            object.__setattr__(self, "layers", tuple(int(i) for i in self.layers))
-            if not self.layers:
-                raise ConfigError("layers must be None (all) or name at least one block")
+            object.__setattr__(self, "layers", block_indices(self.layers, "layers"))
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)

@@ -27,7 +27,7 @@ from mechtune.train.lora import (
     enable_text_finetune,
     trainable_text_parameters,
 )
-from mechtune.train.losses import NASTLoss, NegCLIPLoss
+from mechtune.train.losses import LOSSES, NegationBatch, create_loss
 from mechtune.train.scaling import block_scales, scaled_gradients
 
 
@@ -43,9 +43,6 @@ class ClaimExample:
     image: int
 
 
-LOSSES = ("nast", "negclip")
-
-
 @dataclass(frozen=True)
 class LoopConfig:
     steps: int = 200
@@ -58,7 +55,9 @@ class LoopConfig:
     seed: int = 0
     checkpoint_every: int = 50
     shards: int = 1  # the global batch is split into this many shards (DDP: one per rank)
-    loss: str = "nast"  # "nast": lambda * L_CLIP + (1 - lambda) * L_claim; "negclip"
+    # "nast": lam * L_CLIP + (1 - lam) * L_claim; "negclip": hard negatives in the
+    # contrastive batch (mechtune.train.losses.create_loss builds either)
+    loss: str = "nast"
     # "gradient": NAST as specified, gradients of block l times alpha_l ** beta. Adam divides
     # each parameter's step by its own gradient scale, so this only matters where alpha_l is
     # 0 (or tiny). "lr": per-block learning rates lr * alpha_l ** beta, which Adam keeps.
@@ -75,6 +74,21 @@ class LoopConfig:
             raise ConfigError(f"loss must be one of {LOSSES}, got {self.loss!r}")
         if self.scaling not in ("gradient", "lr"):
             raise ConfigError(f"scaling must be 'gradient' or 'lr', got {self.scaling!r}")
+        if not 0.0 <= self.lam <= 1.0:
+            raise ConfigError(f"lam must be in [0, 1], got {self.lam}")
+        if self.beta < 0:
+            raise ConfigError(f"beta must be >= 0, got {self.beta}")
+        if self.weight_decay < 0:
+            raise ConfigError(f"weight_decay must be >= 0, got {self.weight_decay}")
+        # Every shard (DDP rank) must get the same number of examples: an empty shard has
+        # no loss to back-propagate, and unequal shards would weight examples unequally
+        # when the shards' mean losses are averaged.
+        for name in ("caption_batch", "claim_batch"):
+            if getattr(self, name) % self.shards:
+                raise ConfigError(
+                    f"{name} ({getattr(self, name)}) must be a multiple of shards "
+                    f"({self.shards}): each shard (DDP rank) takes an equal part of the batch"
+                )
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -141,8 +155,7 @@ class Trainer:
                 for b, ps in sorted(by_block.items())
             ]
         self.optim = torch.optim.AdamW(groups, lr=config.lr, weight_decay=config.weight_decay)
-        self.loss = NASTLoss(config.lam)
-        self.negclip = NegCLIPLoss()
+        self.loss = create_loss(config)
         self.generator = torch.Generator().manual_seed(config.seed)
         self.step = 0
         self.history: list[dict[str, float]] = []
@@ -223,12 +236,14 @@ class Trainer:
                 text = _encode_distinct(self.encoder, [c.text for c in c_cap])
                 cands, mask = _claim_tensors(self.encoder, c_clm)
                 terms = self.loss(
-                    images[[c.image for c in c_cap]],
-                    text,
-                    images[[c.image for c in c_clm]],
-                    cands,
-                    mask,
-                    scale,
+                    NegationBatch(
+                        caption_image=images[[c.image for c in c_cap]],
+                        caption_text=text,
+                        claim_image=images[[c.image for c in c_clm]],
+                        candidates=cands,
+                        mask=mask,
+                        scale=scale,
+                    )
                 )
                 (terms["loss"] / len(shards)).backward()
                 for k, v in terms.items():

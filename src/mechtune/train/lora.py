@@ -33,11 +33,27 @@ class LoraSettings:
             raise ConfigError(f"rank must be >= 1, got {self.rank}")
         if not 0.0 <= self.dropout < 1.0:
             raise ConfigError(f"dropout must be in [0, 1), got {self.dropout}")
+        if self.alpha <= 0:
+            raise ConfigError(f"alpha must be > 0, got {self.alpha}")
         if self.layers is not None:
-            object.__setattr__(self, "layers", tuple(self.layers))
+            object.__setattr__(self, "layers", block_indices(self.layers, "layers"))
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+def block_indices(layers: Sequence[int], name: str) -> tuple[int, ...]:
+    """``layers`` as a tuple of distinct non-negative block indices, in the given order.
+
+    Raises ConfigError naming ``name`` when it is empty, repeats a block or has a negative
+    index (peft would silently adapt a repeated block once, and an empty list adapts none).
+    """
+    out = tuple(int(i) for i in layers)
+    if not out:
+        raise ConfigError(f"{name} must be None (all blocks) or name at least one block")
+    if len(set(out)) != len(out) or any(i < 0 for i in out):
+        raise ConfigError(f"{name} must be distinct block indices >= 0, got {list(out)}")
+    return out
 
 
 def lora_config(model: nn.Module, settings: LoraSettings) -> LoraConfig:

@@ -1,12 +1,25 @@
-"""Losses as modules returning named terms (NAST, arXiv 2602.12498, §4).
+"""Negation losses as modules returning named terms, built in one place from the config.
 
-- ``ContrastiveLoss``: symmetric CLIP loss on (image, caption) batches;
+Every loss takes one :class:`NegationBatch` (the step's embeddings) and returns a dict of
+named scalar terms whose ``"loss"`` entry is what the trainer back-propagates, so every
+term is logged. :func:`create_loss` is the only place a trainer gets its loss from: a loss
+that is configured is the loss that runs.
+
+- ``ContrastiveLoss``: the symmetric CLIP loss on (image, caption) rows (Radford et al.,
+  2021, eq. in §2.3; NAST arXiv 2602.12498 §4 "L_CLIP");
 - ``ClaimLoss``: cross-entropy of the correct claim (candidate 0) against its hard
-  negatives, over padded candidate sets;
-- ``NASTLoss``: lambda * L_CLIP + (1 - lambda) * L_claim.
+  negatives, over padded candidate sets (NAST §4 "L_claim");
+- ``NASTLoss``: lambda * L_CLIP + (1 - lambda) * L_claim (NAST §4);
+- ``NegCLIPLoss``: the image-text contrastive loss with every image's hard-negative
+  captions added to the text side of the batch (Yuksekgonul et al., ICLR 2023, "When and
+  why vision-language models behave like bags-of-words", §5).
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -15,11 +28,29 @@ from torch.nn import functional as F
 from mechtune.errors import ConfigError
 
 
+@dataclass
+class NegationBatch:
+    """The embeddings of one training step (all L2-normalised, ``D`` = embedding width).
+
+    ``caption_image [B, D]`` and ``caption_text [B, D]``: row i of one matches row i of the
+    other (single negated captions). ``claim_image [C, D]``, ``candidates [C, K, D]`` with
+    the correct claim at index 0, ``mask [C, K]`` True for real candidates (claim sets have
+    different sizes). ``scale``: exp(logit scale), the temperature multiplying cosines.
+    """
+
+    caption_image: torch.Tensor
+    caption_text: torch.Tensor
+    claim_image: torch.Tensor
+    candidates: torch.Tensor
+    mask: torch.Tensor
+    scale: torch.Tensor | float
+
+
 class ContrastiveLoss(nn.Module):
     def forward(
         self, image: torch.Tensor, text: torch.Tensor, scale: torch.Tensor | float
     ) -> dict[str, torch.Tensor]:
-        """``image, text: [B, D]`` normalised, row i matching row i."""
+        """``image, text: [B, D]`` normalised, row i matching row i -> ``{"clip": []}``."""
         logits = scale * image @ text.T
         target = torch.arange(len(image), device=image.device)
         loss = (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target)) / 2
@@ -34,56 +65,71 @@ class ClaimLoss(nn.Module):
         mask: torch.Tensor,
         scale: torch.Tensor | float,
     ) -> dict[str, torch.Tensor]:
-        """``image: [B, D]``, ``candidates: [B, K, D]`` (index 0 correct), ``mask: [B, K]``
-        True for real candidates (claim sets have different sizes)."""
+        """``image: [C, D]``, ``candidates: [C, K, D]`` (index 0 correct), ``mask: [C, K]``
+        -> ``{"claim": []}``, the mean cross-entropy of candidate 0."""
         logits = scale * torch.einsum("bd,bkd->bk", image, candidates)
         logits = logits.masked_fill(~mask, float("-inf"))
         target = torch.zeros(len(image), dtype=torch.long, device=image.device)
         return {"claim": F.cross_entropy(logits, target)}
 
 
-class NegCLIPLoss(nn.Module):
-    """NegCLIP (Yuksekgonul et al., 2023): the contrastive loss with each claim set's hard
-    negatives added to the batch's text side. Image i must pick its correct claim among all
-    correct claims *and* all hard negatives; each correct claim must pick its image."""
-
-    def forward(
-        self,
-        image: torch.Tensor,
-        candidates: torch.Tensor,
-        mask: torch.Tensor,
-        scale: torch.Tensor | float,
-    ) -> dict[str, torch.Tensor]:
-        positives = candidates[:, 0]  # [B, D]
-        negatives = candidates[:, 1:][mask[:, 1:]]  # [N, D]
-        texts = torch.cat([positives, negatives])
-        target = torch.arange(len(image), device=image.device)
-        i2t = F.cross_entropy(scale * image @ texts.T, target)
-        t2i = F.cross_entropy(scale * positives @ image.T, target)
-        return {"negclip": (i2t + t2i) / 2, "loss": (i2t + t2i) / 2}
-
-
 class NASTLoss(nn.Module):
+    """``lam * L_CLIP(captions) + (1 - lam) * L_claim(claim sets)`` (NAST §4).
+
+    Raises ConfigError unless ``0 <= lam <= 1``.
+    """
+
     def __init__(self, lam: float = 0.5) -> None:
         super().__init__()
         if not 0.0 <= lam <= 1.0:
-            raise ConfigError(f"lambda must be in [0, 1], got {lam}")
+            raise ConfigError(f"lam (lambda) must be in [0, 1], got {lam}")
         self.lam = lam
         self.clip = ContrastiveLoss()
         self.claim = ClaimLoss()
 
-    def forward(
-        self,
-        image: torch.Tensor,
-        captions: torch.Tensor,
-        claim_image: torch.Tensor,
-        candidates: torch.Tensor,
-        mask: torch.Tensor,
-        scale: torch.Tensor | float,
-    ) -> dict[str, torch.Tensor]:
+    def forward(self, batch: NegationBatch) -> dict[str, torch.Tensor]:
         terms = {
-            **self.clip(image, captions, scale),
-            **self.claim(claim_image, candidates, mask, scale),
+            **self.clip(batch.caption_image, batch.caption_text, batch.scale),
+            **self.claim(batch.claim_image, batch.candidates, batch.mask, batch.scale),
         }
         terms["loss"] = self.lam * terms["clip"] + (1 - self.lam) * terms["claim"]
         return terms
+
+
+class NegCLIPLoss(nn.Module):
+    """NegCLIP: the symmetric contrastive loss with hard negatives on the text side.
+
+    The batch's images are the captions' images then the claim sets' images (``B + C``
+    rows); their positive texts are the captions then the correct claims. The text side of
+    the image-to-text direction is every positive *and* every hard negative (the claim
+    sets' other candidates, ``N`` in all), so each image must pick its own text among
+    ``B + C + N``; the text-to-image direction is over positives only, as hard negatives
+    have no image. Returns ``{"negclip_i2t", "negclip_t2i", "loss"}`` (loss = their mean).
+    """
+
+    def forward(self, batch: NegationBatch) -> dict[str, torch.Tensor]:
+        images = torch.cat([batch.caption_image, batch.claim_image])  # [B + C, D]
+        positives = torch.cat([batch.caption_text, batch.candidates[:, 0]])  # [B + C, D]
+        negatives = batch.candidates[:, 1:][batch.mask[:, 1:]]  # [N, D]
+        texts = torch.cat([positives, negatives])  # [B + C + N, D]
+        target = torch.arange(len(images), device=images.device)
+        i2t = F.cross_entropy(batch.scale * images @ texts.T, target)
+        t2i = F.cross_entropy(batch.scale * positives @ images.T, target)
+        return {"negclip_i2t": i2t, "negclip_t2i": t2i, "loss": (i2t + t2i) / 2}
+
+
+LOSS_FACTORIES: dict[str, Callable[[Any], nn.Module]] = {
+    "nast": lambda config: NASTLoss(config.lam),
+    "negclip": lambda config: NegCLIPLoss(),
+}
+LOSSES = tuple(LOSS_FACTORIES)
+
+
+def create_loss(config: Any) -> nn.Module:
+    """The loss a :class:`~mechtune.train.loop.LoopConfig` names (``config.loss``), built
+    with the settings it reads (``lam`` for ``"nast"``). Raises ConfigError for an unknown
+    name."""
+    factory = LOSS_FACTORIES.get(config.loss)
+    if factory is None:
+        raise ConfigError(f"loss must be one of {LOSSES}, got {config.loss!r}")
+    return factory(config)
