@@ -196,3 +196,10 @@ def test_config_refuses_bad_values_at_construction(kw, message) -> None:
 
     with pytest.raises(ConfigError, match=message):
         ConsistencyConfig(**kw)
+
+
+FIELD_TESTS = {
+    "mechtune.train.consistency.ConsistencyConfig": {
+        f: "test_changing_a_consistency_field_changes_the_run" for f in CONSISTENCY_FIELD_CHANGES
+    }
+}

@@ -234,3 +234,13 @@ def test_lora_settings_refuse_bad_values(kw, message):
 
     with pytest.raises(ConfigError, match=message):
         LoraSettings(**kw)
+
+
+FIELD_TESTS = {
+    "mechtune.train.loop.LoopConfig": {
+        f: "test_changing_a_loop_field_changes_the_run" for f in LOOP_FIELD_CHANGES
+    },
+    "mechtune.train.lora.LoraSettings": {
+        f: "test_changing_a_lora_field_changes_the_run" for f in LORA_FIELD_CHANGES
+    },
+}
