@@ -284,3 +284,60 @@ def test_import_external_files(tmp_path, kind, name, table):
         app, ["data", "import", kind, str(tmp_path / "missing.json"), "--out", str(tmp_path / "x")]
     )
     assert bad.exit_code == 2 and "missing.json" in " ".join(bad.output.split())
+
+
+def test_demo_options_reach_every_stage(tmp_path, monkeypatch):
+    """--n, --seed, --quick and --check reach the data build, the zero-shot world and both
+    studies (once, --seed and --n stopped at the data build)."""
+    from mechtune.cli import main as cli_main
+
+    seen = {}
+
+    def record(name):
+        def fake(*args, **kwargs):
+            seen[name] = (args, kwargs)
+            if name == "paraphrase":
+                raise SystemExit(0)
+            return {} if name != "build" else None
+
+        return fake
+
+    monkeypatch.setattr(cli_main.data_cli, "build_kinds", record("build"))
+    monkeypatch.setattr(cli_main, "_examples", lambda out: "")
+    monkeypatch.setattr(cli_main, "_zero_shot", record("zero_shot"))
+    monkeypatch.setattr(cli_main, "_negation_study", record("negation"))
+    monkeypatch.setattr(cli_main, "_paraphrase_study", record("paraphrase"))
+    args = ["demo", "--n", "800", "--seed", "3", "--no-check", "--out", str(tmp_path)]
+    runner.invoke(app, args, catch_exceptions=False)
+    build_args = seen["build"][0]
+    assert build_args[1] == tmp_path / "data"  # --out
+    assert build_args[2].synthetic.n_studies == 800 and build_args[2].synthetic.seed == 3
+    assert build_args[3] == 3 and build_args[5] is False  # seed, --no-check
+    assert seen["zero_shot"][0][1:] == (800, 3, False)
+    negation = seen["negation"][0][1]
+    assert (negation.world_studies, negation.world_seed, negation.seeds) == (800, 3, (3,))
+    paraphrase = seen["paraphrase"][0][1]
+    assert (paraphrase.world_studies, paraphrase.world_seed, paraphrase.seeds) == (400, 3, (3,))
+
+
+def test_demo_plan_quick_is_smaller_and_keeps_equal_budgets():
+    from mechtune.cli.main import demo_plan
+
+    full, quick = demo_plan(2000, 0, False), demo_plan(2000, 0, True)
+    assert (full.n, quick.n) == (2000, 600)
+    assert quick.negation.loop.steps < full.negation.loop.steps
+    assert quick.paraphrase.lora.steps < full.paraphrase.lora.steps
+    assert quick.paraphrase.ranges == ("sae",) and len(full.paraphrase.ranges) == 4
+    # every method / layer range gets the same budget: one loop and one LoRA config each
+    assert full.negation.loop.steps == 80 and full.paraphrase.lora.steps == 80
+
+
+OPTION_TESTS = {
+    "mechtune demo": {
+        "--out": "test_demo_options_reach_every_stage",
+        "--n": "test_demo_options_reach_every_stage",
+        "--seed": "test_demo_options_reach_every_stage",
+        "--check": "test_demo_options_reach_every_stage",
+        "--quick": "test_demo_plan_quick_is_smaller_and_keeps_equal_budgets",
+    }
+}

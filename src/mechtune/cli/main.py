@@ -6,9 +6,9 @@ from __future__ import annotations
 import json
 import random
 import time
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -113,26 +113,12 @@ def _zero_shot(out: Path, n: int, seed: int, quick: bool) -> dict:
     return report
 
 
-def _negation_study(out: Path, quick: bool) -> None:
+def _negation_study(out: Path, config: Any) -> None:
     """Trace on train patients, train uniform LoRA and NAST, evaluate, table and figures."""
     from mechtune.eval.figures import alpha_bars, cte_heatmap, update_share_chart
-    from mechtune.eval.negation_study import NegationStudyConfig, run_negation_study
+    from mechtune.eval.negation_study import run_negation_study
     from mechtune.interp.result import TraceResult
 
-    # A demo budget: 80 steps per method instead of the recipe's 150, so that the whole demo
-    # stays within 10 minutes on 2 cores. Both methods get the same budget; the study's
-    # numbers in docs/results.md come from experiments/negation_study.py with the recipe.
-    config = NegationStudyConfig()
-    config = replace(config, loop=replace(config.loop, steps=80))
-    if quick:
-        config = replace(
-            config,
-            world_studies=300,
-            trace_max_pairs=40,
-            loop=replace(
-                config.loop, steps=10, caption_batch=16, claim_batch=16, checkpoint_every=10
-            ),
-        )
     folder = out / "negation"
     console.print(
         f"negation study: {', '.join(config.methods)}; "
@@ -163,30 +149,11 @@ def _negation_study(out: Path, quick: bool) -> None:
     console.print((folder / "table.md").read_text())
 
 
-def _paraphrase_study(out: Path, quick: bool) -> None:
+def _paraphrase_study(out: Path, config: Any) -> None:
     """Baseline flip rate, SAE analysis, clamping, consistency LoRA per layer range."""
     from mechtune.eval.figures import auc_by_layer_chart, flip_rate_chart
-    from mechtune.eval.paraphrase_study import ParaphraseStudyConfig, run_paraphrase_study
+    from mechtune.eval.paraphrase_study import run_paraphrase_study
 
-    # The demo's budget is smaller than the recipe's (recipes/consistency-phantom.yaml, run by
-    # experiments/paraphrase_study.py for docs/results.md) so that the whole demo stays within
-    # 10 minutes on 2 cores; every layer range still gets the same budget.
-    config = ParaphraseStudyConfig(
-        world_studies=1000, sae_steps=150, sae_reports=500, analysis_sets=200
-    )
-    config = replace(
-        config, lora=replace(config.lora, steps=80, batch_size=16, checkpoint_every=40)
-    )
-    if quick:
-        config = replace(
-            config,
-            world_studies=300,
-            sae_steps=40,
-            sae_reports=100,
-            analysis_sets=60,
-            ranges=("sae",),
-            lora=replace(config.lora, steps=5, batch_size=8, checkpoint_every=5),
-        )
     folder = out / "paraphrase"
     console.print(
         f"paraphrase study: SAEs on {config.sae_width} features, consistency LoRA on "
@@ -224,6 +191,64 @@ def _paraphrase_study(out: Path, quick: bool) -> None:
     console.print((folder / "table.md").read_text())
 
 
+@dataclass(frozen=True)
+class DemoPlan:
+    """What ``mechtune demo`` runs: studies for the data build and zero-shot world, and
+    the two study configs (their worlds, seeds and training budgets)."""
+
+    n: int
+    seed: int
+    negation: Any  # NegationStudyConfig
+    paraphrase: Any  # ParaphraseStudyConfig
+
+
+def demo_plan(n: int, seed: int, quick: bool) -> DemoPlan:
+    """The demo's settings from its options.
+
+    ``n`` studies for the data build, the zero-shot world and the negation study's world;
+    the paraphrase study renders ``n // 2`` (its cost grows with the test questions).
+    ``seed`` seeds every world, sampler and training run. The training budgets are the
+    demo's, smaller than the recipes' (80 steps per negation method instead of 150, 80
+    steps of 16 questions per consistency range), so the whole demo stays near 10 minutes
+    on 2 cores; every method and layer range still gets the same budget.
+    ``quick`` (the CI smoke test): at most 600 studies and a few steps of everything.
+    """
+    from mechtune.eval.negation_study import NegationStudyConfig
+    from mechtune.eval.paraphrase_study import ParaphraseStudyConfig
+
+    n = min(n, 600) if quick else n
+    negation = NegationStudyConfig(world_studies=n, world_seed=seed, seeds=(seed,))
+    negation = replace(negation, loop=replace(negation.loop, steps=80))
+    paraphrase = ParaphraseStudyConfig(
+        world_studies=n // 2,
+        world_seed=seed,
+        seeds=(seed,),
+        sae_steps=150,
+        sae_reports=500,
+        analysis_sets=200,
+    )
+    paraphrase = replace(
+        paraphrase, lora=replace(paraphrase.lora, steps=80, batch_size=16, checkpoint_every=40)
+    )
+    if quick:
+        negation = replace(
+            negation,
+            trace_max_pairs=40,
+            loop=replace(
+                negation.loop, steps=10, caption_batch=16, claim_batch=16, checkpoint_every=10
+            ),
+        )
+        paraphrase = replace(
+            paraphrase,
+            sae_steps=40,
+            sae_reports=100,
+            analysis_sets=60,
+            ranges=("sae",),
+            lora=replace(paraphrase.lora, steps=5, batch_size=8, checkpoint_every=5),
+        )
+    return DemoPlan(n, seed, negation, paraphrase)
+
+
 def world_images(studies: list, seed: int) -> np.ndarray:
     from mechtune.sim.render import RenderConfig, Renderer
 
@@ -233,8 +258,16 @@ def world_images(studies: list, seed: int) -> np.ndarray:
 @app.command()
 def demo(
     out: Annotated[Path, typer.Option("--out", "-o", help="Run folder.")] = Path("runs/demo"),
-    n: Annotated[int, typer.Option("--n", help="Synthetic studies.", min=10)] = 2000,
-    seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+    n: Annotated[
+        int,
+        typer.Option(
+            "--n",
+            help="Synthetic studies of the data, the zero-shot and the negation worlds; "
+            "the paraphrase world has half as many.",
+            min=200,
+        ),
+    ] = 2000,
+    seed: Annotated[int, typer.Option(help="Seed of every world, sampler and training run.")] = 0,
     quick: Annotated[
         bool, typer.Option("--quick", help="A small, fast run (CI smoke test).")
     ] = False,
@@ -251,25 +284,25 @@ def demo(
     SAEs) and OUT/figures/*.png, and prints the tables.
     """
     start = time.perf_counter()
-    n = min(n, 400) if quick else n
-    source = study_source(None, n, seed, "skip", False)
+    plan = demo_plan(n, seed, quick)
+    source = study_source(None, plan.n, plan.seed, "skip", False)
     results = data_cli.build_kinds(
         ["polarity", "contextual", "paraphrase"],
         out / "data",
         source,
-        seed,
+        plan.seed,
         data_cli.Fmt.parquet,
         check,
         DEFAULT_MAX_DISAGREEMENT,
         nested=True,
     )
     console.print(_examples(out / "data"))
-    _zero_shot(out, n, seed, quick)
-    _negation_study(out, quick)
-    _paraphrase_study(out, quick)
+    _zero_shot(out, plan.n, plan.seed, quick)
+    _negation_study(out, plan.negation)
+    _paraphrase_study(out, plan.paraphrase)
     ctx = results["contextual"].counts
     console.print(
-        f"[bold]done[/] in {time.perf_counter() - start:.1f} s: {n} studies -> "
+        f"[bold]done[/] in {time.perf_counter() - start:.1f} s: {plan.n} studies -> "
         f"{results['polarity'].counts['tables']['mcq']['rows']} MCQ pairs, "
         f"{ctx['pairs']} claim pairs ({ctx['contralateral_claim_sets']} contralateral claim sets), "
         f"{results['paraphrase'].counts['tables']['paraphrases']['rows']} paraphrase sets; "
