@@ -1,0 +1,67 @@
+"""Every key of every recipe reaches the config it names (a recipe key nothing reads is a
+defect), and every recipe is a valid config."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from mechtune.eval.negation_study import load_recipe
+from mechtune.eval.paraphrase_study import load_paraphrase_recipe
+from mechtune.train.consistency import ConsistencyConfig
+
+RECIPES = Path(__file__).parents[1] / "recipes"
+
+
+def _leaves(tree: dict, prefix: str = "") -> dict[str, object]:
+    out: dict[str, object] = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            out.update(_leaves(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = list(value) if isinstance(value, tuple) else value
+    return out
+
+
+@pytest.mark.parametrize(
+    ("name", "load"),
+    [("nast-phantom.yaml", load_recipe), ("consistency-phantom.yaml", load_paraphrase_recipe)],
+)
+def test_phantom_recipes_reach_every_config_field(name, load):
+    raw = yaml.safe_load((RECIPES / name).read_text())
+    raw.pop("model", None)
+    config = _leaves(load(RECIPES / name).to_dict())
+    for key, value in _leaves(raw).items():
+        assert key in config, f"{name}: recipe key {key} reaches no config field"
+        assert config[key] == value, (
+            f"{name}: {key} is {value!r} in the recipe, {config[key]!r} in the config"
+        )
+
+
+def test_recipes_refuse_unknown_keys(tmp_path):
+    from mechtune.errors import ConfigError
+
+    bad = tmp_path / "r.yaml"
+    bad.write_text("world_studies: 100\nwolrd_seed: 3\n")
+    with pytest.raises(ConfigError, match=r"unknown recipe keys \['wolrd_seed'\]"):
+        load_recipe(bad)
+    with pytest.raises(ConfigError, match=r"unknown recipe keys \['wolrd_seed'\]"):
+        load_paraphrase_recipe(bad)
+
+
+def test_mimic_recipes_are_valid_configs():
+    """The real-data recipes (runnable with the real-data pipelines) hold valid settings:
+    every loop / LoRA key is a field of the config class it feeds."""
+    from mechtune.train.loop import LoopConfig
+    from mechtune.train.lora import LoraSettings
+
+    nast = yaml.safe_load((RECIPES / "nast-biomedclip-mimic.yaml").read_text())
+    loop = dict(nast["loop"])
+    lora = LoraSettings(**loop.pop("lora"))
+    assert LoopConfig(**loop, lora=lora).steps == 3000
+    consistency = yaml.safe_load((RECIPES / "consistency-medgemma-mimic.yaml").read_text())
+    settings = dict(consistency["lora"])
+    settings.pop("target_modules")  # checked against the Gemma site in test_hf_vqa
+    assert ConsistencyConfig.from_dict(settings).layers == (15, 16, 17, 18, 19)
