@@ -220,7 +220,11 @@ def test_eval_negation_on_user_claims(tmp_path):
         ],
     )
     assert result.exit_code == 0, result.output
-    assert json.loads(out.read_text())["claim_accuracy"]["n"] == 2
+    accuracy = json.loads(out.read_text())["claim_accuracy"]
+    assert accuracy["n"] == 2
+    # two claim sets: the interval is a proportion's (Wilson, or clustered by patient)
+    assert accuracy["method"] in ("wilson", "cluster-bootstrap+wilson-floor")
+    assert accuracy["high"] - accuracy["low"] > 0.5
     claims.write_text(json.dumps({"image": "nope", "candidates": ["a", "b"], "correct": 0}) + "\n")
     bad = runner.invoke(
         app, ["eval", "negation", "--claims", str(claims), "--world", str(tmp_path / "w")]
