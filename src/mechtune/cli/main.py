@@ -101,7 +101,7 @@ def _zero_shot(out: Path, n: int, seed: int, quick: bool) -> dict:
         "metric (test patients)",
         "in-distribution phrasing",
         "held-out phrasing",
-        title=f"Zero-shot phantom CLIP, 95% bootstrap CIs ({report['studies']} studies)",
+        title=f"Zero-shot phantom CLIP, 95% intervals by patient ({report['studies']} studies)",
         title_justify="left",
     )
     for row in summary_rows(report):

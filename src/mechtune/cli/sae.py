@@ -374,10 +374,10 @@ def analyze(
         f"{analysis.peak_layer}: chosen layers {analysis.chosen_layers}"
     )
     if clamped:
-        after = result["clamping"]
+        after = clamped["questions"]
         console.print(
             f"clamping feature {clamped['feature']} at layer {clamped['layer']}: flip rate "
-            f"{baseline['flip_rate'].pct()} -> {100 * after['flip_rate']['value']:.1f}%, "
-            f"accuracy {baseline['accuracy'].pct()} -> {100 * after['accuracy']['value']:.1f}%"
+            f"{baseline['flip_rate'].pct()} -> {100 * after['flip_rate'].value:.1f}%, "
+            f"accuracy {baseline['accuracy'].pct()} -> {100 * after['accuracy'].value:.1f}%"
         )
     console.print(f"wrote {out / 'analysis.json'}")
