@@ -72,15 +72,6 @@ def retrieval_hit_table(
     return {f"R@{k}": retrieval_hits(sim, target, k) for k in (1, 5)}
 
 
-def retrieval(
-    model: DualEncoder, world: World, idx: np.ndarray, image_emb: torch.Tensor
-) -> dict[str, Estimate]:
-    """Image -> report R@1 and R@5, proportions over queries clustered by patient."""
-    patients = [world.studies[i].patient_id for i in idx]
-    hits = retrieval_hit_table(model, world, idx, image_emb)
-    return {name: proportion(h, clusters=patients) for name, h in hits.items()}
-
-
 def claim_scores(
     model: DualEncoder,
     claim_sets: list[ClaimSet],
