@@ -285,3 +285,23 @@ def test_paired_items_match_by_id_and_select():
         paired_items([{**other, "id": ["d", "c", "b", "zz"]}], [base], "ok")
     with pytest.raises(ValueError, match="lack 'score'"):
         paired_items([other], [base], "score")
+
+
+def test_alpha_seed_and_n_boot_reach_every_interval():
+    x = np.r_[np.ones(12), np.zeros(28)]
+    clusters = np.repeat(np.arange(20), 2)
+    wide, narrow = proportion(x), proportion(x, alpha=0.2)
+    assert (narrow.low, narrow.high) == pytest.approx(wilson_interval(12, 40, alpha=0.2))
+    assert narrow.high - narrow.low < wide.high - wide.low
+    assert proportion(x, clusters=clusters, seed=1) == proportion(x, clusters=clusters, seed=1)
+    y = np.r_[np.ones(20), np.zeros(20)]
+    d95, d80 = paired_difference(y, x), paired_difference(y, x, alpha=0.2)
+    assert d80.high - d80.low < d95.high - d95.low
+    # continuous scores: the seed and the number of resamples move the bounds
+    scores = np.random.default_rng(0).random(40)
+    base = paired_difference(scores, x, seed=3, n_boot=500)
+    assert base.low != paired_difference(scores, x, seed=4, n_boot=500).low
+    assert base.low != paired_difference(scores, x, seed=3, n_boot=50).low
+    assert bootstrap_mean(scores, seed=3).low != bootstrap_mean(scores, seed=4).low
+    with pytest.raises(ValueError, match="n_boot"):
+        bootstrap_mean(x, n_boot=0)
