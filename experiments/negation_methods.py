@@ -11,13 +11,12 @@ families. Prints a JSON line per method and writes results.json.
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from pathlib import Path
 
-from mechtune.data.io import atomic_write_text
+from mechtune.data.io import dumps_json, to_jsonable, write_json
 from mechtune.eval.update_share import update_share
-from mechtune.eval.zero_shot import embed_images, evaluate_zero_shot, to_jsonable
+from mechtune.eval.zero_shot import embed_images, evaluate_zero_shot
 from mechtune.interp.result import TraceResult
 from mechtune.models.spec import load_dual_encoder
 from mechtune.sim.world import WorldConfig, make_world
@@ -70,7 +69,7 @@ def main() -> None:
         results[method] = report
         held = report["claims"]["heldout"]
         print(
-            json.dumps(
+            dumps_json(
                 {
                     "method": method,
                     "seconds": report["train_seconds"],
@@ -79,13 +78,12 @@ def main() -> None:
                     "heldout_contra": held["accuracy_by_polarity"]["contralateral"]["value"],
                     "indist_acc": report["claims"]["in_distribution"]["claim_accuracy"]["value"],
                     "update_share": report.get("update_share"),
-                }
+                },
+                indent=None,
             ),
             flush=True,
         )
-    atomic_write_text(
-        args.out / f"results_seed{args.seed}.json", json.dumps(results, indent=2) + "\n"
-    )
+    write_json(args.out / f"results_seed{args.seed}.json", results)
 
 
 if __name__ == "__main__":

@@ -8,7 +8,8 @@ Choosing settings uses the validation patients only, e.g.
     .venv/bin/python experiments/negation_study.py --eval-split val --methods nast \\
         --set scaling=lr beta=1 --out runs/tune/nast_lr_b1
 
-Writes results.json and table.md into --out (see mechtune.eval.negation_study).
+Writes results.json (with every run's per-item correctness) and table.md into --out; the
+table ends with each method's paired Δ vs uniform LoRA (see mechtune.eval.negation_study).
 """
 
 from __future__ import annotations

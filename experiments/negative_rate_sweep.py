@@ -15,8 +15,8 @@ import argparse
 import json
 from pathlib import Path
 
-from mechtune.data.io import atomic_write_text
-from mechtune.eval.zero_shot import evaluate_zero_shot, to_jsonable
+from mechtune.data.io import dumps_json, to_jsonable, write_json
+from mechtune.eval.zero_shot import evaluate_zero_shot
 from mechtune.sim.clip import default_checkpoint, load_default
 from mechtune.sim.text_tower import MiniLMTower
 from mechtune.sim.train_clip import TrainCLIPConfig, train_phantom_clip
@@ -42,10 +42,11 @@ def main() -> None:
         else:
             model, _ = train_phantom_clip(config, world=world, text=text)
         report = to_jsonable(evaluate_zero_shot(model, world, split="test"))
-        atomic_write_text(args.out / f"rate_{rate}.json", json.dumps(report, indent=2) + "\n")
+        write_json(args.out / f"rate_{rate}.json", report)
         summary[str(rate)] = {"retrieval": report["retrieval"], "claims": report["claims"]}
-        print(rate, json.dumps(report["claims"]["heldout"]["affirmative_negation_gap"]), flush=True)
-    atomic_write_text(args.out / "summary.json", json.dumps(summary, indent=2) + "\n")
+        gap = report["claims"]["heldout"]["affirmative_negation_gap"]
+        print(rate, dumps_json(gap, indent=None), flush=True)
+    write_json(args.out / "summary.json", summary)
 
 
 if __name__ == "__main__":

@@ -5,7 +5,9 @@
 
 Choosing settings uses the validation patients only (``--eval-split val``). ``--set`` overrides
 consistency-LoRA settings, e.g. ``--set steps=100 consistency_weight=2``.
-Writes results.json and table.md into --out (see mechtune.eval.paraphrase_study).
+Writes results.json and table.md into --out; the table's Δ columns are paired differences of
+the per-question flip indicator vs baseline and vs all-layer LoRA (see
+mechtune.eval.paraphrase_study).
 """
 
 from __future__ import annotations

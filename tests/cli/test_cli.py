@@ -162,6 +162,15 @@ def test_demo_quick(tmp_path):
     paraphrase = json.loads((tmp_path / "paraphrase" / "results.json").read_text())
     assert set(paraphrase["runs"]) == {"sae"}
     assert 0 <= paraphrase["baseline"]["heldout"]["flip_rate"]["value"] <= 1
+    # paired comparisons on the same test items, recomputable from the saved items
+    (sae_row,) = [v for k, v in paraphrase["paired"].items() if k.startswith("LoRA sae")]
+    groups = paraphrase["baseline"]["heldout"]["groups"]
+    assert sae_row["baseline"]["n_items"] == groups and sae_row["all"] is None
+    negation = json.loads((tmp_path / "negation" / "results.json").read_text())
+    nast = negation["runs"]["nast"][0]["items"]["claims"]
+    assert len(nast["id"]) == len(nast["patient"]) == len(nast["correct"]) > 0
+    assert negation["paired"]["nast"]["claim acc"]["mcnemar_p"] is not None  # one seed each
+    assert "Δ vs uniform LoRA [95% interval]" in (tmp_path / "negation" / "table.md").read_text()
     assert (tmp_path / "paraphrase" / "saes" / "layer_0" / "cfg.json").is_file()
 
 
@@ -220,7 +229,11 @@ def test_eval_negation_on_user_claims(tmp_path):
         ],
     )
     assert result.exit_code == 0, result.output
-    assert json.loads(out.read_text())["claim_accuracy"]["n"] == 2
+    accuracy = json.loads(out.read_text())["claim_accuracy"]
+    assert accuracy["n"] == 2
+    # two claim sets: the interval is a proportion's (Wilson, or clustered by patient)
+    assert accuracy["method"] in ("wilson", "cluster-bootstrap+wilson-floor")
+    assert accuracy["high"] - accuracy["low"] > 0.5
     claims.write_text(json.dumps({"image": "nope", "candidates": ["a", "b"], "correct": 0}) + "\n")
     bad = runner.invoke(
         app, ["eval", "negation", "--claims", str(claims), "--world", str(tmp_path / "w")]

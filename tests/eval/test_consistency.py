@@ -8,9 +8,10 @@ import numpy as np
 import pytest
 
 from mechtune.data.answers import AnswerGroup, AnswerVariant, read_answer_records
+from mechtune.data.io import dumps_json
 from mechtune.eval.consistency import (
     answer_accuracy,
-    cluster_ratio,
+    cluster_ids,
     consistency_summary,
     flip_rate,
     full_consistency,
@@ -26,10 +27,9 @@ from mechtune.eval.consistency import (
     summary_markdown,
     swap_sensitivity,
     text_only_agreement,
-    to_jsonable,
     two_proportion_z_test,
 )
-from mechtune.eval.metrics import bootstrap_mean
+from mechtune.eval.metrics import wilson_interval
 
 # UNHSAILLab/lvlm-interpret-medgemma (MIT), results/question_phrasing_results/phrasing_analysis.csv
 EXTERNAL = (
@@ -124,15 +124,61 @@ def test_intervals_are_seeded_and_bracket_the_value():
         assert a.low <= a.value <= a.high
 
 
-def test_cluster_ratio_matches_bootstrap_mean_for_equal_sizes():
-    rng = np.random.default_rng(0)
-    flips = rng.integers(0, 5, size=30).astype(float)
-    pooled = cluster_ratio(flips, np.full(30, 4.0), seed=7)
-    per_group = bootstrap_mean(flips / 4, seed=7)
-    assert (pooled.value, pooled.low, pooled.high) == pytest.approx(
-        (per_group.value, per_group.low, per_group.high)
+def _study_group(i, study, flip):
+    """case02's groups: one variant, which flips or not."""
+    return AnswerGroup(
+        group_id=f"g{i}",
+        study_id=study,
+        original_question="Is there a pleural effusion?",
+        original_answer=True,
+        original_margin=1.0,
+        ground_truth=True,
+        variants=(AnswerVariant("Is pleural fluid present?", "lexical", not flip, 0.5),),
     )
-    assert math.isnan(cluster_ratio([], []).value)
+
+
+def test_case02_flip_rate_edges_get_wilson_intervals_not_zero_width():
+    none_flip = flip_rate([_study_group(i, f"s{i}", False) for i in range(10)])
+    assert (none_flip.value, none_flip.low, none_flip.method) == (0.0, 0.0, "wilson")
+    assert none_flip.high == pytest.approx(0.27753, abs=1e-5)  # Wilson 0/10
+    one = flip_rate([_study_group(0, "s0", True)])
+    assert (one.value, one.high) == (1.0, 1.0)
+    assert one.low == pytest.approx(0.20655, abs=1e-5)  # Wilson 1/1
+    # the same kind for every proportion of the module
+    groups = [_study_group(i, f"s{i}", False) for i in range(10)]
+    for metric in (pairwise_flip_rate, answer_accuracy, original_accuracy, full_consistency):
+        est = metric(groups)
+        assert est.high - est.low > 0.2, metric.__name__
+
+
+def test_groups_of_one_patient_are_one_cluster():
+    # 10 groups, no flip, 5 patients with two questions each: the interval counts 5 clusters
+    groups = [_study_group(i, f"s{i}", False) for i in range(10)]
+    patients = {g.group_id: f"p{i // 2}" for i, g in enumerate(groups)}
+    est = flip_rate(groups, clusters=patients)
+    assert est.method == "cluster-bootstrap+wilson-floor"
+    assert (est.low, est.n, est.clusters) == (0.0, 10, 5)
+    assert est.high == pytest.approx(wilson_interval(0, 5)[1])  # 0.4345, wider than 0/10
+    # the default cluster is the study: two groups about one study are one cluster
+    same_study = [_study_group(i, f"s{i // 2}", False) for i in range(10)]
+    assert flip_rate(same_study).high == pytest.approx(wilson_interval(0, 5)[1])
+    assert cluster_ids(same_study)[:3] == ["s0", "s0", "s1"]
+    with pytest.raises(ValueError, match="no entry for group 'g9'"):
+        flip_rate(groups, clusters={f"g{i}": "p" for i in range(9)})
+
+
+def test_pooled_rates_floor_at_the_number_of_groups():
+    # 3 groups x 4 pairs, no pair flips: 0/12 pairs, but the pairs of a group share its
+    # question, so the upper bound is Wilson's for 0 of 3 groups, not 0 of 12 pairs
+    groups = [_group(f"h{i}", (Y, 1.0), [(Y, 1.0)] * 4, truth=Y) for i in range(3)]
+    pairwise = pairwise_flip_rate(groups)
+    assert (pairwise.value, pairwise.n, pairwise.clusters) == (0.0, 12, 3)
+    assert pairwise.high == pytest.approx(wilson_interval(0, 3)[1])
+    accuracy = answer_accuracy(groups)
+    assert (accuracy.value, accuracy.n) == (1.0, 15)
+    assert accuracy.low == pytest.approx(wilson_interval(3, 3)[0])
+    margin = margin_difference(groups)  # a mean: the plain cluster bootstrap
+    assert (margin.method, margin.value, margin.low, margin.high) == ("cluster-bootstrap", 0, 0, 0)
 
 
 def test_text_only_agreement_and_swap_sensitivity():
@@ -146,6 +192,12 @@ def test_text_only_agreement_and_swap_sensitivity():
         text_only_agreement(real, blank[:3])
     with pytest.raises(ValueError, match="not margins"):
         swap_sensitivity([0.3, -1.2], [1.0, 0.5])
+    # independent questions: Wilson; questions of shared patients: cluster bootstrap + floor
+    assert agreement.method == "wilson"
+    assert agreement.low == pytest.approx(wilson_interval(4, 5)[0])
+    clustered = swap_sensitivity([1, 1, 0, 0], [1, 1, 0, 0], clusters=["a", "a", "b", "b"])
+    assert clustered.method == "cluster-bootstrap+wilson-floor"
+    assert (clustered.value, clustered.high) == (0.0, pytest.approx(wilson_interval(0, 2)[1]))
 
 
 def test_two_proportion_z_test_by_hand():
@@ -202,11 +254,19 @@ def test_summary_by_family_markdown_and_json():
     assert rows[0].answer_accuracy is None  # no ground truth
     table = summary_markdown(rows)
     assert table.count("\n") == 2 + len(rows)
-    assert "| all | 1 | 2 | 100.0 [100.0, 100.0] |" in table
-    data = json.loads(json.dumps(to_jsonable(rows), allow_nan=False))
-    assert data[0]["flip_rate"] == {"value": 1.0, "low": 1.0, "high": 1.0, "n": 1}
+    # one group that flips: Wilson 1/1 = [20.7, 100], not a zero-width [100, 100]
+    assert "| all | 1 | 2 | 100.0 [20.7, 100.0] |" in table
+    data = json.loads(dumps_json(rows))
+    assert data[0]["flip_rate"] == {
+        "value": 1.0,
+        "low": pytest.approx(wilson_interval(1, 1)[0]),
+        "high": 1.0,
+        "n": 1,
+        "clusters": 1,
+        "method": "wilson",
+    }
     assert data[0]["margin_difference"]["value"] == pytest.approx(1.0)
-    assert to_jsonable({"x": float("nan"), "y": np.float32(0.5)}) == {"x": None, "y": 0.5}
+    assert data[0]["majority_share_std"] == 0.0
 
 
 # --- the MedGemma file -------------------------------------------------------------------

@@ -1,10 +1,17 @@
 """Pieces of the paraphrase study that need no model: layer ranges, swap rows, the table."""
 
+import numpy as np
 import pytest
 
 from mechtune.data.schema import ParaphraseSet
-from mechtune.eval.consistency import two_proportion_z_test
-from mechtune.eval.paraphrase_study import image_row, layer_ranges, results_table, swap_rows
+from mechtune.eval.metrics import paired_difference
+from mechtune.eval.paraphrase_study import (
+    image_row,
+    layer_ranges,
+    paired_rows,
+    results_table,
+    swap_rows,
+)
 
 
 def test_layer_ranges_have_the_width_of_the_chosen_range():
@@ -36,36 +43,62 @@ def test_swap_rows_take_the_next_other_patient_cyclically():
         swap_rows([_set(0, "a"), _set(1, "a")])
 
 
-def _report(flips: int, groups: int = 200) -> dict:
+PATIENTS = ["p0", "p0", "p1", "p1", "p2", "p2"]
+
+
+def _report(flips: list[int], order: list[int] | None = None) -> dict:
+    """A split report with per-question items; ``order`` permutes how items are stored."""
+    groups = len(flips)
+
     def est(v: float) -> dict:
         return {"value": v, "low": v, "high": v, "n": groups}
 
+    order = order or list(range(groups))
     split = {
         "groups": groups,
-        "flips": flips,
-        "flip_rate": est(flips / groups),
-        "pairwise_flip_rate": est(flips / groups / 4),
+        "flips": sum(flips),
+        "flip_rate": est(sum(flips) / groups),
+        "pairwise_flip_rate": est(sum(flips) / groups / 4),
         "margin_difference": est(1.5),
         "accuracy": est(0.9),
         "text_only_agreement": est(0.7),
+        "items": {
+            "id": [f"q{i}" for i in order],
+            "patient": [PATIENTS[i] for i in order],
+            "flip": [bool(flips[i]) for i in order],
+        },
     }
     return {"heldout": split, "in_distribution": split}
 
 
-def test_results_table_rows_means_and_p_values():
-    late = [{**_report(10), "seed": s, "layers": [3, 4, 5]} for s in (0, 1)]
-    results = {
-        "baseline": _report(40),
-        "clamping": {**_report(30), "layer": 4, "feature": 7},
+def _table_results() -> dict:
+    late = [{**_report(f), "seed": s, "layers": [3, 4, 5]} for s, f in enumerate(LATE)]
+    return {
+        "baseline": _report(BASE),
+        "clamping": {**_report(CLAMP), "layer": 4, "feature": 7},
         "runs": {
-            "all": [{**_report(f), "seed": s, "layers": None} for s, f in ((0, 8), (1, 12))],
+            "all": [
+                {**_report(ALL[0]), "seed": 0, "layers": None},
+                # stored in another order: items are matched by id, not position
+                {**_report(ALL[1], order=[5, 4, 3, 2, 1, 0]), "seed": 1, "layers": None},
+            ],
             "late": late,
             "sae": [{**r, "same_as": "late"} for r in late],
         },
     }
-    lines = results_table(results).splitlines()
+
+
+BASE = [1, 1, 1, 0, 0, 0]
+CLAMP = [1, 0, 1, 0, 0, 0]
+ALL = ([0, 1, 0, 0, 0, 0], [0, 0, 1, 0, 0, 0])
+LATE = ([1, 1, 0, 0, 0, 1], [1, 1, 0, 0, 0, 1])
+
+
+def test_results_table_rows_means_and_paired_differences():
+    lines = results_table(_table_results()).splitlines()
     assert len(lines) == 2 + 5
-    assert lines[0].count("|") == 10  # 9 columns: no stray pipes in a header
+    assert lines[0].count("|") == 11  # 10 columns: no stray pipes in a header
+    assert "Δ flip vs baseline [95% interval]" in lines[0]
     rows = {line.split(" | ")[0].lstrip("| "): line.split(" | ") for line in lines[2:]}
     assert set(rows) == {
         "baseline",
@@ -74,8 +107,34 @@ def test_results_table_rows_means_and_p_values():
         "LoRA late (L3–5)",
         "LoRA sae (L3–5), same runs as late",
     }
-    # two seeds: mean with the min-max range; p is the larger of the two seeds' p-values
-    assert rows["LoRA all (all)"][2] == "5.0 (4.0–6.0)"
-    worst = max(two_proportion_z_test(40, 200, f, 200)[1] for f in (8, 12))
-    assert rows["LoRA all (all)"][-1].rstrip(" |") == f"{worst:.2g}"
-    assert rows["baseline"][2] == "20.0" and rows["baseline"][-1].rstrip(" |") == "–"
+    # two seeds: mean with the min-max range
+    assert rows["LoRA all (all)"][2] == "16.7 (16.7–16.7)"
+    assert rows["baseline"][2] == "50.0"
+    # all-layer LoRA vs baseline: per question, flips averaged over the two seeds are
+    # [0, .5, .5, 0, 0, 0] against [1, 1, 1, 0, 0, 0]: mean difference -2/6
+    vs_base = rows["LoRA all (all)"][8]
+    expected = paired_difference(
+        np.array(ALL, dtype=float), np.array([BASE], dtype=float), PATIENTS
+    )
+    assert expected.value == pytest.approx(-2 / 6)
+    assert vs_base == expected.pp() and vs_base.startswith("-33.3 [")
+    assert "McNemar" not in vs_base  # two seeds: no McNemar test
+    assert rows["LoRA all (all)"][9].rstrip(" |") == "–"  # the reference itself
+    assert rows["baseline"][8] == "–"
+    # one seed each: McNemar's exact test on the discordant questions (0 vs 1: p = 1)
+    clamp = rows["clamp L4 f7"][8]
+    assert clamp.endswith("McNemar p = 1") and clamp.startswith("-16.7 [")
+    # baseline vs all-layer LoRA: the opposite sign
+    assert rows["baseline"][9].rstrip(" |").startswith("+33.3 [")
+
+
+def test_paired_rows_report_the_differences_and_refuse_mismatched_items():
+    results = _table_results()
+    cells = {label: c for label, _, c in paired_rows(results)}
+    late = cells["LoRA late (L3–5)"]["baseline"]
+    assert late is not None and late.value == pytest.approx((0 + 0 - 1 + 0 + 0 + 1) / 6)
+    assert (late.n_items, late.n_clusters, late.seeds_a, late.seeds_b) == (6, 3, 2, 1)
+    assert cells["baseline"]["baseline"] is None
+    results["runs"]["late"][0]["heldout"]["items"]["id"][0] = "q99"
+    with pytest.raises(ValueError, match="'q0' is missing"):
+        paired_rows(results)

@@ -1,4 +1,7 @@
+import json
+
 import numpy as np
+import pytest
 import torch
 
 from mechtune.data.builders.contextual import ContextualConfig, study_records
@@ -74,3 +77,49 @@ def test_polarity_mcq_accuracy_matches_brute_force():
             hits.append(int(np.argmax(scores)) == q.correct_index)
         assert got[form].n == len(hits) > 0
         assert got[form].value == np.mean(hits)
+
+
+def test_zero_shot_intervals_cluster_by_patient_and_items_are_saved():
+    from mechtune.data.io import dumps_json
+    from mechtune.eval.metrics import proportion
+
+    world = make_world(WorldConfig(n_studies=300, seed=2))
+    report = evaluate_zero_shot(ToyEncoder(), world, split="test", probes=False)
+    idx = world.indices("test")
+    patients = [world.studies[i].patient_id for i in idx]
+    assert len(set(patients)) < len(patients)  # some patients have several studies
+
+    # per-item results: one row per claim set, ids unique, with patient and slice
+    items = report["items"]["claims"]
+    assert len(set(items["id"])) == len(items["id"])
+    held = [i for i, h in enumerate(items["heldout"]) if h]
+    acc = report["claims"]["heldout"]["claim_accuracy"]
+    assert acc.n == len(held) and acc.value == np.mean([items["correct"][i] for i in held])
+    # the interval is the patient-clustered proportion of exactly those items
+    assert acc == proportion(
+        [float(items["correct"][i]) for i in held], clusters=[items["patient"][i] for i in held]
+    )
+    assert acc.method == "cluster-bootstrap+wilson-floor"
+    assert acc.clusters == len({items["patient"][i] for i in held})
+    negated = report["claims"]["heldout"]["accuracy_by_polarity"]["negated"]
+    sel = [i for i in held if items["slice"][i] == "negated"]
+    assert negated.n == len(sel)
+    assert negated.value == pytest.approx(np.mean([items["correct"][i] for i in sel]))
+    # the gap: affirmative minus negated accuracy, a patient bootstrap of the difference
+    gap = report["claims"]["heldout"]["affirmative_negation_gap"]
+    aff = [items["correct"][i] for i in held if items["slice"][i] == "affirmative"]
+    assert gap.value == pytest.approx(np.mean(aff) - np.mean([items["correct"][i] for i in sel]))
+    assert gap.method == "cluster-bootstrap"
+
+    retrieval = report["items"]["retrieval"]
+    assert retrieval["patient"] == patients
+    r1 = report["retrieval"]["R@1"]
+    assert r1.value == np.mean(retrieval["R@1"]) and r1.clusters == len(set(patients))
+    mcq = report["items"]["polarity_mcq"]
+    assert report["polarity_mcq"]["negated"].value == np.mean(mcq["negated"])
+    # the whole report is strict JSON
+    json.loads(dumps_json(report), parse_constant=_refuse)
+
+
+def _refuse(name):
+    raise AssertionError(f"non-standard JSON constant {name}")

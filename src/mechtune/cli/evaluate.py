@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -11,9 +10,9 @@ import torch
 import typer
 
 from mechtune.cli._common import console
-from mechtune.data.io import atomic_write_text, read_jsonl_records
+from mechtune.data.io import read_jsonl_records, write_json
 from mechtune.errors import DataError
-from mechtune.eval.metrics import bootstrap_mean, claim_hits
+from mechtune.eval.metrics import claim_hits, proportion
 from mechtune.eval.zero_shot import embed_images
 from mechtune.models.spec import load_dual_encoder
 from mechtune.sim.world import World, WorldConfig, load_world, make_world
@@ -74,7 +73,9 @@ def negation(
     seed: Annotated[int, typer.Option(help="Seed of a rendered world.")] = 0,
     out: Annotated[Path | None, typer.Option(help="Write the result JSON here.")] = None,
 ) -> None:
-    """Claim accuracy (top-1 over each set) with a 95% bootstrap CI."""
+    """Claim accuracy (top-1 over each set) with a 95% interval: a proportion over claim
+    sets clustered by the image's patient (Wilson when every patient has one set, else a
+    patient bootstrap with a Wilson floor)."""
     encoder = load_dual_encoder(model)
     if adapter is not None:
         from peft import PeftModel
@@ -92,13 +93,14 @@ def negation(
         table = encoder.encode_texts(texts)
     index = {t: i for i, t in enumerate(texts)}
     scores = [(table[[index[t] for t in cands]] @ images[row]).numpy() for row, cands in items]
-    est = bootstrap_mean(claim_hits(scores).astype(np.float64))
+    patients = [the_world.studies[row].patient_id for row, _ in items]
+    est = proportion(claim_hits(scores).astype(np.float64), clusters=patients)
     result: dict[str, Any] = {
         "model": model,
         "adapter": str(adapter) if adapter else None,
         "claims": str(claims),
-        "claim_accuracy": est.to_dict(),
+        "claim_accuracy": est,
     }
     console.print(f"claim accuracy on {est.n} claim sets: {est.pct()}")
     if out is not None:
-        atomic_write_text(out, json.dumps(result, indent=2) + "\n")
+        write_json(out, result)

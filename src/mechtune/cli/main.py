@@ -3,7 +3,6 @@ library functions."""
 
 from __future__ import annotations
 
-import json
 import random
 import time
 from dataclasses import dataclass, replace
@@ -23,7 +22,7 @@ from mechtune.cli import sim as sim_cli
 from mechtune.cli._common import MechtuneGroup, console, progress_bar, study_source
 from mechtune.cli.trace import trace_command
 from mechtune.data.check import DEFAULT_MAX_DISAGREEMENT
-from mechtune.data.io import atomic_write_text
+from mechtune.data.io import write_json
 
 app = typer.Typer(
     help="mechtune: trace, then prescribe. Measure, locate and fix negation and paraphrase "
@@ -79,7 +78,7 @@ def _examples(out: Path) -> Table:
 def _zero_shot(out: Path, n: int, seed: int, quick: bool) -> dict:
     """Phantom world -> contact sheet -> shipped phantom CLIP -> zero-shot blind spot."""
     from mechtune.eval.figures import blind_spot_chart, contact_sheet
-    from mechtune.eval.zero_shot import evaluate_zero_shot, summary_rows, to_jsonable
+    from mechtune.eval.zero_shot import evaluate_zero_shot, summary_rows
     from mechtune.sim.clip import load_default
     from mechtune.sim.world import WorldConfig, make_world, save_world, showcase_studies
 
@@ -97,14 +96,12 @@ def _zero_shot(out: Path, n: int, seed: int, quick: bool) -> dict:
     console.print("evaluating the shipped phantom CLIP (locked MiniLM text tower) ...")
     report = evaluate_zero_shot(load_default(), world, split="test", probes=not quick)
     blind_spot_chart(report["claims"], figures / "zero_shot_blind_spot.png")
-    atomic_write_text(
-        out / "zero_shot.json", json.dumps(to_jsonable(report), indent=2, sort_keys=True) + "\n"
-    )
+    write_json(out / "zero_shot.json", report, sort_keys=True)
     table = Table(
         "metric (test patients)",
         "in-distribution phrasing",
         "held-out phrasing",
-        title=f"Zero-shot phantom CLIP, 95% bootstrap CIs ({report['studies']} studies)",
+        title=f"Zero-shot phantom CLIP, 95% intervals by patient ({report['studies']} studies)",
         title_justify="left",
     )
     for row in summary_rows(report):

@@ -15,7 +15,6 @@ folder). Without ``--questions``, ``phantom:vqa`` uses the world's own paraphras
 
 from __future__ import annotations
 
-import json
 import random
 import re
 from dataclasses import dataclass, replace
@@ -27,7 +26,7 @@ from rich.table import Table
 
 from mechtune.cli._common import console
 from mechtune.data.importers import DataFormatError, read_psf_records
-from mechtune.data.io import atomic_write_text
+from mechtune.data.io import write_json
 from mechtune.data.schema import ParaphraseSet
 from mechtune.errors import DataError
 from mechtune.models.yes_no import YesNoVLM
@@ -279,7 +278,7 @@ def train(
         "corpus_texts": len(texts),
         "layers": {str(layer): r for layer, r in reports.items()},
     }
-    atomic_write_text(out / "report.json", json.dumps(report, indent=2) + "\n")
+    write_json(out / "report.json", report)
     console.print(f"wrote {len(saes)} SAEs and report.json to {out}")
 
 
@@ -322,7 +321,6 @@ def analyze(
 ) -> None:
     """Flip-prediction AUC by layer, feature attribution, a causal patch, and the flip rate
     and accuracy with the top feature clamped: the chosen layer range, with evidence."""
-    from mechtune.eval.consistency import to_jsonable
     from mechtune.eval.figures import auc_by_layer_chart
     from mechtune.eval.paraphrase_study import clamped_report, evaluate_sets, image_row, swap_rows
     from mechtune.interp.sae_analysis import AnalysisConfig, analyse, paraphrase_pairs
@@ -352,16 +350,14 @@ def analyze(
     )
     baseline = evaluate_sets(data.vlm, data.images, sets, swap_rows(sets))
     clamped = clamped_report(data.vlm, data.images, {"questions": sets}, dictionaries, analysis)
-    result = to_jsonable(
-        {
-            **data.source,
-            "saes": str(saes),
-            "analysis": analysis.to_dict(),
-            "baseline": baseline,
-            "clamping": clamped["questions"] if clamped else None,
-        }
-    )
-    atomic_write_text(out / "analysis.json", json.dumps(result, indent=2) + "\n")
+    result = {
+        **data.source,
+        "saes": str(saes),
+        "analysis": analysis.to_dict(),
+        "baseline": baseline,
+        "clamping": clamped["questions"] if clamped else None,
+    }
+    write_json(out / "analysis.json", result)
     auc_by_layer_chart(
         analysis.auc_by_layer,
         analysis.auc_ci_by_layer,
@@ -378,10 +374,10 @@ def analyze(
         f"{analysis.peak_layer}: chosen layers {analysis.chosen_layers}"
     )
     if clamped:
-        after = result["clamping"]
+        after = clamped["questions"]
         console.print(
             f"clamping feature {clamped['feature']} at layer {clamped['layer']}: flip rate "
-            f"{baseline['flip_rate'].pct()} -> {100 * after['flip_rate']['value']:.1f}%, "
-            f"accuracy {baseline['accuracy'].pct()} -> {100 * after['accuracy']['value']:.1f}%"
+            f"{baseline['flip_rate'].pct()} -> {100 * after['flip_rate'].value:.1f}%, "
+            f"accuracy {baseline['accuracy'].pct()} -> {100 * after['accuracy'].value:.1f}%"
         )
     console.print(f"wrote {out / 'analysis.json'}")

@@ -14,7 +14,7 @@ from typing import Any
 
 import pyarrow.parquet as pq
 
-from mechtune.data.io import MANIFEST_NAME, atomic_write_text, read_manifest
+from mechtune.data.io import MANIFEST_NAME, read_manifest, write_json
 from mechtune.data.polarity_check import LabelledText, Mention, PolarityChecker, PolarityReport
 from mechtune.errors import GateFailed
 
@@ -150,9 +150,7 @@ def check_dataset(
             "passed": report.passes(max_disagreement),
             **report.to_dict(),
         }
-        atomic_write_text(
-            out / MANIFEST_NAME, json.dumps(manifest, indent=2, sort_keys=True) + "\n"
-        )
+        write_json(out / MANIFEST_NAME, manifest, sort_keys=True)
     if not report.passes(max_disagreement):
         raise PolarityCheckFailed(out, report, max_disagreement)
     return report

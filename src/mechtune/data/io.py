@@ -1,16 +1,21 @@
-"""Atomic, deterministic, streaming output: Parquet or JSONL tables plus a manifest."""
+"""Atomic, deterministic, streaming output: Parquet or JSONL tables plus a manifest, and
+the one JSON encoder every JSON file mechtune writes goes through (:func:`dumps_json`)."""
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import json
+import math
 import os
+import sys
 import tempfile
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
@@ -49,6 +54,80 @@ def _umask() -> int:
 def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
     with atomic_path(path) as tmp:
         tmp.write_text(text, encoding="utf-8")
+
+
+def to_jsonable(obj: Any, where: str = "$") -> Any:
+    """``obj`` as plain JSON values: the one conversion behind :func:`dumps_json`.
+
+    - ``None``, ``bool``, ``int``, ``str`` stay; a float stays if finite, and NaN or
+      infinity becomes ``None`` (JSON has no NaN; ``null`` reads back as missing);
+    - numpy scalars and arrays, torch tensors -> Python numbers and nested lists;
+    - an object with a ``to_dict()`` method (``Estimate``, configs, results) -> its dict;
+      another dataclass instance -> a dict of its fields; a path -> its string;
+    - mappings -> dicts (keys must be ``str`` or ``int``; an int key becomes its string, as
+      ``json.dumps`` does); lists and tuples -> lists.
+
+    Anything else raises ``DataError`` naming the type and where it is (``$.runs[0].x``).
+    """
+    if obj is None or isinstance(obj, bool | str):
+        return obj
+    if isinstance(obj, int):
+        return int(obj)
+    if isinstance(obj, float):
+        return float(obj) if math.isfinite(obj) else None
+    if isinstance(obj, np.generic):
+        return to_jsonable(obj.item(), where)
+    if isinstance(obj, np.ndarray):
+        return to_jsonable(obj.tolist(), where)
+    torch = sys.modules.get("torch")  # never import torch just to find out
+    if torch is not None and isinstance(obj, torch.Tensor):
+        return to_jsonable(obj.detach().cpu().tolist(), where)
+    if isinstance(obj, os.PathLike):
+        return os.fspath(obj)
+    if not isinstance(obj, type):
+        to_dict = getattr(obj, "to_dict", None)
+        if callable(to_dict):
+            return to_jsonable(to_dict(), where)
+        if dataclasses.is_dataclass(obj):
+            return {
+                f.name: to_jsonable(getattr(obj, f.name), f"{where}.{f.name}")
+                for f in dataclasses.fields(obj)
+            }
+    if isinstance(obj, Mapping):
+        out = {}
+        for key, value in obj.items():
+            if isinstance(key, bool) or not isinstance(key, str | int | np.integer):
+                raise DataError(
+                    f"cannot write a {type(key).__name__} key {key!r} to JSON at {where}"
+                )
+            name = str(int(key)) if not isinstance(key, str) else key
+            out[name] = to_jsonable(value, f"{where}.{name}")
+        return out
+    if isinstance(obj, list | tuple):
+        return [to_jsonable(v, f"{where}[{i}]") for i, v in enumerate(obj)]
+    raise DataError(f"cannot write a {type(obj).__name__} to JSON at {where}: {obj!r:.80}")
+
+
+def dumps_json(
+    obj: Any, *, indent: int | None = 2, sort_keys: bool = False, ensure_ascii: bool = True
+) -> str:
+    """Strict JSON text of ``obj`` (via :func:`to_jsonable`; never NaN or Infinity), no
+    trailing newline. Raises ``DataError`` for a value JSON cannot hold."""
+    return json.dumps(
+        to_jsonable(obj),
+        indent=indent,
+        sort_keys=sort_keys,
+        ensure_ascii=ensure_ascii,
+        allow_nan=False,
+    )
+
+
+def write_json(
+    path: str | os.PathLike[str], obj: Any, *, indent: int | None = 2, sort_keys: bool = False
+) -> None:
+    """Write ``obj`` to ``path`` atomically as strict JSON (:func:`dumps_json`) plus a
+    newline."""
+    atomic_write_text(path, dumps_json(obj, indent=indent, sort_keys=sort_keys) + "\n")
 
 
 def sha256_file(path: str | os.PathLike[str]) -> str:
@@ -114,7 +193,7 @@ class TableWriter:
             names = self.schema.names
             columns = [self._buffer[n] for n in names]
             lines = [
-                json.dumps(dict(zip(names, values, strict=True)), ensure_ascii=False)
+                dumps_json(dict(zip(names, values, strict=True)), indent=None, ensure_ascii=False)
                 for values in zip(*columns, strict=True)
             ]
             self._fh.write("\n".join(lines) + "\n")
@@ -177,7 +256,7 @@ def write_manifest(
         **(dict(extra) if extra else {}),
     }
     path = out / MANIFEST_NAME
-    atomic_write_text(path, json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+    write_json(path, manifest, sort_keys=True)
     return path
 
 

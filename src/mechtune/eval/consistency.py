@@ -14,16 +14,23 @@ Definitions (REFERENCE.md §2), for a group = an original question and its varia
 - **text-only agreement**: the share of answers unchanged when the image is blanked;
   **swap sensitivity**: the share that change with another patient's image.
 
-Every rate comes as an :class:`Estimate` with a 95% percentile-bootstrap interval that
-resamples groups (seeded), so pairs and answers of a group stay together. For pooled
-rates (pairs, answers) ``Estimate.n`` counts those units; for per-group rates, groups.
+Every metric comes as an :class:`~mechtune.eval.metrics.Estimate` with a 95% interval
+(``Estimate.method`` says which). Answers about the same study, or the same patient, are
+not independent, so the intervals treat a **cluster** of groups as the independent unit:
+by default a group's ``study_id``; ``clusters`` maps ``group_id`` to another unit (the
+studies call it with patient ids). Proportions (flip rates, accuracies, agreement) use
+:func:`~mechtune.eval.metrics.proportion`: a Wilson interval when each cluster holds one
+item, else a cluster bootstrap with a Wilson floor, so that 0/N and N/N are never
+zero-width. Means (margin difference, majority share) use the percentile bootstrap over
+clusters. For pooled rates (pairs, answers) ``Estimate.n`` counts those units; for
+per-group rates, groups.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,7 +38,7 @@ import numpy as np
 
 from mechtune.data.answers import AnswerGroup
 from mechtune.errors import ConfigError, DataError
-from mechtune.eval.metrics import Estimate, bootstrap_mean
+from mechtune.eval.metrics import Estimate, bootstrap_mean, cluster_ratio, proportion
 
 BY: tuple[str, ...] = ("strategy", "family")
 ALL_LABEL = "all"
@@ -79,82 +86,108 @@ def _truth(group: AnswerGroup) -> bool:
 
 # -- over groups --------------------------------------------------------------------------
 
+ClusterMap = Mapping[str, Hashable]
 
-def cluster_ratio(
-    numerators: Sequence[float] | np.ndarray,
-    denominators: Sequence[float] | np.ndarray,
+
+def cluster_ids(
+    groups: Sequence[AnswerGroup], clusters: ClusterMap | None = None
+) -> list[Hashable]:
+    """The cluster of each group: ``clusters[group_id]``, or the group's ``study_id``.
+
+    Raises ``DataError`` naming a group that ``clusters`` does not map."""
+    if clusters is None:
+        return [g.study_id for g in groups]
+    for g in groups:
+        if g.group_id not in clusters:
+            raise DataError(f"clusters has no entry for group {g.group_id!r}")
+    return [clusters[g.group_id] for g in groups]
+
+
+def flip_rate(
+    groups: Sequence[AnswerGroup],
     *,
+    clusters: ClusterMap | None = None,
     n_boot: int = 1000,
     seed: int = 0,
-    alpha: float = 0.05,
 ) -> Estimate:
-    """``sum(numerators) / sum(denominators)`` with a bootstrap interval resampling the
-    clusters (groups) together. ``[G]`` each -> Estimate with ``n = sum(denominators)``.
-
-    It draws the same resamples as :func:`bootstrap_mean` with the same seed, so with
-    equal denominators the two agree.
-    """
-    num = np.asarray(numerators, dtype=np.float64)
-    den = np.asarray(denominators, dtype=np.float64)
-    if num.shape != den.shape or num.ndim != 1:
-        raise DataError(f"numerators {num.shape} and denominators {den.shape} must be [G]")
-    total = den.sum()
-    if num.size == 0 or total == 0:
-        return Estimate(float("nan"), float("nan"), float("nan"), 0)
-    rng = np.random.default_rng(seed)
-    idx = rng.integers(0, num.size, size=(n_boot, num.size))
-    with np.errstate(invalid="ignore", divide="ignore"):
-        ratios = num[idx].sum(1) / den[idx].sum(1)
-    low, high = np.nanquantile(ratios, [alpha / 2, 1 - alpha / 2])
-    return Estimate(float(num.sum() / total), float(low), float(high), int(total))
-
-
-def flip_rate(groups: Sequence[AnswerGroup], *, n_boot: int = 1000, seed: int = 0) -> Estimate:
     """PSF-Med flip rate: share of groups where any variant's answer differs from the
-    original's. ``n`` = groups."""
-    return bootstrap_mean([float(group_flips(g)) for g in groups], n_boot=n_boot, seed=seed)
+    original's. ``n`` = groups; a proportion over groups, clustered by ``clusters``."""
+    flips = [float(group_flips(g)) for g in groups]
+    ids = cluster_ids(groups, clusters)
+    return proportion(flips, clusters=ids, n_boot=n_boot, seed=seed)
 
 
 def pairwise_flip_rate(
-    groups: Sequence[AnswerGroup], *, n_boot: int = 1000, seed: int = 0
+    groups: Sequence[AnswerGroup],
+    *,
+    clusters: ClusterMap | None = None,
+    n_boot: int = 1000,
+    seed: int = 0,
 ) -> Estimate:
-    """Share of (original, variant) pairs that disagree, pooled over pairs; the interval
-    resamples groups. ``n`` = pairs."""
+    """Share of (original, variant) pairs that disagree, pooled over pairs; pairs of a
+    group share its question, so the interval resamples clusters of groups. ``n`` = pairs."""
     flips = [float(pair_disagreements(g).sum()) for g in groups]
-    return cluster_ratio(flips, [len(g.variants) for g in groups], n_boot=n_boot, seed=seed)
+    pairs = [len(g.variants) for g in groups]
+    ids = cluster_ids(groups, clusters)
+    return proportion(flips, pairs, clusters=ids, n_boot=n_boot, seed=seed)
 
 
 def margin_difference(
-    groups: Sequence[AnswerGroup], *, n_boot: int = 1000, seed: int = 0
+    groups: Sequence[AnswerGroup],
+    *,
+    clusters: ClusterMap | None = None,
+    n_boot: int = 1000,
+    seed: int = 0,
 ) -> Estimate:
     """Mean |margin(original) - margin(variant)| over pairs, in logits; the interval
-    resamples groups. ``n`` = pairs. Raises ValueError if any margin is missing."""
+    resamples clusters of groups. ``n`` = pairs. Raises DataError if any margin is
+    missing."""
     gaps = [float(_margin_gaps(g).sum()) for g in groups]
-    return cluster_ratio(gaps, [len(g.variants) for g in groups], n_boot=n_boot, seed=seed)
+    pairs = [len(g.variants) for g in groups]
+    ids = cluster_ids(groups, clusters)
+    return cluster_ratio(gaps, pairs, clusters=ids, n_boot=n_boot, seed=seed)
 
 
 def answer_accuracy(
-    groups: Sequence[AnswerGroup], *, n_boot: int = 1000, seed: int = 0
+    groups: Sequence[AnswerGroup],
+    *,
+    clusters: ClusterMap | None = None,
+    n_boot: int = 1000,
+    seed: int = 0,
 ) -> Estimate:
     """Accuracy over **all** answers (each original and every variant, pooled); the
-    interval resamples groups. ``n`` = answers. Raises ValueError without ground truth."""
+    interval resamples clusters of groups. ``n`` = answers. Raises DataError without
+    ground truth."""
     correct = [float(sum(a == _truth(g) for a in g.answers)) for g in groups]
-    return cluster_ratio(correct, [len(g.answers) for g in groups], n_boot=n_boot, seed=seed)
+    answers = [len(g.answers) for g in groups]
+    ids = cluster_ids(groups, clusters)
+    return proportion(correct, answers, clusters=ids, n_boot=n_boot, seed=seed)
 
 
 def original_accuracy(
-    groups: Sequence[AnswerGroup], *, n_boot: int = 1000, seed: int = 0
+    groups: Sequence[AnswerGroup],
+    *,
+    clusters: ClusterMap | None = None,
+    n_boot: int = 1000,
+    seed: int = 0,
 ) -> Estimate:
     """Accuracy of the **original** questions' answers only. ``n`` = groups."""
     correct = [float(g.original_answer == _truth(g)) for g in groups]
-    return bootstrap_mean(correct, n_boot=n_boot, seed=seed)
+    ids = cluster_ids(groups, clusters)
+    return proportion(correct, clusters=ids, n_boot=n_boot, seed=seed)
 
 
 def full_consistency(
-    groups: Sequence[AnswerGroup], *, n_boot: int = 1000, seed: int = 0
+    groups: Sequence[AnswerGroup],
+    *,
+    clusters: ClusterMap | None = None,
+    n_boot: int = 1000,
+    seed: int = 0,
 ) -> Estimate:
     """Share of groups whose answers all agree; the count is ``round(value * n)``."""
-    return bootstrap_mean([float(is_fully_consistent(g)) for g in groups], n_boot=n_boot, seed=seed)
+    consistent = [float(is_fully_consistent(g)) for g in groups]
+    ids = cluster_ids(groups, clusters)
+    return proportion(consistent, clusters=ids, n_boot=n_boot, seed=seed)
 
 
 def majority_shares(groups: Sequence[AnswerGroup]) -> np.ndarray:
@@ -163,10 +196,16 @@ def majority_shares(groups: Sequence[AnswerGroup]) -> np.ndarray:
 
 
 def mean_majority_share(
-    groups: Sequence[AnswerGroup], *, n_boot: int = 1000, seed: int = 0
+    groups: Sequence[AnswerGroup],
+    *,
+    clusters: ClusterMap | None = None,
+    n_boot: int = 1000,
+    seed: int = 0,
 ) -> Estimate:
-    """Mean over groups of :func:`majority_share`. ``n`` = groups."""
-    return bootstrap_mean(majority_shares(groups), n_boot=n_boot, seed=seed)
+    """Mean over groups of :func:`majority_share` (a mean: bootstrap over clusters).
+    ``n`` = groups."""
+    ids = cluster_ids(groups, clusters)
+    return bootstrap_mean(majority_shares(groups), clusters=ids, n_boot=n_boot, seed=seed)
 
 
 def _paired(a: Sequence[bool] | np.ndarray, b: Sequence[bool] | np.ndarray) -> np.ndarray:
@@ -184,27 +223,30 @@ def text_only_agreement(
     with_image: Sequence[bool] | np.ndarray,
     blank_image: Sequence[bool] | np.ndarray,
     *,
+    clusters: Sequence[Hashable] | None = None,
     n_boot: int = 1000,
     seed: int = 0,
 ) -> Estimate:
-    """Share of answers unchanged when the image is blanked; ``[N]`` paired answers.
+    """Share of answers unchanged when the image is blanked; ``[N]`` paired answers,
+    ``clusters: [N]`` ids (e.g. patients) or None for independent questions.
 
     High agreement means the answer comes from the text alone."""
     unchanged = ~_paired(with_image, blank_image)
-    return bootstrap_mean(unchanged.astype(np.float64), n_boot=n_boot, seed=seed)
+    return proportion(unchanged.astype(np.float64), clusters=clusters, n_boot=n_boot, seed=seed)
 
 
 def swap_sensitivity(
     with_image: Sequence[bool] | np.ndarray,
     swapped_image: Sequence[bool] | np.ndarray,
     *,
+    clusters: Sequence[Hashable] | None = None,
     n_boot: int = 1000,
     seed: int = 0,
 ) -> Estimate:
     """Share of answers that change when the image is another patient's; ``[N]`` paired
-    answers. Low sensitivity means the image is ignored."""
+    answers, ``clusters: [N]`` ids or None. Low sensitivity means the image is ignored."""
     changed = _paired(with_image, swapped_image)
-    return bootstrap_mean(changed.astype(np.float64), n_boot=n_boot, seed=seed)
+    return proportion(changed.astype(np.float64), clusters=clusters, n_boot=n_boot, seed=seed)
 
 
 def two_proportion_z_test(k1: int, n1: int, k2: int, n2: int) -> tuple[float, float]:
@@ -212,7 +254,9 @@ def two_proportion_z_test(k1: int, n1: int, k2: int, n2: int) -> tuple[float, fl
 
     ``z = (k1/n1 - k2/n2) / sqrt(p (1 - p) (1/n1 + 1/n2))`` with ``p = (k1 + k2) /
     (n1 + n2)``; ``p_value = erfc(|z| / sqrt 2)``. Equal proportions of 0 or 1 give
-    (0, 1). Used for before/after flip rates.
+    (0, 1). PSF-Med reports it for before/after flip rates; it treats the two samples as
+    independent, so for two models answering the *same* questions prefer the paired
+    comparison, :func:`mechtune.eval.metrics.paired_difference` (with McNemar's test).
     """
     for k, n in ((k1, n1), (k2, n2)):
         if n <= 0 or not 0 <= k <= n:
@@ -249,10 +293,15 @@ class ConsistencyRow:
 
 
 def consistency_row(
-    label: str, groups: Sequence[AnswerGroup], *, n_boot: int = 1000, seed: int = 0
+    label: str,
+    groups: Sequence[AnswerGroup],
+    *,
+    clusters: ClusterMap | None = None,
+    n_boot: int = 1000,
+    seed: int = 0,
 ) -> ConsistencyRow:
-    """Every metric of :mod:`consistency` over ``groups``."""
-    kw: dict[str, Any] = {"n_boot": n_boot, "seed": seed}
+    """Every metric of :mod:`consistency` over ``groups`` (clustered by ``clusters``)."""
+    kw: dict[str, Any] = {"clusters": clusters, "n_boot": n_boot, "seed": seed}
     has_margins = all(m is not None for g in groups for m in g.margins)
     has_truth = all(g.ground_truth is not None for g in groups)
     full = full_consistency(groups, **kw)
@@ -279,6 +328,7 @@ def consistency_summary(
     by: str | None = "strategy",
     *,
     labels: Mapping[str, str] | None = None,
+    clusters: ClusterMap | None = None,
     n_boot: int = 1000,
     seed: int = 0,
 ) -> list[ConsistencyRow]:
@@ -288,11 +338,13 @@ def consistency_summary(
     None). ``labels`` maps those values to row labels, e.g. family id -> ``"held-out"`` or
     ``"in-distribution"`` (see :func:`mechtune.data.answers.family_labels`); a value it
     does not map is its own label. A label's row keeps, per group, the original and the
-    variants with that label, and drops groups with none.
+    variants with that label, and drops groups with none. ``clusters`` maps group ids to
+    the independent unit of the intervals (default: each group's study).
     """
     if by is not None and by not in BY:
         raise ConfigError(f"by must be one of {BY} or None; got {by!r}")
-    rows = [consistency_row(ALL_LABEL, groups, n_boot=n_boot, seed=seed)]
+    kw: dict[str, Any] = {"clusters": clusters, "n_boot": n_boot, "seed": seed}
+    rows = [consistency_row(ALL_LABEL, groups, **kw)]
     if by is None:
         return rows
     mapping = labels or {}
@@ -311,7 +363,7 @@ def consistency_summary(
             kept = tuple(v for v in g.variants if label_of(attr(v)) == name)
             if kept:
                 subset.append(dataclasses.replace(g, variants=kept))
-        rows.append(consistency_row(name, subset, n_boot=n_boot, seed=seed))
+        rows.append(consistency_row(name, subset, **kw))
     return rows
 
 
@@ -349,29 +401,12 @@ def summary_markdown(rows: Sequence[ConsistencyRow]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def to_jsonable(value: Any) -> Any:
-    """Summary rows, estimates, and containers of them -> JSON-ready values (NaN -> None)."""
-    if isinstance(value, Estimate):
-        return to_jsonable(value.to_dict())
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return {f.name: to_jsonable(getattr(value, f.name)) for f in dataclasses.fields(value)}
-    if isinstance(value, Mapping):
-        return {str(k): to_jsonable(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [to_jsonable(v) for v in value]
-    if isinstance(value, np.generic):
-        value = value.item()
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
-
-
 __all__ = [
     "ALL_LABEL",
     "BY",
     "ConsistencyRow",
     "answer_accuracy",
-    "cluster_ratio",
+    "cluster_ids",
     "consistency_row",
     "consistency_summary",
     "flip_rate",
@@ -388,6 +423,5 @@ __all__ = [
     "summary_markdown",
     "swap_sensitivity",
     "text_only_agreement",
-    "to_jsonable",
     "two_proportion_z_test",
 ]

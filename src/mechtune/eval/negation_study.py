@@ -7,12 +7,17 @@
    patients (in-distribution and held-out families).
 3. Report R@1/R@5, claim accuracy, accuracy by polarity, the affirmative-negation gap,
    polarity-MCQ accuracy, update share (top-3/top-5 blocks by CTE) and retention (drift on
-   everyday sentences), each with 95% bootstrap CIs; across seeds, mean and range.
+   everyday sentences), each with a 95% interval (see :mod:`mechtune.eval.zero_shot`);
+   across seeds, mean and range.
+4. Compare each method with uniform LoRA item by item: the paired difference on the same
+   test items (per item, correctness averaged over seeds; a patient bootstrap of the mean
+   difference; McNemar's exact test when both have one seed). ``results.json`` keeps every
+   run's per-item correctness with item and patient ids (``runs[m][i]["items"]``), so the
+   comparison can be recomputed later and across runs.
 """
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -21,11 +26,12 @@ from typing import Any
 
 import numpy as np
 
-from mechtune.data.io import atomic_write_text
-from mechtune.errors import ConfigError
+from mechtune.data.io import atomic_write_text, to_jsonable, write_json
+from mechtune.errors import ConfigError, DataError
+from mechtune.eval.metrics import paired_items
 from mechtune.eval.retention import embedding_drift, general_sentences
 from mechtune.eval.update_share import update_share
-from mechtune.eval.zero_shot import embed_images, evaluate_zero_shot, to_jsonable
+from mechtune.eval.zero_shot import embed_images, evaluate_zero_shot
 from mechtune.interp.pairs import build_trace_pairs
 from mechtune.interp.result import TraceConfig, TraceResult, trace
 from mechtune.models.sites import text_site
@@ -169,7 +175,9 @@ def run_negation_study(
             report = to_jsonable(
                 evaluate_zero_shot(encoder, world, split=config.eval_split, probes=False)
             )
-            report["retention"] = embedding_drift(before, encoder.encode_texts(sentences)).to_dict()
+            report["retention"] = to_jsonable(
+                embedding_drift(before, encoder.encode_texts(sentences))
+            )
             report["train_seconds"] = round(seconds, 1)
             report["seed"] = seed
             if method != "zero-shot":
@@ -188,7 +196,8 @@ def run_negation_study(
         },
         "runs": runs,
     }
-    atomic_write_text(out / "results.json", json.dumps(results, indent=2) + "\n")
+    results["paired"] = to_jsonable(paired_comparisons(results))
+    write_json(out / "results.json", results)
     atomic_write_text(out / "table.md", results_table(results) + "\n")
     return results
 
@@ -217,8 +226,9 @@ def _block_update_norms(model: Any, initial: dict[str, tuple[int, Any]]) -> dict
     return norms
 
 
-def _agg(values: list[float]) -> str:
-    if not values or any(v is None or not np.isfinite(v) for v in values):
+def _agg(cells: list[float | None]) -> str:
+    values = [v for v in cells if v is not None and np.isfinite(v)]
+    if not values or len(values) < len(cells):
         return "n/a"
     mean = 100 * float(np.mean(values))
     if len(values) == 1:
@@ -227,7 +237,8 @@ def _agg(values: list[float]) -> str:
 
 
 def results_table(results: dict[str, Any]) -> str:
-    """Markdown in the shape of NAST's Tables 1/3/4, held-out phrasing families."""
+    """Markdown in the shape of NAST's Tables 1/3/4, held-out phrasing families, then
+    :func:`paired_table` (when the runs carry per-item results and uniform LoRA ran)."""
     head = (
         "| method | seeds | R@1 | R@5 | claim acc | affirmative acc | negated acc | "
         "gap (pp) | existence-only gap | contralateral | MCQ neg / aff | top-3 share | top-5 share | retention |"
@@ -235,14 +246,14 @@ def results_table(results: dict[str, Any]) -> str:
     lines = [head, "|" + "---|" * 14]
     for method, reports in results["runs"].items():
 
-        def get(path: str, reps: list[dict[str, Any]] = reports) -> list[float]:
-            out = []
+        def get(path: str, reps: list[dict[str, Any]] = reports) -> list[float | None]:
+            out: list[float | None] = []
             for r in reps:
                 node: Any = r
                 for key in path.split("/"):
                     node = node.get(key) if isinstance(node, dict) else None
                 out.append(node["value"] if isinstance(node, dict) else node)
-            return [v for v in out if v is not None]
+            return out  # None (missing, or NaN written as null) makes the cell n/a
 
         held = "claims/heldout"
         lines.append(
@@ -267,4 +278,75 @@ def results_table(results: dict[str, Any]) -> str:
             )
             + " |"
         )
+    paired = paired_table(results)
+    return "\n".join(lines) + (f"\n\n{paired}" if paired else "")
+
+
+REFERENCE_METHOD = "uniform-lora"
+# (column, item table, value column, selection): per-item proportions of the test items
+PAIRED_METRICS: tuple[tuple[str, str, str, dict[str, Any]], ...] = (
+    ("claim acc", "claims", "correct", {"heldout": True}),
+    ("affirmative acc", "claims", "correct", {"heldout": True, "slice": "affirmative"}),
+    ("negated acc", "claims", "correct", {"heldout": True, "slice": "negated"}),
+    ("contralateral", "claims", "correct", {"heldout": True, "slice": "contralateral"}),
+    ("claim acc, in-dist", "claims", "correct", {"heldout": False}),
+    ("MCQ neg", "polarity_mcq", "negated", {}),
+    ("MCQ aff", "polarity_mcq", "affirmative", {}),
+    ("R@1", "retrieval", "R@1", {}),
+    ("R@5", "retrieval", "R@5", {}),
+)
+
+
+def paired_comparisons(
+    results: dict[str, Any], reference: str = REFERENCE_METHOD
+) -> dict[str, dict[str, Any]]:
+    """``{method: {column: PairedDifference or None}}``: each method minus ``reference``
+    on the same test items (:data:`PAIRED_METRICS`), from the runs' saved items. Empty when
+    ``reference`` did not run or a run lacks items; None where no item is selected."""
+    runs = results["runs"]
+    if reference not in runs or any("items" not in r for rs in runs.values() for r in rs):
+        return {}
+    out: dict[str, dict[str, Any]] = {}
+    for method, reports in runs.items():
+        if method == reference:
+            continue
+        cells: dict[str, Any] = {}
+        for column, table, value, select in PAIRED_METRICS:
+            try:
+                cells[column] = paired_items(
+                    [r["items"][table] for r in reports],
+                    [r["items"][table] for r in runs[reference]],
+                    value,
+                    select=select,
+                )
+            except DataError as err:
+                if "no item matches" not in str(err):
+                    raise
+                cells[column] = None
+        out[method] = cells
+    return out
+
+
+def paired_table(results: dict[str, Any], reference: str = REFERENCE_METHOD) -> str:
+    """Markdown: "Δ vs uniform LoRA [95% interval]" per method and metric, in percentage
+    points (held-out phrasing families unless the column says in-dist); empty when there
+    is nothing to compare."""
+    paired = paired_comparisons(results, reference)
+    if not paired:
+        return ""
+    label = reference.replace("-lora", " LoRA")
+    head = "| method | seeds | " + " | ".join(c for c, *_ in PAIRED_METRICS) + " |"
+    lines = [
+        f"Δ vs {label} [95% interval], percentage points, on the same test items: per item, "
+        "correctness averaged over each method's seeds; the interval bootstraps the mean "
+        "difference over patients; McNemar's exact p where both methods ran one seed.",
+        "",
+        head,
+        "|" + "---|" * (2 + len(PAIRED_METRICS)),
+    ]
+    for method, cells in paired.items():
+        seeds = len(results["runs"][method])
+        row = [method, str(seeds)]
+        row += ["n/a" if cells[c] is None else cells[c].pp() for c, *_ in PAIRED_METRICS]
+        lines.append("| " + " | ".join(row) + " |")
     return "\n".join(lines)

@@ -12,7 +12,10 @@
 4. **Clamping** the top feature at inference, on the evaluation split.
 5. **Consistency LoRA** with the same budget on each layer range: all layers, the SAE
    range, the earliest and the latest layers of the same width.
-6. A markdown table (held-out families), ``results.json`` and figures.
+6. A markdown table (held-out families), ``results.json`` and figures. Each condition is
+   compared with the baseline and with all-layer LoRA by the paired difference of the
+   per-question flip indicator on the same test questions (clustered by patient); every
+   report keeps those indicators with question and patient ids (``items``).
 
 The phantom VQA's question encoder never sees the image, so a question's residual states
 are the same whatever the image: SAE training data uses each distinct question once.
@@ -20,7 +23,6 @@ are the same whatever the image: SAE training data uses each distinct question o
 
 from __future__ import annotations
 
-import json
 import random
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -32,7 +34,7 @@ import numpy as np
 import torch
 
 from mechtune.data.answers import answers_from_margins
-from mechtune.data.io import atomic_write_text
+from mechtune.data.io import atomic_write_text, to_jsonable, write_json
 from mechtune.data.schema import ParaphraseSet
 from mechtune.errors import ConfigError, DataError
 from mechtune.eval.consistency import (
@@ -43,9 +45,8 @@ from mechtune.eval.consistency import (
     pairwise_flip_rate,
     swap_sensitivity,
     text_only_agreement,
-    to_jsonable,
-    two_proportion_z_test,
 )
+from mechtune.eval.metrics import PairedDifference, paired_items
 from mechtune.interp.sae import SAE, SAEConfig, save_saelens
 from mechtune.interp.sae_analysis import (
     AnalysisConfig,
@@ -156,7 +157,17 @@ def evaluate_sets(
     sets: Sequence[ParaphraseSet],
     swapped: Sequence[int],
 ) -> dict[str, Any]:
-    """PSF-Med metrics of one list of paraphrase sets, with 95% bootstrap CIs."""
+    """PSF-Med metrics of one list of paraphrase sets, with 95% intervals clustered by
+    patient (a patient's questions share anatomy, and here two share each study), and
+    ``items``: per question, ``id``, ``patient`` and ``flip`` (any paraphrase's answer
+    differs from the original's), for paired comparisons. Raises ``DataError`` when a
+    question id repeats."""
+    ids = [s.question_id for s in sets]
+    if len(set(ids)) != len(ids):
+        repeated = next(q for q in ids if ids.count(q) > 1)
+        raise DataError(f"question id {repeated!r} repeats; per-question results need unique ids")
+    patients = [s.patient_id for s in sets]
+    by_group = dict(zip(ids, patients, strict=True))
     rows = [image_row(s) for s in sets for _ in range(1 + len(s.paraphrases))]
     texts = [t for s in sets for t in (s.question, *s.paraphrases)]
     flat = margins(vlm, images, rows, texts)
@@ -171,15 +182,17 @@ def evaluate_sets(
     blank = vlm.blank_images(take_rows(images, [image_row(s) for s in sets]))
     blank_answers = margins(vlm, blank, list(range(len(sets))), originals) > 0
     swap_answers = margins(vlm, images, list(swapped), originals) > 0
+    flips = [group_flips(g) for g in groups]
     return {
         "groups": len(groups),
-        "flips": int(sum(group_flips(g) for g in groups)),
-        "flip_rate": flip_rate(groups),
-        "pairwise_flip_rate": pairwise_flip_rate(groups),
-        "margin_difference": margin_difference(groups),
-        "accuracy": answer_accuracy(groups),
-        "text_only_agreement": text_only_agreement(base, blank_answers),
-        "swap_sensitivity": swap_sensitivity(base, swap_answers),
+        "flips": int(sum(flips)),
+        "flip_rate": flip_rate(groups, clusters=by_group),
+        "pairwise_flip_rate": pairwise_flip_rate(groups, clusters=by_group),
+        "margin_difference": margin_difference(groups, clusters=by_group),
+        "accuracy": answer_accuracy(groups, clusters=by_group),
+        "text_only_agreement": text_only_agreement(base, blank_answers, clusters=patients),
+        "swap_sensitivity": swap_sensitivity(base, swap_answers, clusters=patients),
+        "items": {"id": ids, "patient": patients, "flip": flips},
     }
 
 
@@ -363,9 +376,10 @@ def run_paraphrase_study(
             "seconds": {k: round(v, 1) for k, v in timings.items()},
         }
     )
+    results["paired"] = to_jsonable({label: cells for label, _, cells in paired_rows(results)})
     for layer, sae in saes.items():
         save_saelens(sae, out / "saes" / f"layer_{layer}")
-    atomic_write_text(out / "results.json", json.dumps(results, indent=2) + "\n")
+    write_json(out / "results.json", results)
     atomic_write_text(out / "table.md", results_table(results) + "\n")
     return results
 
@@ -403,41 +417,79 @@ def _cell(values: list[float], scale: float = 100.0, digits: int = 1) -> str:
     return f"{mean:.{digits}f} ({lo:.{digits}f}–{hi:.{digits}f})"
 
 
-def results_table(results: dict[str, Any]) -> str:
-    """Markdown: held-out paraphrase families (and in-distribution flip rate), mean and
-    range over seeds; p from a two-proportion z-test of the held-out flip rate against the
-    baseline, the largest over seeds."""
-    head = (
-        "| condition | seeds | flip rate | pairwise flip | mean abs margin diff | accuracy | "
-        "flip rate, in-dist | text-only agreement | p (flip vs baseline, max over seeds) |"
-    )
-    lines = [head, "|" + "---|" * 9]
-    base = results["baseline"]["heldout"]
-    rows: list[tuple[str, list[dict[str, Any]]]] = [("baseline", [results["baseline"]])]
+PAIRED_REFERENCES: tuple[tuple[str, str], ...] = (
+    ("baseline", "Δ flip vs baseline"),
+    ("all", "Δ flip vs all-layer LoRA"),
+)
+
+
+def _conditions(results: dict[str, Any]) -> list[tuple[str, str, list[dict[str, Any]]]]:
+    """(row label, reference key, reports) for the baseline, clamping and each LoRA range."""
+    rows: list[tuple[str, str, list[dict[str, Any]]]] = [
+        ("baseline", "baseline", [results["baseline"]])
+    ]
     if results.get("clamping"):
         a = results["clamping"]
-        rows.append((f"clamp L{a['layer']} f{a['feature']}", [results["clamping"]]))
+        rows.append((f"clamp L{a['layer']} f{a['feature']}", "clamping", [a]))
     for name, reports in results["runs"].items():
         layers = reports[0]["layers"]
         label = f"LoRA {name} ({'all' if layers is None else _span(layers)})"
         if "same_as" in reports[0]:
             label += f", same runs as {reports[0]['same_as']}"
-        rows.append((label, reports))
-    for label, reports in rows:
+        rows.append((label, name, reports))
+    return rows
+
+
+def paired_rows(
+    results: dict[str, Any], split: str = "heldout"
+) -> list[tuple[str, str, dict[str, PairedDifference | None]]]:
+    """Per condition: (row label, key, ``{reference: PairedDifference or None}``), the
+    paired difference of the per-question flip indicator on ``split`` against the
+    baseline and against all-layer LoRA (:data:`PAIRED_REFERENCES`): per question, flips
+    averaged over each condition's seeds, a patient bootstrap of the mean difference, and
+    McNemar's exact p when both sides have one seed. None for the reference itself, a
+    reference that did not run, or reports without ``items``."""
+    conditions = _conditions(results)
+    by_key = {key: reports for _, key, reports in conditions}
+    out = []
+    for label, key, reports in conditions:
+        cells: dict[str, PairedDifference | None] = {}
+        for ref, _ in PAIRED_REFERENCES:
+            other = by_key.get(ref)
+            if ref == key or other is None:
+                cells[ref] = None
+                continue
+            if not all("items" in r[split] for r in (*reports, *other)):
+                cells[ref] = None
+                continue
+            cells[ref] = paired_items(
+                [r[split]["items"] for r in reports], [r[split]["items"] for r in other], "flip"
+            )
+        out.append((label, key, cells))
+    return out
+
+
+def results_table(results: dict[str, Any]) -> str:
+    """Markdown: held-out paraphrase families (and in-distribution flip rate), mean and
+    range over seeds, and the paired differences of :func:`paired_rows` in percentage
+    points with their 95% intervals."""
+    head = (
+        "| condition | seeds | flip rate | pairwise flip | mean abs margin diff | accuracy | "
+        "flip rate, in-dist | text-only agreement | "
+        + " | ".join(f"{title} [95% interval]" for _, title in PAIRED_REFERENCES)
+        + " |"
+    )
+    lines = [head, "|" + "---|" * (8 + len(PAIRED_REFERENCES))]
+    paired = paired_rows(results)
+    for (label, _, reports), (_, _, cells) in zip(_conditions(results), paired, strict=True):
 
         def vals(split: str, key: str, reps: list[dict[str, Any]] = reports) -> list[float]:
             return [r[split][key]["value"] for r in reps]
 
-        if label == "baseline":
-            p = "–"
-        else:
-            p_values = [
-                two_proportion_z_test(
-                    base["flips"], base["groups"], r["heldout"]["flips"], r["heldout"]["groups"]
-                )[1]
-                for r in reports
-            ]
-            p = f"{max(p_values):.2g}"
+        deltas = []
+        for ref, _ in PAIRED_REFERENCES:
+            cell = cells[ref]
+            deltas.append("–" if cell is None else cell.pp())
         lines.append(
             "| "
             + " | ".join(
@@ -450,7 +502,7 @@ def results_table(results: dict[str, Any]) -> str:
                     _cell(vals("heldout", "accuracy")),
                     _cell(vals("in_distribution", "flip_rate")),
                     _cell(vals("heldout", "text_only_agreement")),
-                    p,
+                    *deltas,
                 ]
             )
             + " |"

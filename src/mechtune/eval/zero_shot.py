@@ -6,6 +6,14 @@
   affirmative-negation gap;
 - in-distribution vs held-out phrasing families;
 - linear probes on image embeddings, so that text-side failures are not blamed on images.
+
+Intervals: every item (a retrieval query, a claim set, a pair, an MCQ) belongs to a study
+of a patient, and a patient's studies share anatomy and findings, so proportions use
+:func:`~mechtune.eval.metrics.proportion` clustered by patient (Wilson when each patient
+has one item, else a patient bootstrap with a Wilson floor) and the gaps a patient
+bootstrap of the difference. ``report["items"]`` keeps the per-item correctness with item
+and patient ids, so that two models can be compared item by item
+(:func:`~mechtune.eval.metrics.paired_difference`).
 """
 
 from __future__ import annotations
@@ -21,10 +29,11 @@ from mechtune.data.ontology import load_ontology
 from mechtune.data.schema import ClaimSet
 from mechtune.eval.metrics import (
     Estimate,
-    bootstrap_mean,
+    bootstrap_mean_difference,
     claim_hits,
     linear_probe_accuracy,
     pairwise_hits,
+    proportion,
     retrieval_hits,
 )
 from mechtune.sim.world import World
@@ -51,14 +60,16 @@ def embed_texts(model: DualEncoder, texts: list[str]) -> tuple[torch.Tensor, dic
     return table, {t: i for i, t in enumerate(unique)}
 
 
-def retrieval(
+def retrieval_hit_table(
     model: DualEncoder, world: World, idx: np.ndarray, image_emb: torch.Tensor
-) -> dict[str, Estimate]:
+) -> dict[str, np.ndarray]:
+    """Per query study of ``idx``: is its own report among the top k of the split's
+    distinct reports? ``{"R@1": bool [Q], "R@5": bool [Q]}``."""
     reports = [world.studies[i].report or "" for i in idx]
     table, index = embed_texts(model, reports)
     sim = (image_emb @ table.T).numpy()
     target = np.array([index[r] for r in reports])
-    return {f"R@{k}": bootstrap_mean(retrieval_hits(sim, target, k)) for k in (1, 5)}
+    return {f"R@{k}": retrieval_hits(sim, target, k) for k in (1, 5)}
 
 
 def claim_scores(
@@ -76,65 +87,74 @@ def claim_scores(
     return scores
 
 
+def claim_slice(cs: ClaimSet) -> str:
+    """``"affirmative"``, ``"negated"`` (same side) or ``"contralateral"``: the kind of
+    the correct claim, the slices accuracy is reported by."""
+    if cs.contralateral:
+        return "contralateral"
+    return "affirmative" if cs.polarity == "affirmative" else "negated"
+
+
 def summarise_claims(claim_sets: list[ClaimSet], scores: list[np.ndarray]) -> dict[str, Any]:
-    """Top-1 and pairwise accuracies, sliced every way the papers report them."""
-    top1 = claim_hits(scores)
+    """Top-1 and pairwise accuracies, sliced every way the papers report them.
+
+    Proportions are clustered by patient; gaps are differences of two slices' accuracy
+    with a patient bootstrap."""
+    top1 = claim_hits(scores).astype(np.float64)
     pairs = pairwise_hits(scores)
+    patients = np.array([cs.patient_id for cs in claim_sets], dtype=object)
+    slices = np.array([claim_slice(cs) for cs in claim_sets], dtype=object)
     out: dict[str, Any] = {}
     for family_name, keep in (("in_distribution", False), ("heldout", True)):
-        mask = np.array([cs.heldout_family == keep for cs in claim_sets])
-        if not mask.any():
+        sel = np.array([i for i, cs in enumerate(claim_sets) if cs.heldout_family == keep], int)
+        if not sel.size:
             continue
-        sel = [i for i in range(len(claim_sets)) if mask[i]]
-        by_attr: dict[str, list[bool]] = defaultdict(list)
+        by_attr: dict[str, list[tuple[bool, str]]] = defaultdict(list)
         for i in sel:
             for hit, attr in zip(pairs[i], claim_sets[i].flipped, strict=True):
-                by_attr[attr].append(bool(hit))
-        groups = {
-            "affirmative": [i for i in sel if claim_sets[i].polarity == "affirmative"],
-            "negated": [
-                i
-                for i in sel
-                if claim_sets[i].polarity == "negated" and not claim_sets[i].contralateral
-            ],
-            "contralateral": [i for i in sel if claim_sets[i].contralateral],
-        }
-        acc = {k: bootstrap_mean(top1[v]) for k, v in groups.items()}
-        gap = bootstrap_mean_diff(top1[groups["affirmative"]], top1[groups["negated"]])
+                by_attr[attr].append((bool(hit), claim_sets[i].patient_id))
+        groups = {k: sel[slices[sel] == k] for k in ("affirmative", "negated", "contralateral")}
+        acc = {k: proportion(top1[v], clusters=patients[v]) for k, v in groups.items()}
+        gap = _gap(top1, patients, groups["affirmative"], groups["negated"])
         # Like for like: sets whose only negative is the polarity-flipped statement, so
         # affirmative and negated sets are equally hard apart from the wording.
         existence = {
-            k: [i for i in v if claim_sets[i].flipped == ("existence",)]
+            k: np.array([i for i in v if claim_sets[i].flipped == ("existence",)], int)
             for k, v in groups.items()
             if k != "contralateral"
         }
-        existence_gap = bootstrap_mean_diff(
-            top1[existence["affirmative"]], top1[existence["negated"]]
-        )
+        existence_gap = _gap(top1, patients, existence["affirmative"], existence["negated"])
         out[family_name] = {
-            "claim_accuracy": bootstrap_mean(top1[sel]),
-            "pairwise_by_attribute": {a: bootstrap_mean(v) for a, v in sorted(by_attr.items())},
+            "claim_accuracy": proportion(top1[sel], clusters=patients[sel]),
+            "pairwise_by_attribute": {
+                a: proportion([h for h, _ in v], clusters=[p for _, p in v])
+                for a, v in sorted(by_attr.items())
+            },
             "accuracy_by_polarity": acc,
             "affirmative_negation_gap": gap,
             "existence_only_gap": existence_gap,
-            "claim_sets": len(sel),
+            "claim_sets": int(sel.size),
         }
     return out
 
 
-def bootstrap_mean_diff(
-    a: np.ndarray, b: np.ndarray, n_boot: int = 1000, seed: int = 0
-) -> Estimate:
-    """Difference of two independent means with a percentile bootstrap interval."""
-    if len(a) == 0 or len(b) == 0:
-        return Estimate(float("nan"), float("nan"), float("nan"), 0)
-    rng = np.random.default_rng(seed)
-    x, y = np.asarray(a, float), np.asarray(b, float)
-    diffs = x[rng.integers(0, len(x), (n_boot, len(x)))].mean(1) - y[
-        rng.integers(0, len(y), (n_boot, len(y)))
-    ].mean(1)
-    low, high = np.quantile(diffs, [0.025, 0.975])
-    return Estimate(float(x.mean() - y.mean()), float(low), float(high), len(x) + len(y))
+def _gap(top1: np.ndarray, patients: np.ndarray, a: np.ndarray, b: np.ndarray) -> Estimate:
+    """Accuracy of claim sets ``a`` minus that of ``b``, with a patient bootstrap."""
+    return bootstrap_mean_difference(
+        top1[a], top1[b], clusters_a=list(patients[a]), clusters_b=list(patients[b])
+    )
+
+
+def claim_items(claim_sets: list[ClaimSet], scores: list[np.ndarray]) -> dict[str, list[Any]]:
+    """Per claim set, column-wise: ``id``, ``patient``, ``heldout`` (phrasing family),
+    ``slice`` (:func:`claim_slice`) and ``correct`` (top-1 hit), for paired comparisons."""
+    return {
+        "id": [cs.claim_set_id for cs in claim_sets],
+        "patient": [cs.patient_id for cs in claim_sets],
+        "heldout": [cs.heldout_family for cs in claim_sets],
+        "slice": [claim_slice(cs) for cs in claim_sets],
+        "correct": claim_hits(scores).tolist(),
+    }
 
 
 def probe_labels(world: World, idx: np.ndarray) -> dict[str, np.ndarray]:
@@ -189,7 +209,9 @@ def evaluate_zero_shot(
     contextual: ContextualConfig | None = None,
     probes: bool = True,
 ) -> dict[str, Any]:
-    """All sanity figures on one split of a world."""
+    """All sanity figures on one split of a world, with the per-item correctness under
+    ``"items"`` (``claims``: :func:`claim_items`; ``retrieval`` and ``polarity_mcq``:
+    ``id`` (study), ``patient`` and one bool list per metric)."""
     contextual = contextual or ContextualConfig(
         seed=world.config.seed, split_fractions=world.config.split_fractions
     )
@@ -198,12 +220,24 @@ def evaluate_zero_shot(
     row = {world.studies[i].study_id: j for j, i in enumerate(idx)}
     claim_sets = [cs for i in idx for cs in study_records(world.studies[i], contextual)[0]]
     scores = claim_scores(model, claim_sets, row, image_emb)
+    patients = [world.studies[i].patient_id for i in idx]
+    hits = retrieval_hit_table(model, world, idx, image_emb)
+    mcq_items = polarity_mcq_items(model, world, split=split, image_emb=image_emb)
     report: dict[str, Any] = {
         "split": split,
         "studies": len(idx),
-        "retrieval": retrieval(model, world, idx, image_emb),
+        "retrieval": {name: proportion(h, clusters=patients) for name, h in hits.items()},
         "claims": summarise_claims(claim_sets, scores),
-        "polarity_mcq": polarity_mcq_accuracy(model, world, split=split, image_emb=image_emb),
+        "polarity_mcq": _mcq_estimates(mcq_items),
+        "items": {
+            "claims": claim_items(claim_sets, scores),
+            "retrieval": {
+                "id": [world.studies[i].study_id for i in idx],
+                "patient": patients,
+                **{name: h.tolist() for name, h in hits.items()},
+            },
+            "polarity_mcq": mcq_items,
+        },
     }
     if probes:
         train_idx = world.indices("train")
@@ -212,17 +246,6 @@ def evaluate_zero_shot(
             train_emb, probe_labels(world, train_idx), image_emb, probe_labels(world, idx)
         )
     return report
-
-
-def to_jsonable(obj: Any) -> Any:
-    """Estimates and nested dicts as plain JSON values."""
-    if isinstance(obj, Estimate):
-        return obj.to_dict()
-    if isinstance(obj, dict):
-        return {k: to_jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, list | tuple):
-        return [to_jsonable(v) for v in obj]
-    return obj
 
 
 def summary_rows(report: dict[str, Any]) -> list[tuple[str, str, str]]:
@@ -260,28 +283,51 @@ def summary_rows(report: dict[str, Any]) -> list[tuple[str, str, str]]:
     return rows
 
 
-def polarity_mcq_accuracy(
+MCQ_FORMS: tuple[str, ...] = ("negated", "affirmative")
+
+
+def polarity_mcq_items(
     model: DualEncoder, world: World, *, split: str = "test", image_emb: torch.Tensor | None = None
-) -> dict[str, Estimate]:
-    """Accuracy on the polarity-controlled MCQs: the same questions with absence worded
-    by negation vs by affirmative equivalents (NAST's MedNega-CXR comparison)."""
+) -> dict[str, list[Any]]:
+    """Per polarity-controlled MCQ (one per study that passes the row filter),
+    column-wise: ``id`` (study), ``patient``, and ``negated`` / ``affirmative``: is the
+    correct option top-scored when absence is worded by negation / by an affirmative
+    equivalent (NAST's MedNega-CXR comparison)?"""
     from mechtune.data.builders.polarity import PolarityConfig, make_mcq, passes_row_filter
 
     cfg = PolarityConfig(seed=world.config.seed, split_fractions=world.config.split_fractions)
     idx = world.indices(split)
     emb = image_emb if image_emb is not None else embed_images(model, world.images[idx])
     questions = [
-        (j, make_mcq(world.studies[i], cfg, split))
+        (j, int(i), make_mcq(world.studies[i], cfg, split))
         for j, i in enumerate(idx)
         if passes_row_filter(world.studies[i], cfg)
     ]
-    out: dict[str, Estimate] = {}
-    for form in ("negated", "affirmative"):
-        texts = [t for _, q in questions for t in getattr(q, f"{form}_options")]
+    out: dict[str, list[Any]] = {
+        "id": [world.studies[i].study_id for _, i, _ in questions],
+        "patient": [world.studies[i].patient_id for _, i, _ in questions],
+    }
+    for form in MCQ_FORMS:
+        texts = [t for _, _, q in questions for t in getattr(q, f"{form}_options")]
         table, index = embed_texts(model, texts) if texts else (torch.empty(0), {})
         hits = []
-        for j, q in questions:
+        for j, _, q in questions:
             options = table[[index[t] for t in getattr(q, f"{form}_options")]]
             hits.append(int((options @ emb[j]).argmax()) == q.correct_index)
-        out[form] = bootstrap_mean(np.array(hits, dtype=float))
+        out[form] = hits
     return out
+
+
+def _mcq_estimates(items: dict[str, list[Any]]) -> dict[str, Estimate]:
+    return {
+        form: proportion(np.array(items[form], dtype=np.float64), clusters=items["patient"])
+        for form in MCQ_FORMS
+    }
+
+
+def polarity_mcq_accuracy(
+    model: DualEncoder, world: World, *, split: str = "test", image_emb: torch.Tensor | None = None
+) -> dict[str, Estimate]:
+    """Accuracy on the polarity-controlled MCQs (:func:`polarity_mcq_items`), a
+    proportion over questions clustered by patient, per wording."""
+    return _mcq_estimates(polarity_mcq_items(model, world, split=split, image_emb=image_emb))

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
-from mechtune.data.io import atomic_path, atomic_write_text
+from mechtune.data.io import atomic_path, write_json
 from mechtune.errors import ConfigError, DataError
 from mechtune.interp.pairs import ROLES, infer_roles
 from mechtune.interp.tracing import PairScores, TracePair, trace_scores
@@ -93,7 +93,7 @@ class TraceResult:
             "config": self.config,
             "counts": self.counts,
         }
-        atomic_write_text(out / META, json.dumps(meta, indent=2, sort_keys=True) + "\n")
+        write_json(out / META, meta, sort_keys=True)
         return out
 
     @classmethod

@@ -32,7 +32,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import nn
 
-from mechtune.data.io import atomic_path, atomic_write_text
+from mechtune.data.io import atomic_path, dumps_json, write_json
 from mechtune.errors import ConfigError, DataError
 
 GEMMA_SCOPE_2_FILE = "params.safetensors"
@@ -323,7 +323,7 @@ def save_gemma_scope(sae: SAE, folder: str | Path) -> Path:
         raise DataError(f"Gemma Scope stores jumprelu SAEs only, got kind {sae.config.kind!r}")
     file = Path(folder) / GEMMA_SCOPE_2_FILE
     tensors = {k: v.contiguous().cpu() for k, v in sae.tensors().items()}
-    metadata = {_CONFIG_METADATA_KEY: json.dumps(sae.config.to_dict(), sort_keys=True)}
+    metadata = {_CONFIG_METADATA_KEY: dumps_json(sae.config, indent=None, sort_keys=True)}
     with atomic_path(file) as tmp:
         save_file(tensors, str(tmp), metadata=metadata)
     return file
@@ -444,7 +444,7 @@ def save_saelens(sae: SAE, folder: str | Path) -> Path:
     tensors = {_SAELENS_NAMES[k]: v.contiguous().cpu() for k, v in sae.tensors().items()}
     with atomic_path(root / SAELENS_WEIGHTS) as tmp:
         save_file(tensors, str(tmp))
-    atomic_write_text(root / SAELENS_CONFIG, json.dumps(cfg, indent=2, sort_keys=True) + "\n")
+    write_json(root / SAELENS_CONFIG, cfg, sort_keys=True)
     return root
 
 

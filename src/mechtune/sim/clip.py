@@ -20,7 +20,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from mechtune.data.io import atomic_path, atomic_write_text
+from mechtune.data.io import atomic_path, write_json
 from mechtune.errors import ConfigError
 from mechtune.sim.text_tower import MINILM_ID, MiniLMTower
 
@@ -151,7 +151,7 @@ class PhantomCLIP(nn.Module):
         with atomic_path(out / WEIGHTS) as tmp:
             save_file(self.trainable_state(), str(tmp), metadata={"format": "pt"})
         meta = {"model": self.config.to_dict(), **(extra or {})}
-        atomic_write_text(out / CONFIG, json.dumps(meta, indent=2, sort_keys=True) + "\n")
+        write_json(out / CONFIG, meta, sort_keys=True)
 
     @classmethod
     def load(cls, folder: str | Path, text: MiniLMTower | None = None) -> PhantomCLIP:

@@ -30,7 +30,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from mechtune.data.io import atomic_path, atomic_write_text
+from mechtune.data.io import atomic_path, write_json
 from mechtune.errors import ConfigError, DataError
 from mechtune.models.sites import BERT_LORA
 from mechtune.sim.clip import ImageEncoder, PhantomCLIPConfig, default_checkpoint
@@ -192,7 +192,7 @@ class PhantomVQA(nn.Module):
         with atomic_path(out / WEIGHTS) as tmp:
             save_file(state, str(tmp), metadata={"format": "pt"})
         meta = {"model": self.config.to_dict(), **(extra or {})}
-        atomic_write_text(out / CONFIG, json.dumps(meta, indent=2, sort_keys=True) + "\n")
+        write_json(out / CONFIG, meta, sort_keys=True)
 
     @classmethod
     def load(

@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from mechtune.data.io import atomic_path, read_manifest, write_manifest
+from mechtune.data.io import atomic_path, dumps_json, read_manifest, write_manifest
 from mechtune.data.schema import Study
 from mechtune.data.splits import DEFAULT_FRACTIONS, patient_split
 from mechtune.data.synthetic import SyntheticConfig, sample_studies
@@ -112,7 +112,7 @@ def make_world(config: WorldConfig, progress: Callable[[int], None] | None = Non
 def _write_jsonl(path: Path, rows: Sequence[dict[str, Any]]) -> None:
     with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as fh:
         for row in rows:
-            fh.write(json.dumps(row, ensure_ascii=False) + "\n")
+            fh.write(dumps_json(row, indent=None, ensure_ascii=False) + "\n")
 
 
 def save_world(world: World, out_dir: str | Path) -> Path:

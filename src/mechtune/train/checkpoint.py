@@ -19,7 +19,7 @@ from peft import PeftModel
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from mechtune.data.io import atomic_path, atomic_write_text
+from mechtune.data.io import atomic_path, write_json
 from mechtune.errors import DataError
 
 
@@ -51,7 +51,7 @@ def save_checkpoint(
     if isinstance(model, PeftModel):
         model.save_pretrained(str(folder / "peft"))
     # state.json last: its presence marks the checkpoint complete
-    atomic_write_text(folder / "state.json", json.dumps({"step": step, **state}, indent=2) + "\n")
+    write_json(folder / "state.json", {"step": step, **state})
     return folder
 
 
