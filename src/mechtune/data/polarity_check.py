@@ -170,6 +170,13 @@ class PolarityChecker:
             warnings.filterwarnings("ignore", message=_W036)
             return _found(self.nlp(text))
 
+    def read(self, text: str) -> dict[str, list[str]]:
+        """``{condition: [verdict for each mention]}``, a verdict ``negated`` or ``affirmed``."""
+        return {
+            cond: ["negated" if f else "affirmed" for f in flags]
+            for cond, flags in self.detect(text).items()
+        }
+
     def check(
         self, items: Iterable[LabelledText], *, batch_size: int = 256, max_examples: int = 20
     ) -> PolarityReport:
