@@ -25,9 +25,8 @@ import yaml
 from scipy.stats import binomtest
 
 from mechtune.data.ontology import load_ontology
+from mechtune.data.polarity_check import VERDICTS
 from mechtune.errors import DataError
-
-VERDICTS = ("affirmed", "negated", "uncertain")
 
 
 class VerdictReader(Protocol):
@@ -200,7 +199,6 @@ def accuracy_by_category(results: Iterable[MentionResult]) -> dict[str, Category
 
 
 __all__ = [
-    "VERDICTS",
     "CategoryAccuracy",
     "MentionResult",
     "ReferenceSentence",
