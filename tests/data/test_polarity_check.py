@@ -168,3 +168,33 @@ def test_missing_extra_names_the_install_command(monkeypatch):
 def test_mention_polarity_is_validated():
     with pytest.raises(ValueError, match="polarity must be one of"):
         Mention("edema", "maybe")
+
+
+def test_every_clause_family_pair_reads_right_in_a_list(checker):
+    # MCQ options join one clause per condition (builders.polarity._join): every mix of
+    # an affirmative and a negation clause family must read as labelled, in every order.
+    # A cue-less clause ("{x}") failed this: "No A, B and C" reads as three absences.
+    from itertools import product
+
+    from mechtune.data.builders.polarity import _join
+
+    onto = load_ontology()
+    conds = ("pneumothorax", "cardiomegaly", "atelectasis")
+    items = []
+    for caff, cneg in product(
+        onto.families_of("clause_affirmative"), onto.families_of("clause_negation")
+    ):
+        for vec in product((0, 1), repeat=3):
+            clauses = [
+                realise(Finding(c, bool(v)), caff if v else cneg)
+                for c, v in zip(conds, vec, strict=True)
+            ]
+            mentions = tuple(
+                Mention(c, "affirmed" if v else "negated") for c, v in zip(conds, vec, strict=True)
+            )
+            items.append(LabelledText(_join(clauses), mentions, f"{caff.id}+{cneg.id}"))
+    report = checker.check(items)
+    assert report.n_mentions == 3 * 8 * len(onto.families_of("clause_affirmative")) * len(
+        onto.families_of("clause_negation")
+    )
+    assert (report.disagree, report.uncertain, report.unmatched) == (0, 0, 0), report.examples
