@@ -15,9 +15,12 @@ or a cue: "lines and tubes" is one finding), and a cue reaches a finding in anot
 only across items that carry no cue of their own (``reaches``). An item joined by "or" or
 "nor" stays inside a forward cue's list even with an affirmative predicate ("No
 pneumothorax or pleural effusion is seen."): a disjunction under a negation is how reports
-write a negated list, and the predicate belongs to the whole list. This is the
-coordination rule that NegBio reads from a dependency parse (Peng et al., AMIA 2018),
-taken here from punctuation and cue positions, since the checker has no parser.
+write a negated list, and the predicate belongs to the whole list. Two more signals: a
+size or grade word ("No effusion, small left pneumothorax.") marks a new, present finding
+after a forward cue; and a clause whose items are marked one by one ("No A, B, no C";
+"A, no B, C") does not distribute a cue over its bare items. This is the coordination
+that NegBio reads from a dependency parse (Peng et al., AMIA 2018), taken here from
+punctuation and cue positions, since the checker has no parser.
 
 The cues themselves are medspacy's default English rules plus the radiology rules in
 ``resources/context_rules.yaml`` (which also lists the defaults it drops, and why).
@@ -152,7 +155,7 @@ class ClauseLayout:
 
         A cue reaches a finding in its own item, and never one in another clause. Across
         items, it reaches a finding when every item in between, and the finding's, carries
-        no cue of its own, with two refinements:
+        no cue of its own, with three refinements:
 
         - a size or grade word ("small", "mild") stops a forward cue's list, not a backward
           one's ("No effusion, small pneumothorax."; "The small effusion and the
