@@ -18,6 +18,7 @@ from mechtune.data.builders.paraphrase import ParaphraseConfig, build_paraphrase
 from mechtune.data.builders.polarity import PolarityConfig, build_polarity
 from mechtune.data.check import (
     DEFAULT_MAX_DISAGREEMENT,
+    DEFAULT_MAX_UNCERTAIN,
     DEFAULT_SAMPLE,
     PolarityCheckFailed,
     check_dataset,
@@ -72,7 +73,16 @@ CheckOpt = Annotated[
     ),
 ]
 MaxDisOpt = Annotated[
-    float, typer.Option(help="Fail when the polarity disagreement rate exceeds this.")
+    float,
+    typer.Option(help="Fail when the polarity disagreement rate exceeds this.", min=0.0, max=1.0),
+]
+MaxUncOpt = Annotated[
+    float,
+    typer.Option(
+        help="Fail when the share of mentions the polarity check reads as uncertain exceeds this.",
+        min=0.0,
+        max=1.0,
+    ),
 ]
 
 
@@ -90,16 +100,38 @@ def report_table(title: str, result: BuildResult) -> Table:
     return table
 
 
-def print_check(report: PolarityReport, threshold: float) -> None:
-    status = "[green]passed[/]" if report.passes(threshold) else "[red]FAILED[/]"
+def print_check(report: PolarityReport, threshold: float, max_uncertain: float) -> None:
+    status = "[green]passed[/]" if report.passes(threshold, max_uncertain) else "[red]FAILED[/]"
     console.print(
         f"polarity check {status}: {report.n_texts} sentences, {report.n_mentions} mentions; "
         f"disagreement {report.disagreement_rate:.2%} (limit {threshold:.2%}), "
-        f"unmatched {report.unmatched}"
+        f"uncertain {report.uncertain} = {report.uncertain_rate:.2%} "
+        f"(limit {max_uncertain:.2%}), unmatched {report.unmatched}"
     )
 
 
-def run_check(out: Path, enabled: bool, threshold: float, sample: int = DEFAULT_SAMPLE) -> None:
+def check_table(title: str, counts: dict[str, dict[str, int]]) -> Table:
+    """One row per family (or labelled polarity): counts and the two rates."""
+    table = Table(title, "agree", "disagree", "uncertain", "unmatched", "disagree%", "uncertain%")
+    for key, c in sorted(counts.items()):
+        decided = c.get("agree", 0) + c.get("disagree", 0)
+        matched = decided + c.get("uncertain", 0)
+        table.add_row(
+            key,
+            *(str(c.get(k, 0)) for k in ("agree", "disagree", "uncertain", "unmatched")),
+            f"{c.get('disagree', 0) / decided:.1%}" if decided else "-",
+            f"{c.get('uncertain', 0) / matched:.1%}" if matched else "-",
+        )
+    return table
+
+
+def run_check(
+    out: Path,
+    enabled: bool,
+    threshold: float,
+    max_uncertain: float = DEFAULT_MAX_UNCERTAIN,
+    sample: int = DEFAULT_SAMPLE,
+) -> None:
     """Run the polarity check after a build; a missing extra is reported, not hidden."""
     if not enabled:
         console.print(f"{out}: polarity check disabled (--no-check)")
@@ -111,11 +143,13 @@ def run_check(out: Path, enabled: bool, threshold: float, sample: int = DEFAULT_
         )
         return
     try:
-        report = check_dataset(out, sample_rows=sample, max_disagreement=threshold)
+        report = check_dataset(
+            out, sample_rows=sample, max_disagreement=threshold, max_uncertain=max_uncertain
+        )
     except PolarityCheckFailed as exc:
-        print_check(exc.report, threshold)
+        print_check(exc.report, threshold, max_uncertain)
         raise
-    print_check(report, threshold)
+    print_check(report, threshold, max_uncertain)
 
 
 def _build(kind: str, source: StudySource, out: Path, seed: int, fmt: Fmt) -> BuildResult:
@@ -158,13 +192,14 @@ def build_kinds(
     check: bool,
     max_disagreement: float,
     nested: bool,
+    max_uncertain: float = DEFAULT_MAX_UNCERTAIN,
 ) -> dict[str, BuildResult]:
     results = {}
     for kind in kinds:
         target = out / kind if nested else out
         results[kind] = _build(kind, source, target, seed, fmt)
         console.print(report_table(f"{kind} -> {target}", results[kind]))
-        run_check(target, check, max_disagreement)
+        run_check(target, check, max_disagreement, max_uncertain)
     return results
 
 
@@ -180,6 +215,7 @@ def build_all(
     skip_bad: SkipBadOpt = False,
     check: CheckOpt = True,
     max_disagreement: MaxDisOpt = DEFAULT_MAX_DISAGREEMENT,
+    max_uncertain: MaxUncOpt = DEFAULT_MAX_UNCERTAIN,
 ) -> None:
     if ctx.invoked_subcommand is not None:
         return
@@ -195,6 +231,7 @@ def build_all(
         check,
         max_disagreement,
         nested=True,
+        max_uncertain=max_uncertain,
     )
 
 
@@ -218,9 +255,20 @@ def _build_command(kind: str) -> Callable[..., None]:
         skip_bad: SkipBadOpt = False,
         check: CheckOpt = True,
         max_disagreement: MaxDisOpt = DEFAULT_MAX_DISAGREEMENT,
+        max_uncertain: MaxUncOpt = DEFAULT_MAX_UNCERTAIN,
     ) -> None:
         source = study_source(labels, n, seed, uncertain.value, skip_bad)
-        build_kinds([kind], out, source, seed, fmt, check, max_disagreement, nested=False)
+        build_kinds(
+            [kind],
+            out,
+            source,
+            seed,
+            fmt,
+            check,
+            max_disagreement,
+            nested=False,
+            max_uncertain=max_uncertain,
+        )
 
     command.__doc__ = BUILD_HELP[kind]
     return command
@@ -260,10 +308,11 @@ def import_nast(
     skip_bad: SkipBadOpt = False,
     check: CheckOpt = True,
     max_disagreement: MaxDisOpt = DEFAULT_MAX_DISAGREEMENT,
+    max_uncertain: MaxUncOpt = DEFAULT_MAX_UNCERTAIN,
 ) -> None:
     """Validate a NAST (MedNega-CXR) benchmark file and convert it to an mcq table."""
     _import(read_nast_benchmark, path, skip_bad, "polarity", "mcq", out, fmt)
-    run_check(out, check, max_disagreement)
+    run_check(out, check, max_disagreement, max_uncertain)
 
 
 @import_app.command("psf")
@@ -284,8 +333,10 @@ def check_cmd(
         int, typer.Option(help="Rows to check per table (0: all).", min=0)
     ] = DEFAULT_SAMPLE,
     max_disagreement: MaxDisOpt = DEFAULT_MAX_DISAGREEMENT,
+    max_uncertain: MaxUncOpt = DEFAULT_MAX_UNCERTAIN,
 ) -> None:
-    """Run the polarity check on built data and print statistics."""
+    """Run the polarity check on built data and print statistics: per family and per
+    labelled polarity, how many mentions agree, disagree, or read as uncertain."""
     folders = (
         [path]
         if (path / MANIFEST_NAME).is_file()
@@ -303,19 +354,15 @@ def check_cmd(
         console.print(f"[bold]{folder}[/] ({manifest['kind']})")
         try:
             report = check_dataset(
-                folder, sample_rows=sample or None, max_disagreement=max_disagreement
+                folder,
+                sample_rows=sample or None,
+                max_disagreement=max_disagreement,
+                max_uncertain=max_uncertain,
             )
         except PolarityCheckFailed as exc:
             report, failed = exc.report, True
-        print_check(report, max_disagreement)
-        table = Table("family", "agree", "disagree", "unmatched", title_justify="left")
-        for family, c in sorted(report.by_family.items()):
-            table.add_row(
-                family,
-                str(c.get("agree", 0)),
-                str(c.get("disagree", 0)),
-                str(c.get("unmatched", 0)),
-            )
-        console.print(table)
+        print_check(report, max_disagreement, max_uncertain)
+        console.print(check_table("family", report.by_family))
+        console.print(check_table("label", report.by_polarity))
     if failed:
         raise typer.Exit(1)

@@ -2,7 +2,10 @@
 
 Every table row carries enough structure to say which condition each sentence mentions
 and with what polarity; this module turns rows into ``LabelledText`` items, samples them
-evenly, and runs the clinical negation detector over them.
+evenly, and runs the clinical negation detector over them. The gate fails when more than
+``max_disagreement`` of the decided mentions disagree with their label (default 2%) or
+more than ``max_uncertain`` of the matched mentions read as uncertain (default 5%); the
+result, both limits and the rates by family and by labelled polarity go into the manifest.
 """
 
 from __future__ import annotations
@@ -15,27 +18,52 @@ from typing import Any
 import pyarrow.parquet as pq
 
 from mechtune.data.io import MANIFEST_NAME, read_manifest, write_json
-from mechtune.data.polarity_check import LabelledText, Mention, PolarityChecker, PolarityReport
-from mechtune.errors import GateFailed
+from mechtune.data.polarity_check import (
+    DEFAULT_MAX_UNCERTAIN,
+    LabelledText,
+    Mention,
+    PolarityChecker,
+    PolarityReport,
+)
+from mechtune.errors import ConfigError, GateFailed
 
 DEFAULT_MAX_DISAGREEMENT = 0.02
 DEFAULT_SAMPLE = 2000
 
 
-class PolarityCheckFailed(GateFailed):
-    """The negation detector disagreed with our labels too often."""
+def _shown(examples: list[dict[str, Any]]) -> str:
+    return "; ".join(
+        f"{e['text']!r} ({e['condition']}: expected {e['expected']}, got {e['detected']})"
+        for e in examples[:3]
+    )
 
-    def __init__(self, out_dir: Path, report: PolarityReport, threshold: float) -> None:
+
+class PolarityCheckFailed(GateFailed):
+    """The negation detector disagreed with our labels, or was uncertain, too often."""
+
+    def __init__(
+        self,
+        out_dir: Path,
+        report: PolarityReport,
+        threshold: float,
+        max_uncertain: float = DEFAULT_MAX_UNCERTAIN,
+    ) -> None:
         self.report = report
-        shown = "; ".join(
-            f"{e['text']!r} ({e['condition']}: expected {e['expected']}, got {e['detected']})"
-            for e in report.examples[:3]
-        )
-        super().__init__(
-            f"{out_dir}: polarity check failed: disagreement rate "
-            f"{report.disagreement_rate:.2%} > {threshold:.2%} "
-            f"({report.disagree} of {report.agree + report.disagree} mentions). E.g. {shown}"
-        )
+        parts = []
+        if report.disagreement_rate > threshold:
+            parts.append(f"{report.failures(threshold, 1.0)[0]}. E.g. {_shown(report.examples)}")
+        if report.uncertain_rate > max_uncertain:
+            parts.append(
+                f"{report.failures(1.0, max_uncertain)[0]}. "
+                f"E.g. {_shown(report.uncertain_examples)}"
+            )
+        super().__init__(f"{out_dir}: polarity check failed: " + "; and ".join(parts))
+
+
+def _check_limits(max_disagreement: float, max_uncertain: float) -> None:
+    for name, value in (("max_disagreement", max_disagreement), ("max_uncertain", max_uncertain)):
+        if not 0.0 <= value <= 1.0:
+            raise ConfigError(f"{name} must be a rate in [0, 1], got {value!r}")
 
 
 def _mention_polarity(polarity: str) -> str:
@@ -136,21 +164,32 @@ def check_dataset(
     *,
     sample_rows: int | None = DEFAULT_SAMPLE,
     max_disagreement: float = DEFAULT_MAX_DISAGREEMENT,
+    max_uncertain: float = DEFAULT_MAX_UNCERTAIN,
     checker: PolarityChecker | None = None,
     record: bool = True,
 ) -> PolarityReport:
-    """Check a data folder; record the result in its manifest; raise if it fails."""
+    """Check a data folder; record the result in its manifest; raise if it fails.
+
+    The gate fails when the disagreement rate (over decided mentions) exceeds
+    ``max_disagreement`` or the uncertain rate (over matched mentions) exceeds
+    ``max_uncertain``: a detector that cannot decide has not checked the label either.
+    Raises ``ConfigError`` for a limit outside [0, 1] and ``PolarityCheckFailed`` (a
+    ``GateFailed``) naming the rate(s) over their limit, with examples.
+    """
+    _check_limits(max_disagreement, max_uncertain)
     out = Path(out_dir)
     report = (checker or PolarityChecker()).check(labelled_texts(out, sample_rows=sample_rows))
+    passed = report.passes(max_disagreement, max_uncertain)
     if record:
         manifest = read_manifest(out)
         manifest["polarity_check"] = {
             "sample_rows": sample_rows,
             "max_disagreement": max_disagreement,
-            "passed": report.passes(max_disagreement),
+            "max_uncertain": max_uncertain,
+            "passed": passed,
             **report.to_dict(),
         }
         write_json(out / MANIFEST_NAME, manifest, sort_keys=True)
-    if not report.passes(max_disagreement):
-        raise PolarityCheckFailed(out, report, max_disagreement)
+    if not passed:
+        raise PolarityCheckFailed(out, report, max_disagreement, max_uncertain)
     return report

@@ -1,20 +1,34 @@
 """The independent polarity check: a real clinical negation detector reads our sentences.
 
 Every generated sentence carries a known polarity per condition it mentions. Here
-medspacy's ConText (the optional ``clinical`` extra) reads each sentence, and we count how
-often its verdict disagrees with our label, so that a wrong template is caught before it
-reaches a benchmark. medspacy's default rules miss postposed cues ("Pleural effusion is
-not seen.", "Pneumothorax absent."), so backward rules for the cues our templates use are
-added, with a one-token scope so that "A present, B absent" does not negate A.
+medspacy's ConText (the optional ``clinical`` extra) reads each sentence and gives every
+mention a verdict, ``negated``, ``affirmed`` or ``uncertain``; we count how often it
+disagrees with our label, so that a wrong template is caught before it reaches a
+benchmark. The detector must read real report language, not only our templates: its
+accuracy per cue category on a hand-labelled fixture of radiology sentences
+(``tests/data/fixtures/negation_scope.yaml``) is in ``docs/results.md``.
 
-Our generated clause lists give every clause its own cue ("negative for A, evidence of B
-and C noted"), never one negation distributed over a list. ConText's default scope runs
-to the end of the sentence, so "," ";" and "and" are added as scope terminators: that is
-the reading our grammar means, and a template that did distribute a negation would be
-flagged. The terminators get a one-token scope of their own: medspacy 1.3 only lets a
-terminator cut a scope when the two scopes overlap at an edge, so with sentence-wide
-terminator scopes only the first terminator of a sentence would take effect, and the
-default backward cue "free" (as in "device-free chest") would reach across the rest.
+How a sentence is read (rules in ``resources/context_rules.yaml``, scope in
+:mod:`mechtune.data.polarity_rules`):
+
+1. Cues are medspacy's default ConText rules plus radiology rules: postposed negations
+   ("Pleural effusion is not seen.", "Pneumothorax absent.", "has resolved"), "negative
+   for" after a verb, hedges ("cannot be excluded", "may represent", "questionable",
+   "versus"), indications ("Evaluate for pneumonia."), and pseudo-negations that negate
+   nothing ("No change in the left pleural effusion.", "has not resolved").
+2. A scope never leaves its sentence and stops at a clause break: ";", ":", "but",
+   "however", "although", "with", "which", ...
+3. One cue governs every item of a coordinated list ("No pneumothorax, pleural effusion,
+   or consolidation."; "Pneumothorax and pleural effusion are not seen.").
+4. A list item with a cue of its own opens a new clause that an earlier (or, for a
+   backward cue, later) cue does not reach: "Negative for A, evidence of B and C noted",
+   "Cardiomegaly present, pleural effusion absent". An item joined by "or" stays in a
+   negated list even with a predicate: "No A or B is seen."
+5. A mention reached by a hedge is ``uncertain`` (the checker does not guess); else by a
+   negation, ``negated``; else ``affirmed``.
+
+Uncertain mentions are counted apart from disagreements: the disagreement rate is over
+decided mentions, and the uncertain rate over all matched ones. Both gate a dataset.
 
 Targets are each condition's name, plural, synonyms and lay term, so that every question
 and paraphrase family names a target; the longest match wins ("a partly collapsed lung"
@@ -26,7 +40,7 @@ from __future__ import annotations
 import logging
 import warnings
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -34,23 +48,8 @@ from mechtune.data.ontology import load_ontology
 from mechtune.errors import ConfigError, MissingExtraError
 
 POLARITIES = ("affirmed", "negated", "absence_affirmative")
-POSTPOSED_CUES = (
-    "absent",
-    "is absent",
-    "are absent",
-    "not seen",
-    "is not seen",
-    "are not seen",
-    "not present",
-    "is not present",
-    "are not present",
-    "has resolved",
-    "have resolved",
-    "no longer seen",
-    "is no longer seen",
-    "are no longer seen",
-)
-CLAUSE_BREAKS = (",", ";", "and")
+VERDICTS = ("affirmed", "negated", "uncertain")
+DEFAULT_MAX_UNCERTAIN = 0.05
 _W036 = r".*\[W036\]"  # spaCy: medspacy's internal phrase matcher has no patterns
 INSTALL_HINT = "the polarity check needs medspacy: pip install 'mechtune[clinical]'"
 
@@ -76,32 +75,88 @@ class LabelledText:
     family: str | None = None
 
 
+def _rates(counts: Mapping[str, int]) -> dict[str, float]:
+    decided = counts.get("agree", 0) + counts.get("disagree", 0)
+    matched = decided + counts.get("uncertain", 0)
+    return {
+        "disagreement_rate": counts.get("disagree", 0) / decided if decided else 0.0,
+        "uncertain_rate": counts.get("uncertain", 0) / matched if matched else 0.0,
+    }
+
+
 @dataclass
 class PolarityReport:
-    """Counts of mentions where the detector agrees, disagrees, or finds no target."""
+    """Counts of mentions where the detector agrees, disagrees, is uncertain, or finds no
+    target, overall and by family and by labelled polarity.
+
+    ``examples`` keeps disagreements and ``uncertain_examples`` uncertain mentions, each a
+    dict with the text, condition, expected polarity, what was detected and the family.
+    """
 
     n_texts: int = 0
     n_mentions: int = 0
     agree: int = 0
     disagree: int = 0
+    uncertain: int = 0
     unmatched: int = 0
     by_family: dict[str, dict[str, int]] = field(default_factory=dict)
     by_polarity: dict[str, dict[str, int]] = field(default_factory=dict)
     examples: list[dict[str, Any]] = field(default_factory=list)
+    uncertain_examples: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def disagreement_rate(self) -> float:
-        """Disagreements over judged (agree + disagree) mentions; 0.0 when none was judged."""
-        judged = self.agree + self.disagree
-        return self.disagree / judged if judged else 0.0
+        """Disagreements over decided (agree + disagree) mentions; 0.0 when none was decided."""
+        return _rates(self._counts())["disagreement_rate"]
 
-    def passes(self, max_disagreement: float) -> bool:
-        """Whether the disagreement rate is at most ``max_disagreement``."""
-        return self.disagreement_rate <= max_disagreement
+    @property
+    def uncertain_rate(self) -> float:
+        """Uncertain over matched (agree + disagree + uncertain) mentions; 0.0 when none."""
+        return _rates(self._counts())["uncertain_rate"]
+
+    def _counts(self) -> dict[str, int]:
+        return {"agree": self.agree, "disagree": self.disagree, "uncertain": self.uncertain}
+
+    def rates_by_family(self) -> dict[str, dict[str, float]]:
+        """``{family: {"disagreement_rate": .., "uncertain_rate": ..}}``."""
+        return {k: _rates(v) for k, v in self.by_family.items()}
+
+    def rates_by_polarity(self) -> dict[str, dict[str, float]]:
+        """``{labelled polarity: {"disagreement_rate": .., "uncertain_rate": ..}}``."""
+        return {k: _rates(v) for k, v in self.by_polarity.items()}
+
+    def failures(
+        self, max_disagreement: float, max_uncertain: float = DEFAULT_MAX_UNCERTAIN
+    ) -> list[str]:
+        """The limits this report exceeds, as readable phrases; empty when it passes."""
+        out = []
+        if self.disagreement_rate > max_disagreement:
+            out.append(
+                f"disagreement rate {self.disagreement_rate:.2%} > {max_disagreement:.2%} "
+                f"({self.disagree} of {self.agree + self.disagree} decided mentions)"
+            )
+        if self.uncertain_rate > max_uncertain:
+            out.append(
+                f"uncertain rate {self.uncertain_rate:.2%} > {max_uncertain:.2%} "
+                f"({self.uncertain} of {self.agree + self.disagree + self.uncertain} "
+                "matched mentions)"
+            )
+        return out
+
+    def passes(self, max_disagreement: float, max_uncertain: float = DEFAULT_MAX_UNCERTAIN) -> bool:
+        """Whether the disagreement rate is at most ``max_disagreement`` and the uncertain
+        rate at most ``max_uncertain``."""
+        return not self.failures(max_disagreement, max_uncertain)
 
     def to_dict(self) -> dict[str, Any]:
-        """A JSON-ready dict of every field plus ``disagreement_rate``."""
-        return {**asdict(self), "disagreement_rate": self.disagreement_rate}
+        """A JSON-ready dict of every field plus the rates, overall, by family and polarity."""
+        return {
+            **asdict(self),
+            "disagreement_rate": self.disagreement_rate,
+            "uncertain_rate": self.uncertain_rate,
+            "rates_by_family": self.rates_by_family(),
+            "rates_by_polarity": self.rates_by_polarity(),
+        }
 
 
 def clinical_available() -> bool:
@@ -132,20 +187,22 @@ def _strip_article(phrase: str) -> str:
 
 
 class PolarityChecker:
-    """medspacy ConText with targets for every condition and our postposed cues.
+    """medspacy ConText with targets for every condition and mechtune's radiology rules.
 
-    Raises ``ImportError`` naming the ``clinical`` extra when medspacy is missing.
+    Raises ``MissingExtraError`` (an ``ImportError``) naming the ``clinical`` extra when
+    medspacy is missing.
     """
 
     def __init__(self) -> None:
         try:
             import medspacy
-            from medspacy.context import ConTextRule
             from medspacy.ner import TargetRule
         except ImportError as exc:
             raise MissingExtraError(INSTALL_HINT) from exc
+        from mechtune.data.polarity_rules import context_rules
+
         _silence_medspacy()
-        self.nlp = medspacy.load()
+        self.nlp = medspacy.load(load_rules=False)
         targets = []
         for cond in load_ontology().pathologies:
             phrases = {cond.name, *cond.synonyms, cond.lay_term}
@@ -155,28 +212,31 @@ class PolarityChecker:
                 TargetRule(p, cond.id) for p in sorted({_strip_article(p) for p in phrases})
             ]
         self.nlp.get_pipe("medspacy_target_matcher").add(targets)
-        rules = [
-            ConTextRule(cue, "NEGATED_EXISTENCE", direction="BACKWARD", max_scope=1)
-            for cue in POSTPOSED_CUES
-        ]
-        rules += [
-            ConTextRule(t, "TERMINATE", direction="TERMINATE", max_scope=1) for t in CLAUSE_BREAKS
-        ]
-        self.nlp.get_pipe("medspacy_context").add(rules)
+        context = self.nlp.get_pipe("medspacy_context")
+        context.add(context_rules(context.DEFAULT_RULES_FILEPATH))
 
-    def detect(self, text: str) -> dict[str, list[bool]]:
-        """``{condition: [is_negated for each mention]}`` as ConText reads the text."""
+    def read(self, text: str) -> dict[str, list[str]]:
+        """``{condition: [verdict for each mention]}``, each verdict one of ``VERDICTS``."""
+        from mechtune.data.polarity_rules import read_doc
+
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=_W036)
-            return _found(self.nlp(text))
+            return read_doc(self.nlp(text))
+
+    def detect(self, text: str) -> dict[str, list[bool]]:
+        """``{condition: [is_negated for each mention]}``: True only for a ``negated``
+        verdict, so an ``uncertain`` mention reads False (not a confident negation)."""
+        return {c: [v == "negated" for v in vs] for c, vs in self.read(text).items()}
 
     def check(
         self, items: Iterable[LabelledText], *, batch_size: int = 256, max_examples: int = 20
     ) -> PolarityReport:
-        """Score every mention: agree, disagree, or unmatched (no entity of its condition).
-
-        Up to ``max_examples`` disagreements are kept in ``examples``.
+        """Score every mention: agree, disagree, uncertain, or unmatched (no entity of its
+        condition). Up to ``max_examples`` disagreements are kept in ``examples`` and as many
+        uncertain mentions in ``uncertain_examples``.
         """
+        from mechtune.data.polarity_rules import read_doc
+
         report = PolarityReport()
         by_family: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
         by_polarity: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
@@ -186,16 +246,16 @@ class PolarityChecker:
             docs = self.nlp.pipe((it.text for it in items), batch_size=batch_size)
             for item, doc in zip(items, docs, strict=True):
                 report.n_texts += 1
-                found = _found(doc)
-                any_negated = any(v for flags in found.values() for v in flags)
+                found = read_doc(doc)
                 for mention in item.mentions:
                     report.n_mentions += 1
-                    verdict, detected = _judge(mention, found, any_negated)
-                    setattr(report, verdict, getattr(report, verdict) + 1)
-                    by_family[item.family or "unknown"][verdict] += 1
-                    by_polarity[mention.polarity][verdict] += 1
-                    if verdict == "disagree" and len(report.examples) < max_examples:
-                        report.examples.append(
+                    outcome, detected = _judge(mention, found)
+                    setattr(report, outcome, getattr(report, outcome) + 1)
+                    by_family[item.family or "unknown"][outcome] += 1
+                    by_polarity[mention.polarity][outcome] += 1
+                    kept = {"disagree": report.examples, "uncertain": report.uncertain_examples}
+                    if outcome in kept and len(kept[outcome]) < max_examples:
+                        kept[outcome].append(
                             {
                                 "text": item.text,
                                 "condition": mention.condition,
@@ -209,26 +269,29 @@ class PolarityChecker:
         return report
 
 
-def _found(doc: Any) -> dict[str, list[bool]]:
-    found: dict[str, list[bool]] = defaultdict(list)
-    for ent in doc.ents:
-        found[ent.label_].append(bool(ent._.is_negated))
-    return dict(found)
+def _judge(mention: Mention, found: dict[str, list[str]]) -> tuple[str, str]:
+    """(outcome, what the detector saw) for one mention.
 
-
-def _judge(mention: Mention, found: dict[str, list[bool]], any_negated: bool) -> tuple[str, str]:
-    """(verdict, what the detector saw) for one mention."""
+    An absence stated in affirmative words must carry no negation anywhere in its text.
+    For a named condition, a wrong definite verdict is a disagreement even if another
+    mention of it is uncertain; otherwise any uncertain mention makes it uncertain.
+    """
     if mention.polarity == "absence_affirmative":
-        return ("disagree", "negation cue") if any_negated else ("agree", "no negation")
-    flags = found.get(mention.condition)
-    if not flags:
+        negated = any(v == "negated" for vs in found.values() for v in vs)
+        return ("disagree", "negation cue") if negated else ("agree", "no negation")
+    verdicts = found.get(mention.condition)
+    if not verdicts:
         return "unmatched", "not found"
-    want = mention.polarity == "negated"
-    detected = "negated" if all(flags) else "affirmed" if not any(flags) else "mixed"
-    return ("agree" if all(f == want for f in flags) else "disagree"), detected
+    detected = verdicts[0] if len(set(verdicts)) == 1 else "mixed"
+    definite = {v for v in verdicts if v != "uncertain"}
+    if definite - {mention.polarity}:
+        return "disagree", detected
+    return ("uncertain" if "uncertain" in verdicts else "agree"), detected
 
 
 __all__ = [
+    "DEFAULT_MAX_UNCERTAIN",
+    "VERDICTS",
     "LabelledText",
     "Mention",
     "PolarityChecker",
