@@ -37,7 +37,7 @@ def test_gate_failures_are_mechtune_errors() -> None:
 def test_config_errors_are_raised_at_construction() -> None:
     with pytest.raises(ConfigError, match="lr must be > 0"):
         LoopConfig(lr=0)
-    with pytest.raises(ConfigError, match="bad model spec .nonsense.: expected SCHEME:NAME"):
+    with pytest.raises(ConfigError, match=r"bad model spec .nonsense.: expected SCHEME:NAME"):
         load_dual_encoder("nonsense")
 
 

@@ -10,7 +10,14 @@ Questions (``--questions``): PSF-Med style records, JSONL or a JSON array
 ``image_ref`` (or ``study_id``): for ``phantom:vqa`` a study id or row of the world, for
 ``hf:`` an image file path relative to ``--image-root`` (default: the questions file's
 folder). Without ``--questions``, ``phantom:vqa`` uses the world's own paraphrase sets of
-``--split``.
+``--split``. Options that only one kind of model reads (``--world``, ``--n``, ``--split``
+for ``phantom:vqa``; ``--image-root`` for ``hf:``) are refused for the other.
+
+SAEs (``sae analyze --saes DIR``): one folder per layer in DIR, named ``layer_<L>`` (what
+``sae train`` writes) or ``layer_<L>_<variant>`` as Gemma Scope 2 names them
+(``layer_17_width_16k_l0_medium``), in any layout :func:`mechtune.interp.sae.load_sae`
+reads. The layer is the folder's and must agree with the SAE's own metadata; two folders
+for one layer are refused unless ``--sae-variant`` picks one.
 """
 
 from __future__ import annotations
@@ -140,16 +147,17 @@ def load_questions(
     ``world_dir``, ``n`` and ``split`` are for ``phantom:vqa`` (defaults: a rendered world
     of 2000 studies, the train split), ``image_root`` for ``hf:`` models; giving one to
     the other kind of model is a ConfigError, since nothing would read it."""
-    vlm, phantom = load_yes_no_model(model)
+    phantom = model == "phantom:vqa"
     unread = (
         {"--image-root": image_root}
         if phantom
         else {"--world": world_dir, "--n": n, "--split": split}
     )
     given = [option for option, value in unread.items() if value is not None]
-    if given:
+    if given:  # checked before a large model is loaded
         kind = "phantom:vqa" if phantom else "hf: models"
         raise ConfigError(f"{', '.join(given)} cannot be used with {kind} (model {model!r})")
+    vlm, phantom = load_yes_no_model(model)
     source: dict[str, Any] = {"model": model}
     sets: list[ParaphraseSet] = []
     if questions is not None:
