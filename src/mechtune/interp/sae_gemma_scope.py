@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -137,22 +138,27 @@ def _agree(file: Path, key: str, *values: tuple[str, Any]) -> Any:
     return given[0][1] if given else None
 
 
-def _place(file: Path, folder_depth: int, **known: Any) -> dict[str, Any]:
+def _place(
+    file: Path,
+    folder_depth: int,
+    header: SAEConfig | None = None,
+    site: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
     """``{"layer", "hook", "model"}`` reconciled from the folder name (up to
-    ``folder_depth`` folders above the file) and the file's own metadata ``known``
-    (``header`` config, ``site`` config.json)."""
-    header: SAEConfig | None = known.get("header")
-    site: dict[str, Any] = known.get("site", {})
+    ``folder_depth`` folders above the file) and the file's own metadata: the ``header``
+    config mechtune stores and the ``site`` read from Gemma Scope 2's config.json."""
+    stored = asdict(header) if header is not None else {}
+    site = site or {}
     hook = _agree(
         file,
         "hook",
-        ("the stored config", header and header.hook),
+        ("the stored config", stored.get("hook")),
         (GEMMA_SCOPE_2_CONFIG, site.get("hook")),
     )
     model = _agree(
         file,
         "model",
-        ("the stored config", header and header.model),
+        ("the stored config", stored.get("model")),
         (GEMMA_SCOPE_2_CONFIG, site.get("model")),
     )
     folder_layer, folder_name = None, ""
@@ -169,12 +175,12 @@ def _place(file: Path, folder_depth: int, **known: Any) -> dict[str, Any]:
                 f"{hook!r} is in block {block}"
             )
         layer = block_output_layer(hook)
-        _agree(file, "layer", ("the stored config", header and header.layer), ("its hook", layer))
+        _agree(file, "layer", ("the stored config", stored.get("layer")), ("its hook", layer))
     else:
         layer = _agree(
             file,
             "layer",
-            ("the stored config", header and header.layer),
+            ("the stored config", stored.get("layer")),
             ("the folder name", folder_layer),
         )
     return {"layer": layer, "hook": hook, "model": model}

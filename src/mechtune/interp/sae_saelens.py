@@ -241,8 +241,13 @@ def read_saelens_config(cfg: Mapping[str, Any], where: str) -> SAELensConfig:
         dims[key] = c.get(key, (int,))
         if dims[key] is None or dims[key] < 1:
             c.refuse(key, cfg[key], "expected a positive int")
-    k = _activation(c, dims["d_sae"])
+    _check_input_transforms(c)
     architecture = c.get("architecture", (str,), "standard")
+    k = _topk(c, architecture, dims["d_sae"])
+    rescale = c.get("rescale_acts_by_decoder_norm", (bool,), False)
+    if rescale and k is None:
+        c.refuse("rescale_acts_by_decoder_norm", rescale, "only TopK SAEs rescale by it")
+    dtype = cfg.get("dtype")
     hook = c.one(("hook_name", "hook_point"), (str,))
     return SAELensConfig(
         architecture=architecture,
@@ -251,19 +256,34 @@ def read_saelens_config(cfg: Mapping[str, Any], where: str) -> SAELensConfig:
         k=k,
         apply_b_dec_to_input=c.get("apply_b_dec_to_input", (bool,), True),
         finetuning_scaling_factor=c.get("finetuning_scaling_factor", (bool,)),
-        rescale_acts_by_decoder_norm=_rescale(c, k),
-        dtype=None
-        if cfg.get("dtype") is None
-        else parse_dtype(cfg["dtype"], f"{where}: key 'dtype'"),
+        rescale_acts_by_decoder_norm=bool(rescale),
+        dtype=None if dtype is None else parse_dtype(dtype, f"{where}: key 'dtype'"),
         hook=hook,
         layer=_site(c, hook),
         model=c.one(("model_name",), (str,)),
     )
 
 
-def _activation(c: _Cfg, d_sae: int) -> int | None:
-    """k for a TopK SAE, None for a ReLU/JumpReLU/gated one; refuses everything else."""
-    architecture = c.get("architecture", (str,), "standard")
+def _check_input_transforms(c: _Cfg) -> None:
+    """Refuse the input normalisations, reshapes and noise mechtune does not compute."""
+    normalize = c.cfg.get("normalize_activations")
+    if normalize is True:  # SAELens <= 2 wrote a bool; true became expected_average_only_in
+        c.refuse("normalize_activations", True, _NORMALIZE_REFUSED["expected_average_only_in"])
+    if isinstance(normalize, str) and normalize in _NORMALIZE_REFUSED:
+        c.refuse("normalize_activations", normalize, _NORMALIZE_REFUSED[normalize])
+    if not (normalize is None or normalize is False or normalize == "none"):
+        c.refuse("normalize_activations", normalize, "unknown normalisation")
+    reshape = c.get("reshape_activations", (str,))
+    if reshape not in (None, "none", "hook_z"):
+        c.refuse("reshape_activations", reshape, "unknown; mechtune reads 'none' and 'hook_z'")
+    noise = c.get("noise_scale", (int, float))
+    if noise:
+        c.refuse("noise_scale", noise, "SAELens <= 2 added this noise to every encoding")
+
+
+def _topk(c: _Cfg, architecture: str, d_sae: int) -> int | None:
+    """k for a TopK SAE, None for a ReLU/JumpReLU/gated one; refuses other architectures
+    and activations, and contradictions between them."""
     if architecture in _REFUSED_ARCHITECTURES:
         why = _REFUSED_ARCHITECTURES[architecture]
         c.refuse("architecture", architecture, f"{why}; mechtune reads SAEs only")
@@ -285,9 +305,6 @@ def _activation(c: _Cfg, d_sae: int) -> int | None:
     extra = sorted(set(kwargs) - ({"k"} if activation == "topk" else set()))
     if extra:
         c.refuse("activation_fn_kwargs", kwargs, f"key(s) {extra} mean nothing to {activation!r}")
-    noise = c.get("noise_scale", (int, float))
-    if noise:
-        c.refuse("noise_scale", noise, "SAELens <= 2 added this noise to every encoding")
     if activation != "topk":
         if c.cfg.get("k") is not None:
             c.refuse("k", c.cfg["k"], f"k given for a non-TopK SAE (architecture {architecture!r})")
@@ -302,24 +319,6 @@ def _activation(c: _Cfg, d_sae: int) -> int | None:
     if not isinstance(k, int) or isinstance(k, bool) or not 1 <= k <= d_sae:
         c.refuse(name, k, f"expected an int in [1, d_sae={d_sae}]")
     return k
-
-
-def _rescale(c: _Cfg, k: int | None) -> bool:
-    """rescale_acts_by_decoder_norm (TopK only), after refusing the normalisations."""
-    normalize = c.cfg.get("normalize_activations")
-    if normalize is True:  # SAELens <= 2 wrote a bool; true became expected_average_only_in
-        c.refuse("normalize_activations", True, _NORMALIZE_REFUSED["expected_average_only_in"])
-    if normalize in _NORMALIZE_REFUSED:
-        c.refuse("normalize_activations", normalize, _NORMALIZE_REFUSED[normalize])
-    if normalize not in (None, False, "none"):
-        c.refuse("normalize_activations", normalize, "unknown normalisation")
-    reshape = c.get("reshape_activations", (str,))
-    if reshape not in (None, "none", "hook_z"):
-        c.refuse("reshape_activations", reshape, "unknown; mechtune reads 'none' and 'hook_z'")
-    rescale = c.get("rescale_acts_by_decoder_norm", (bool,), False)
-    if rescale and k is None:
-        c.refuse("rescale_acts_by_decoder_norm", rescale, "only TopK SAEs rescale by it")
-    return bool(rescale)
 
 
 def _site(c: _Cfg, hook: str | None) -> int | None:
