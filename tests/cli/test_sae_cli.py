@@ -7,9 +7,11 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from safetensors.torch import save_file
 from typer.testing import CliRunner
 
 from mechtune.cli.main import app
+from mechtune.errors import ConfigError
 from mechtune.interp.sae import load_sae
 from tests.tiny_gemma import TEXT_LAYERS, tiny_gemma
 
@@ -28,18 +30,28 @@ def gemma_dir(tmp_path_factory):
     return tiny_gemma(tmp_path_factory.mktemp("tiny_gemma"))
 
 
-@pytest.fixture
-def questions(tmp_path):
+def write_questions(folder):
     rng = np.random.default_rng(0)
     for name in ("a.png", "b.png", "c.png"):
-        Image.fromarray(rng.integers(0, 256, (40, 40, 3), dtype=np.uint8)).save(tmp_path / name)
-    path = tmp_path / "questions.jsonl"
+        Image.fromarray(rng.integers(0, 256, (40, 40, 3), dtype=np.uint8)).save(folder / name)
+    path = folder / "questions.jsonl"
     lines = [
         json.dumps({"question": q, "paraphrases": p, "answer": a, "image": img})
         for q, p, a, img in RECORDS
     ]
     path.write_text("\n".join(lines) + "\n")
     return path
+
+
+@pytest.fixture
+def questions(tmp_path):
+    return write_questions(tmp_path)
+
+
+@pytest.fixture(scope="module")
+def shared_questions(tmp_path_factory):
+    """Questions that no test changes, shared by the tests of one module."""
+    return write_questions(tmp_path_factory.mktemp("questions"))
 
 
 def _train(gemma_dir, questions, out, *extra):
@@ -118,3 +130,358 @@ def test_sae_train_and_analyze_on_the_phantom_vqa(tmp_path):
     analysis = json.loads((out / "analysis.json").read_text())["analysis"]
     assert analysis["layers"] == [4, 5] and analysis["peak_layer"] in (4, 5)
     assert analysis["chosen_layers"] == [3, 4, 5]  # peak +- 1, shifted inside 0..5
+
+
+# -- Gemma Scope 2 folders -------------------------------------------------------------------
+
+
+def _hidden(gemma_dir) -> int:
+    return json.loads((gemma_dir / "config.json").read_text())["text_config"]["hidden_size"]
+
+
+def _gs2(root, name, d_in, *, seed=0, hook=None):
+    """A Gemma Scope 2 style SAE folder: params.safetensors (no mechtune metadata) and, with
+    ``hook``, a config.json naming the site as Gemma Scope 2 does."""
+    g = torch.Generator().manual_seed(seed)
+    folder = root / name
+    folder.mkdir(parents=True)
+    tensors = {
+        "w_enc": torch.randn(d_in, 16, generator=g),
+        "w_dec": torch.randn(16, d_in, generator=g),
+        "b_enc": torch.randn(16, generator=g),
+        "b_dec": torch.zeros(d_in),
+        "threshold": torch.rand(16, generator=g),
+    }
+    save_file(tensors, folder / "params.safetensors")
+    if hook is not None:
+        config = {"hf_hook_point_in": hook, "width": 16, "l0": 5, "model_name": "tiny"}
+        (folder / "config.json").write_text(json.dumps(config))
+    return tensors
+
+
+class _Stop(Exception):
+    """Raised by a stand-in for analyse() once it has seen its arguments."""
+
+
+@pytest.fixture
+def captured(monkeypatch):
+    """Replace analyse() with a recorder, so a test sees what `sae analyze` passes it."""
+    seen = {}
+
+    def record(vlm, images, pairs, saes, config):
+        seen.update(pairs=pairs, saes=saes, config=config)
+        raise _Stop
+
+    monkeypatch.setattr("mechtune.interp.sae_analysis.analyse", record)
+    return seen
+
+
+def _analyze(gemma_dir, questions, saes, out, *extra):
+    args = ["sae", "analyze", "--model", f"hf:{gemma_dir}", "--questions", str(questions)]
+    return runner.invoke(app, [*args, "--saes", str(saes), "--out", str(out), *extra])
+
+
+def test_sae_analyze_reads_gemma_scope_2_folder_names(gemma_dir, questions, tmp_path):
+    root = tmp_path / "resid_post"
+    for layer in range(TEXT_LAYERS):
+        hook = f"model.layers.{layer}.output"
+        _gs2(root, f"layer_{layer}_width_16_l0_small", _hidden(gemma_dir), seed=layer, hook=hook)
+    out = tmp_path / "analysis"
+    result = _analyze(gemma_dir, questions, root, out)
+    assert result.exit_code == 0, result.output
+    data = json.loads((out / "analysis.json").read_text())
+    assert data["analysis"]["layers"] == list(range(TEXT_LAYERS))
+    assert sorted(p.name for p in root.iterdir())[0] == "layer_0_width_16_l0_small"  # unrenamed
+
+
+def test_two_sae_folders_for_one_layer_are_named_or_picked_by_variant(
+    gemma_dir, questions, tmp_path, captured
+):
+    root, d = tmp_path / "saes", _hidden(gemma_dir)
+    _gs2(root, "layer_1_width_16_l0_small", d, seed=1)
+    medium = _gs2(root, "layer_1_width_16_l0_medium", d, seed=2)
+    _gs2(root, "layer_2_width_16_l0_medium", d, seed=3)
+    result = _analyze(gemma_dir, questions, root, tmp_path / "out")
+    assert result.exit_code == 2
+    output = " ".join(result.output.split())
+    assert "two SAEs for layer 1" in output
+    assert "'layer_1_width_16_l0_medium'" in output and "'layer_1_width_16_l0_small'" in output
+    assert "--sae-variant" in output
+
+    result = _analyze(
+        gemma_dir, questions, root, tmp_path / "out", "--sae-variant", "width_16_l0_medium"
+    )
+    assert isinstance(result.exception, _Stop), result.output
+    assert sorted(captured["saes"]) == [1, 2]
+    torch.testing.assert_close(captured["saes"][1].w_enc, medium["w_enc"])
+
+    result = _analyze(gemma_dir, questions, root, tmp_path / "out", "--sae-variant", "width_1m")
+    assert result.exit_code == 2 and "variant 'width_1m'" in " ".join(result.output.split())
+
+
+@pytest.mark.parametrize(
+    ("name", "hook", "message"),
+    [
+        ("layer_1_width_16_l0_small", "model.layers.2.output", "says layer 1 but the SAE's hook"),
+        ("layer_1", "model.layers.1.self_attn.o_proj.input", "which is not the output of block 1"),
+        ("layer_7_13_17_width_16", None, "is not named layer_<L> or layer_<L>_<variant>"),
+    ],
+)
+def test_sae_folders_whose_layer_or_site_disagree_are_refused(
+    gemma_dir, questions, tmp_path, name, hook, message
+):
+    _gs2(tmp_path / "saes", name, _hidden(gemma_dir), hook=hook)
+    result = _analyze(gemma_dir, questions, tmp_path / "saes", tmp_path / "out")
+    assert result.exit_code == 2
+    assert message in " ".join(result.output.split())
+
+
+def test_a_saelens_sae_placed_in_the_wrong_layer_folder_is_refused(gemma_dir, questions, tmp_path):
+    from mechtune.interp.sae import SAE, SAEConfig
+    from mechtune.interp.sae_saelens import save_saelens
+
+    sae = SAE(SAEConfig(_hidden(gemma_dir), 16, "topk", k=2, layer=2))
+    save_saelens(sae, tmp_path / "saes" / "layer_1")
+    result = _analyze(gemma_dir, questions, tmp_path / "saes", tmp_path / "out")
+    assert result.exit_code == 2
+    output = " ".join(result.output.split())
+    assert "the folder name says layer 1 but the SAE's own metadata says layer 2" in output
+
+
+# -- every option changes what the commands do -----------------------------------------------
+
+TRAIN_BASE = ["--layers", "0", "--width", "16", "--k", "4", "--steps", "5"]
+
+
+@pytest.fixture(scope="module")
+def train_base(gemma_dir, shared_questions, tmp_path_factory):
+    return _train_run(gemma_dir, shared_questions, tmp_path_factory.mktemp("base"), TRAIN_BASE)
+
+
+@pytest.fixture(scope="module")
+def trained_saes(gemma_dir, shared_questions, tmp_path_factory):
+    out = tmp_path_factory.mktemp("trained")
+    assert _train(gemma_dir, shared_questions, out).exit_code == 0
+    return out
+
+
+def _train_run(gemma_dir, questions, out, args):
+    cmd = ["sae", "train", "--model", f"hf:{gemma_dir}", "--questions", str(questions)]
+    result = runner.invoke(app, [*cmd, "--out", str(out), *args])
+    assert result.exit_code == 0, result.output
+    report = json.loads((out / "report.json").read_text())
+    saes = {p.name: load_sae(p) for p in sorted(out.iterdir()) if p.is_dir()}
+    weights = {name: sae.w_dec.detach().numpy().round(5).tolist() for name, sae in saes.items()}
+    configs = {name: json.loads((out / name / "cfg.json").read_text()) for name in saes}
+    return {"report": report, "weights": weights, "cfg": configs}
+
+
+def _replace_option(args, option, value):
+    args = list(args)
+    if option in args:
+        i = args.index(option)
+        del args[i : i + 2]
+    return [*args, option, value] if value is not None else args
+
+
+@pytest.mark.parametrize(
+    ("option", "value"),
+    [
+        ("--layers", "2"),
+        ("--kind", "jumprelu"),
+        ("--width", "8"),
+        ("--k", "2"),
+        ("--steps", "7"),
+        ("--seed", "1"),
+        ("--corpus", "CORPUS"),
+    ],
+)
+def test_every_sae_train_option_changes_the_saes(
+    gemma_dir, shared_questions, train_base, tmp_path, option, value
+):
+    questions, base = shared_questions, train_base
+    if value == "CORPUS":
+        value = str(tmp_path / "corpus.txt")
+        (tmp_path / "corpus.txt").write_text("A small effusion.\nNo edema.\n")
+    args = _replace_option(TRAIN_BASE, option, value)
+    if option == "--kind":
+        args = _replace_option(args, "--k", None)  # --k is for topk
+    changed = _train_run(gemma_dir, questions, tmp_path / "b", args)
+    assert changed != base
+    expect = {
+        "--layers": lambda r: list(r["cfg"]) == ["layer_2"],
+        "--kind": lambda r: r["cfg"]["layer_0"]["architecture"] == "jumprelu",
+        "--width": lambda r: r["cfg"]["layer_0"]["d_sae"] == 8,
+        "--k": lambda r: r["cfg"]["layer_0"]["k"] == 2 and r["report"]["layers"]["0"]["l0"] <= 2,
+        "--steps": lambda r: r["report"]["sae"]["steps"] == 7,
+        "--seed": lambda r: r["report"]["sae"]["seed"] == 1,
+        "--corpus": lambda r: r["report"]["corpus_texts"] == 2,
+    }
+    assert expect[option](changed)
+
+
+def test_sae_train_refuses_k_for_jumprelu(gemma_dir, questions, tmp_path):
+    result = _train(gemma_dir, questions, tmp_path / "saes", "--kind", "jumprelu")
+    assert result.exit_code == 2 and "--k is for --kind topk" in " ".join(result.output.split())
+
+
+def test_sae_train_question_options_change_the_training_data(
+    gemma_dir, questions, train_base, tmp_path
+):
+    base = train_base
+    # --questions: another file (the first two records)
+    fewer = questions.parent / "fewer.jsonl"
+    fewer.write_text("\n".join(questions.read_text().splitlines()[:2]) + "\n")
+    other = _train_run(gemma_dir, fewer, tmp_path / "b", TRAIN_BASE)
+    assert (base["report"]["question_sets"], other["report"]["question_sets"]) == (4, 2)
+    # --skip-bad: a record without an answer fails the run, or is skipped and counted
+    bad = questions.parent / "bad.jsonl"
+    bad.write_text(questions.read_text() + json.dumps({"question": "Is it?"}) + "\n")
+    assert _train(gemma_dir, bad, tmp_path / "c").exit_code == 2
+    skipped = _train_run(gemma_dir, bad, tmp_path / "d", [*TRAIN_BASE, "--skip-bad"])
+    assert skipped["report"]["questions"]["rows_read"] == 5
+    assert skipped["report"]["question_sets"] == 4
+    # --image-root: image paths are relative to it, not to the questions file's folder
+    moved = tmp_path / "elsewhere"
+    moved.mkdir()
+    (moved / "q.jsonl").write_text(questions.read_text())
+    assert _train(gemma_dir, moved / "q.jsonl", tmp_path / "e").exit_code == 2
+    rooted = _train_run(
+        gemma_dir,
+        moved / "q.jsonl",
+        tmp_path / "f",
+        [*TRAIN_BASE, "--image-root", str(questions.parent)],
+    )
+    assert rooted["report"]["images"]["root"] == str(questions.parent)
+    assert rooted["weights"] == base["weights"]
+
+
+@pytest.mark.parametrize(
+    ("option", "value", "check"),
+    [
+        ("--half-width", "0", lambda seen: seen["config"].half_width == 0),
+        ("--seed", "3", lambda seen: seen["config"].seed == 3),
+        ("--layers", "0,2", lambda seen: sorted(seen["saes"]) == [0, 2]),
+        ("--max-questions", "2", lambda seen: len(set(seen["pairs"].groups)) == 2),
+    ],
+)
+def test_every_sae_analyze_option_reaches_the_analysis(
+    gemma_dir, shared_questions, trained_saes, tmp_path, captured, option, value, check
+):
+    questions, saes = shared_questions, trained_saes
+    result = _analyze(gemma_dir, questions, saes, tmp_path / "out")
+    assert isinstance(result.exception, _Stop), result.output
+    base = dict(captured)
+    assert not check(base)
+    result = _analyze(gemma_dir, questions, saes, tmp_path / "out", option, value)
+    assert isinstance(result.exception, _Stop), result.output
+    assert check(captured)
+    if option == "--seed":  # also the sample of questions
+        result = _analyze(gemma_dir, questions, saes, tmp_path / "o", "--max-questions", "2")
+        first = list(captured["pairs"].originals)
+        _analyze(gemma_dir, questions, saes, tmp_path / "o", "--max-questions", "2", "--seed", "5")
+        assert list(captured["pairs"].originals) != first
+
+
+SHARED = {
+    "--world": ("world_dir", "W"),
+    "--n": ("n", 60),
+    "--seed": ("seed", 4),
+    "--split": ("split", "test"),
+    "--image-root": ("image_root", "R"),
+    "--skip-bad": ("skip_bad", True),
+    "--questions": ("questions", "Q"),
+    "--model": ("model", "M"),
+}
+
+
+@pytest.mark.parametrize("command", ["train", "analyze"])
+@pytest.mark.parametrize("option", sorted(SHARED))
+def test_both_commands_pass_the_question_options_on(monkeypatch, tmp_path, command, option):
+    """The shared options reach load_questions (their effects are tested below)."""
+    seen = {}
+
+    def record(model, questions, **kwargs):
+        seen.update(kwargs, model=model, questions=questions)
+        raise _Stop
+
+    monkeypatch.setattr("mechtune.cli.sae.load_questions", record)
+    name, value = SHARED[option]
+    value = {"W": tmp_path / "w", "R": tmp_path / "r", "Q": tmp_path / "q.jsonl", "M": "hf:x"}.get(
+        value, value
+    )
+    args = ["sae", command, "--out", str(tmp_path / "out")]
+    if command == "analyze":
+        args += ["--saes", str(tmp_path)]
+    args += [option] if value is True else [option, str(value)]
+    result = runner.invoke(app, args)
+    assert isinstance(result.exception, _Stop), result.output
+    assert seen[name] == value
+
+
+@pytest.fixture(scope="module")
+def phantom():
+    from mechtune.sim.vqa import load_default_vqa
+
+    return load_default_vqa()
+
+
+@pytest.fixture
+def phantom_questions(monkeypatch, phantom):
+    from mechtune.cli import sae as sae_cli
+
+    monkeypatch.setattr(sae_cli, "load_yes_no_model", lambda spec: (phantom, True))
+
+    def load(**kwargs):
+        options = {"world_dir": None, "n": 60, "seed": 0, "split": None, "image_root": None}
+        options |= {"skip_bad": False, **kwargs}
+        return sae_cli.load_questions("phantom:vqa", None, **options)
+
+    return load
+
+
+@pytest.mark.parametrize(("name", "value"), [("n", 80), ("seed", 1), ("split", "test")])
+def test_phantom_world_options_change_the_questions(phantom_questions, name, value):
+    base = phantom_questions()
+    changed = phantom_questions(**{name: value})
+    assert [s.question for s in changed.sets] != [s.question for s in base.sets]
+    assert changed.source != base.source
+
+
+def test_a_saved_world_is_read_instead_of_rendering_one(phantom_questions, tmp_path):
+    from mechtune.sim.world import WorldConfig, make_world, save_world
+
+    save_world(make_world(WorldConfig(n_studies=40, seed=7)), tmp_path / "world")
+    loaded = phantom_questions(world_dir=tmp_path / "world", n=None)
+    assert loaded.source["world"] == str(tmp_path / "world")
+    assert [s.question for s in loaded.sets] != [s.question for s in phantom_questions().sets]
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"image_root": "R"}, "--image-root cannot be used with phantom:vqa"),
+        ({"world_dir": "W", "n": 60}, "--n and --world cannot be used together"),
+    ],
+)
+def test_options_nothing_would_read_are_refused_for_phantom(
+    phantom_questions, tmp_path, options, message
+):
+    options = {k: tmp_path if v in ("R", "W") else v for k, v in options.items()}
+    with pytest.raises(ConfigError, match=message):
+        phantom_questions(**options)
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--n", "60"], "--n cannot be used with hf: models"),
+        (["--split", "test"], "--split cannot be used with hf: models"),
+        (["--world", "w"], "--world cannot be used with hf: models"),
+    ],
+)
+def test_options_nothing_would_read_are_refused_for_hf_models(
+    gemma_dir, questions, tmp_path, extra, message
+):
+    result = _train(gemma_dir, questions, tmp_path / "saes", *extra)
+    assert result.exit_code == 2 and message in " ".join(result.output.split())

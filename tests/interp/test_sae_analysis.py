@@ -1,6 +1,7 @@
 """SAE analysis on a toy yes/no model whose every step can be recomputed by hand."""
 
 from collections.abc import Sequence
+from dataclasses import fields, replace
 from typing import Any
 
 import numpy as np
@@ -9,6 +10,7 @@ import torch
 from torch import nn
 
 from mechtune.data.schema import ParaphraseSet
+from mechtune.errors import ConfigError
 from mechtune.interp.sae import SAE, SAEConfig
 from mechtune.interp.sae_analysis import (
     AnalysisConfig,
@@ -251,3 +253,61 @@ def test_analyse_end_to_end(toy) -> None:
     assert result.clamp_value == pytest.approx(expected, abs=1e-6)
     d = result.to_dict()
     assert set(d["auc_by_layer"]) == {"0", "1", "2"}
+
+
+# -- every AnalysisConfig field changes the analysis -----------------------------------------
+
+ANALYSIS_BASE = AnalysisConfig(folds=3, bootstrap=40)
+ANALYSIS_SWEEP = {
+    "folds": 4,
+    "l2": 10.0,
+    "top_features": 2,
+    "min_active_share": 0.9,
+    "half_width": 0,
+    "patch_features": 1,
+    "bootstrap": 25,
+    "seed": 1,
+}
+
+
+@pytest.fixture(scope="module")
+def analysis_inputs(toy):
+    pairs = paraphrase_pairs(sets(), lambda s: int(s.image_ref))
+    return pairs, {i: random_sae(i) for i in range(3)}
+
+
+@pytest.fixture(scope="module")
+def base_analysis(toy, analysis_inputs):
+    pairs, saes = analysis_inputs
+    return analyse(toy, images(), pairs, saes, ANALYSIS_BASE).to_dict()
+
+
+def test_the_analysis_sweep_covers_every_field() -> None:
+    assert set(ANALYSIS_SWEEP) == {f.name for f in fields(AnalysisConfig)}
+
+
+@pytest.mark.parametrize("name", sorted(ANALYSIS_SWEEP))
+def test_every_analysis_config_field_changes_the_analysis(
+    toy, analysis_inputs, base_analysis, name
+) -> None:
+    pairs, saes = analysis_inputs
+    config = replace(ANALYSIS_BASE, **{name: ANALYSIS_SWEEP[name]})
+    assert analyse(toy, images(), pairs, saes, config).to_dict() != base_analysis
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"folds": 1}, "folds must be an int >= 2, got 1"),
+        ({"top_features": 0}, "top_features must be an int >= 1"),
+        ({"half_width": -1}, "half_width must be an int >= 0"),
+        ({"patch_features": 0}, "patch_features must be an int >= 1"),
+        ({"bootstrap": 0}, "bootstrap must be an int >= 1"),
+        ({"seed": 1.5}, "seed must be an int >= 0"),
+        ({"l2": -1.0}, "l2 must be a finite number >= 0"),
+        ({"min_active_share": 1.5}, r"min_active_share must be in \[0, 1\]"),
+    ],
+)
+def test_analysis_config_rejects_bad_values(change, message) -> None:
+    with pytest.raises(ConfigError, match=message):
+        AnalysisConfig(**change)

@@ -10,13 +10,19 @@ Questions (``--questions``): PSF-Med style records, JSONL or a JSON array
 ``image_ref`` (or ``study_id``): for ``phantom:vqa`` a study id or row of the world, for
 ``hf:`` an image file path relative to ``--image-root`` (default: the questions file's
 folder). Without ``--questions``, ``phantom:vqa`` uses the world's own paraphrase sets of
-``--split``.
+``--split``. Options that only one kind of model reads (``--world``, ``--n``, ``--split``
+for ``phantom:vqa``; ``--image-root`` for ``hf:``) are refused for the other.
+
+SAEs (``sae analyze --saes DIR``): one folder per layer in DIR, named ``layer_<L>`` (what
+``sae train`` writes) or ``layer_<L>_<variant>`` as Gemma Scope 2 names them
+(``layer_17_width_16k_l0_medium``), in any layout :func:`mechtune.interp.sae.load_sae`
+reads. The layer is the folder's and must agree with the SAE's own metadata; two folders
+for one layer are refused unless ``--sae-variant`` picks one.
 """
 
 from __future__ import annotations
 
 import random
-import re
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Annotated, Any
@@ -28,13 +34,15 @@ from mechtune.cli._common import console
 from mechtune.data.importers import DataFormatError, read_psf_records
 from mechtune.data.io import write_json
 from mechtune.data.schema import ParaphraseSet
-from mechtune.errors import DataError
+from mechtune.errors import ConfigError, DataError
 from mechtune.models.yes_no import YesNoVLM
 
 app = typer.Typer(help="Sparse autoencoders: train them, find where flips live.")
 
 MODEL_HELP = "phantom:vqa, or hf:DIR (a saved image-text-to-text model such as MedGemma)."
 QUESTIONS_HELP = "PSF-Med style records (JSONL or JSON array); default: the world's own."
+DEFAULT_STUDIES = 2000  # phantom: studies in a rendered world
+DEFAULT_K = 16  # topk: features kept per token
 
 
 class QuestionFileError(DataError):
@@ -126,14 +134,28 @@ def load_questions(
     questions: Path | None,
     *,
     world_dir: Path | None,
-    n: int,
+    n: int | None,
     seed: int,
-    split: str,
+    split: str | None,
     heldout: bool = False,
     image_root: Path | None,
     skip_bad: bool,
 ) -> Questions:
-    """The model, images and paraphrase sets of a command; errors name file and record."""
+    """The model, images and paraphrase sets of a command; errors name file and record.
+
+    ``world_dir``, ``n`` and ``split`` are for ``phantom:vqa`` (defaults: a rendered world
+    of 2000 studies, the train split), ``image_root`` for ``hf:`` models; giving one to
+    the other kind of model is a ConfigError, since nothing would read it."""
+    phantom = model == "phantom:vqa"
+    unread = (
+        {"--image-root": image_root}
+        if phantom
+        else {"--world": world_dir, "--n": n, "--split": split}
+    )
+    given = [option for option, value in unread.items() if value is not None]
+    if given:  # checked before a large model is loaded
+        kind = "phantom:vqa" if phantom else "hf: models"
+        raise ConfigError(f"{', '.join(given)} cannot be used with {kind} (model {model!r})")
     vlm, phantom = load_yes_no_model(model)
     source: dict[str, Any] = {"model": model}
     sets: list[ParaphraseSet] = []
@@ -163,6 +185,12 @@ def load_questions(
     from mechtune.sim.world import WorldConfig, load_world, make_world
 
     assert isinstance(vlm, PhantomVQA)
+    if world_dir is not None and n is not None:
+        raise ConfigError("--n and --world cannot be used together (a saved world has its size)")
+    if questions is not None and split is not None:
+        raise ConfigError("--split picks the world's own questions; with --questions it is unused")
+    n = DEFAULT_STUDIES if n is None else n
+    split = "train" if split is None else split
     if world_dir is not None:
         world = load_world(world_dir)
         source["world"] = str(world_dir)
@@ -199,11 +227,17 @@ def _layers(text: str | None, n_layers: int) -> list[int]:
 ModelOpt = Annotated[str, typer.Option(help=MODEL_HELP)]
 QuestionsOpt = Annotated[Path | None, typer.Option(help=QUESTIONS_HELP)]
 WorldOpt = Annotated[Path | None, typer.Option(help="phantom: a saved world folder.")]
-NOpt = Annotated[int, typer.Option("--n", min=2, help="phantom: studies if rendered.")]
+NOpt = Annotated[
+    int | None,
+    typer.Option("--n", min=2, help=f"phantom: studies if rendered [{DEFAULT_STUDIES}]."),
+]
 SeedOpt = Annotated[int, typer.Option(help="World, sampling and training seed.")]
 RootOpt = Annotated[Path | None, typer.Option(help="hf: folder image paths are relative to.")]
 SkipOpt = Annotated[bool, typer.Option(help="Skip bad records (counted) instead of failing.")]
 LayersOpt = Annotated[str | None, typer.Option(help="Comma-separated layers; default all.")]
+SplitOpt = Annotated[
+    str | None, typer.Option(help="phantom: split of the world's questions [train].")
+]
 
 
 @app.command("train")
@@ -214,22 +248,25 @@ def train(
     layers: LayersOpt = None,
     kind: Annotated[str, typer.Option(help="topk or jumprelu.")] = "topk",
     width: Annotated[int, typer.Option(min=1, help="Features per SAE.")] = 768,
-    k: Annotated[int, typer.Option(min=1, help="topk: features kept per token.")] = 16,
+    k: Annotated[
+        int | None, typer.Option(min=1, help=f"topk: features kept per token [{DEFAULT_K}].")
+    ] = None,
     steps: Annotated[int, typer.Option(min=1, help="Optimiser steps per SAE.")] = 400,
     corpus: Annotated[
         Path | None, typer.Option(help="Extra texts, one per line (phantom default: reports).")
     ] = None,
     world: WorldOpt = None,
-    n: NOpt = 2000,
+    n: NOpt = None,
     seed: SeedOpt = 0,
-    split: Annotated[str, typer.Option(help="phantom: split of the world's questions.")] = "train",
+    split: SplitOpt = None,
     image_root: RootOpt = None,
     skip_bad: SkipOpt = False,
 ) -> None:
     """Train one SAE per layer on the residual states of the questions and paraphrases,
     saved in SAELens layout (cfg.json + sae_weights.safetensors) with R², FVU and L0."""
     from mechtune.eval.paraphrase_study import train_question_saes
-    from mechtune.interp.sae import SAEConfig, save_saelens
+    from mechtune.interp.sae import SAEConfig
+    from mechtune.interp.sae_saelens import save_saelens
 
     data = load_questions(
         model,
@@ -241,8 +278,11 @@ def train(
         image_root=image_root,
         skip_bad=skip_bad,
     )
+    if k is not None and kind != "topk":
+        raise ConfigError(f"--k is for --kind topk, not {kind!r}")
     chosen = _layers(layers, len(data.vlm.layers))
-    shape = SAEConfig(d_in=1, d_sae=width, kind=kind, k=k if kind == "topk" else None, model=model)
+    k = DEFAULT_K if kind == "topk" and k is None else k
+    shape = SAEConfig(d_in=1, d_sae=width, kind=kind, k=k, model=model)
     texts = list(data.corpus)
     if corpus is not None:
         if not corpus.is_file():
@@ -282,40 +322,90 @@ def train(
     console.print(f"wrote {len(saes)} SAEs and report.json to {out}")
 
 
-def load_layer_saes(folder: Path, layers: list[int] | None) -> dict[int, Any]:
-    """``{layer: SAE}`` from ``folder/layer_<L>/`` (any layout load_sae reads); the layer
-    is the SAE's own config value when it has one, else the folder name's number."""
-    from mechtune.interp.sae import load_sae
+def load_layer_saes(
+    folder: Path, layers: list[int] | None, variant: str | None = None
+) -> dict[int, Any]:
+    """``{layer: SAE}`` from the SAE folders in ``folder``, in any layout load_sae reads.
+
+    A folder is named ``layer_<L>`` or, as Gemma Scope 2 names them, ``layer_<L>_<variant>``
+    (``layer_17_width_16k_l0_medium``); ``variant`` keeps only folders of that variant.
+    The layer is the folder name's; an SAE whose own metadata places it elsewhere, or reads
+    a site that is not a block output, is refused naming both, and so are two folders for
+    one layer. Only the folders of ``layers`` (all when None) are loaded.
+    """
+    from mechtune.interp.sae import layer_folder, load_sae
 
     if not folder.is_dir():
         raise QuestionFileError(f"--saes {folder}: no such folder")
-    saes: dict[int, Any] = {}
-    for child in sorted(folder.iterdir()):
-        match = re.fullmatch(r"layer_(\d+)", child.name)
-        if not child.is_dir() or match is None:
+    chosen: dict[int, Path] = {}
+    variants: set[str] = set()
+    for child in sorted(p for p in folder.iterdir() if p.is_dir()):
+        parsed = layer_folder(child.name)
+        if parsed is None:
+            if child.name.startswith("layer_"):
+                raise QuestionFileError(
+                    f"--saes {folder}: folder {child.name!r} is not named layer_<L> or "
+                    "layer_<L>_<variant> (one layer per SAE)"
+                )
             continue
+        layer, name = parsed
+        variants.add(name)
+        if (variant is not None and name != variant) or (
+            layers is not None and layer not in layers
+        ):
+            continue
+        if layer in chosen:
+            raise QuestionFileError(
+                f"--saes {folder}: two SAEs for layer {layer}: {chosen[layer].name!r} and "
+                f"{child.name!r}; pick one with --sae-variant (found: {sorted(variants)})"
+            )
+        chosen[layer] = child
+    saes: dict[int, Any] = {}
+    for layer, child in chosen.items():
         sae = load_sae(child)
-        layer = sae.config.layer if sae.config.layer is not None else int(match.group(1))
-        if layers is None or layer in layers:
-            saes[layer] = sae.eval()
+        own, hook = sae.config.layer, sae.config.hook
+        if own is None and hook is not None:
+            raise QuestionFileError(
+                f"--saes {child}: the SAE reads {hook!r}, which is not the output of block "
+                f"{layer}; sae analyze reads block outputs"
+            )
+        if own is not None and own != layer:
+            raise QuestionFileError(
+                f"--saes {child}: the folder name says layer {layer} but the SAE's own "
+                f"metadata says layer {own} (hook {hook!r})"
+            )
+        saes[layer] = sae.eval()
     if not saes:
-        raise QuestionFileError(f"--saes {folder}: no layer_<L>/ SAE folders (for {layers})")
-    return saes
+        wanted = "" if variant is None else f" of variant {variant!r}"
+        raise QuestionFileError(
+            f"--saes {folder}: no layer_<L>/ SAE folders{wanted} for layers "
+            f"{'all' if layers is None else layers} (variants found: {sorted(variants)})"
+        )
+    return dict(sorted(saes.items()))
 
 
 @app.command("analyze")
 def analyze(
-    saes: Annotated[Path, typer.Option(help="Folder of layer_<L>/ SAEs (sae train's --out).")],
+    saes: Annotated[
+        Path,
+        typer.Option(
+            help="Folder of layer_<L>[_<variant>]/ SAEs (sae train's --out, Gemma Scope 2)."
+        ),
+    ],
     out: Annotated[Path, typer.Option(help="Folder for analysis.json and auc_by_layer.png.")],
     model: ModelOpt = "phantom:vqa",
     questions: QuestionsOpt = None,
     layers: LayersOpt = None,
     half_width: Annotated[int, typer.Option(min=0, help="Chosen range: peak ± this.")] = 1,
+    sae_variant: Annotated[
+        str | None,
+        typer.Option(help="Only SAE folders layer_<L>_<VARIANT>, e.g. width_16k_l0_medium."),
+    ] = None,
     max_questions: Annotated[int, typer.Option(min=2, help="Question sets sampled.")] = 600,
     world: WorldOpt = None,
-    n: NOpt = 2000,
+    n: NOpt = None,
     seed: SeedOpt = 0,
-    split: Annotated[str, typer.Option(help="phantom: split of the world's questions.")] = "train",
+    split: SplitOpt = None,
     image_root: RootOpt = None,
     skip_bad: SkipOpt = False,
 ) -> None:
@@ -336,7 +426,7 @@ def analyze(
         skip_bad=skip_bad,
     )
     wanted = None if layers is None else _layers(layers, len(data.vlm.layers))
-    dictionaries = load_layer_saes(saes, wanted)
+    dictionaries = load_layer_saes(saes, wanted, sae_variant)
     sets = data.sets
     if len(sets) > max_questions:
         sets = random.Random(seed).sample(sets, max_questions)
@@ -353,6 +443,7 @@ def analyze(
     result = {
         **data.source,
         "saes": str(saes),
+        "sae_variant": sae_variant,
         "analysis": analysis.to_dict(),
         "baseline": baseline,
         "clamping": clamped["questions"] if clamped else None,

@@ -47,7 +47,7 @@ from mechtune.eval.consistency import (
     text_only_agreement,
 )
 from mechtune.eval.metrics import PairedDifference, paired_items
-from mechtune.interp.sae import SAE, SAEConfig, save_saelens
+from mechtune.interp.sae import SAE, SAEConfig
 from mechtune.interp.sae_analysis import (
     AnalysisConfig,
     Dictionary,
@@ -58,6 +58,7 @@ from mechtune.interp.sae_analysis import (
     paraphrase_pairs,
     token_states,
 )
+from mechtune.interp.sae_saelens import save_saelens
 from mechtune.interp.sae_train import train_sae
 from mechtune.models.yes_no import YesNoVLM, take_rows
 from mechtune.sim.train_vqa import world_paraphrase_sets

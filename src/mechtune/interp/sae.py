@@ -1,49 +1,102 @@
-"""Sparse autoencoders (JumpReLU and TopK): the model, loaders, savers and metrics.
+"""Sparse autoencoders (JumpReLU and TopK): the model, its config, file checks and metrics.
 
 An SAE maps a residual state x ``[..., d_in]`` to features f ``[..., d_sae]`` and back:
 
 * pre-activation ``pre = x @ w_enc + b_enc`` (b_dec is **not** subtracted from x first:
   Gemma Scope's convention, and the trap when porting SAELens code);
-* ``jumprelu``: ``f = relu(pre) * (pre > threshold)``;
-* ``topk``: the k largest of ``relu(pre)`` are kept, the rest zeroed;
+* ``jumprelu``: ``f = relu(pre) * (pre > threshold)`` (Rajamanoharan et al. 2024, eq. 3;
+  a zero threshold makes it a plain ReLU SAE);
+* ``topk``: the k largest of ``relu(pre)`` are kept, the rest zeroed (Gao et al. 2024);
 * reconstruction ``x_hat = f @ w_dec + b_dec``.
 
-Three on-disk layouts load into the same ``SAE`` (``load_sae`` picks by the files present):
-Gemma Scope 2 (``params.safetensors``, lower-case ``w_enc``), Gemma Scope 1 (``params.npz``,
-``W_enc``) and SAELens (``cfg.json`` + ``sae_weights.safetensors``). An SAELens SAE that
-subtracts b_dec from its input has that folded into b_enc on load
-(``b_enc - b_dec @ W_enc``), so every loaded SAE follows the formulas above; a
-``standard`` (ReLU) SAELens SAE becomes a JumpReLU SAE with a zero threshold.
-Training lives in ``mechtune.interp.sae_train``.
+Files: :func:`load_sae` reads the three layouts users have, each into this one model, and
+reads each exactly as its writer meant or refuses it with :class:`SAEFormatError`, naming
+the key and value:
+
+* Gemma Scope 2 (``params.safetensors``) and Gemma Scope 1 (``params.npz``):
+  :mod:`mechtune.interp.sae_gemma_scope`;
+* SAELens (``cfg.json`` + ``sae_weights.safetensors``, every config layout SAELens has
+  written): :mod:`mechtune.interp.sae_saelens`, whose docstring lists which variants are
+  read and which refused.
+
+Where an SAE reads (``SAEConfig.layer`` and ``hook``): mechtune's layer L is the output of
+text block L (the residual stream after it). :func:`block_output_layer` reads that layer
+from a hook name, so that an SAE trained on ``blocks.3.hook_resid_pre`` (block 3's
+*input*) sits at layer 2, and one trained on ``blocks.3.hook_mlp_out`` sits at no layer.
+Training lives in :mod:`mechtune.interp.sae_train`.
 """
 
 from __future__ import annotations
 
-import json
+import functools
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
-from safetensors import safe_open
-from safetensors.torch import save_file
 from torch import nn
 
-from mechtune.data.io import atomic_path, dumps_json, write_json
 from mechtune.errors import ConfigError, DataError
 
 GEMMA_SCOPE_2_FILE = "params.safetensors"
+GEMMA_SCOPE_2_CONFIG = "config.json"
 GEMMA_SCOPE_1_FILE = "params.npz"
 SAELENS_CONFIG = "cfg.json"
 SAELENS_WEIGHTS = "sae_weights.safetensors"
-_CONFIG_METADATA_KEY = "mechtune_sae_config"  # our config, kept in the safetensors header
 
 
 class SAEFormatError(DataError):
-    """An SAE file lacks a key, has a misshaped tensor, or uses an unsupported option."""
+    """An SAE file lacks a key, has a misshaped tensor, or uses an option mechtune does not
+    read exactly; the message names the file, the key and the value."""
+
+
+# ---------------------------------------------------------------- where an SAE reads
+
+_BLOCK = r"(?:blocks|layers|layer|h)\.(\d+)"
+_BLOCK_INDEX = re.compile(rf"(?:^|\.){_BLOCK}(?:\.|$)")
+_BLOCK_OUTPUT = re.compile(rf"(?:^|\.){_BLOCK}(?:\.output|\.hook_resid_post)?$")
+_BLOCK_INPUT = re.compile(rf"(?:^|\.){_BLOCK}\.hook_resid_pre$")
+_LAYER_FOLDER = re.compile(r"layer_(\d+)(?:_([A-Za-z].*))?")
+
+
+def hook_block_index(hook: str) -> int | None:
+    """The index of the block a hook name lies in, or None when it names no block:
+    ``blocks.3.hook_mlp_out`` -> 3 (TransformerLens), ``model.layers.3.output`` -> 3 (the
+    Hugging Face module path Gemma Scope 2 uses), ``hook_embed`` -> None. This is SAELens's
+    ``hook_layer``."""
+    match = _BLOCK_INDEX.search(hook)
+    return int(match.group(1)) if match else None
+
+
+def block_output_layer(hook: str) -> int | None:
+    """mechtune's layer of a hook name: L when it reads the output of block L, else None.
+
+    ``blocks.L.hook_resid_post``, ``...layers.L.output`` and a block's own module path
+    (``language_model.layers.L``, how mechtune names its hooks) read block L's output;
+    ``blocks.L.hook_resid_pre`` reads block L's input, which is block L-1's output (None
+    for L = 0, the embeddings). Any other site (``hook_mlp_out``, ``attn.hook_z``,
+    ``self_attn.o_proj.input``, ...) is not a block output: None.
+    """
+    match = _BLOCK_OUTPUT.search(hook)
+    if match:
+        return int(match.group(1))
+    match = _BLOCK_INPUT.search(hook)
+    if match and int(match.group(1)) > 0:
+        return int(match.group(1)) - 1
+    return None
+
+
+def layer_folder(name: str) -> tuple[int, str] | None:
+    """``(layer, variant)`` of an SAE folder name: ``layer_17`` -> ``(17, "")``,
+    ``layer_17_width_16k_l0_medium`` (Gemma Scope 2) -> ``(17, "width_16k_l0_medium")``;
+    None for other names, including ``layer_7_13_17`` (a multi-layer crosscoder)."""
+    match = _LAYER_FOLDER.fullmatch(name)
+    return (int(match.group(1)), match.group(2) or "") if match else None
+
+
+# ---------------------------------------------------------------- the model
 
 
 @dataclass(frozen=True)
@@ -73,9 +126,19 @@ _KINDS: dict[str, _Kind] = {
 KINDS: tuple[str, ...] = tuple(sorted(_KINDS))
 
 
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
 @dataclass(frozen=True)
 class SAEConfig:
-    """Shape and kind of an SAE, plus where in which model it reads (metadata only)."""
+    """Shape and kind of an SAE, and where in which model it reads.
+
+    ``layer`` is the block whose output the SAE reads (None: not a block output, or
+    unknown); ``hook`` the site's name as its writer gave it; ``model`` the model it was
+    trained on. When ``hook`` names a block (see :func:`hook_block_index`), ``layer`` must
+    agree with it (:func:`block_output_layer`).
+    """
 
     d_in: int
     d_sae: int
@@ -88,19 +151,34 @@ class SAEConfig:
     def __post_init__(self) -> None:
         for name in ("d_in", "d_sae"):
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            if not _is_int(value) or value < 1:
                 raise ConfigError(f"{name} must be a positive int, got {value!r}")
         if self.kind not in _KINDS:
             raise ConfigError(f"unknown SAE kind {self.kind!r}; choose one of {', '.join(KINDS)}")
         if self.kind == "topk":
-            if isinstance(self.k, bool) or not isinstance(self.k, int):
+            if not _is_int(self.k):
                 raise ConfigError(f"kind 'topk' needs an int k, got k={self.k!r}")
-            if not 1 <= self.k <= self.d_sae:
+            if not 1 <= self.k <= self.d_sae:  # type: ignore[operator]
                 raise ConfigError(f"k must be in [1, d_sae={self.d_sae}], got {self.k}")
         elif self.k is not None:
             raise ConfigError(f"k is only for kind 'topk', got k={self.k!r} for {self.kind!r}")
-        if self.layer is not None and (not isinstance(self.layer, int) or self.layer < 0):
+        if self.layer is not None and (not _is_int(self.layer) or self.layer < 0):
             raise ConfigError(f"layer must be a non-negative int or None, got {self.layer!r}")
+        for name in ("model", "hook"):
+            value = getattr(self, name)
+            if value is not None and not isinstance(value, str):
+                raise ConfigError(f"{name} must be a string or None, got {value!r}")
+        if self.hook is not None and self.layer is not None:
+            at = block_output_layer(self.hook)
+            if at is None and hook_block_index(self.hook) is not None:
+                raise ConfigError(
+                    f"hook {self.hook!r} is not a block output, so layer must be None, "
+                    f"got layer={self.layer}"
+                )
+            if at is not None and at != self.layer:
+                raise ConfigError(
+                    f"hook {self.hook!r} reads the output of block {at}, but layer={self.layer}"
+                )
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -181,284 +259,129 @@ class SAE(nn.Module):
         return {name: getattr(self, name).detach() for name in self._kind.tensors}
 
 
-# ---------------------------------------------------------------- loading and saving
+# ---------------------------------------------------------------- file checks (all layouts)
+
+# The dtype names SAELens writes (``str(torch.float32)`` before 3.0, ``float32`` after).
+DTYPES: dict[str, torch.dtype] = {
+    name: dtype
+    for short, dtype in (
+        ("float32", torch.float32),
+        ("float64", torch.float64),
+        ("float16", torch.float16),
+        ("bfloat16", torch.bfloat16),
+    )
+    for name in (short, f"torch.{short}")
+}
 
 
-def _check_tensors(
+def parse_dtype(value: Any, where: str) -> torch.dtype:
+    """A dtype name (``float32``, ``torch.bfloat16``, ...) -> torch dtype; refuses others."""
+    if not isinstance(value, str) or value not in DTYPES:
+        raise SAEFormatError(
+            f"{where}: dtype={value!r} is not a dtype mechtune reads; known: {sorted(DTYPES)}"
+        )
+    return DTYPES[value]
+
+
+def check_tensors(
     tensors: Mapping[str, torch.Tensor],
-    names: Mapping[str, str],
+    shapes: Mapping[str, tuple[int, ...]],
     file: Path,
-    d_in: int | None = None,
-    d_sae: int | None = None,
-) -> tuple[int, int]:
-    """Check presence and shapes of the tensors; ``names`` maps our name -> file key.
-
-    Returns ``(d_in, d_sae)``, read from the encoder unless given.
-    """
-    for key in names.values():
+    optional: tuple[str, ...] = (),
+) -> None:
+    """Refuse a file whose tensors are not exactly ``shapes`` (key -> shape): a missing
+    key, an unknown key (unless in ``optional``), a wrong shape, a non-float tensor or a
+    NaN/inf value, each named with the file and key."""
+    for key in shapes:
         if key not in tensors:
             raise SAEFormatError(f"{file}: missing key {key!r} (found: {sorted(tensors)})")
-    w_enc = tensors[names["w_enc"]]
-    if w_enc.ndim != 2:
+    unknown = sorted(set(tensors) - set(shapes) - set(optional))
+    if unknown:
         raise SAEFormatError(
-            f"{file}: key {names['w_enc']!r} must be 2-D, got {tuple(w_enc.shape)}"
+            f"{file}: unknown key(s) {unknown}; mechtune cannot tell what they do to the "
+            f"SAE's math (expected: {sorted(shapes)})"
         )
-    d_in = int(w_enc.shape[0]) if d_in is None else d_in
-    d_sae = int(w_enc.shape[1]) if d_sae is None else d_sae
-    expected = {
+    for key, shape in shapes.items():
+        tensor = tensors[key]
+        if tuple(tensor.shape) != shape:
+            raise SAEFormatError(
+                f"{file}: key {key!r} has shape {tuple(tensor.shape)}, expected {shape}"
+            )
+        if not tensor.is_floating_point():
+            raise SAEFormatError(f"{file}: key {key!r} has dtype {tensor.dtype}, not a float")
+        if not bool(torch.isfinite(tensor).all()):
+            raise SAEFormatError(f"{file}: key {key!r} contains NaN or inf")
+
+
+def shapes_of(d_in: int, d_sae: int, names: Mapping[str, str]) -> dict[str, tuple[int, ...]]:
+    """File key -> expected shape, for ``names`` mapping our tensor name -> file key."""
+    ours = {
         "w_enc": (d_in, d_sae),
         "w_dec": (d_sae, d_in),
         "b_enc": (d_sae,),
         "b_dec": (d_in,),
         "threshold": (d_sae,),
     }
-    for ours, key in names.items():
-        shape = tuple(tensors[key].shape)
-        if shape != expected[ours]:
+    return {key: ours[name] for name, key in names.items()}
+
+
+def storage_dtype(
+    tensors: Mapping[str, torch.Tensor],
+    requested: torch.dtype | None,
+    file: Path,
+    written: torch.dtype | None = None,
+) -> torch.dtype:
+    """The dtype to load ``tensors`` in, never rounding a value the caller did not ask for.
+
+    ``requested`` None means the writer's dtype: ``written`` (what the file's config says
+    it computes in, as SAELens casts its weights to it) or else the widest dtype among the
+    tensors (exact). A requested dtype that cannot hold every stored value exactly (e.g.
+    float32 for float64 weights) is refused, naming the key.
+    """
+    if requested is None:
+        if written is not None:
+            return written
+        return functools.reduce(torch.promote_types, [t.dtype for t in tensors.values()])
+    for key, tensor in tensors.items():
+        if tensor.dtype != requested and not torch.equal(
+            tensor.to(requested).to(tensor.dtype), tensor
+        ):
             raise SAEFormatError(
-                f"{file}: key {key!r} has shape {shape}, expected {expected[ours]} "
-                f"(d_in={d_in}, d_sae={d_sae})"
+                f"{file}: key {key!r} holds {tensor.dtype} values that dtype={requested} "
+                "cannot represent exactly; load with dtype=None (the writer's) or a wider "
+                "dtype"
             )
-    return d_in, d_sae
+    return requested
 
 
-def _build(
+def build_sae(
     config: SAEConfig,
     tensors: Mapping[str, torch.Tensor],
-    names: Mapping[str, str],
     dtype: torch.dtype,
     device: str | torch.device | None,
 ) -> SAE:
+    """An SAE in eval mode from ``tensors`` keyed by our names (cast to ``dtype``)."""
     sae = SAE(config, dtype=dtype, device=device)
-    sae.load_state_dict({ours: tensors[key] for ours, key in names.items()})
+    sae.load_state_dict({name: tensors[name].to(dtype) for name in sae.tensors()})
     return sae.eval()
-
-
-def _read_safetensors(file: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    if not file.is_file():
-        raise FileNotFoundError(f"{file}: no such file")
-    with safe_open(str(file), framework="pt") as fh:
-        tensors = {key: fh.get_tensor(key) for key in fh.keys()}  # noqa: SIM118
-        metadata = fh.metadata() or {}
-    return tensors, metadata
-
-
-def _layer_from_path(path: Path) -> int | None:
-    """Gemma Scope folders are named like ``layer_17_width_16k_l0_medium``."""
-    for part in reversed(path.parts):
-        match = re.match(r"layer_(\d+)", part)
-        if match:
-            return int(match.group(1))
-    return None
-
-
-def _gemma_scope_file(path: str | Path, default: str) -> Path:
-    p = Path(path)
-    return p / default if p.is_dir() else p
-
-
-def load_gemma_scope(
-    path: str | Path,
-    *,
-    dtype: torch.dtype = torch.float32,
-    device: str | torch.device | None = None,
-) -> SAE:
-    """A Gemma Scope 2 folder (``params.safetensors``) or file -> jumprelu SAE.
-
-    Keys ``w_enc [d_in, d_sae]``, ``w_dec [d_sae, d_in]``, ``b_enc``, ``b_dec``, ``threshold``.
-    """
-    file = _gemma_scope_file(path, GEMMA_SCOPE_2_FILE)
-    tensors, metadata = _read_safetensors(file)
-    names = {name: name for name in _KINDS["jumprelu"].tensors}
-    d_in, d_sae = _check_tensors(tensors, names, file)
-    if _CONFIG_METADATA_KEY in metadata:
-        try:
-            config = SAEConfig.from_dict(json.loads(metadata[_CONFIG_METADATA_KEY]))
-        except ValueError as exc:  # json.JSONDecodeError is a ValueError too
-            raise SAEFormatError(f"{file}: bad {_CONFIG_METADATA_KEY} metadata: {exc}") from None
-        if (config.d_in, config.d_sae) != (d_in, d_sae):
-            raise SAEFormatError(
-                f"{file}: stored config says d_in={config.d_in}, d_sae={config.d_sae} but "
-                f"the tensors give d_in={d_in}, d_sae={d_sae}"
-            )
-    else:
-        config = SAEConfig(d_in, d_sae, "jumprelu", layer=_layer_from_path(file.parent))
-    return _build(config, tensors, names, dtype, device)
-
-
-def load_gemma_scope_npz(
-    path: str | Path,
-    *,
-    dtype: torch.dtype = torch.float32,
-    device: str | torch.device | None = None,
-) -> SAE:
-    """A Gemma Scope 1 folder (``params.npz``) or file -> jumprelu SAE.
-
-    Keys ``W_enc [d_in, d_sae]``, ``W_dec [d_sae, d_in]``, ``b_enc``, ``b_dec``, ``threshold``.
-    """
-    file = _gemma_scope_file(path, GEMMA_SCOPE_1_FILE)
-    if not file.is_file():
-        raise FileNotFoundError(f"{file}: no such file")
-    with np.load(file) as data:
-        tensors = {key: torch.from_numpy(np.array(data[key])) for key in data.files}
-    names = {
-        "w_enc": "W_enc",
-        "w_dec": "W_dec",
-        "b_enc": "b_enc",
-        "b_dec": "b_dec",
-        "threshold": "threshold",
-    }
-    d_in, d_sae = _check_tensors(tensors, names, file)
-    config = SAEConfig(d_in, d_sae, "jumprelu", layer=_layer_from_path(file.parent))
-    return _build(config, tensors, names, dtype, device)
-
-
-def save_gemma_scope(sae: SAE, folder: str | Path) -> Path:
-    """Write a jumprelu SAE as a Gemma Scope 2 ``params.safetensors`` (atomically).
-
-    Our config rides along in the safetensors header, so ``load_gemma_scope`` restores
-    layer, model and hook as well. Returns the file written.
-    """
-    if sae.config.kind != "jumprelu":
-        raise DataError(f"Gemma Scope stores jumprelu SAEs only, got kind {sae.config.kind!r}")
-    file = Path(folder) / GEMMA_SCOPE_2_FILE
-    tensors = {k: v.contiguous().cpu() for k, v in sae.tensors().items()}
-    metadata = {_CONFIG_METADATA_KEY: dumps_json(sae.config, indent=None, sort_keys=True)}
-    with atomic_path(file) as tmp:
-        save_file(tensors, str(tmp), metadata=metadata)
-    return file
-
-
-_SAELENS_NAMES = {
-    "w_enc": "W_enc",
-    "w_dec": "W_dec",
-    "b_enc": "b_enc",
-    "b_dec": "b_dec",
-    "threshold": "threshold",
-}
-# SAELens architecture -> our kind. A "standard" SAE is ReLU: jumprelu with threshold 0.
-_SAELENS_KINDS = {"jumprelu": "jumprelu", "topk": "topk", "standard": "jumprelu"}
-
-
-def _saelens_field(cfg: Mapping[str, Any], key: str) -> Any:
-    """A field at the top level of cfg.json, or under ``metadata`` (SAELens 6)."""
-    if key in cfg:
-        return cfg[key]
-    meta = cfg.get("metadata")
-    return meta.get(key) if isinstance(meta, Mapping) else None
-
-
-def load_saelens(
-    folder: str | Path,
-    *,
-    dtype: torch.dtype = torch.float32,
-    device: str | torch.device | None = None,
-) -> SAE:
-    """An SAELens folder (``cfg.json`` + ``sae_weights.safetensors``) -> SAE.
-
-    Architectures jumprelu, topk (``k`` top-level or in ``activation_fn_kwargs``) and
-    standard (ReLU, loaded as jumprelu with a zero threshold). ``apply_b_dec_to_input``
-    (SAELens's default, True, when absent) is folded into b_enc.
-    """
-    root = Path(folder)
-    cfg_file, weights_file = root / SAELENS_CONFIG, root / SAELENS_WEIGHTS
-    if not cfg_file.is_file():
-        raise FileNotFoundError(f"{cfg_file}: no such file")
-    cfg = json.loads(cfg_file.read_text(encoding="utf-8"))
-    for key in ("d_in", "d_sae"):
-        if key not in cfg:
-            raise SAEFormatError(f"{cfg_file}: missing key {key!r}")
-    architecture = cfg.get("architecture", "standard")
-    if architecture not in _SAELENS_KINDS:
-        raise SAEFormatError(
-            f"{cfg_file}: architecture {architecture!r} is not supported; "
-            f"supported: {sorted(_SAELENS_KINDS)}"
-        )
-    normalize = cfg.get("normalize_activations")
-    if normalize not in (None, "none"):
-        raise SAEFormatError(
-            f"{cfg_file}: normalize_activations={normalize!r} is not supported (only 'none')"
-        )
-    kind = _SAELENS_KINDS[architecture]
-    k = None
-    if kind == "topk":
-        kwargs = cfg.get("activation_fn_kwargs") or {}
-        k = cfg.get("k", kwargs.get("k"))
-        if k is None:
-            raise SAEFormatError(
-                f"{cfg_file}: topk SAE without 'k' (top level or activation_fn_kwargs)"
-            )
-    layer = _saelens_field(cfg, "hook_layer")
-    if layer is None:
-        hook_name = _saelens_field(cfg, "hook_name") or ""
-        match = re.search(r"(?:blocks|layers)\.(\d+)\.", hook_name)
-        layer = int(match.group(1)) if match else None
-    try:
-        config = SAEConfig(
-            d_in=int(cfg["d_in"]),
-            d_sae=int(cfg["d_sae"]),
-            kind=kind,
-            k=None if k is None else int(k),
-            layer=layer,
-            model=_saelens_field(cfg, "model_name"),
-            hook=_saelens_field(cfg, "hook_name"),
-        )
-    except (TypeError, ValueError) as exc:
-        raise SAEFormatError(f"{cfg_file}: {exc}") from None
-    tensors, _ = _read_safetensors(weights_file)
-    stored = [n for n in _KINDS[kind].tensors if architecture != "standard" or n != "threshold"]
-    names = {ours: _SAELENS_NAMES[ours] for ours in stored}
-    _check_tensors(tensors, names, weights_file, config.d_in, config.d_sae)
-    tensors = {key: tensors[key].to(torch.float64) for key in names.values()}
-    if architecture == "standard":
-        tensors["threshold"] = torch.zeros(config.d_sae, dtype=torch.float64)
-        names["threshold"] = "threshold"
-    if cfg.get("apply_b_dec_to_input", True):  # SAELens's default when the key is absent
-        # (x - b_dec) @ W_enc + b_enc == x @ W_enc + (b_enc - b_dec @ W_enc)
-        tensors["b_enc"] = tensors["b_enc"] - tensors["b_dec"] @ tensors["W_enc"]
-    return _build(config, tensors, names, dtype, device)
-
-
-def save_saelens(sae: SAE, folder: str | Path) -> Path:
-    """Write an SAE as an SAELens folder: ``cfg.json`` + ``sae_weights.safetensors``
-    (each atomically). Returns the folder."""
-    root = Path(folder)
-    config = sae.config
-    cfg: dict[str, Any] = {
-        "architecture": config.kind,
-        "d_in": config.d_in,
-        "d_sae": config.d_sae,
-        "dtype": str(sae.w_enc.dtype).removeprefix("torch."),
-        "device": "cpu",
-        "apply_b_dec_to_input": False,
-        "normalize_activations": "none",
-        "reshape_activations": "none",
-        "metadata": {
-            "model_name": config.model,
-            "hook_name": config.hook,
-            "hook_layer": config.layer,
-        },
-    }
-    if config.k is not None:
-        cfg["k"] = config.k
-    tensors = {_SAELENS_NAMES[k]: v.contiguous().cpu() for k, v in sae.tensors().items()}
-    with atomic_path(root / SAELENS_WEIGHTS) as tmp:
-        save_file(tensors, str(tmp))
-    write_json(root / SAELENS_CONFIG, cfg, sort_keys=True)
-    return root
 
 
 def load_sae(
     path: str | Path,
     *,
-    dtype: torch.dtype = torch.float32,
+    dtype: torch.dtype | None = None,
     device: str | torch.device | None = None,
 ) -> SAE:
     """Load an SAE from a folder (or its weights file), detecting the layout.
 
     Looks for, in order: ``cfg.json`` + ``sae_weights.safetensors`` (SAELens),
-    ``params.safetensors`` (Gemma Scope 2), ``params.npz`` (Gemma Scope 1).
+    ``params.safetensors`` (Gemma Scope 2), ``params.npz`` (Gemma Scope 1). ``dtype`` None
+    keeps the writer's dtype; see :func:`storage_dtype`. Raises :class:`SAEFormatError` for
+    a file that cannot be read exactly, ``FileNotFoundError`` when there is no SAE.
     """
+    from mechtune.interp.sae_gemma_scope import load_gemma_scope, load_gemma_scope_npz
+    from mechtune.interp.sae_saelens import load_saelens
+
     p = Path(path)
     if p.is_file():
         if p.name == SAELENS_WEIGHTS or p.name == SAELENS_CONFIG:

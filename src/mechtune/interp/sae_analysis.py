@@ -33,6 +33,7 @@ import torch
 from scipy.stats import rankdata
 
 from mechtune.data.schema import ParaphraseSet
+from mechtune.errors import ConfigError
 from mechtune.models.yes_no import (
     YesNoVLM,
     capture_block_outputs,
@@ -195,14 +196,28 @@ def cross_validated_scores(
 
 @dataclass(frozen=True)
 class AnalysisConfig:
-    folds: int = 5
-    l2: float = 1e-2
-    top_features: int = 10
-    min_active_share: float = 0.01
-    half_width: int = 1
+    """Settings of :func:`analyse`; each is checked at construction."""
+
+    folds: int = 5  # cross-validation folds of the flip classifier, split by question set
+    l2: float = 1e-2  # L2 penalty of the logistic regression (on standardised features)
+    top_features: int = 10  # features kept by the attribution
+    min_active_share: float = 0.01  # a feature must be active on this share of pairs
+    half_width: int = 1  # chosen layers: the AUC peak ± this
     patch_features: int = 5  # top attributed features tried by the causal patch
-    bootstrap: int = 1000
-    seed: int = 0
+    bootstrap: int = 1000  # resamples of question sets for the AUC's 95% interval
+    seed: int = 0  # seed of those resamples
+
+    def __post_init__(self) -> None:
+        minimum = {"folds": 2, "top_features": 1, "half_width": 0, "patch_features": 1}
+        minimum |= {"bootstrap": 1, "seed": 0}
+        for name, least in minimum.items():
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < least:
+                raise ConfigError(f"{name} must be an int >= {least}, got {value!r}")
+        if not (isinstance(self.l2, int | float) and 0 <= self.l2 < float("inf")):
+            raise ConfigError(f"l2 must be a finite number >= 0, got {self.l2!r}")
+        if not (isinstance(self.min_active_share, int | float) and 0 <= self.min_active_share <= 1):
+            raise ConfigError(f"min_active_share must be in [0, 1], got {self.min_active_share!r}")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

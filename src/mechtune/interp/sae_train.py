@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
 import torch
@@ -33,6 +33,8 @@ from mechtune.errors import ConfigError, DataError
 from mechtune.interp.sae import SAE, ReconstructionStats, SAEConfig, reconstruction_stats
 
 B_DEC_INITS: tuple[str, ...] = ("mean", "median", "zero")
+# Settings of the JumpReLU loss; a TopK SAE's sparsity is fixed by k instead.
+JUMPRELU_ONLY = ("sparsity_coefficient", "sparsity_warmup_steps", "bandwidth", "init_threshold")
 
 
 @dataclass(frozen=True)
@@ -55,14 +57,13 @@ class SAETrainConfig:
     log_every: int = 100
 
     def __post_init__(self) -> None:
-        for name in ("steps", "batch_size", "stats_rows", "log_every"):
+        for name in ("steps", "batch_size", "stats_rows", "log_every", "sparsity_warmup_steps"):
             value = getattr(self, name)
-            if not isinstance(value, int) or value < 1:
-                raise ConfigError(f"{name} must be a positive int, got {value!r}")
-        if self.sparsity_warmup_steps < 0:
-            raise ConfigError(
-                f"sparsity_warmup_steps must be >= 0, got {self.sparsity_warmup_steps}"
-            )
+            least = 0 if name == "sparsity_warmup_steps" else 1
+            if isinstance(value, bool) or not isinstance(value, int) or value < least:
+                raise ConfigError(f"{name} must be an int >= {least}, got {value!r}")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
+            raise ConfigError(f"seed must be an int >= 0, got {self.seed!r}")
         for name in ("lr", "bandwidth"):
             if not getattr(self, name) > 0:
                 raise ConfigError(f"{name} must be > 0, got {getattr(self, name)!r}")
@@ -73,6 +74,8 @@ class SAETrainConfig:
             raise ConfigError(
                 f"unknown b_dec_init {self.b_dec_init!r}; choose one of {', '.join(B_DEC_INITS)}"
             )
+        if not isinstance(self.normalize, bool):
+            raise ConfigError(f"normalize must be a bool, got {self.normalize!r}")
         if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
             raise ConfigError(f"betas must be two numbers in [0, 1), got {self.betas!r}")
 
@@ -81,6 +84,9 @@ class SAETrainConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> SAETrainConfig:
+        unknown = sorted(set(data) - {f.name for f in fields(cls)})
+        if unknown:
+            raise ConfigError(f"unknown SAETrainConfig field(s) {unknown}")
         data = dict(data)
         if "betas" in data:
             data["betas"] = tuple(data["betas"])
@@ -253,11 +259,20 @@ def train_sae(
 ) -> tuple[SAE, TrainReport]:
     """Train an SAE of ``config`` on activations ``[N, d_in]`` (kept on their device).
 
-    ``overrides`` replace fields of ``training`` (e.g. ``steps=500, seed=1``).
+    ``overrides`` replace fields of ``training`` (e.g. ``steps=500, seed=1``); setting a
+    field of ``JUMPRELU_ONLY`` for another kind is a ConfigError.
     ``progress(step, terms)`` is called at each log interval. Returns the SAE (float32,
     raw activation space, eval mode) and a ``TrainReport``.
     """
+    unknown = sorted(set(overrides) - {f.name for f in fields(SAETrainConfig)})
+    if unknown:
+        raise ConfigError(f"unknown SAETrainConfig field(s) {unknown}")
     training = replace(training or SAETrainConfig(), **overrides)
+    if config.kind != "jumprelu":
+        default = SAETrainConfig()
+        unread = [n for n in JUMPRELU_ONLY if getattr(training, n) != getattr(default, n)]
+        if unread:
+            raise ConfigError(f"{', '.join(unread)} only act on jumprelu SAEs, not {config.kind!r}")
     if activations.ndim != 2 or activations.shape[1] != config.d_in:
         raise DataError(
             f"activations must be [N, d_in={config.d_in}], got {tuple(activations.shape)}"
