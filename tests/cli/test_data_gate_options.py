@@ -37,11 +37,16 @@ def _commands(tmp_path):
     return {
         "build": ["data", "build", "--n", "30", "--out", out],
         "build polarity": ["data", "build", "polarity", "--n", "30", "--out", out],
+        "build contextual": ["data", "build", "contextual", "--n", "30", "--out", out],
+        "build paraphrase": ["data", "build", "paraphrase", "--n", "30", "--out", out],
         "import nast": ["data", "import", "nast", NAST, "--out", out],
     }
 
 
-@pytest.mark.parametrize("command", ["build", "build polarity", "import nast"])
+COMMANDS = ["build", "build polarity", "build contextual", "build paraphrase", "import nast"]
+
+
+@pytest.mark.parametrize("command", COMMANDS)
 def test_max_uncertain_reaches_the_gate(tmp_path, gate, command):
     args = _commands(tmp_path)[command]
     strict = runner.invoke(app, args)
@@ -65,3 +70,12 @@ def test_data_check_takes_max_uncertain(tmp_path, gate):
 def test_a_limit_must_be_a_rate(tmp_path, gate, option):
     result = runner.invoke(app, [*_commands(tmp_path)["import nast"], option, "1.5"])
     assert result.exit_code == 2 and option in result.output and not gate
+
+
+OPTION_TESTS = {
+    **{
+        f"mechtune data {c}": {"--max-uncertain": "test_max_uncertain_reaches_the_gate"}
+        for c in COMMANDS
+    },
+    "mechtune data check": {"--max-uncertain": "test_data_check_takes_max_uncertain"},
+}

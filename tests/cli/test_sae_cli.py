@@ -485,3 +485,26 @@ def test_options_nothing_would_read_are_refused_for_hf_models(
 ):
     result = _train(gemma_dir, questions, tmp_path / "saes", *extra)
     assert result.exit_code == 2 and message in " ".join(result.output.split())
+
+
+_SHARED_OPTIONS = {option: "test_both_commands_pass_the_question_options_on" for option in SHARED}
+OPTION_TESTS = {
+    "mechtune sae train": {
+        **_SHARED_OPTIONS,
+        "--out": "test_sae_train_on_gemma_writes_saelens_saes_and_stats",
+        **{
+            option: "test_every_sae_train_option_changes_the_saes"
+            for option in ("--layers", "--kind", "--width", "--k", "--steps", "--seed", "--corpus")
+        },
+    },
+    "mechtune sae analyze": {
+        **_SHARED_OPTIONS,
+        "--out": "test_sae_analyze_on_gemma_reports_auc_per_layer_and_a_range",
+        "--saes": "test_sae_analyze_reads_gemma_scope_2_folder_names",
+        "--sae-variant": "test_two_sae_folders_for_one_layer_are_named_or_picked_by_variant",
+        **{
+            option: "test_every_sae_analyze_option_reaches_the_analysis"
+            for option in ("--half-width", "--seed", "--layers", "--max-questions")
+        },
+    },
+}

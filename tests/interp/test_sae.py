@@ -231,3 +231,11 @@ def test_reconstruction_stats_match_a_hand_computation() -> None:
     assert stats.dead_fraction == pytest.approx((~active.any(0)).mean())
     np.testing.assert_allclose(stats.frequency.numpy(), active.mean(0), rtol=1e-6)
     assert set(stats.to_dict()) == {"r2", "fvu", "mse", "l0", "dead_fraction", "n_rows"}
+
+
+FIELD_TESTS = {
+    "mechtune.interp.sae.SAEConfig": {
+        name: "test_every_sae_config_field_changes_behaviour"
+        for name in ("d_in", "d_sae", "kind", "k", "layer", "model", "hook")
+    }
+}

@@ -311,3 +311,10 @@ def test_every_analysis_config_field_changes_the_analysis(
 def test_analysis_config_rejects_bad_values(change, message) -> None:
     with pytest.raises(ConfigError, match=message):
         AnalysisConfig(**change)
+
+
+FIELD_TESTS = {
+    "mechtune.interp.sae_analysis.AnalysisConfig": {
+        name: "test_every_analysis_config_field_changes_the_analysis" for name in ANALYSIS_SWEEP
+    }
+}

@@ -388,3 +388,21 @@ def test_read_saelens_config_normalises_the_versions() -> None:
     )  # fmt: skip
     assert replace(old, architecture="topk") == new  # 5.x said "standard" or "topk"
     assert (new.kind, new.k, new.layer, new.dtype) == ("topk", 2, 1, torch.float16)
+
+
+# SAELensConfig is what a cfg.json says; each field is read with the writer's meaning.
+FIELD_TESTS = {
+    "mechtune.interp.sae_saelens.SAELensConfig": {
+        "architecture": "test_every_config_variant_is_read_with_saelens_math",
+        "d_in": "test_every_config_variant_is_read_with_saelens_math",
+        "d_sae": "test_every_config_variant_is_read_with_saelens_math",
+        "k": "test_topk_marked_only_by_activation_fn_str_is_read_as_topk",
+        "apply_b_dec_to_input": "test_apply_b_dec_to_input_changes_the_encoding",
+        "finetuning_scaling_factor": "test_the_fine_tuning_scale_multiplies_the_decoder",
+        "rescale_acts_by_decoder_norm": "test_every_config_variant_is_read_with_saelens_math",
+        "hook": "test_hook_name_and_hook_point_give_the_block_output_layer",
+        "layer": "test_hook_name_and_hook_point_give_the_block_output_layer",
+        "model": "test_saelens_round_trip",
+        "dtype": "test_dtype_is_the_writers_and_never_rounds_unasked",
+    }
+}

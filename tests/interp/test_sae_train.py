@@ -207,3 +207,10 @@ def test_train_config_round_trips_and_names_unknown_fields() -> None:
     assert SAETrainConfig.from_dict(config.to_dict()) == config
     with pytest.raises(ConfigError, match=r"unknown SAETrainConfig field\(s\) \['stepz'\]"):
         SAETrainConfig.from_dict({"stepz": 3})
+
+
+FIELD_TESTS = {
+    "mechtune.interp.sae_train.SAETrainConfig": {
+        name: "test_every_train_config_field_changes_the_result" for name in SWEEP
+    }
+}
