@@ -42,7 +42,14 @@ _OTHER_SIDE = {"left": "right", "right": "left"}
 
 @dataclass(frozen=True)
 class ContextualConfig:
-    """Knobs of the contextual builder. ``max_negatives`` is K (None keeps all)."""
+    """Knobs of the contextual builder. ``max_negatives`` is K (None keeps all).
+
+    ``absent_per_study`` absent conditions are sampled per study, each stated on one side
+    with chance ``lateral_absent_rate`` when the condition has sides; ``contralateral``
+    adds "No right X." claims for left findings; ``captions`` writes one negated caption
+    per study (which needs ``absent_per_study`` >= 1); ``heldout_eval`` adds a held-out
+    family copy for validation and test patients.
+    """
 
     seed: int = 0
     max_negatives: int | None = 3

@@ -30,6 +30,14 @@ from mechtune.errors import ConfigError
 
 @dataclass(frozen=True)
 class ParaphraseConfig:
+    """Knobs of the paraphrase builder.
+
+    ``questions_per_study`` questions per study (alternately present and absent
+    conditions), each worded in ``original_family`` (a question family) with
+    ``min_paraphrases``..``max_paraphrases`` paraphrases; ``heldout_eval`` adds a held-out
+    family copy of every validation and test question.
+    """
+
     seed: int = 0
     questions_per_study: int = 2
     min_paraphrases: int = 4

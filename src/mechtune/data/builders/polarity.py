@@ -46,6 +46,15 @@ class OptionRewriter(Protocol):
 
 @dataclass(frozen=True)
 class PolarityConfig:
+    """Knobs of the polarity builder (NAST's defaults).
+
+    A study passes the row filter with at least ``min_present`` present and ``min_absent``
+    absent pathologies; ``n_conditions`` of its labelled pathologies are sampled, and the
+    ``n_options`` options are the truth plus distinct vectors 1..``max_flips`` flips away
+    (so ``n_options`` <= 1 + sum_k C(n_conditions, k), k = 1..max_flips). ``families``:
+    phrasing families "all", "train" or "heldout". Checked at construction (``ConfigError``).
+    """
+
     seed: int = 0
     n_conditions: int = 3
     n_options: int = 4
