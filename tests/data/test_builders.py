@@ -199,7 +199,11 @@ def test_max_pairs_stops_early(tmp_path):
 def test_max_negatives_none_keeps_every_counterfactual(tmp_path):
     s = Study("s", "p", (Finding("pleural_effusion", True, "left", None, "small"),))
     build_contextual(
-        [s], tmp_path, ContextualConfig(max_negatives=None, absent_per_study=0, contralateral=False)
+        [s],
+        tmp_path,
+        ContextualConfig(
+            max_negatives=None, absent_per_study=0, contralateral=False, captions=False
+        ),
     )
     (row,) = read_table(tmp_path / "claims.parquet")
     assert sorted(row["flipped"]) == ["existence", "laterality", "severity", "severity"]
@@ -276,3 +280,136 @@ def test_failed_build_leaves_no_partial_files(tmp_path):
     with pytest.raises(RuntimeError, match="source died"):
         build_contextual(broken(), tmp_path)
     assert list(tmp_path.iterdir()) == []
+
+
+# --- every builder setting changes what is built ------------------------------------------
+
+# For each config class: every field, with a value that must change the tables written.
+# The meta-test (tests/test_settings_sweep.py) reads FIELD_TESTS below.
+BUILDER_FIELD_CHANGES = {
+    PolarityConfig: {
+        "seed": 1,
+        "n_conditions": 4,
+        "n_options": 3,
+        "min_present": 1,
+        "min_absent": 11,
+        "max_flips": 1,
+        "families": "heldout",
+        "split_fractions": (0.5, 0.25, 0.25),
+    },
+    ParaphraseConfig: {
+        "seed": 1,
+        "questions_per_study": 3,
+        "min_paraphrases": 1,
+        "max_paraphrases": 4,
+        "original_family": "q.does_show",
+        "heldout_eval": False,
+        "split_fractions": (0.5, 0.25, 0.25),
+    },
+    ContextualConfig: {
+        "seed": 1,
+        "max_negatives": 1,
+        "absent_per_study": 1,
+        "lateral_absent_rate": 0.0,
+        "contralateral": False,
+        "heldout_eval": False,
+        "captions": False,
+        "split_fractions": (0.5, 0.25, 0.25),
+    },
+}
+BUILDERS = {
+    PolarityConfig: build_polarity,
+    ParaphraseConfig: build_paraphrase,
+    ContextualConfig: build_contextual,
+}
+
+
+@pytest.fixture(scope="module")
+def few_studies():
+    return _studies(150)
+
+
+def _built(studies, out, config):
+    """Every table the builder wrote, as rows (the manifest aside)."""
+    result = BUILDERS[type(config)](studies, out, config, fmt="jsonl")
+    return {name: read_table(out / name) for name in sorted(result.files)}
+
+
+def test_every_builder_field_has_a_change_test():
+    import dataclasses
+
+    for cls, changes in BUILDER_FIELD_CHANGES.items():
+        assert {f.name for f in dataclasses.fields(cls)} == set(changes), cls.__name__
+
+
+@pytest.mark.parametrize(
+    ("cls", "field"),
+    [(cls, f) for cls, changes in BUILDER_FIELD_CHANGES.items() for f in sorted(changes)],
+    ids=lambda v: v if isinstance(v, str) else v.__name__,
+)
+def test_changing_a_builder_field_changes_the_tables(tmp_path, few_studies, cls, field):
+    before = _built(few_studies, tmp_path / "a", cls())
+    after = _built(few_studies, tmp_path / "b", cls(**{field: BUILDER_FIELD_CHANGES[cls][field]}))
+    assert before != after
+    assert any(before.values()) and any(after.values())  # not two empty builds
+
+
+@pytest.mark.parametrize(
+    ("kw", "message"),
+    [
+        # 3 conditions, at most 1 flip: only 3 distinct wrong options exist (this looped).
+        ({"max_flips": 1, "n_options": 5}, r"n_options must be in \[2, 4\].*max_flips = 1"),
+        ({"n_conditions": 2, "max_flips": 2, "n_options": 5}, r"n_options must be in \[2, 4\]"),
+        ({"n_options": 1}, "n_options must be in"),
+        ({"max_flips": 4}, r"max_flips must be in \[1, n_conditions = 3\]"),
+        ({"n_conditions": 14, "max_flips": 1}, r"n_conditions must be in \[1, 13\]"),
+        ({"min_present": -1, "min_absent": 5}, "min_present and min_absent must be >= 0"),
+        ({"min_present": 1, "min_absent": 1}, r"min_present \+ min_absent must be in \[n_cond"),
+        ({"min_present": 7, "min_absent": 7}, r"min_present \+ min_absent must be in .*, 13\]"),
+        ({"families": "some"}, "families must be one of"),
+    ],
+)
+def test_polarity_config_checks_its_fields_together(kw, message):
+    from mechtune.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=message):
+        PolarityConfig(**kw)
+
+
+def test_the_largest_allowed_option_count_builds(tmp_path, few_studies):
+    """n_options at its bound: every study gets all reachable, distinct options."""
+    rows = _built(few_studies, tmp_path, PolarityConfig(max_flips=1, n_options=4))["mcq.jsonl"]
+    assert rows
+    for row in rows:
+        labels = [tuple(v) for v in row["labels"]]
+        truth = labels[row["correct_index"]]
+        assert len(set(labels)) == 4
+        assert all(sum(a != b for a, b in zip(v, truth, strict=True)) <= 1 for v in labels)
+
+
+@pytest.mark.parametrize(
+    ("cls", "kw", "message"),
+    [
+        (ParaphraseConfig, {"min_paraphrases": 5, "max_paraphrases": 4}, "min_paraphrases <= max"),
+        (ParaphraseConfig, {"min_paraphrases": 0}, "1 <= min_paraphrases"),
+        (ParaphraseConfig, {"questions_per_study": 0}, "questions_per_study must be >= 1"),
+        (ParaphraseConfig, {"original_family": "lex.synonym"}, "not a question family"),
+        (ParaphraseConfig, {"original_family": "q.nope"}, "original_family 'q.nope'"),
+        (ContextualConfig, {"absent_per_study": 0}, "captions=True needs absent_per_study >= 1"),
+        (ContextualConfig, {"max_negatives": 0}, "max_negatives must be >= 1 or None"),
+        (ContextualConfig, {"lateral_absent_rate": 1.5}, r"lateral_absent_rate must be in \[0"),
+    ],
+)
+def test_builder_configs_refuse_bad_values_at_construction(cls, kw, message):
+    from mechtune.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=message):
+        cls(**kw)
+
+
+FIELD_TESTS = {
+    f"{cls.__module__}.{cls.__name__}": {
+        f: "test_changing_a_builder_field_changes_the_tables" for f in changes
+    }
+    for cls, changes in BUILDER_FIELD_CHANGES.items()
+}

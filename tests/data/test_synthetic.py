@@ -75,3 +75,43 @@ def test_patient_split_is_hash_based_and_balanced():
     assert patient_split("p1", 0) == patient_split("p1", 0)
     with pytest.raises(ValueError, match="sum"):
         patient_split("p1", 0, (0.5, 0.5, 0.5))
+
+
+SYNTHETIC_FIELD_CHANGES = {"n_studies": 50, "seed": 1, "max_studies_per_patient": 1}
+
+
+def test_every_synthetic_field_has_a_change_test():
+    import dataclasses
+
+    assert {f.name for f in dataclasses.fields(SyntheticConfig)} == set(SYNTHETIC_FIELD_CHANGES)
+
+
+@pytest.mark.parametrize("field", sorted(SYNTHETIC_FIELD_CHANGES))
+def test_changing_a_synthetic_field_changes_the_studies(field):
+    before = list(sample_studies(SyntheticConfig(n_studies=40)))
+    after = list(
+        sample_studies(SyntheticConfig(**{"n_studies": 40, field: SYNTHETIC_FIELD_CHANGES[field]}))
+    )
+    assert before != after
+
+
+def test_max_studies_per_patient_bounds_each_patient():
+    for cap in (1, 2):
+        studies = sample_studies(SyntheticConfig(n_studies=300, max_studies_per_patient=cap))
+        assert max(Counter(s.patient_id for s in studies).values()) == cap
+
+
+def test_synthetic_config_refuses_bad_values():
+    from mechtune.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="n_studies must be >= 0"):
+        SyntheticConfig(n_studies=-1)
+    with pytest.raises(ConfigError, match="max_studies_per_patient must be >= 1"):
+        SyntheticConfig(max_studies_per_patient=0)
+
+
+FIELD_TESTS = {
+    "mechtune.data.synthetic.SyntheticConfig": {
+        f: "test_changing_a_synthetic_field_changes_the_studies" for f in SYNTHETIC_FIELD_CHANGES
+    },
+}

@@ -116,3 +116,73 @@ def test_size_is_configurable():
     assert img.shape == (1, 64, 64)
     with pytest.raises(ValueError, match="size must be >= 32"):
         RenderConfig(size=16)
+
+
+# Every RenderConfig field, with a value that must change the rendered images. The
+# meta-test (tests/test_settings_sweep.py) reads FIELD_TESTS below.
+RENDER_FIELD_CHANGES = {
+    "size": 64,
+    "seed": 1,
+    "max_rotation_deg": 0.0,
+    "max_shift": 0.0,
+    "scale_range": (1.0, 1.0),
+    "noise_range": (0.0, 0.0),
+    "contrast_range": (1.0, 1.0),
+    "ap_fraction": 1.0,
+}
+
+
+def _render_fingerprint(**changes):
+    """Pixels of a few studies with findings (so the per-finding jitter shows too)."""
+    studies = [
+        study(sid="s1"),
+        study(Finding("pleural_effusion", True, "left", None, "moderate"), sid="s2"),
+        study(Finding("cardiomegaly", True, severity="moderate"), sid="s3"),
+        study(Finding("lung_lesion", True, "right", "upper", "large"), sid="s4"),
+    ]
+    return Renderer(RenderConfig(**changes)).render(studies).tobytes()
+
+
+def test_every_render_field_has_a_change_test():
+    import dataclasses
+
+    assert {f.name for f in dataclasses.fields(RenderConfig)} == set(RENDER_FIELD_CHANGES)
+
+
+@pytest.mark.parametrize("field", sorted(RENDER_FIELD_CHANGES))
+def test_changing_a_render_field_changes_the_images(field):
+    assert _render_fingerprint() != _render_fingerprint(**{field: RENDER_FIELD_CHANGES[field]})
+
+
+@pytest.mark.parametrize(
+    ("kw", "message"),
+    [
+        ({"max_rotation_deg": -1.0}, "max_rotation_deg must be >= 0"),
+        ({"max_shift": -0.1}, "max_shift must be >= 0"),
+        ({"ap_fraction": 1.5}, r"ap_fraction must be in \[0, 1\]"),
+        ({"scale_range": (1.1, 0.9)}, r"scale_range must be \(low, high\) with low <= high"),
+        ({"scale_range": (0.0, 1.0)}, "scale_range low end must be > 0.0"),
+        ({"noise_range": (0.05, 0.01)}, "noise_range must be"),
+        ({"noise_range": (-0.01, 0.01)}, "noise_range low end must be >= 0.0"),
+        ({"contrast_range": (1.2, 0.8)}, "contrast_range must be"),
+        ({"contrast_range": (1.0,)}, "contrast_range must be"),
+    ],
+)
+def test_render_config_refuses_bad_ranges_at_construction(kw, message):
+    from mechtune.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=message):
+        RenderConfig(**kw)
+
+
+def test_render_config_round_trips_with_lists():
+    config = RenderConfig(scale_range=[0.9, 1.1])  # JSON gives lists
+    assert config.scale_range == (0.9, 1.1)
+    assert RenderConfig(**config.to_dict()) == config
+
+
+FIELD_TESTS = {
+    "mechtune.sim.render.RenderConfig": {
+        f: "test_changing_a_render_field_changes_the_images" for f in RENDER_FIELD_CHANGES
+    },
+}

@@ -2,7 +2,9 @@ import numpy as np
 import pytest
 import torch
 
+from mechtune.errors import ConfigError
 from mechtune.models.yes_no import YesNoVLM, capture_block_outputs, layer_of_parameter
+from mechtune.sim.clip import PhantomCLIPConfig, default_checkpoint
 from mechtune.sim.train_clip import compare_checkpoints
 from mechtune.sim.train_vqa import (
     TrainVQAConfig,
@@ -10,7 +12,7 @@ from mechtune.sim.train_vqa import (
     train_phantom_vqa,
     world_paraphrase_sets,
 )
-from mechtune.sim.vqa import PhantomVQA, default_vqa_checkpoint, load_default_vqa
+from mechtune.sim.vqa import PhantomVQA, PhantomVQAConfig, default_vqa_checkpoint, load_default_vqa
 from mechtune.sim.world import WorldConfig, make_world
 
 
@@ -121,3 +123,134 @@ def test_rebuilding_the_shipped_head_is_bit_identical(tmp_path) -> None:
     model, log = train_phantom_vqa(TrainVQAConfig())
     model.save(tmp_path / "vqa", extra={"train": log})
     assert compare_checkpoints(tmp_path / "vqa", default_vqa_checkpoint()) == 0.0
+
+
+# --- every setting changes the model or the run ----------------------------------------
+
+VQA_MODEL_FIELD_CHANGES = {
+    "hidden": 32,
+    "image": PhantomCLIPConfig(hidden=64),  # the nested config reaches the image tower
+}
+
+
+def _vqa_fingerprint(text, config):
+    torch.manual_seed(0)
+    model = PhantomVQA(config, text=text)
+    return {k: (tuple(v.shape), v.numpy().tobytes()) for k, v in model.state_dict().items()}
+
+
+@pytest.mark.parametrize("field", sorted(VQA_MODEL_FIELD_CHANGES))
+def test_changing_a_phantom_vqa_field_changes_the_model(vqa, field):
+    before = _vqa_fingerprint(vqa.question, PhantomVQAConfig())
+    changed = PhantomVQAConfig(**{field: VQA_MODEL_FIELD_CHANGES[field]})
+    after = _vqa_fingerprint(vqa.question, changed)
+    assert before != after
+    model = PhantomVQA(changed, text=vqa.question)
+    if field == "image":
+        assert model.image_encoder.head[1].out_features == 64
+        # ... and it is checked against the checkpoint the weights come from.
+        with pytest.raises(ConfigError, match=r"image\.hidden = 64 here, 512 there"):
+            model.load_image_tower(default_checkpoint())
+    else:
+        assert model.head.logits.in_features == 32
+
+
+def test_phantom_vqa_config_checks_its_fields(vqa, tmp_path):
+    from mechtune.sim.text_tower import MINILM_ID
+
+    with pytest.raises(ConfigError, match="hidden must be >= 1"):
+        PhantomVQAConfig(hidden=0)
+    with pytest.raises(ConfigError, match=r"image\.embed_dim 32 must equal the question"):
+        PhantomVQA(PhantomVQAConfig(image=PhantomCLIPConfig(embed_dim=32)), text=vqa.question)
+    legacy = {**PhantomVQAConfig().to_dict(), "text_model": MINILM_ID}
+    legacy["image"]["text_model"] = MINILM_ID
+    assert PhantomVQAConfig.from_dict(legacy) == PhantomVQAConfig()
+    with pytest.raises(ConfigError, match="text_model 'other/model'"):
+        PhantomVQAConfig.from_dict({**legacy, "text_model": "other/model"})
+    # A non-default head survives save and load.
+    small = PhantomVQA(PhantomVQAConfig(hidden=32), text=vqa.question)
+    small.save(tmp_path / "small")
+    assert PhantomVQA.load(tmp_path / "small", text=vqa.question).config.hidden == 32
+
+
+TRAIN_VQA_BASE = {"n_studies": 60, "steps": 2, "batch_size": 8, "threads": 1}
+TRAIN_VQA_FIELD_CHANGES = {
+    "seed": 1,
+    "n_studies": 70,
+    "steps": 3,
+    "batch_size": 16,
+    "lr": 1e-2,
+    "weight_decay": 0.5,
+    "hidden": 32,
+    "families": ("q.is_there",),
+    "threads": 2,  # proven to reach torch, below
+}
+
+
+def _trained_vqa(text, **changes):
+    model, log = train_phantom_vqa(TrainVQAConfig(**{**TRAIN_VQA_BASE, **changes}), text=text)
+    state = {k: (tuple(v.shape), v.numpy().tobytes()) for k, v in model.head.state_dict().items()}
+    return state, log["history"], log["val_register_accuracy"], log["train_pairs"]
+
+
+@pytest.fixture(scope="module")
+def trained_vqa_base(vqa):
+    return _trained_vqa(vqa.question)
+
+
+def test_every_vqa_field_has_a_change_test():
+    import dataclasses
+
+    assert {f.name for f in dataclasses.fields(TrainVQAConfig)} == set(TRAIN_VQA_FIELD_CHANGES)
+    assert {f.name for f in dataclasses.fields(PhantomVQAConfig)} == set(VQA_MODEL_FIELD_CHANGES)
+
+
+@pytest.mark.parametrize("field", sorted(set(TRAIN_VQA_FIELD_CHANGES) - {"threads"}))
+def test_changing_a_train_vqa_field_changes_the_head(vqa, trained_vqa_base, field):
+    after = _trained_vqa(vqa.question, **{field: TRAIN_VQA_FIELD_CHANGES[field]})
+    assert after != trained_vqa_base
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_train_vqa_threads_reach_torch(vqa, threads):
+    seen = []
+    config = TrainVQAConfig(**{**TRAIN_VQA_BASE, "steps": 1, "threads": threads})
+    train_phantom_vqa(
+        config, text=vqa.question, progress=lambda *_: seen.append(torch.get_num_threads())
+    )
+    assert seen and set(seen) == {threads}
+
+
+@pytest.mark.parametrize(
+    ("kw", "message"),
+    [
+        ({"families": ()}, "families must name at least one question family"),
+        ({"families": ("lex.synonym",)}, "families: 'lex.synonym' is not a question family"),
+        ({"batch_size": 1}, r"batch_size must be >= 2 \(half yes, half no"),
+        ({"weight_decay": -1.0}, "weight_decay must be >= 0"),
+        ({"hidden": 0}, "hidden must be >= 1"),
+    ],
+)
+def test_train_vqa_config_refuses_bad_values(kw, message):
+    with pytest.raises(ConfigError, match=message):
+        TrainVQAConfig(**kw)
+
+
+def test_train_vqa_refuses_a_world_of_another_image_size(vqa):
+    from mechtune.errors import DataError
+    from mechtune.sim.render import RenderConfig
+
+    small = make_world(WorldConfig(n_studies=20, render=RenderConfig(size=64)))
+    with pytest.raises(DataError, match=r"world images are \[64, 64\] pixels"):
+        train_phantom_vqa(TrainVQAConfig(**TRAIN_VQA_BASE), world=small, text=vqa.question)
+
+
+FIELD_TESTS = {
+    "mechtune.sim.vqa.PhantomVQAConfig": {
+        f: "test_changing_a_phantom_vqa_field_changes_the_model" for f in VQA_MODEL_FIELD_CHANGES
+    },
+    "mechtune.sim.train_vqa.TrainVQAConfig": {
+        **{f: "test_changing_a_train_vqa_field_changes_the_head" for f in TRAIN_VQA_FIELD_CHANGES},
+        "threads": "test_train_vqa_threads_reach_torch",
+    },
+}

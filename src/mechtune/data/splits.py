@@ -6,9 +6,30 @@ import hashlib
 import random
 
 from mechtune.data.schema import SPLITS
-from mechtune.errors import DataError
+from mechtune.errors import ConfigError, DataError
 
 DEFAULT_FRACTIONS: tuple[float, float, float] = (0.8, 0.1, 0.1)
+
+
+def check_fractions(
+    fractions: tuple[float, ...], name: str = "split_fractions"
+) -> tuple[float, float, float]:
+    """``fractions`` as a (train, val, test) tuple, each in [0, 1] and summing to 1.
+
+    Raises ``ConfigError`` naming the field ``name`` and the value otherwise; config
+    dataclasses call this in ``__post_init__`` so a bad split fails at construction.
+    """
+    values = tuple(fractions)
+    if (
+        len(values) != 3
+        or any(not 0.0 <= float(f) <= 1.0 for f in values)
+        or abs(sum(values) - 1.0) > 1e-9
+    ):
+        raise ConfigError(
+            f"{name} must be 3 numbers (train, val, test), each in [0, 1], summing to 1; "
+            f"got {values}"
+        )
+    return values
 
 
 def _unit_interval(*parts: object) -> float:

@@ -30,20 +30,31 @@ CONFIG = "config.json"
 
 @dataclass(frozen=True)
 class PhantomCLIPConfig:
-    """Image tower shape: a patchify stem, strided convolutions, then flatten -> MLP."""
+    """Image tower shape: a patchify stem, strided convolutions, then flatten -> MLP.
+
+    ``image_size``: the side of the square uint8 radiographs it takes, in pixels;
+    ``stem_patch``: the stem's kernel and stride; ``channels``: the stem's output channels,
+    then one stride-2 3x3 convolution per further entry; ``hidden``: the MLP's width;
+    ``embed_dim``: the output width, which must equal the text tower's (MiniLM: 384).
+    """
 
     image_size: int = 128
     embed_dim: int = 384
     stem_patch: int = 4
     channels: tuple[int, ...] = (32, 64, 64)
     hidden: int = 512
-    text_model: str = MINILM_ID
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "channels", tuple(self.channels))
+        for name in ("image_size", "embed_dim", "stem_patch", "hidden"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if not self.channels or min(self.channels) < 1:
+            raise ConfigError(f"channels must be one or more positive widths, got {self.channels}")
         if self.image_size % self.downsample:
             raise ConfigError(
-                f"image_size {self.image_size} must be divisible by {self.downsample}"
+                f"image_size {self.image_size} must be divisible by stem_patch * "
+                f"2**(len(channels) - 1) = {self.downsample}"
             )
 
     @property
@@ -54,6 +65,21 @@ class PhantomCLIPConfig:
         d = asdict(self)
         d["channels"] = list(self.channels)
         return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> PhantomCLIPConfig:
+        """Inverse of ``to_dict``. Older checkpoints (the shipped ones among them) also hold
+        ``text_model``, a record of the text tower that nothing read; it is accepted only
+        when it names the tower a checkpoint loads with by default (MiniLM), and otherwise
+        refused with a ``ConfigError`` naming the key and value."""
+        d = dict(d)
+        text_model = d.pop("text_model", MINILM_ID)
+        if text_model != MINILM_ID:
+            raise ConfigError(
+                f"text_model {text_model!r} in a checkpoint config: the phantom CLIP is built "
+                f"on MiniLM ({MINILM_ID}) and cannot be loaded for another text tower"
+            )
+        return cls(**d)
 
 
 class ImageEncoder(nn.Module):
@@ -99,6 +125,11 @@ class PhantomCLIP(nn.Module):
         self.config = config or PhantomCLIPConfig()
         self.image_encoder = ImageEncoder(self.config)
         self.text = text or MiniLMTower()
+        if self.text.dim != self.config.embed_dim:
+            raise ConfigError(
+                f"embed_dim {self.config.embed_dim} must equal the text tower's width "
+                f"{self.text.dim}: image and text embeddings share one space"
+            )
         for p in self.text.parameters():
             p.requires_grad_(False)
         self.register_buffer("text_center", torch.zeros(self.config.embed_dim))
@@ -159,7 +190,7 @@ class PhantomCLIP(nn.Module):
         if not (path / WEIGHTS).is_file() or not (path / CONFIG).is_file():
             raise FileNotFoundError(f"{path}: expected {WEIGHTS} and {CONFIG}")
         meta = json.loads((path / CONFIG).read_text(encoding="utf-8"))
-        model = cls(PhantomCLIPConfig(**meta["model"]), text=text)
+        model = cls(PhantomCLIPConfig.from_dict(meta["model"]), text=text)
         state = load_file(str(path / WEIGHTS))
         encoder = {
             k.removeprefix("image_encoder."): v

@@ -59,7 +59,16 @@ def side_sign(laterality: str | None) -> int:
 
 @dataclass(frozen=True)
 class RenderConfig:
-    """Image size and the ranges of acquisition variation."""
+    """Image size and the ranges of acquisition variation.
+
+    Each image draws its acquisition uniformly from these ranges, from a stream owned by
+    (``seed``, study id): rotation in degrees (±``max_rotation_deg``), shift in anatomical
+    units (±``max_shift``; the thorax spans -1..1), magnification (``scale_range``),
+    exposure contrast (``contrast_range``), the standard deviation of Gaussian pixel
+    noise as a fraction of full scale (``noise_range``), and the chance of an AP rather
+    than PA projection (``ap_fraction``; AP magnifies the heart). Raises ``ConfigError``
+    naming the field for a range whose low end exceeds its high end or leaves its domain.
+    """
 
     size: int = 128
     seed: int = 0
@@ -73,9 +82,24 @@ class RenderConfig:
     def __post_init__(self) -> None:
         if self.size < 32:
             raise ConfigError(f"size must be >= 32 pixels, got {self.size}")
-        object.__setattr__(self, "scale_range", tuple(self.scale_range))
-        object.__setattr__(self, "noise_range", tuple(self.noise_range))
-        object.__setattr__(self, "contrast_range", tuple(self.contrast_range))
+        for name in ("max_rotation_deg", "max_shift"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if not 0.0 <= self.ap_fraction <= 1.0:
+            raise ConfigError(f"ap_fraction must be in [0, 1], got {self.ap_fraction}")
+        # (field, smallest allowed low end, whether the low end may equal it)
+        for name, floor, inclusive in (
+            ("scale_range", 0.0, False),
+            ("noise_range", 0.0, True),
+            ("contrast_range", 0.0, False),
+        ):
+            values = tuple(getattr(self, name))
+            if len(values) != 2 or not values[0] <= values[1]:
+                raise ConfigError(f"{name} must be (low, high) with low <= high, got {values}")
+            if values[0] < floor or (values[0] == floor and not inclusive):
+                bound = ">=" if inclusive else ">"
+                raise ConfigError(f"{name} low end must be {bound} {floor}, got {values}")
+            object.__setattr__(self, name, values)
 
     def to_dict(self) -> dict[str, Any]:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}

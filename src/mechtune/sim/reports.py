@@ -34,7 +34,12 @@ PERTINENT = (
 
 @dataclass(frozen=True)
 class ReportConfig:
-    """``negative_rate``: the chance each pertinent absent condition is mentioned."""
+    """How reports are written.
+
+    ``negative_rate``: the chance each pertinent absent condition is mentioned;
+    ``max_negatives``: at most this many pertinent negatives per report; ``seed`` (with the
+    study id) picks the wording.
+    """
 
     seed: int = 0
     negative_rate: float = 0.2

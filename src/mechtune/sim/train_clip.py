@@ -23,6 +23,7 @@ from safetensors.torch import load_file
 from mechtune.data.schema import Study
 from mechtune.errors import ConfigError, DataError
 from mechtune.sim.clip import WEIGHTS, PhantomCLIP, PhantomCLIPConfig
+from mechtune.sim.render import RenderConfig
 from mechtune.sim.reports import ReportConfig
 from mechtune.sim.text_tower import MiniLMTower
 from mechtune.sim.world import World, WorldConfig, make_world
@@ -30,6 +31,16 @@ from mechtune.sim.world import World, WorldConfig, make_world
 
 @dataclass(frozen=True)
 class TrainCLIPConfig:
+    """One phantom CLIP training run.
+
+    ``seed`` fixes the world (studies, splits, report wording), the initial weights and the
+    batch order; ``n_studies`` studies are rendered at ``model.image_size`` pixels with reports
+    stating pertinent negatives at ``negative_rate``; ``steps`` AdamW steps of
+    ``batch_size`` training-split studies, the learning rate ``lr`` rising linearly over
+    ``warmup_steps`` then following a cosine to 0; ``threads`` torch threads (results are
+    bit-identical for a fixed thread count).
+    """
+
     seed: int = 0
     n_studies: int = 10000
     steps: int = 1000
@@ -47,6 +58,15 @@ class TrainCLIPConfig:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.lr <= 0:
             raise ConfigError(f"lr must be > 0, got {self.lr}")
+        for name in ("weight_decay", "warmup_steps"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.model.image_size < 32:
+            raise ConfigError(
+                f"model.image_size must be >= 32 (the smallest size the world renders), "
+                f"got {self.model.image_size}"
+            )
+        self.world_config()  # checks negative_rate
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -56,13 +76,17 @@ class TrainCLIPConfig:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> TrainCLIPConfig:
         d = dict(d)
-        d["model"] = PhantomCLIPConfig(**d["model"])
+        d["model"] = PhantomCLIPConfig.from_dict(d["model"])
         return cls(**d)
 
     def world_config(self) -> WorldConfig:
+        """The world the run trains on: ``n_studies`` studies from ``seed``, rendered at
+        ``model.image_size`` pixels (renderer seed 0, as ``WorldConfig`` defaults), with
+        reports stating pertinent negatives at ``negative_rate``."""
         return WorldConfig(
             n_studies=self.n_studies,
             seed=self.seed,
+            render=RenderConfig(size=self.model.image_size),
             report=ReportConfig(seed=self.seed, negative_rate=self.negative_rate),
         )
 
@@ -118,6 +142,12 @@ def train_phantom_clip(
     with torch_threads(config.threads):
         torch.manual_seed(config.seed)
         world = world or make_world(config.world_config())
+        size = config.model.image_size
+        if tuple(world.images.shape[1:]) != (size, size):
+            raise DataError(
+                f"world images are {list(world.images.shape[1:])} pixels but "
+                f"model.image_size is {size}"
+            )
         train_idx = world.indices("train")
         model = PhantomCLIP(config.model, text=text)
         model.text.eval()

@@ -28,7 +28,7 @@ from mechtune.data.ontology import load_ontology
 from mechtune.data.schema import ParaphraseSet
 from mechtune.data.splits import record_rng
 from mechtune.data.text import realise_question
-from mechtune.errors import ConfigError
+from mechtune.errors import ConfigError, DataError
 from mechtune.sim.clip import default_checkpoint
 from mechtune.sim.text_tower import MiniLMTower
 from mechtune.sim.train_clip import torch_threads
@@ -40,6 +40,15 @@ QUESTION_FAMILIES = ("q.is_there", "q.evidence_of", "q.does_show")
 
 @dataclass(frozen=True)
 class TrainVQAConfig:
+    """One phantom VQA head training run.
+
+    ``seed`` fixes the world, the initial weights and the batches; the world has
+    ``n_studies`` studies; ``steps`` AdamW steps (``lr``, ``weight_decay``) of
+    ``batch_size`` questions, half about present and half about absent conditions, each
+    worded in one of ``families`` (question families); ``hidden`` is the fusion head's
+    width; ``threads`` torch threads (bit-identical for a fixed thread count).
+    """
+
     seed: int = 0
     n_studies: int = 6000
     steps: int = 600
@@ -51,16 +60,26 @@ class TrainVQAConfig:
     threads: int = 2
 
     def __post_init__(self) -> None:
-        for name in ("n_studies", "steps", "batch_size", "threads", "hidden"):
+        for name in ("n_studies", "steps", "threads", "hidden"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.batch_size < 2:
+            raise ConfigError(
+                f"batch_size must be >= 2 (half yes, half no questions), got {self.batch_size}"
+            )
         if self.lr <= 0:
             raise ConfigError(f"lr must be > 0, got {self.lr}")
+        if self.weight_decay < 0:
+            raise ConfigError(f"weight_decay must be >= 0, got {self.weight_decay}")
         object.__setattr__(self, "families", tuple(self.families))
-        onto = load_ontology()
+        if not self.families:
+            raise ConfigError("families must name at least one question family, got ()")
+        questions = {f.id for f in load_ontology().families_of("question")}
         for fam in self.families:
-            if onto.family(fam).kind != "question":
-                raise ConfigError(f"training family {fam!r} is not a question family")
+            if fam not in questions:
+                raise ConfigError(
+                    f"families: {fam!r} is not a question family (one of {sorted(questions)})"
+                )
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -123,6 +142,12 @@ def train_phantom_vqa(
         model = PhantomVQA(PhantomVQAConfig(hidden=config.hidden), text=text)
         model.load_image_tower(default_checkpoint())
         model.eval()
+        size = model.config.image.image_size
+        if tuple(world.images.shape[1:]) != (size, size):
+            raise DataError(
+                f"world images are {list(world.images.shape[1:])} pixels but the image "
+                f"tower takes {size}"
+            )
         train_idx, val_idx = world.indices("train"), world.indices("val")
         if progress:
             progress("embed", 0, 1)

@@ -42,20 +42,36 @@ CONFIG = "config.json"
 
 @dataclass(frozen=True)
 class PhantomVQAConfig:
+    """``hidden``: the fusion head's width; ``image``: the shape of the frozen image tower,
+    which must match the phantom CLIP checkpoint its weights are loaded from."""
+
     hidden: int = 256
-    text_model: str = MINILM_ID
     image: PhantomCLIPConfig = field(default_factory=PhantomCLIPConfig)
 
     def __post_init__(self) -> None:
         if self.hidden < 1:
             raise ConfigError(f"hidden must be >= 1, got {self.hidden}")
         if isinstance(self.image, dict):
-            object.__setattr__(self, "image", PhantomCLIPConfig(**self.image))
+            object.__setattr__(self, "image", PhantomCLIPConfig.from_dict(self.image))
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["image"] = self.image.to_dict()
         return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> PhantomVQAConfig:
+        """Inverse of ``to_dict``. Older heads (the shipped one among them) also hold
+        ``text_model``, which nothing read; it must name MiniLM, the question encoder
+        every phantom VQA head is built on, or a ``ConfigError`` names it."""
+        d = dict(d)
+        text_model = d.pop("text_model", MINILM_ID)
+        if text_model != MINILM_ID:
+            raise ConfigError(
+                f"text_model {text_model!r} in a checkpoint config: the phantom VQA head is built "
+                f"on MiniLM ({MINILM_ID}) and cannot be loaded for another text tower"
+            )
+        return cls(hidden=d["hidden"], image=PhantomCLIPConfig.from_dict(d["image"]))
 
 
 class FusionHead(nn.Module):
@@ -93,6 +109,11 @@ class PhantomVQA(nn.Module):
         self.config = config or PhantomVQAConfig()
         self.image_encoder = ImageEncoder(self.config.image)
         self.question = text or MiniLMTower()
+        if self.question.dim != self.config.image.embed_dim:
+            raise ConfigError(
+                f"image.embed_dim {self.config.image.embed_dim} must equal the question "
+                f"encoder's width {self.question.dim}: the fusion head takes both at one width"
+            )
         self.head = FusionHead(self.config.image.embed_dim, self.config.hidden)
         for p in self.image_encoder.parameters():
             p.requires_grad_(False)
@@ -206,13 +227,29 @@ class PhantomVQA(nn.Module):
         if not (path / WEIGHTS).is_file() or not (path / CONFIG).is_file():
             raise FileNotFoundError(f"{path}: expected {WEIGHTS} and {CONFIG}")
         meta = json.loads((path / CONFIG).read_text(encoding="utf-8"))
-        model = cls(PhantomVQAConfig(**meta["model"]), text=text)
+        model = cls(PhantomVQAConfig.from_dict(meta["model"]), text=text)
         model.head.load_state_dict(load_file(str(path / WEIGHTS)))
         model.load_image_tower(image_checkpoint or default_checkpoint())
         return model.eval()
 
     def load_image_tower(self, clip_folder: str | Path) -> None:
-        """Copy the image tower weights from a phantom CLIP checkpoint."""
+        """Copy the image tower weights from a phantom CLIP checkpoint.
+
+        Raises ``ConfigError`` naming the fields where ``config.image`` differs from the
+        shape the checkpoint was trained with.
+        """
+        meta = json.loads((Path(clip_folder) / CONFIG).read_text(encoding="utf-8"))
+        theirs = PhantomCLIPConfig.from_dict(meta["model"])
+        if theirs != self.config.image:
+            differ = {
+                k: (v, theirs.to_dict()[k])
+                for k, v in self.config.image.to_dict().items()
+                if v != theirs.to_dict()[k]
+            }
+            raise ConfigError(
+                f"image config differs from the checkpoint {clip_folder}: "
+                + ", ".join(f"image.{k} = {a} here, {b} there" for k, (a, b) in differ.items())
+            )
         state = load_file(str(Path(clip_folder) / WEIGHTS))
         self.image_encoder.load_state_dict(
             {

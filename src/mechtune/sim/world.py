@@ -22,7 +22,7 @@ import numpy as np
 
 from mechtune.data.io import atomic_path, dumps_json, read_manifest, write_manifest
 from mechtune.data.schema import Study
-from mechtune.data.splits import DEFAULT_FRACTIONS, patient_split
+from mechtune.data.splits import DEFAULT_FRACTIONS, check_fractions, patient_split
 from mechtune.data.synthetic import SyntheticConfig, sample_studies
 from mechtune.errors import ConfigError, DataError
 from mechtune.sim.render import RenderConfig, Renderer
@@ -36,6 +36,12 @@ CHUNK = 512
 
 @dataclass(frozen=True)
 class WorldConfig:
+    """How many studies from which seed; how they are rendered, reported and split.
+
+    ``seed`` draws the studies (``SyntheticConfig``) and the patient splits; ``render`` and
+    ``report`` carry their own seeds (acquisition and report wording).
+    """
+
     n_studies: int = 20000
     seed: int = 0
     render: RenderConfig = field(default_factory=RenderConfig)
@@ -45,7 +51,7 @@ class WorldConfig:
     def __post_init__(self) -> None:
         if self.n_studies < 1:
             raise ConfigError(f"n_studies must be >= 1, got {self.n_studies}")
-        object.__setattr__(self, "split_fractions", tuple(self.split_fractions))
+        object.__setattr__(self, "split_fractions", check_fractions(self.split_fractions))
 
     def to_dict(self) -> dict[str, Any]:
         return {

@@ -33,7 +33,7 @@ from typing import Any
 from mechtune.data.builders.common import BuildResult, Progress, TableSet, counted, finish
 from mechtune.data.ontology import CueFamily, load_ontology
 from mechtune.data.schema import Caption, ClaimSet, Finding, Study
-from mechtune.data.splits import DEFAULT_FRACTIONS, patient_split, record_rng
+from mechtune.data.splits import DEFAULT_FRACTIONS, check_fractions, patient_split, record_rng
 from mechtune.data.text import realise
 from mechtune.errors import ConfigError
 
@@ -42,7 +42,14 @@ _OTHER_SIDE = {"left": "right", "right": "left"}
 
 @dataclass(frozen=True)
 class ContextualConfig:
-    """Knobs of the contextual builder. ``max_negatives`` is K (None keeps all)."""
+    """Knobs of the contextual builder. ``max_negatives`` is K (None keeps all).
+
+    ``absent_per_study`` absent conditions are sampled per study, each stated on one side
+    with chance ``lateral_absent_rate`` when the condition has sides; ``contralateral``
+    adds "No right X." claims for left findings; ``captions`` writes one negated caption
+    per study (which needs ``absent_per_study`` >= 1); ``heldout_eval`` adds a held-out
+    family copy for validation and test patients.
+    """
 
     seed: int = 0
     max_negatives: int | None = 3
@@ -62,7 +69,13 @@ class ContextualConfig:
             raise ConfigError(
                 f"lateral_absent_rate must be in [0, 1], got {self.lateral_absent_rate}"
             )
-        object.__setattr__(self, "split_fractions", tuple(self.split_fractions))
+        if self.captions and self.absent_per_study < 1:
+            # A caption pairs a present finding with a sampled absence (_caption).
+            raise ConfigError(
+                "captions=True needs absent_per_study >= 1 (every caption states a sampled "
+                f"absence), got absent_per_study={self.absent_per_study}; set captions=False"
+            )
+        object.__setattr__(self, "split_fractions", check_fractions(self.split_fractions))
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)

@@ -23,13 +23,21 @@ from typing import Any
 from mechtune.data.builders.common import BuildResult, Progress, TableSet, counted, finish
 from mechtune.data.ontology import PARAPHRASE_STRATEGIES, CueFamily, load_ontology
 from mechtune.data.schema import ParaphraseSet, Study
-from mechtune.data.splits import DEFAULT_FRACTIONS, patient_split, record_rng
+from mechtune.data.splits import DEFAULT_FRACTIONS, check_fractions, patient_split, record_rng
 from mechtune.data.text import realise_question
 from mechtune.errors import ConfigError
 
 
 @dataclass(frozen=True)
 class ParaphraseConfig:
+    """Knobs of the paraphrase builder.
+
+    ``questions_per_study`` questions per study (alternately present and absent
+    conditions), each worded in ``original_family`` (a question family) with
+    ``min_paraphrases``..``max_paraphrases`` paraphrases; ``heldout_eval`` adds a held-out
+    family copy of every validation and test question.
+    """
+
     seed: int = 0
     questions_per_study: int = 2
     min_paraphrases: int = 4
@@ -46,10 +54,13 @@ class ParaphraseConfig:
                 f"need 1 <= min_paraphrases <= max_paraphrases, got "
                 f"{self.min_paraphrases}, {self.max_paraphrases}"
             )
-        family = load_ontology().family(self.original_family)
-        if family.kind != "question":
-            raise ConfigError(f"original_family {self.original_family!r} is not a question family")
-        object.__setattr__(self, "split_fractions", tuple(self.split_fractions))
+        questions = {f.id for f in load_ontology().families_of("question")}
+        if self.original_family not in questions:
+            raise ConfigError(
+                f"original_family {self.original_family!r} is not a question family "
+                f"(one of {sorted(questions)})"
+            )
+        object.__setattr__(self, "split_fractions", check_fractions(self.split_fractions))
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)

@@ -16,6 +16,7 @@ words options with an LLM instead; ``OptionRewriter`` is the hook to plug one in
 
 from __future__ import annotations
 
+import math
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
@@ -25,7 +26,7 @@ from typing import Any, Protocol
 from mechtune.data.builders.common import BuildResult, Progress, TableSet, counted, finish
 from mechtune.data.ontology import load_ontology
 from mechtune.data.schema import Finding, MCQPair, Study
-from mechtune.data.splits import DEFAULT_FRACTIONS, patient_split, record_rng
+from mechtune.data.splits import DEFAULT_FRACTIONS, check_fractions, patient_split, record_rng
 from mechtune.data.text import capitalise, realise, realise_absence_affirmative
 from mechtune.errors import ConfigError
 
@@ -45,6 +46,15 @@ class OptionRewriter(Protocol):
 
 @dataclass(frozen=True)
 class PolarityConfig:
+    """Knobs of the polarity builder (NAST's defaults).
+
+    A study passes the row filter with at least ``min_present`` present and ``min_absent``
+    absent pathologies; ``n_conditions`` of its labelled pathologies are sampled, and the
+    ``n_options`` options are the truth plus distinct vectors 1..``max_flips`` flips away
+    (so ``n_options`` <= 1 + sum_k C(n_conditions, k), k = 1..max_flips). ``families``:
+    phrasing families "all", "train" or "heldout". Checked at construction (``ConfigError``).
+    """
+
     seed: int = 0
     n_conditions: int = 3
     n_options: int = 4
@@ -55,20 +65,39 @@ class PolarityConfig:
     split_fractions: tuple[float, float, float] = DEFAULT_FRACTIONS
 
     def __post_init__(self) -> None:
-        if self.n_conditions < 1:
-            raise ConfigError(f"n_conditions must be >= 1, got {self.n_conditions}")
-        if not 2 <= self.n_options <= 2**self.n_conditions:
+        n_pathologies = len(load_ontology().pathologies)
+        if not 1 <= self.n_conditions <= n_pathologies:
             raise ConfigError(
-                f"n_options must be in [2, 2**n_conditions = {2**self.n_conditions}], "
-                f"got {self.n_options}"
+                f"n_conditions must be in [1, {n_pathologies}] (the pathologies), "
+                f"got {self.n_conditions}"
             )
         if not 1 <= self.max_flips <= self.n_conditions:
-            raise ConfigError(f"max_flips must be in [1, n_conditions], got {self.max_flips}")
-        if self.min_present + self.min_absent < self.n_conditions:
-            raise ConfigError("min_present + min_absent must be >= n_conditions")
+            raise ConfigError(
+                f"max_flips must be in [1, n_conditions = {self.n_conditions}], "
+                f"got {self.max_flips}"
+            )
+        # The options are the truth plus distinct vectors 1..max_flips flips away from it.
+        reachable = 1 + sum(math.comb(self.n_conditions, k) for k in range(1, self.max_flips + 1))
+        if not 2 <= self.n_options <= reachable:
+            raise ConfigError(
+                f"n_options must be in [2, {reachable}]: n_conditions = {self.n_conditions} "
+                f"with max_flips = {self.max_flips} allow only {reachable} distinct options, "
+                f"got n_options = {self.n_options}"
+            )
+        if self.min_present < 0 or self.min_absent < 0:
+            raise ConfigError(
+                f"min_present and min_absent must be >= 0, got {self.min_present}, "
+                f"{self.min_absent}"
+            )
+        if not self.n_conditions <= self.min_present + self.min_absent <= n_pathologies:
+            raise ConfigError(
+                f"min_present + min_absent must be in [n_conditions = {self.n_conditions}, "
+                f"{n_pathologies}] (no study has more labelled pathologies), got "
+                f"{self.min_present} + {self.min_absent}"
+            )
         if self.families not in FAMILY_SETS:
             raise ConfigError(f"families must be one of {FAMILY_SETS}, got {self.families!r}")
-        object.__setattr__(self, "split_fractions", tuple(self.split_fractions))
+        object.__setattr__(self, "split_fractions", check_fractions(self.split_fractions))
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
