@@ -11,11 +11,13 @@ import torch
 
 from mechtune.errors import DataError, UnsupportedModelError
 from mechtune.interp.pairs import (
+    ROLES,
     build_trace_pairs,
     infer_roles,
     pairs_from_records,
     roles_from_spans,
 )
+from mechtune.interp.result import TraceConfig, trace
 from mechtune.interp.tracing import TracePair, trace_scores, trace_scores_reference
 from mechtune.models.dual_encoder import TokenLayout
 from mechtune.models.spec import load_dual_encoder
@@ -166,15 +168,22 @@ def test_batch_pairs_changes_the_batching_not_the_scores(encoders):
         TracePair(f"There is no {w} effusion.", f"There is a {w} effusion.", 0)
         for w in ("pleural", "small", "left", "large")
     ]
-    for batch_pairs, groups in ((1, [1, 1, 1, 1]), (3, [3, 1]), (16, [4])):
-        calls: list[int] = []
-        out = trace_scores(enc, pairs, images, batch_pairs=batch_pairs, progress=calls.append)
-        assert sorted(calls, reverse=True) == groups
-        if batch_pairs == 1:
-            first = out
-        else:
-            for a, b in zip(first, out, strict=True):
-                torch.testing.assert_close(a.patched, b.patched, atol=1e-6, rtol=0)
+    results = []
+    enc.model.double()
+    try:
+        for batch_pairs, groups in ((1, [1, 1, 1, 1]), (3, [3, 1]), (16, [4])):
+            calls: list[int] = []
+            config = TraceConfig(batch_pairs=batch_pairs, n_boot=5)
+            results.append(trace(enc, pairs, images.double(), config, progress=calls.append))
+            assert sorted(calls, reverse=True) == groups
+    finally:
+        enc.model.float()
+    for other in results[1:]:
+        torch.testing.assert_close(
+            other.pair_cte, results[0].pair_cte, atol=1e-8, rtol=0, equal_nan=True
+        )
+    # Pairs without roles got them from offsets: "There is no X effusion." has a period.
+    assert not torch.isnan(results[0].pair_cte[:, :, ROLES.index("period")]).any()
 
 
 def test_a_token_across_two_roles_is_rejected_for_templates_and_ranked_for_users():
