@@ -3,6 +3,7 @@ import json
 import pytest
 from typer.testing import CliRunner
 
+import mechtune
 from mechtune.cli.main import app
 from mechtune.data.io import read_table
 
@@ -353,4 +354,22 @@ OPTION_TESTS = {
         "--check": "test_demo_options_reach_every_stage",
         "--quick": "test_demo_plan_quick_is_smaller_and_keeps_equal_budgets",
     }
+}
+
+
+def test_root_options_version_and_shell_completion(tmp_path):
+    assert runner.invoke(app, ["--version"]).output.strip() == f"mechtune {mechtune.__version__}"
+    shown = runner.invoke(app, ["--show-completion", "bash"], prog_name="mechtune")
+    assert shown.exit_code == 0 and "_MECHTUNE_COMPLETE=complete_bash" in shown.output
+    installed = runner.invoke(
+        app, ["--install-completion", "bash"], prog_name="mechtune", env={"HOME": str(tmp_path)}
+    )
+    assert installed.exit_code == 0, installed.output
+    script = tmp_path / ".bash_completions" / "mechtune.sh"
+    assert "_MECHTUNE_COMPLETE" in script.read_text()
+
+
+OPTION_TESTS["mechtune"] = {
+    option: "test_root_options_version_and_shell_completion"
+    for option in ("--version", "--show-completion", "--install-completion")
 }

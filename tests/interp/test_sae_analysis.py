@@ -267,6 +267,7 @@ ANALYSIS_SWEEP = {
     "patch_features": 1,
     "bootstrap": 25,
     "seed": 1,
+    "min_gap_share": 0.9,
 }
 
 
@@ -306,6 +307,7 @@ def test_every_analysis_config_field_changes_the_analysis(
         ({"seed": 1.5}, "seed must be an int >= 0"),
         ({"l2": -1.0}, "l2 must be a finite number >= 0"),
         ({"min_active_share": 1.5}, r"min_active_share must be in \[0, 1\]"),
+        ({"min_gap_share": 2.0}, r"min_gap_share must be in \[0, 1\]"),
     ],
 )
 def test_analysis_config_rejects_bad_values(change, message) -> None:

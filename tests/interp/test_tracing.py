@@ -1,9 +1,11 @@
+import json
+
 import numpy as np
 import pytest
 import torch
 
 from mechtune.interp.pairs import ROLES, build_trace_pairs, infer_roles, pairs_from_records
-from mechtune.interp.result import TraceConfig, TraceResult, aggregate, trace
+from mechtune.interp.result import TENSOR_FIELDS, TraceConfig, TraceResult, aggregate, trace
 from mechtune.interp.tracing import (
     PairScores,
     TraceError,
@@ -127,12 +129,15 @@ def _scores(s_corr, s_foil, t=4, layers=3):
     return PairScores(s_corr, s_foil, patched, ["[CLS]", "no", "x", "[SEP]"])
 
 
-def test_aggregation_excludes_near_ties_and_normalises():
+def test_aggregation_excludes_small_gaps_and_normalises():
     roles = ("start", "negator", "subject_first", "end")
     pairs = [TracePair("a", "b", 0, roles)] * 3
     scores = [_scores(0.5, 0.2), _scores(0.3, 0.3 + 1e-6), _scores(0.6, 0.1)]
-    result = aggregate(pairs, scores, TraceConfig(epsilon=1e-3, n_boot=50))
-    assert result.counts["excluded_near_tie"] == 1 and result.counts["aggregated"] == 2
+    result = aggregate(pairs, scores, TraceConfig(min_gap_share=0.1, n_boot=50))
+    # median |gap| = 0.3, floor 0.03: the 1e-6 gap is excluded and counted, not dropped
+    assert result.counts["excluded_small_gap"] == 1 and result.counts["aggregated"] == 2
+    assert [p["status"] for p in result.pairs] == ["kept", "excluded_small_gap", "kept"]
+    assert result.pair_weight.tolist() == pytest.approx([0.3 / 0.8, 0.0, 0.5 / 0.8])
     neg = ROLES.index("negator")
     assert torch.allclose(result.cte[:, neg], torch.ones(3, dtype=torch.float64))
     assert torch.isnan(result.cte[:, ROLES.index("period")]).all()
@@ -140,10 +145,19 @@ def test_aggregation_excludes_near_ties_and_normalises():
     assert float(result.alpha.min()) >= 0 and float(result.alpha.max()) <= 1
 
 
-def test_all_pairs_near_ties_is_a_clear_error():
+def test_all_pairs_excluded_is_a_clear_error():
     pairs = [TracePair("a", "b", 0, ("start", "negator", "subject_first", "end"))]
-    with pytest.raises(ValueError, match="no pair left to aggregate: 1 of 1 excluded"):
+    with pytest.raises(ValueError, match="no pair left to aggregate: 1 pairs, 1 with a zero gap"):
         aggregate(pairs, [_scores(0.3, 0.3)], TraceConfig())
+
+
+def test_pairs_without_roles_are_an_error_not_a_guess():
+    pairs = [TracePair("a", "b", 0)]
+    with pytest.raises(ValueError, match="token roles missing, but 4 positions were traced"):
+        aggregate(pairs, [_scores(0.5, 0.2)], TraceConfig(n_boot=5))
+    short = [TracePair("a", "b", 0, ("start", "end"))]
+    with pytest.raises(ValueError, match="token roles for 2 tokens, but 4 positions"):
+        aggregate(short, [_scores(0.5, 0.2)], TraceConfig(n_boot=5))
 
 
 def test_trace_result_round_trip(tmp_path, phantom, world):
@@ -152,9 +166,27 @@ def test_trace_result_round_trip(tmp_path, phantom, world):
     result = trace(phantom, build.pairs, images, TraceConfig(n_boot=50), counts=build.to_dict())
     result.save(tmp_path)
     again = TraceResult.load(tmp_path)
-    assert torch.equal(again.cte_layer, result.cte_layer)
+    for name in TENSOR_FIELDS:
+        torch.testing.assert_close(
+            getattr(again, name), getattr(result, name), rtol=0, atol=0, equal_nan=True
+        )
     assert again.pairs == result.pairs and again.counts == result.counts
-    assert again.cte.shape == (7, len(ROLES))
+    assert again.aggregation == result.aggregation and again.aggregation["pooling"] == "mean"
+    assert again.cte.shape == (7, len(ROLES)) and again.top5_share.shape == (7,)
+    meta = json.loads((tmp_path / "trace.json").read_text())
+    assert meta["peak_layer"] == result.peak_layer()
+    assert meta["per_layer"]["top5_share"] == pytest.approx(result.top5_share.tolist())
+    assert meta["per_layer"]["cte_layer_median"] == pytest.approx(result.cte_layer_median.tolist())
+    assert "ratio of sums" in meta["aggregation"]["cte_layer"]
+
+
+def test_loading_an_old_trace_folder_names_what_is_missing(tmp_path):
+    from safetensors.torch import save_file
+
+    save_file({"cte": torch.zeros(2, 8)}, str(tmp_path / "trace.safetensors"))
+    (tmp_path / "trace.json").write_text("{}")
+    with pytest.raises(ValueError, match=r"missing \['alpha', .*older mechtune"):
+        TraceResult.load(tmp_path)
 
 
 def test_pair_builder_roles_and_rejections(clip, phantom, world):
@@ -163,12 +195,15 @@ def test_pair_builder_roles_and_rejections(clip, phantom, world):
     assert build.candidates == len(build.pairs) + sum(build.rejected.values())
     for pair in build.pairs:
         assert pair.roles[0] == "start" and pair.roles[-1] == "end" and "negator" in pair.roles
+        assert pair.roles[-2] == "period" and pair.roles.count("subject_first") == 1
+        assert len(pair.roles) == len(phantom.token_layouts([pair.correct])[0])
         study = world.studies[pair.image]
         assert study.label(pair.condition) is (pair.orientation == "negation_in_foil")
-    # The tiny CLIP vocabulary lacks most words: its tokenizer maps them to <unk> and the
-    # segment check rejects what it cannot align; nothing is lost without a count.
+    # The tiny CLIP vocabulary lacks some words (<unk>); offsets still place every token,
+    # and nothing is lost without a count.
     tiny = build_trace_pairs(studies, clip, seed=0)
     assert tiny.candidates == len(tiny.pairs) + sum(tiny.rejected.values())
+    assert tiny.pairs
 
 
 def test_user_pairs_get_inferred_roles(clip):
@@ -187,7 +222,11 @@ def test_user_pairs_get_inferred_roles(clip):
         "period",
         "end",
     )
-    assert infer_roles(["a", "b"], ["a", "b"]) == ("start", "end")
+    # Identical texts: no differing span, so no negator and no positional subject; a named
+    # condition still marks its own span.
+    same = clip.token_layouts(["edema .", "edema ."])
+    assert infer_roles(*same) == ("start", "context", "period", "end")
+    assert infer_roles(*same, condition="edema") == ("start", "subject_first", "period", "end")
 
 
 def test_minilm_trace_is_deterministic(phantom, world):

@@ -2,6 +2,7 @@ import numpy as np
 import pytest
 import torch
 
+from mechtune.errors import UnsupportedModelError
 from mechtune.models.dual_encoder import HFCLIPDualEncoder, PhantomDualEncoder
 from mechtune.models.sites import text_site
 from mechtune.models.spec import ModelSpecError, load_dual_encoder, parse_spec
@@ -128,3 +129,75 @@ def test_sentence_tower_with_any_image_encoder(tmp_path):
     assert torch.allclose(fast[0].cte, ref[0].cte, atol=1e-5)
     with pytest.raises(ValueError, match=r"no 1_Pooling/config\.json"):
         SentenceTowerCLIP(tmp_path, image_encoder)
+
+
+# -- pooling: a property each adapter declares, and exactly what its head reads ---------------
+
+
+def _adapters(clip):
+    from tests.tiny_models import clip_bpe_tokenizer, clip_with_tokenizer, tiny_openclip
+
+    return {
+        "clip_legacy_eos": clip,
+        "clip_bpe": clip_with_tokenizer(clip_bpe_tokenizer()),
+        "phantom": load_dual_encoder("phantom:default"),
+        "openclip_cls": tiny_openclip("cls", context_length=24),
+        "openclip_cls_pooler": tiny_openclip("cls_pooler", context_length=24),
+        "openclip_mean": tiny_openclip("mean", context_length=24),
+    }
+
+
+def test_each_adapter_declares_its_pooling(clip):
+    from tests.tiny_models import tiny_openclip
+
+    declared = {name: enc.pooling for name, enc in _adapters(clip).items()}
+    assert declared == {
+        "clip_legacy_eos": "eos",
+        "clip_bpe": "eos",
+        "phantom": "mean",
+        "openclip_cls": "cls",
+        "openclip_cls_pooler": "cls",
+        "openclip_mean": "mean",
+    }
+    with pytest.raises(UnsupportedModelError, match="pooler MaxPooler is not supported"):
+        _ = tiny_openclip("max").pooling
+
+
+def test_pooled_positions_are_what_the_head_reads(clip):
+    texts = ["there is no pleural effusion .", "no edema ."]
+    for name, enc in _adapters(clip).items():
+        tokens = enc.tokenize(texts)
+        pooled = enc.pooled_positions(tokens)
+        assert pooled.shape == tokens["input_ids"].shape, name
+        with torch.no_grad():
+            states, _ = enc.capture(tokens)
+            last = states[-1]
+            base = enc.head(last, tokens)
+            assert torch.allclose(base, enc.encode_tokens(tokens), atol=1e-5), name
+            for row in range(len(texts)):
+                for col in range(last.shape[1]):
+                    moved = last.clone()
+                    moved[row, col] += 3.0 * torch.randn(last.shape[-1])
+                    changed = not torch.allclose(enc.head(moved, tokens)[row], base[row], atol=1e-6)
+                    assert changed == bool(pooled[row, col]), (name, row, col)
+
+
+def test_clip_pools_the_eos_by_transformers_rule(clip):
+    from tests.tiny_models import clip_bpe_tokenizer, clip_with_tokenizer
+
+    # Legacy configs (eos_token_id == 2): the highest id, which the tiny vocabulary gives EOS.
+    legacy = clip.tokenize(["no edema .", "there is no pleural effusion ."])
+    assert clip.pooled_positions(legacy).int().argmax(1).tolist() == [4, 7]
+    # Current configs: the first EOS, even when padding is EOS too (CLIP pads with it).
+    bpe = clip_with_tokenizer(clip_bpe_tokenizer())
+    tokens = bpe.tokenize(["no edema.", "there is no pleural effusion."])
+    assert tokens["input_ids"][0, -1] == bpe.tokenizer.eos_token_id  # padded with EOS
+    assert bpe.pooled_positions(tokens).int().argmax(1).tolist() == [4, 7]
+    assert bpe.pooled_positions(tokens).sum(1).tolist() == [1, 1]
+
+
+def test_openclip_adapter_takes_its_context_length_from_the_tokenizer():
+    from tests.tiny_models import tiny_openclip
+
+    enc = tiny_openclip("cls", context_length=24)
+    assert enc.max_length == 24 and enc.tokenize(["no edema ."])["input_ids"].shape == (1, 24)

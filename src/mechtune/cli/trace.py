@@ -12,6 +12,7 @@ from rich.table import Table
 from mechtune.cli._common import console, progress_bar
 from mechtune.eval.figures import alpha_bars, cte_heatmap
 from mechtune.interp.pairs import build_trace_pairs, pairs_from_records, read_pairs_file
+from mechtune.interp.ratios import MIN_GAP_SHARE
 from mechtune.interp.result import TraceConfig, TraceResult, trace
 from mechtune.interp.tracing import TraceError
 from mechtune.models.spec import load_dual_encoder
@@ -33,7 +34,7 @@ def run_trace(
     world: World,
     split: str,
     seed: int,
-    epsilon: float,
+    min_gap_share: float,
     per_study: int,
 ) -> TraceResult:
     """Library-level orchestration behind the command (also used by the demo)."""
@@ -64,7 +65,7 @@ def run_trace(
         )
     console.print(f"embedding {len(world.images)} images ...")
     images = _images(encoder, world)
-    config = TraceConfig(epsilon=epsilon, seed=seed)
+    config = TraceConfig(min_gap_share=min_gap_share, seed=seed)
     distinct = len({(p.correct, p.foil) for p in build.pairs})
     with progress_bar("trace distinct text pairs", distinct) as advance:
         result = trace(
@@ -96,8 +97,10 @@ def print_result(result: TraceResult) -> None:
     table = Table(
         "layer",
         "CTE_l [95% CI]",
+        "median",
+        "top-5% share",
         "alpha_l",
-        title="Per-layer causal tracing effect",
+        title="Per-layer causal tracing effect (CTE_l: gap-weighted mean over pairs)",
         title_justify="left",
     )
     for layer in range(result.n_layers + 1):
@@ -105,13 +108,17 @@ def print_result(result: TraceResult) -> None:
             "emb" if layer == 0 else str(layer),
             f"{result.cte_layer[layer]:.3f} [{result.cte_layer_low[layer]:.3f}, "
             f"{result.cte_layer_high[layer]:.3f}]",
+            f"{result.cte_layer_median[layer]:.3f}",
+            f"{result.top5_share[layer]:.2f}",
             f"{result.alpha[layer]:.2f}",
         )
     console.print(table)
+    counts, agg = result.counts, result.aggregation
     console.print(
-        f"peak at layer {result.peak_layer()}; "
-        f"{result.counts['aggregated']} pairs aggregated, "
-        f"{result.counts['excluded_near_tie']} excluded as near-ties"
+        f"peak at layer {result.peak_layer()}; {counts['aggregated']} pairs aggregated; "
+        f"excluded: {counts['excluded_small_gap']} with |S_corr - S_foil| < "
+        f"{agg['min_gap_share']} x median = {agg['gap_floor']:.2g}, "
+        f"{counts['excluded_zero_gap']} with a zero gap; pooling: {agg.get('pooling', '?')}"
     )
 
 
@@ -129,15 +136,21 @@ def trace_command(
     n: Annotated[int, typer.Option("--n", help="Studies in the rendered world.", min=10)] = 1000,
     split: Annotated[str, typer.Option(help="Patient split the default pairs come from.")] = "test",
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
-    epsilon: Annotated[
-        float, typer.Option(help="Exclude pairs with |S_corr - S_foil| below this.")
-    ] = 1e-3,
+    min_gap_share: Annotated[
+        float,
+        typer.Option(
+            help="Exclude pairs whose |S_corr - S_foil| is below this share of the median "
+            "|S_corr - S_foil| (0: only exact ties).",
+            min=0.0,
+            max=1.0,
+        ),
+    ] = MIN_GAP_SHARE,
     per_study: Annotated[int, typer.Option(help="Present and absent facts per study.", min=1)] = 2,
 ) -> None:
     """Trace where negation is processed: CTE per layer and token role, and alpha_l."""
     the_world = (
         load_world(world) if world is not None else make_world(WorldConfig(n_studies=n, seed=seed))
     )
-    result = run_trace(model, pairs, out, the_world, split, seed, epsilon, per_study)
+    result = run_trace(model, pairs, out, the_world, split, seed, min_gap_share, per_study)
     print_result(result)
     console.print(f"wrote {out}")

@@ -2,18 +2,25 @@
 
 Templates put a negator and an affirmative modifier in the same slot ("There is no edema."
 / "There is severe edema."), across conditions and cue families. Each pair records the
-role of every token position, so effects can be aligned across pairs:
+role of every real token (padding is never a token), so effects can be aligned across
+pairs:
 
     start, context, negator (the slot where the two texts differ), modifier (other words
     before the condition), subject_first, subject_rest, period, end
 
-Pairs whose token lengths differ under a model's tokenizer are rejected and counted.
-Orientation: ``negation_in_foil`` (the image shows the finding; the correct text affirms
-it) or ``negation_in_caption`` (the finding is absent; the correct text negates it).
+Roles come from the tokenizer's own output (``DualEncoder.token_layouts``), never from
+token strings: a token's role is that of the character span it covers (the template's
+segments; for user pairs the differing words, the condition's name and the sentence-final
+period), and start/end are the special tokens before and after the text. Pairs whose real
+token lengths (attention-mask counts) differ are rejected and counted, as are template
+pairs with a token that straddles two roles. Orientation: ``negation_in_foil`` (the image
+shows the finding; the correct text affirms it) or ``negation_in_caption`` (the finding is
+absent; the correct text negates it).
 """
 
 from __future__ import annotations
 
+import re
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -24,7 +31,9 @@ from mechtune.data.io import read_jsonl_records
 from mechtune.data.ontology import load_ontology
 from mechtune.data.schema import Study
 from mechtune.data.splits import record_rng
+from mechtune.errors import DataError
 from mechtune.interp.tracing import TraceError, TracePair
+from mechtune.models.dual_encoder import TokenLayout
 
 ROLES: tuple[str, ...] = (
     "start",
@@ -36,7 +45,9 @@ ROLES: tuple[str, ...] = (
     "period",
     "end",
 )
-NEGATORS = frozenset({"no", "not", "without", "negative", "absent", "free", "none"})
+# When a token covers characters of several roles, the first of these wins.
+ROLE_PRIORITY: tuple[str, ...] = ("negator", "subject", "period", "modifier", "context")
+Span = tuple[str, int, int]  # (role, start, end): a character span of a text
 
 # (family, negated segments, affirmative segments); "{slot}" is the differing word.
 # Segments are (role, text); the condition's name fills role "subject".
@@ -107,53 +118,110 @@ def _realise(segments: Sequence[tuple[str, str]], subject: str, mod: str) -> lis
     return out
 
 
-def _text(segments: Sequence[tuple[str, str]]) -> str:
-    text = " ".join(t for _, t in segments)
-    return text.replace(" .", ".")
+def compose(segments: Sequence[tuple[str, str]]) -> tuple[str, list[Span]]:
+    """The text of ``(role, words)`` segments (space-separated, a period attached to the
+    word before it) and each segment's character span."""
+    text, spans = "", []
+    for role, words in segments:
+        if text and not words.startswith("."):
+            text += " "
+        spans.append((role, len(text), len(text) + len(words)))
+        text += words
+    return text, spans
 
 
-def position_roles(
-    segments: Sequence[tuple[str, str]], tokenize: Callable[[str], list[str]], full: list[str]
-) -> tuple[str, ...] | None:
-    """Role of every token position of ``full`` (specials included), or None if the
-    segments do not tokenise to the same tokens as the whole text."""
-    body: list[str] = []
+def roles_from_spans(layout: TokenLayout, spans: Sequence[Span]) -> tuple[tuple[str, ...], bool]:
+    """The role of every real token of ``layout``, and whether a token straddled roles.
+
+    Special tokens (the tokenizer's special-tokens mask) before the first text token are
+    ``start``, after the last one ``end``. A text token takes the role of the spans its
+    character offsets overlap (``ROLE_PRIORITY`` decides between several; none: context).
+    The first token of the subject is ``subject_first``, the others ``subject_rest``.
+    """
+    text_tokens = [k for k, special in enumerate(layout.special) if not special]
+    first = text_tokens[0] if text_tokens else len(layout)
+    last = text_tokens[-1] if text_tokens else -1
     roles: list[str] = []
-    for role, text in segments:
-        pieces = tokenize(text)
+    crossed, seen_subject = False, False
+    for k, ((start, end), special) in enumerate(zip(layout.offsets, layout.special, strict=True)):
+        if special:
+            roles.append("start" if k < first else "end" if k > last else "context")
+            continue
+        hit = {role for role, a, b in spans if start < b and end > a}
+        crossed |= len(hit) > 1
+        role = next((r for r in ROLE_PRIORITY if r in hit), "context")
         if role == "subject":
-            roles += ["subject_first"] + ["subject_rest"] * (len(pieces) - 1)
-        else:
-            roles += [role] * len(pieces)
-        body += pieces
-    inner = full[1:-1]
-    if [b.lower() for b in body] != [t.lower() for t in inner]:
-        return None
-    return ("start", *roles, "end")
+            role = "subject_rest" if seen_subject else "subject_first"
+            seen_subject = True
+        roles.append(role)
+    return tuple(roles), crossed
 
 
-def infer_roles(correct: list[str], foil: list[str]) -> tuple[str, ...]:
-    """Roles for user-supplied pairs: the differing slot is the negator; what follows it
-    up to the period is the subject; the rest is context."""
-    diff = [i for i, (a, b) in enumerate(zip(correct, foil, strict=True)) if a != b]
-    last = len(correct) - 1
-    roles = []
-    for i, tok in enumerate(correct):
-        if i == 0:
-            roles.append("start")
-        elif i == last:
-            roles.append("end")
-        elif tok == ".":
-            roles.append("period")
-        elif i in diff:
-            roles.append("negator")
-        elif diff and i == max(diff) + 1:
-            roles.append("subject_first")
-        elif diff and i > max(diff) + 1 and "." in correct[i:]:
-            roles.append("subject_rest")
-        else:
-            roles.append("context")
-    return tuple(roles)
+def _widen_to_words(text: str, start: int, end: int) -> tuple[int, int]:
+    while start > 0 and text[start - 1].isalnum():
+        start -= 1
+    while end < len(text) and text[end].isalnum():
+        end += 1
+    return start, end
+
+
+def _condition_span(text: str, condition: str) -> tuple[int, int] | None:
+    """The longest mention in ``text`` of ``condition`` (an ontology id or column, whose
+    name, plural and synonyms count, or the literal words), case-insensitive."""
+    names = {condition.replace("_", " ")}
+    try:
+        found = load_ontology().condition(condition)
+    except DataError:
+        pass
+    else:
+        names |= {found.name, *found.synonyms, *([found.plural] if found.plural else [])}
+    best: tuple[int, int] | None = None
+    for name in names:
+        match = re.search(rf"(?<!\w){re.escape(name)}(?!\w)", text, flags=re.IGNORECASE)
+        if match and (best is None or match.end() - match.start() > best[1] - best[0]):
+            best = (match.start(), match.end())
+    return best
+
+
+def user_spans(correct: str, foil: str, condition: str = "") -> list[Span]:
+    """Character spans of the roles of a user-supplied correct text.
+
+    negator: the characters where ``correct`` and ``foil`` differ (between their common
+    prefix and suffix), widened to whole words; period: a sentence-final "."; subject: the
+    condition's mention when ``condition`` is given and found, otherwise the words between
+    the negator and the period.
+    """
+    spans: list[Span] = []
+    prefix = 0
+    while prefix < min(len(correct), len(foil)) and correct[prefix] == foil[prefix]:
+        prefix += 1
+    suffix = 0
+    while (
+        suffix < min(len(correct), len(foil)) - prefix and correct[-1 - suffix] == foil[-1 - suffix]
+    ):
+        suffix += 1
+    neg_start, neg_end = _widen_to_words(correct, prefix, len(correct) - suffix)
+    if neg_end > neg_start:
+        spans.append(("negator", neg_start, neg_end))
+    stripped = correct.rstrip()
+    period = len(stripped) - 1 if stripped.endswith(".") else len(stripped)
+    if period < len(stripped):
+        spans.append(("period", period, period + 1))
+    subject = _condition_span(correct, condition) if condition else None
+    if subject is None and neg_end > neg_start:
+        words = correct[neg_end:period]
+        lead = len(words) - len(words.lstrip())
+        if words.strip():
+            subject = (neg_end + lead, neg_end + lead + len(words.strip()))
+    if subject is not None:
+        spans.append(("subject", *subject))
+    return spans
+
+
+def infer_roles(correct: TokenLayout, foil: TokenLayout, condition: str = "") -> tuple[str, ...]:
+    """Roles of a user-supplied pair's real tokens, from the correct text's offsets and
+    special-tokens mask (see :func:`user_spans` and :func:`roles_from_spans`)."""
+    return roles_from_spans(correct, user_spans(correct.text, foil.text, condition))[0]
 
 
 def build_trace_pairs(
@@ -163,14 +231,11 @@ def build_trace_pairs(
 
     A present condition gives ``negation_in_foil`` pairs (correct: "There is severe X.");
     an absent one gives ``negation_in_caption`` pairs (correct: "There is no X.").
+    ``encoder`` needs ``token_layouts`` (a ``DualEncoder``); lengths are real lengths, so
+    fixed-length padding (open_clip) builds the same pairs as dynamic padding.
     """
     onto = load_ontology()
     build = PairBuild()
-    tok = encoder.tokenizer
-
-    def pieces(text: str) -> list[str]:
-        return list(tok.tokenize(text))
-
     for row, study in studies:
         rng = record_rng(seed, "trace", study.study_id)
         present = [f for f in study.present() if not onto.condition(f.condition).summary]
@@ -186,23 +251,22 @@ def build_trace_pairs(
             )
             neg = _realise(negated, cond.name, mod)
             aff = _realise(affirmative, cond.name, mod)
-            correct, foil = (aff, neg) if is_present else (neg, aff)
-            build.candidates += 1
-            full_c = encoder.token_strings(
-                encoder.tokenize([_text(correct)])["input_ids"][0].tolist()
+            (text_c, spans_c), (text_f, _) = (
+                (compose(aff), compose(neg)) if is_present else (compose(neg), compose(aff))
             )
-            full_f = encoder.token_strings(encoder.tokenize([_text(foil)])["input_ids"][0].tolist())
-            if len(full_c) != len(full_f):
+            build.candidates += 1
+            layout_c, layout_f = encoder.token_layouts([text_c, text_f])
+            if len(layout_c) != len(layout_f):
                 build.rejected["token_length_mismatch"] += 1
                 continue
-            roles = position_roles(correct, pieces, full_c)
-            if roles is None:
-                build.rejected["segment_tokenisation_mismatch"] += 1
+            roles, crossed = roles_from_spans(layout_c, spans_c)
+            if crossed:
+                build.rejected["token_crosses_roles"] += 1
                 continue
             build.pairs.append(
                 TracePair(
-                    _text(correct),
-                    _text(foil),
+                    text_c,
+                    text_f,
                     row,
                     roles,
                     family,
@@ -221,25 +285,24 @@ def read_pairs_file(path: str | Path) -> list[dict[str, Any]]:
 def pairs_from_records(
     records: Sequence[dict[str, Any]], encoder: Any, image_row: Callable[[Any], int]
 ) -> PairBuild:
-    """User-supplied pairs: check lengths (rejections counted), infer token roles."""
+    """User-supplied pairs: check real token lengths (rejections counted), infer roles
+    from offsets (:func:`infer_roles`; an optional ``condition`` key names the subject)."""
     build = PairBuild()
     for record in records:
         build.candidates += 1
-        full_c = encoder.token_strings(
-            encoder.tokenize([record["correct"]])["input_ids"][0].tolist()
-        )
-        full_f = encoder.token_strings(encoder.tokenize([record["foil"]])["input_ids"][0].tolist())
-        if len(full_c) != len(full_f):
+        layout_c, layout_f = encoder.token_layouts([record["correct"], record["foil"]])
+        if len(layout_c) != len(layout_f):
             build.rejected["token_length_mismatch"] += 1
             continue
+        condition = str(record.get("condition", "") or "")
         build.pairs.append(
             TracePair(
                 record["correct"],
                 record["foil"],
                 image_row(record["image"]),
-                infer_roles(full_c, full_f),
+                infer_roles(layout_c, layout_f, condition),
                 record.get("family", ""),
-                record.get("condition", ""),
+                condition,
                 record.get("orientation", "negation_in_foil"),
             )
         )

@@ -12,7 +12,9 @@ sparse autoencoder per analysed layer:
 3. **Causal patch** on flip cases: remove one feature's contribution, x − f_k·W_dec[k],
    from the paraphrase's residual at the readout positions and report the share of the
    margin gap recovered, (m_patched − m_para) / (m_orig − m_para), for each of the first
-   ``patch_features`` attributed features; the best one is the causal candidate.
+   ``patch_features`` attributed features; the best one is the causal candidate. The
+   ratio is aggregated over pairs as causal tracing's CTE is (``interp/ratios.py``: gap-
+   relative exclusion, ratio of sums, median and top-5% share beside it).
 4. **Clamping** at inference: set that feature k to a fixed value c on every question,
    x + (c − f_k)·W_dec[k], with c its mean on original-register questions; the caller
    measures flip rate and accuracy with the hook on.
@@ -34,6 +36,7 @@ from scipy.stats import rankdata
 
 from mechtune.data.schema import ParaphraseSet
 from mechtune.errors import ConfigError
+from mechtune.interp.ratios import MIN_GAP_SHARE, check_min_gap_share, summarise_ratios
 from mechtune.models.yes_no import (
     YesNoVLM,
     capture_block_outputs,
@@ -206,6 +209,9 @@ class AnalysisConfig:
     patch_features: int = 5  # top attributed features tried by the causal patch
     bootstrap: int = 1000  # resamples of question sets for the AUC's 95% interval
     seed: int = 0  # seed of those resamples
+    # the causal patch's recovery ratio leaves out flip pairs whose margin gap is below
+    # this share of the median gap (mechtune.interp.ratios, the rule tracing uses)
+    min_gap_share: float = MIN_GAP_SHARE
 
     def __post_init__(self) -> None:
         minimum = {"folds": 2, "top_features": 1, "half_width": 0, "patch_features": 1}
@@ -218,6 +224,7 @@ class AnalysisConfig:
             raise ConfigError(f"l2 must be a finite number >= 0, got {self.l2!r}")
         if not (isinstance(self.min_active_share, int | float) and 0 <= self.min_active_share <= 1):
             raise ConfigError(f"min_active_share must be in [0, 1], got {self.min_active_share!r}")
+        check_min_gap_share(self.min_gap_share)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -304,7 +311,16 @@ def analyse(
         # recovers the most margin is the causal candidate, and the one clamped.
         analysis.patches = [
             patch_recovery(
-                vlm, images, pairs, flips, m_orig, m_para, saes[peak], peak, int(f["feature"])
+                vlm,
+                images,
+                pairs,
+                flips,
+                m_orig,
+                m_para,
+                saes[peak],
+                peak,
+                int(f["feature"]),
+                min_gap_share=config.min_gap_share,
             )
             for f in top[: config.patch_features]
         ]
@@ -387,9 +403,20 @@ def patch_recovery(
     layer: int,
     feature: int,
     batch: int = 64,
+    *,
+    min_gap_share: float = MIN_GAP_SHARE,
 ) -> dict[str, float]:
     """Share of the margin gap recovered on flip pairs by removing one feature from the
-    paraphrase's readout positions: mean and median of (m_patched − m_para)/(m_orig − m_para)."""
+    paraphrase's readout positions.
+
+    Per flip pair, recovery = (m_patched - m_para) / (m_orig - m_para), a ratio over the
+    pair's own margin gap, aggregated by the rule of :mod:`mechtune.interp.ratios`: pairs
+    whose |m_orig - m_para| is below ``min_gap_share`` x the median are excluded (counted
+    in ``excluded_small_gap``); ``recovered_mean`` is the ratio of sums (the gap-weighted
+    mean); ``recovered_median`` the median over kept pairs; ``recovered_top5_share`` the
+    share of ``recovered_mean`` carried by the top 5% of pairs. ``answers_restored`` is
+    over all flip pairs. ``m_orig``, ``m_para``: ``[P]`` margins; ``flips``: ``[P]`` bool.
+    """
     idx = np.flatnonzero(flips)
     if len(idx) == 0:
         return {"feature": feature, "flip_pairs": 0}
@@ -401,14 +428,19 @@ def patch_recovery(
         mask = vlm.readout_positions(imgs, qs)
         with feature_edit(vlm, sae, layer, feature, None, mask):
             patched.append(vlm.margin(imgs, qs).float().cpu())
-    m_patch = torch.cat(patched).numpy()
-    share = (m_patch - m_para[idx]) / (m_orig[idx] - m_para[idx])
+    m_patch = torch.cat(patched).numpy().astype(np.float64)
+    gap = np.asarray(m_orig, dtype=np.float64)[idx] - np.asarray(m_para, dtype=np.float64)[idx]
+    summary = summarise_ratios(
+        m_patch - np.asarray(m_para, dtype=np.float64)[idx], gap, min_gap_share
+    )
     return {
         "feature": feature,
         "layer": layer,
         "flip_pairs": len(idx),
-        "recovered_mean": round(float(share.mean()), 4),
-        "recovered_median": round(float(np.median(share)), 4),
+        **summary.counts,
+        "recovered_mean": round(float(summary.weighted), 4),
+        "recovered_median": round(float(summary.median), 4),
+        "recovered_top5_share": round(float(summary.top_share), 4),
         "answers_restored": round(float(((m_patch > 0) == (m_orig[idx] > 0)).mean()), 4),
     }
 

@@ -10,6 +10,12 @@ Layer 0 is the embedding output; layer l is the output of block l-1. (NAST's rel
 reports d*/d = 1 - CTE; we report CTE.) 1 means the patch alone moves the score all the way
 to the foil's; 0 means it changes nothing.
 
+Positions are the real tokens only (attention mask 1): padding, such as open_clip's
+fixed-length padding to 256, is never patched, and pairs are length-matched by their real
+lengths. Scores are the model's own text embedding, pooled where the model pools
+(``DualEncoder.pooling``): at the last layer only the pooled positions can move the
+embedding, so only they are patched there (the others keep the clean score, exactly).
+
 ``trace_scores`` is fast: per group of equal-length pairs it runs the clean and foil texts
 once, then for each layer l one batched pass of blocks l..L-1 over every (pair, position)
 patch, re-using the clean prefix. ``trace_scores_reference`` is the plain loop (one full
@@ -51,12 +57,12 @@ class TracePair:
 
 @dataclass
 class PairScores:
-    """Raw scores of one pair: ``patched[l, p]`` is S^{l,p}."""
+    """Raw scores of one pair: ``patched[l, k]`` is S^{l,p} at the k-th real token."""
 
     s_correct: float
     s_foil: float
-    patched: torch.Tensor  # [L+1, T]
-    tokens: list[str]
+    patched: torch.Tensor  # [L+1, T_real]
+    tokens: list[str]  # the real tokens' strings (for reports)
 
     @property
     def cte(self) -> torch.Tensor:
@@ -74,20 +80,18 @@ def _check_pair(
         raise TraceError(
             f"pair {pair.correct!r}: image index {pair.image} out of range [0, {n_images})"
         )
-    tc, tf = tok_c["input_ids"].shape[1], tok_f["input_ids"].shape[1]
-    if tc != tf:
+    mask_c, mask_f = tok_c["attention_mask"], tok_f["attention_mask"]
+    if mask_c.shape != mask_f.shape or not torch.equal(mask_c, mask_f):
         raise TraceError(
             f"pair {pair.correct!r} / {pair.foil!r}: token lengths differ "
-            f"({tc} vs {tf}); causal tracing needs length-matched pairs"
+            f"({int(mask_c.sum())} vs {int(mask_f.sum())} real tokens); causal tracing "
+            "needs length-matched pairs"
         )
 
 
-def _cosine(emb: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
-    return (emb * images).sum(-1)
-
-
 def token_length(encoder: DualEncoder, text: str) -> int:
-    return int(encoder.tokenize([text])["input_ids"].shape[1])
+    """Real token length: the number of attention-mask-1 tokens (not the padded width)."""
+    return int(encoder.tokenize([text])["attention_mask"].sum())
 
 
 def _groups(
@@ -116,7 +120,8 @@ def trace_scores(
     """S_corr, S_foil and S^{l,p} for every pair, batched with clean-prefix reuse.
 
     ``images``: ``[N, D]`` normalised image embeddings; ``layers``: which l in 0..L to
-    patch (default all; others are NaN). The patched *text* embeddings do not depend on
+    patch (default all; others are NaN). ``patched`` has one column per real token
+    (attention mask 1), in order. The patched *text* embeddings do not depend on
     the image, so each distinct (correct, foil) text pair is traced once and scored
     against every image it comes with. ``progress`` is called with the number of distinct
     text pairs done after each group. Returns one ``PairScores`` per pair, in order.
@@ -168,27 +173,37 @@ class _TracedText:
 def _trace_texts(
     encoder: DualEncoder, group: list[TracePair], wanted: list[int]
 ) -> list[_TracedText]:
-    """Patched text embeddings for a group of equal-length text pairs."""
+    """Patched text embeddings for a group of pairs with the same real-token layout."""
     n_layers = len(encoder.text_layers)
     tok_c = encoder.tokenize([p.correct for p in group])
     tok_f = encoder.tokenize([p.foil for p in group])
-    if tok_c["input_ids"].shape != tok_f["input_ids"].shape:
-        raise TraceError("a group of equal-length pairs tokenised to different shapes")
+    mask = tok_c["attention_mask"].bool()
+    if not (torch.equal(tok_f["attention_mask"].bool(), mask) and (mask == mask[:1]).all()):
+        raise TraceError("a group of equal-length pairs tokenised to different masks")
+    real = torch.nonzero(mask[0]).view(-1)  # [R] input columns of the real tokens
     clean, call = encoder.capture(tok_c)
     foil, _ = encoder.capture(tok_f)
     e_corr = encoder.head(clean[-1], tok_c)
     e_foil = encoder.head(foil[-1], tok_f)
-    n, t = tok_c["input_ids"].shape
-    rows = torch.arange(n).repeat_interleave(t)  # patched row r belongs to pair rows[r]
-    pos = torch.arange(n * t) % t
-    patched = torch.full((n, n_layers + 1, t, e_corr.shape[1]), float("nan"), dtype=e_corr.dtype)
+    n, r = len(group), len(real)
+    rows = torch.arange(n).repeat_interleave(r)  # patch j belongs to pair rows[j] ...
+    slot = torch.arange(r).repeat(n)  # ... and to its real token slot[j]
+    pos = real[slot]  # ... at input column pos[j]
+    patched = torch.full((n, n_layers + 1, r, e_corr.shape[1]), float("nan"), dtype=e_corr.dtype)
     # At the embedding output, a position whose token is the same in both texts has the
     # same state: patching it changes nothing, so its patched embedding is the clean one.
-    same_token = (tok_c["input_ids"] == tok_f["input_ids"]).view(-1)
+    same_token = (tok_c["input_ids"] == tok_f["input_ids"])[rows, pos]
+    # After the last block only the positions the model pools reach the embedding.
+    pooled = encoder.pooled_positions(tok_c)[rows, pos]
     for layer in wanted:
-        todo = torch.arange(n * t) if layer > 0 else torch.nonzero(~same_token).view(-1)
         if layer == 0:
-            patched[:, 0] = e_corr[:, None, :]
+            todo = torch.nonzero(~same_token).view(-1)
+        elif layer == n_layers:
+            todo = torch.nonzero(pooled).view(-1)
+        else:
+            todo = torch.arange(n * r)
+        if layer == 0 or layer == n_layers:
+            patched[:, layer] = e_corr[:, None, :]
         if len(todo) == 0:
             continue
         sub_rows, sub_pos = rows[todo], pos[todo]
@@ -196,8 +211,8 @@ def _trace_texts(
         x[torch.arange(len(todo)), sub_pos] = foil[layer][sub_rows, sub_pos]
         h = encoder.run_layers(x, layer, call, sub_rows)
         sub_tokens = {k: v.index_select(0, sub_rows) for k, v in tok_c.items()}
-        patched[sub_rows, layer, sub_pos] = encoder.head(h, sub_tokens)
-    ids = tok_c["input_ids"]
+        patched[sub_rows, layer, slot[todo]] = encoder.head(h, sub_tokens)
+    ids = tok_c["input_ids"][:, real]
     return [
         _TracedText(e_corr[j], e_foil[j], patched[j], encoder.token_strings(ids[j].tolist()))
         for j in range(n)
@@ -260,7 +275,7 @@ def trace_scores_reference(
     images: torch.Tensor,
     raw_images: object | None = None,
 ) -> list[PairScores]:
-    """The plain loop: one full forward pass per (layer, position).
+    """The plain loop: one full forward pass per (layer, real-token position).
 
     With ``raw_images`` (indexable by ``pair.image``) each pass is what the NAST code runs:
     the image encoder plus the text tower on (correct, foil); without, only the text
@@ -275,18 +290,18 @@ def trace_scores_reference(
         foil, _ = encoder.capture(tok_f)
         s_corr = float(encoder.encode_tokens(tok_c)[0] @ images[pair.image])
         s_foil = float(encoder.encode_tokens(tok_f)[0] @ images[pair.image])
-        t = tok_c["input_ids"].shape[1]
-        patched = torch.empty(n_layers + 1, t, dtype=images.dtype)
+        real = torch.nonzero(tok_c["attention_mask"][0]).view(-1).tolist()
+        patched = torch.empty(n_layers + 1, len(real), dtype=images.dtype)
         for layer in range(n_layers + 1):
-            for p in range(t):
+            for k, p in enumerate(real):
                 if raw_images is None:
                     with patch_state(encoder, layer, p, foil[layer][:, p]):
-                        patched[layer, p] = encoder.encode_tokens(tok_c)[0] @ images[pair.image]
+                        patched[layer, k] = encoder.encode_tokens(tok_c)[0] @ images[pair.image]
                     continue
                 img = encoder.encode_images(raw_images[pair.image : pair.image + 1])[0]  # type: ignore[index]
                 value = torch.stack([foil[layer][0, p], foil[layer][0, p]])
                 with patch_state(encoder, layer, p, value, rows=[0]):
-                    patched[layer, p] = encoder.encode_tokens(both)[0] @ img
-        tokens = encoder.token_strings(tok_c["input_ids"][0].tolist())
+                    patched[layer, k] = encoder.encode_tokens(both)[0] @ img
+        tokens = encoder.token_strings(tok_c["input_ids"][0, real].tolist())
         out.append(PairScores(s_corr, s_foil, patched, tokens))
     return out

@@ -2,7 +2,11 @@
 
 - ``encode_images`` / ``encode_texts``: L2-normalised embeddings;
 - ``tokenize`` and ``encode_tokens`` (the model's own, differentiable text path);
+- ``token_layouts``: each text's real tokens (attention mask 1) with their character
+  offsets and special-tokens mask, from the tokenizer's own output (token roles);
 - ``text_layers``: the text transformer blocks; ``site``: where they are (LoRA, hooks);
+- ``pooling`` / ``pooled_positions``: which positions the text embedding pools, as the
+  site table declares it for the model's class;
 - ``capture`` / ``run_layers`` / ``head``: the text forward pass cut at block boundaries,
   so causal tracing can re-run only the blocks after a patch.
 
@@ -15,6 +19,7 @@ from __future__ import annotations
 import json
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +27,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from mechtune.errors import MissingExtraError
+from mechtune.errors import DataError, MissingExtraError, UnsupportedModelError
 from mechtune.models.sites import TextSite, text_site
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -51,6 +56,27 @@ class LayerCall:
             return x
 
         return tuple(pick(a) for a in self.args), {k: pick(v) for k, v in self.kwargs.items()}
+
+
+@dataclass(frozen=True)
+class TokenLayout:
+    """One text as the model receives it: its real tokens and where each comes from.
+
+    Only positions with attention mask 1 are listed (padding is never a token here).
+    ``positions[k]`` is the column of real token k in the model's ``[T]`` input,
+    ``offsets[k]`` its ``(start, end)`` character span in ``text`` (``(0, 0)`` for special
+    tokens) and ``special[k]`` the tokenizer's special-tokens mask.
+    """
+
+    text: str
+    ids: tuple[int, ...]
+    positions: tuple[int, ...]
+    offsets: tuple[tuple[int, int], ...]
+    special: tuple[bool, ...]
+    width: int  # T, the padded width of the model's input
+
+    def __len__(self) -> int:
+        return len(self.ids)
 
 
 class DualEncoder(ABC):
@@ -95,9 +121,71 @@ class DualEncoder(ABC):
             k: v for k, v in out.items() if k in ("input_ids", "attention_mask", "token_type_ids")
         }
 
+    @property
+    def offsets_tokenizer(self) -> Any:
+        """The transformers fast tokenizer behind ``tokenize`` (offsets, special tokens)."""
+        return self.tokenizer
+
     def token_strings(self, ids: list[int]) -> list[str]:
-        """Token ids -> token strings (for role labels and reports)."""
-        return list(self.tokenizer.convert_ids_to_tokens(ids))
+        """Token ids -> token strings (for reports; roles come from ``token_layouts``)."""
+        return list(self.offsets_tokenizer.convert_ids_to_tokens(ids))
+
+    def token_layouts(self, texts: Sequence[str]) -> list[TokenLayout]:
+        """Each text's real tokens, from the tokenizer's own output.
+
+        Real tokens are those with attention mask 1 in ``tokenize``'s output; their
+        character offsets (``return_offsets_mapping``) and special-tokens mask
+        (``return_special_tokens_mask``) come from the same fast tokenizer, run without
+        padding. Raises ``UnsupportedModelError`` for a tokenizer without offsets and
+        ``DataError`` when the two runs disagree on a text's ids.
+        """
+        texts = list(texts)
+        tokens = self.tokenize(texts)
+        try:
+            notes = self.offsets_tokenizer(
+                texts,
+                truncation=True,
+                max_length=self.max_length,
+                return_offsets_mapping=True,
+                return_special_tokens_mask=True,
+            )
+        except NotImplementedError as exc:  # transformers' slow tokenizers have no offsets
+            raise UnsupportedModelError(
+                f"{type(self.offsets_tokenizer).__name__} gives no character offsets; token "
+                "roles need a fast (tokenizers-backed) tokenizer"
+            ) from exc
+        ids, mask = tokens["input_ids"], tokens["attention_mask"].bool()
+        out = []
+        for i, text in enumerate(texts):
+            positions = torch.nonzero(mask[i]).view(-1)
+            real = ids[i, positions].tolist()
+            if real != list(notes["input_ids"][i]):
+                raise DataError(
+                    f"text {text!r}: the model's input ids at attention mask 1 {real} differ "
+                    f"from the tokenizer's own ids {list(notes['input_ids'][i])}; token "
+                    "offsets cannot be aligned"
+                )
+            out.append(
+                TokenLayout(
+                    text=text,
+                    ids=tuple(real),
+                    positions=tuple(positions.tolist()),
+                    offsets=tuple((int(a), int(b)) for a, b in notes["offset_mapping"][i]),
+                    special=tuple(bool(x) for x in notes["special_tokens_mask"][i]),
+                    width=int(ids.shape[1]),
+                )
+            )
+        return out
+
+    @property
+    def pooling(self) -> str:
+        """Where the text embedding pools: ``"eos"``, ``"cls"``, ``"mean"`` or ``"last"``
+        (see :mod:`mechtune.models.sites`), as the site table declares for this model."""
+        return self.site.pooling(self.model)
+
+    def pooled_positions(self, tokens: dict[str, torch.Tensor]) -> torch.Tensor:
+        """``[B, T]`` bool: the input positions the text embedding reads."""
+        return self.site.pooled_positions(self.model, tokens)
 
     @torch.no_grad()
     def encode_texts(self, texts: Sequence[str], batch_size: int = 256) -> torch.Tensor:
@@ -240,15 +328,19 @@ class OpenCLIPDualEncoder(DualEncoder):
     """
 
     def __init__(self, model: Any, tokenizer: Any) -> None:
-        super().__init__(model, tokenizer)
+        # open_clip's HFTokenizer pads every text to its context length (256 for BiomedCLIP).
+        super().__init__(model, tokenizer, max_length=int(tokenizer.context_length))
         self.pad_id = int(getattr(model.text, "config").pad_token_id or 0)  # noqa: B009
 
     def tokenize(self, texts: Sequence[str]) -> dict[str, torch.Tensor]:
+        """open_clip's own call (fixed-length ids); the mask is what ``HFTextEncoder``
+        computes from them, ``ids != pad_token_id``."""
         ids = self.tokenizer(list(texts))
         return {"input_ids": ids, "attention_mask": (ids != self.pad_id).long()}
 
-    def token_strings(self, ids: list[int]) -> list[str]:
-        return list(self.tokenizer.tokenizer.convert_ids_to_tokens(ids))  # open_clip HFTokenizer
+    @property
+    def offsets_tokenizer(self) -> Any:
+        return self.tokenizer.tokenizer  # open_clip HFTokenizer wraps a transformers one
 
     def encode_images(self, images: Any) -> torch.Tensor:
         return self.model.encode_image(images, normalize=True)

@@ -2,8 +2,17 @@
 
 Adapters never probe a model with ``hasattr``: they look its class up here. A site says
 where the text transformer blocks live (also the ``layers_pattern`` peft needs to keep
-LoRA out of the vision tower) and how the text embedding is computed from the last
-block's output (the *head*).
+LoRA out of the vision tower), how the text embedding is computed from the last block's
+output (the *head*), and which positions that head pools (the *pooling*):
+
+- ``"eos"``: the end-of-text token (transformers' ``CLIPTextTransformer`` rule);
+- ``"cls"``: the first column (BERT [CLS]; open_clip's ``ClsPooler`` and
+  ``ClsLastHiddenStatePooler`` read position 0);
+- ``"mean"``: the mean over real tokens (sentence-transformers; open_clip's ``MeanPooler``);
+- ``"last"``: the last column of the padded input (SigLIP's text tower; no site uses it yet).
+
+Causal tracing patches and scores where the model itself pools: it asks the site, never
+assumes a rule.
 """
 
 from __future__ import annotations
@@ -19,6 +28,7 @@ from torch import nn
 from mechtune.errors import UnsupportedModelError
 
 Head = Callable[[Any, torch.Tensor, dict[str, torch.Tensor]], torch.Tensor]
+POOLINGS: tuple[str, ...] = ("eos", "cls", "mean", "last")
 
 
 def _get(module: nn.Module, dotted: str) -> nn.Module:
@@ -27,17 +37,22 @@ def _get(module: nn.Module, dotted: str) -> nn.Module:
     return module
 
 
+def clip_eos_index(model: Any, input_ids: torch.Tensor) -> torch.Tensor:
+    """``[B]`` position CLIP pools, by transformers' ``CLIPTextTransformer`` rule: with the
+    legacy ``eos_token_id == 2`` the highest id, otherwise the first ``eos_token_id``."""
+    text_model = model.text_model
+    ids = input_ids.to(torch.int)
+    if text_model.eos_token_id == 2:  # legacy configs: EOS is the highest id
+        return ids.argmax(dim=-1)
+    return (ids == text_model.eos_token_id).int().argmax(dim=-1)
+
+
 def clip_text_head(
     model: Any, hidden: torch.Tensor, tokens: dict[str, torch.Tensor]
 ) -> torch.Tensor:
     """transformers ``CLIPModel``: final LayerNorm, EOS pooling, projection, L2 norm."""
-    text_model = model.text_model
-    hidden = text_model.final_layer_norm(hidden)
-    ids = tokens["input_ids"]
-    if text_model.eos_token_id == 2:  # legacy configs: EOS is the highest id
-        eos = ids.to(torch.int).argmax(dim=-1)
-    else:
-        eos = (ids.to(torch.int) == text_model.eos_token_id).int().argmax(dim=-1)
+    hidden = model.text_model.final_layer_norm(hidden)
+    eos = clip_eos_index(model, tokens["input_ids"]).to(hidden.device)
     pooled = hidden[torch.arange(hidden.shape[0], device=hidden.device), eos]
     return nn.functional.normalize(model.text_projection(pooled), dim=-1)
 
@@ -54,17 +69,76 @@ def mean_pooled_head(
 def openclip_hf_text_head(
     model: Any, hidden: torch.Tensor, tokens: dict[str, torch.Tensor]
 ) -> torch.Tensor:
-    """open_clip ``HFTextEncoder`` (BiomedCLIP's BERT): its pooler, projection, L2 norm."""
+    """open_clip ``HFTextEncoder`` (BiomedCLIP's BERT): its pooler, projection, L2 norm.
+
+    The pooler gets what ``HFTextEncoder.forward`` gives it: a transformers output with the
+    last hidden state and, when the tower has one, the transformer's own pooler output
+    (``ClsPooler(use_pooler_output=True)`` reads it).
+    """
+    from transformers.modeling_outputs import BaseModelOutputWithPoolingAndCrossAttentions
+
     text = model.text
-    pooled = text.pooler(_HFOutput(hidden), tokens["attention_mask"])
+    # BERT-family models have a ``pooler`` attribute, None unless built with a pooling layer.
+    transformer_pooler = getattr(text.transformer, "pooler", None)
+    output = BaseModelOutputWithPoolingAndCrossAttentions(
+        last_hidden_state=hidden,
+        pooler_output=None if transformer_pooler is None else transformer_pooler(hidden),
+    )
+    pooled = text.pooler(output, tokens["attention_mask"])
     return nn.functional.normalize(text.proj(pooled), dim=-1)
 
 
-class _HFOutput:
-    """The one attribute open_clip's poolers read from a transformers output."""
+# open_clip's registered HF poolers (src/open_clip/hf_model.py) -> the positions they read.
+OPENCLIP_POOLERS = {
+    "ClsPooler": "cls",
+    "ClsLastHiddenStatePooler": "cls",
+    "MeanPooler": "mean",
+}
 
-    def __init__(self, last_hidden_state: torch.Tensor) -> None:
-        self.last_hidden_state = last_hidden_state
+
+def openclip_pooling(model: Any) -> str:
+    """The pooling of an open_clip ``HFTextEncoder``, from its pooler's class."""
+    name = type(model.text.pooler).__name__
+    if name not in OPENCLIP_POOLERS:
+        known = ", ".join(sorted(OPENCLIP_POOLERS))
+        raise UnsupportedModelError(
+            f"open_clip text pooler {name} is not supported for tracing; supported: {known}"
+        )
+    return OPENCLIP_POOLERS[name]
+
+
+def _pooling(kind: str) -> Callable[[Any], str]:
+    def declared(model: Any) -> str:
+        return kind
+
+    return declared
+
+
+def pooled_positions(
+    kind: str,
+    tokens: dict[str, torch.Tensor],
+    eos_index: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """``[B, T]`` bool: the input positions a head of pooling ``kind`` reads.
+
+    ``"mean"``: every real token (attention mask 1); ``"cls"``: the first column;
+    ``"eos"``: ``eos_index [B]``; ``"last"``: the last column.
+    """
+    real = tokens["attention_mask"].bool()
+    if kind == "mean":
+        return real
+    out = torch.zeros_like(real)
+    if kind == "cls":
+        out[:, 0] = True
+    elif kind == "eos":
+        if eos_index is None:
+            raise UnsupportedModelError("pooling 'eos' needs the site's eos_index")
+        out[torch.arange(real.shape[0]), eos_index.to(out.device)] = True
+    elif kind == "last":
+        out[:, -1] = True
+    else:
+        raise UnsupportedModelError(f"unknown pooling {kind!r}; known: {', '.join(POOLINGS)}")
+    return out
 
 
 @dataclass(frozen=True)
@@ -73,8 +147,11 @@ class TextSite:
 
     layers: str  # dotted path of the ModuleList of transformer blocks
     head: Head
+    pooling: Callable[[Any], str]  # model -> one of POOLINGS: the positions ``head`` reads
     # Linear layers inside a block that LoRA adapts: attention projections and MLP.
     lora_targets: tuple[str, ...] = ()
+    # For pooling "eos": (model, input_ids [B, T]) -> [B] pooled position.
+    eos_index: Callable[[Any, torch.Tensor], torch.Tensor] | None = None
 
     @property
     def layers_pattern(self) -> str:
@@ -88,6 +165,14 @@ class TextSite:
                 f"{self.layers} is a {type(layers).__name__}, not a ModuleList"
             )
         return layers
+
+    def pooled_positions(self, model: Any, tokens: dict[str, torch.Tensor]) -> torch.Tensor:
+        """``[B, T]`` bool: the positions this site's head pools for ``tokens``."""
+        kind = self.pooling(model)
+        eos = None
+        if kind == "eos" and self.eos_index is not None:
+            eos = self.eos_index(model, tokens["input_ids"])
+        return pooled_positions(kind, tokens, eos)
 
     def layer_index(self, parameter_name: str) -> int | None:
         """Text-block index of a parameter name (``None`` if it is not in a text block).
@@ -109,11 +194,23 @@ BERT_LORA = (
 )
 
 TEXT_SITES: dict[str, TextSite] = {
-    "CLIPModel": TextSite("text_model.encoder.layers", clip_text_head, CLIP_LORA),
-    "PhantomCLIP": TextSite("text.bert.encoder.layer", mean_pooled_head, BERT_LORA),
-    "SentenceTowerCLIP": TextSite("text.bert.encoder.layer", mean_pooled_head, BERT_LORA),
+    "CLIPModel": TextSite(
+        "text_model.encoder.layers",
+        clip_text_head,
+        _pooling("eos"),
+        CLIP_LORA,
+        eos_index=clip_eos_index,
+    ),
+    "PhantomCLIP": TextSite(
+        "text.bert.encoder.layer", mean_pooled_head, _pooling("mean"), BERT_LORA
+    ),
+    "SentenceTowerCLIP": TextSite(
+        "text.bert.encoder.layer", mean_pooled_head, _pooling("mean"), BERT_LORA
+    ),
     # open_clip wraps HF text towers (BiomedCLIP) in CustomTextCLIP.
-    "CustomTextCLIP": TextSite("text.transformer.encoder.layer", openclip_hf_text_head, BERT_LORA),
+    "CustomTextCLIP": TextSite(
+        "text.transformer.encoder.layer", openclip_hf_text_head, openclip_pooling, BERT_LORA
+    ),
 }
 
 
