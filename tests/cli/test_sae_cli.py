@@ -444,7 +444,7 @@ def phantom_questions(monkeypatch, phantom):
 def test_phantom_world_options_change_the_questions(phantom_questions, name, value):
     base = phantom_questions()
     changed = phantom_questions(**{name: value})
-    assert [s.question for s in changed.sets] != [s.question for s in base.sets]
+    assert [q.record.question for q in changed.sets] != [q.record.question for q in base.sets]
     assert changed.source != base.source
 
 
@@ -454,7 +454,9 @@ def test_a_saved_world_is_read_instead_of_rendering_one(phantom_questions, tmp_p
     save_world(make_world(WorldConfig(n_studies=40, seed=7)), tmp_path / "world")
     loaded = phantom_questions(world_dir=tmp_path / "world", n=None)
     assert loaded.source["world"] == str(tmp_path / "world")
-    assert [s.question for s in loaded.sets] != [s.question for s in phantom_questions().sets]
+    assert [q.record.question for q in loaded.sets] != [
+        q.record.question for q in phantom_questions().sets
+    ]
 
 
 @pytest.mark.parametrize(

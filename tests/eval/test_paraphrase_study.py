@@ -3,10 +3,9 @@
 import numpy as np
 import pytest
 
-from mechtune.data.schema import ParaphraseSet
+from mechtune.data.schema import ImageQuestion, ParaphraseSet
 from mechtune.eval.metrics import paired_difference
 from mechtune.eval.paraphrase_study import (
-    image_row,
     layer_ranges,
     paired_rows,
     results_table,
@@ -20,8 +19,8 @@ def test_layer_ranges_have_the_width_of_the_chosen_range():
     assert layer_ranges([5], 6, ("late", "sae")) == {"late": (5,), "sae": (5,)}
 
 
-def _set(i: int, patient: str) -> ParaphraseSet:
-    return ParaphraseSet(
+def _set(i: int, patient: str) -> ImageQuestion:
+    record = ParaphraseSet(
         question_id=f"q{i}",
         study_id=f"s{i}",
         patient_id=patient,
@@ -31,16 +30,26 @@ def _set(i: int, patient: str) -> ParaphraseSet:
         strategies=("lexical",),
         families=(),
         answer=True,
-        image_ref=str(10 + i),
+        image_ref=f"files/p{i}.jpg",
     )
+    return ImageQuestion(record, 10 + i)
 
 
 def test_swap_rows_take_the_next_other_patient_cyclically():
     sets = [_set(0, "a"), _set(1, "a"), _set(2, "b"), _set(3, "c")]
-    assert [image_row(s) for s in sets] == [10, 11, 12, 13]
     assert swap_rows(sets) == [12, 12, 13, 10]
     with pytest.raises(ValueError, match="two patients"):
         swap_rows([_set(0, "a"), _set(1, "a")])
+
+
+def test_an_image_row_must_be_a_typed_index():
+    """A set without an image was once read as image row 0 (``int(image_ref or 0)``)."""
+    from mechtune.errors import DataError
+
+    record = _set(0, "a").record
+    for bad in (None, "3", -1, True):
+        with pytest.raises(DataError, match="image must be a row index >= 0"):
+            ImageQuestion(record, bad)  # type: ignore[arg-type]
 
 
 PATIENTS = ["p0", "p0", "p1", "p1", "p2", "p2"]

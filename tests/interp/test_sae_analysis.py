@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from mechtune.data.schema import ParaphraseSet
+from mechtune.data.schema import ImageQuestion, ParaphraseSet
 from mechtune.errors import ConfigError
 from mechtune.interp.sae import SAE, SAEConfig
 from mechtune.interp.sae_analysis import (
@@ -118,7 +118,7 @@ def toy() -> ToyVLM:
     return model
 
 
-def sets() -> list[ParaphraseSet]:
+def sets() -> list[ImageQuestion]:
     qs = [
         ("is there effusion", ("any effusion seen", "effusion present", "can you spot effusion")),
         ("is there edema", ("edema present", "any edema visible", "fluid in lungs")),
@@ -129,17 +129,19 @@ def sets() -> list[ParaphraseSet]:
     for i in range(12):
         q, ps = qs[i % 4]
         out.append(
-            ParaphraseSet(
-                question_id=f"q{i}",
-                study_id=f"s{i}",
-                patient_id=f"p{i}",
-                condition=None,
-                question=q,
-                paraphrases=ps,
-                strategies=("lexical",) * len(ps),
-                families=(),
-                answer=bool(i % 2),
-                image_ref=str(i),
+            ImageQuestion(
+                ParaphraseSet(
+                    question_id=f"q{i}",
+                    study_id=f"s{i}",
+                    patient_id=f"p{i}",
+                    condition=None,
+                    question=q,
+                    paraphrases=ps,
+                    strategies=("lexical",) * len(ps),
+                    families=(),
+                    answer=bool(i % 2),
+                ),
+                i,
             )
         )
     return out
@@ -231,8 +233,8 @@ def test_feature_patch_equals_manual_edit(toy) -> None:
 
 def test_analyse_end_to_end(toy) -> None:
     data = sets()
-    pairs = paraphrase_pairs(data, lambda s: int(s.image_ref))
-    assert len(pairs) == sum(len(s.paraphrases) for s in data)
+    pairs = paraphrase_pairs(data)
+    assert len(pairs) == sum(len(q.record.paraphrases) for q in data)
     saes = {i: random_sae(i) for i in range(3)}
     result = analyse(toy, images(), pairs, saes, AnalysisConfig(folds=3, bootstrap=50))
     assert set(result.auc_by_layer) == {0, 1, 2}
@@ -273,7 +275,7 @@ ANALYSIS_SWEEP = {
 
 @pytest.fixture(scope="module")
 def analysis_inputs(toy):
-    pairs = paraphrase_pairs(sets(), lambda s: int(s.image_ref))
+    pairs = paraphrase_pairs(sets())
     return pairs, {i: random_sae(i) for i in range(3)}
 
 

@@ -93,12 +93,15 @@ def test_question_table_and_paraphrase_sets(world) -> None:
     idx = world.indices("train")
     table = question_table(world, idx)
     assert len(table.labels) + table.skipped_uncertain == len(idx) * len(table.conditions)
-    sets = world_paraphrase_sets(world, "val", heldout=True)
+    bound = world_paraphrase_sets(world, "val", heldout=True)
+    sets = [q.record for q in bound]
     assert sets and all(all(s.heldout_family) for s in sets)
     assert {s.answer for s in sets} == {True, False}
-    assert all(world.studies[int(s.image_ref)].study_id == s.study_id for s in sets)
+    assert all(world.studies[q.image].study_id == q.record.study_id for q in bound)
+    # the record keeps the study's own image reference; the row is the typed binding
+    assert all(q.record.image_ref == world.studies[q.image].image_ref for q in bound)
     again = world_paraphrase_sets(world, "val", heldout=True)
-    assert again == sets
+    assert again == bound
 
 
 def test_shipped_head_answers_its_register(vqa) -> None:

@@ -23,7 +23,7 @@ for one layer are refused unless ``--sae-variant`` picks one.
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -33,7 +33,7 @@ from rich.table import Table
 from mechtune.cli._common import console
 from mechtune.data.importers import DataFormatError, read_psf_records
 from mechtune.data.io import write_json
-from mechtune.data.schema import ParaphraseSet
+from mechtune.data.schema import ImageQuestion, ParaphraseSet
 from mechtune.errors import ConfigError, DataError
 from mechtune.models.yes_no import YesNoVLM
 
@@ -51,11 +51,11 @@ class QuestionFileError(DataError):
 
 @dataclass
 class Questions:
-    """A model, its image batch, and paraphrase sets whose ``image_ref`` is a row of it."""
+    """A model, its image batch, and paraphrase sets bound to rows of that batch."""
 
     vlm: YesNoVLM
     images: Any
-    sets: list[ParaphraseSet]
+    sets: list[ImageQuestion]
     per_image: bool  # whether question states depend on the image
     corpus: list[str]  # extra in-domain text for SAE training
     source: dict[str, Any]
@@ -82,7 +82,9 @@ def load_yes_no_model(spec: str) -> tuple[YesNoVLM, bool]:
     raise QuestionFileError(f"unknown model spec {spec!r}: use phantom:vqa or hf:DIR")
 
 
-def _phantom_rows(sets: list[ParaphraseSet], world: Any, path: Path) -> list[ParaphraseSet]:
+def _phantom_rows(sets: list[ParaphraseSet], world: Any, path: Path) -> list[ImageQuestion]:
+    """Bind each set to its study's row of the world: its image reference (or, without
+    one, its study id) must be a study id or a row number of the world."""
     rows = {s.study_id: i for i, s in enumerate(world.studies)}
     out = []
     for s in sets:
@@ -96,13 +98,14 @@ def _phantom_rows(sets: list[ParaphraseSet], world: Any, path: Path) -> list[Par
                 f"{path}, question {s.question_id!r}: image {ref!r} is neither a study id "
                 f"nor a row (0..{len(world.studies) - 1}) of the world"
             )
-        out.append(replace(s, image_ref=str(row)))
+        out.append(ImageQuestion(s, row))
     return out
 
 
 def _image_rows(
     sets: list[ParaphraseSet], root: Path, path: Path
-) -> tuple[list[ParaphraseSet], list[Any]]:
+) -> tuple[list[ImageQuestion], list[Any]]:
+    """Read each distinct image file once (RGB) and bind every set to its image's row."""
     from PIL import Image, UnidentifiedImageError
 
     index: dict[str, int] = {}
@@ -125,7 +128,7 @@ def _image_rows(
                     f"({type(exc).__name__})"
                 ) from None
             index[s.image_ref] = len(images) - 1
-        out.append(replace(s, image_ref=str(index[s.image_ref])))
+        out.append(ImageQuestion(s, index[s.image_ref]))
     return out, images
 
 
@@ -158,10 +161,10 @@ def load_questions(
         raise ConfigError(f"{', '.join(given)} cannot be used with {kind} (model {model!r})")
     vlm, phantom = load_yes_no_model(model)
     source: dict[str, Any] = {"model": model}
-    sets: list[ParaphraseSet] = []
+    records: list[ParaphraseSet] = []
     if questions is not None:
         try:
-            sets, report = read_psf_records(questions, skip_bad=skip_bad)
+            records, report = read_psf_records(questions, skip_bad=skip_bad)
         except (DataFormatError, FileNotFoundError) as exc:
             raise QuestionFileError(str(exc)) from None
         skipped = sum(report.skipped.values())
@@ -169,14 +172,14 @@ def load_questions(
             f"read {report.rows_read} records from {questions}: kept {report.rows_kept}, "
             f"skipped {skipped} {dict(report.skipped) if skipped else ''}"
         )
-        if not sets:
+        if not records:
             raise QuestionFileError(f"{questions}: no usable question records")
         source["questions"] = report.to_dict()
     if not phantom:
         if questions is None:
             raise QuestionFileError(f"model {model!r} needs --questions (and their images)")
         root = image_root if image_root is not None else questions.parent
-        sets, images = _image_rows(sets, root, questions)
+        sets, images = _image_rows(records, root, questions)
         source["images"] = {"root": str(root), "distinct": len(images)}
         return Questions(vlm, images, sets, True, [], source)
 
@@ -198,7 +201,7 @@ def load_questions(
         world = make_world(WorldConfig(n_studies=n, seed=seed))
         source["world"] = {"n_studies": n, "seed": seed}
     if questions is not None:
-        sets = _phantom_rows(sets, world, questions)
+        sets = _phantom_rows(records, world, questions)
     else:
         sets = world_paraphrase_sets(world, split, heldout=heldout, seed=seed)
         source["split"] = {"split": split, "heldout_families": heldout, "sets": len(sets)}
@@ -412,7 +415,7 @@ def analyze(
     """Flip-prediction AUC by layer, feature attribution, a causal patch, and the flip rate
     and accuracy with the top feature clamped: the chosen layer range, with evidence."""
     from mechtune.eval.figures import auc_by_layer_chart
-    from mechtune.eval.paraphrase_study import clamped_report, evaluate_sets, image_row, swap_rows
+    from mechtune.eval.paraphrase_study import clamped_report, evaluate_sets, swap_rows
     from mechtune.interp.sae_analysis import AnalysisConfig, analyse, paraphrase_pairs
 
     data = load_questions(
@@ -430,7 +433,7 @@ def analyze(
     sets = data.sets
     if len(sets) > max_questions:
         sets = random.Random(seed).sample(sets, max_questions)
-    pairs = paraphrase_pairs(sets, image_row)
+    pairs = paraphrase_pairs(sets)
     console.print(
         f"analysing {len(pairs)} paraphrase pairs of {len(sets)} questions at layers "
         f"{sorted(dictionaries)} ..."

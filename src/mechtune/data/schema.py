@@ -348,6 +348,28 @@ class ParaphraseSet(_Record):
         _require(self.split in SPLITS, where, f"unknown split {self.split!r}")
 
 
+@dataclass(frozen=True)
+class ImageQuestion:
+    """A paraphrase set bound to its image: ``image`` is the row of that image in the image
+    batch the caller holds (uint8 arrays, PIL images or embeddings, as the model takes).
+
+    ``record.image_ref`` stays what the source said (a file path, a study id), so a row
+    number never stands in for a reference, and a set without an image cannot be bound.
+    Raises ``RecordError`` unless ``image`` is an int >= 0.
+    """
+
+    record: ParaphraseSet
+    image: int
+
+    def __post_init__(self) -> None:
+        where = f"ParaphraseSet({self.record.question_id!r})"
+        _require(
+            isinstance(self.image, int) and not isinstance(self.image, bool) and self.image >= 0,
+            where,
+            f"image must be a row index >= 0, got {self.image!r}",
+        )
+
+
 __all__ = [
     "ATTRIBUTES",
     "POLARITIES",
@@ -355,6 +377,7 @@ __all__ = [
     "Caption",
     "ClaimSet",
     "Finding",
+    "ImageQuestion",
     "MCQPair",
     "ParaphraseSet",
     "RecordError",

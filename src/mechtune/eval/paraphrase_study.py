@@ -35,7 +35,7 @@ import torch
 
 from mechtune.data.answers import answers_from_margins
 from mechtune.data.io import atomic_write_text, to_jsonable, write_json
-from mechtune.data.schema import ParaphraseSet
+from mechtune.data.schema import ImageQuestion
 from mechtune.errors import ConfigError, DataError
 from mechtune.eval.consistency import (
     answer_accuracy,
@@ -131,20 +131,16 @@ def load_paraphrase_recipe(path: str | Path) -> ParaphraseStudyConfig:
 # -- evaluation -----------------------------------------------------------------------------
 
 
-def image_row(s: ParaphraseSet) -> int:
-    """The row of a set's image in the image batch (its ``image_ref``, a row number)."""
-    return int(s.image_ref or 0)
-
-
-def swap_rows(sets: Sequence[ParaphraseSet]) -> list[int]:
-    """For each set, the image row of another patient's study in the same list (the next
-    set whose patient differs, cyclically): deterministic and never the same patient."""
+def swap_rows(questions: Sequence[ImageQuestion]) -> list[int]:
+    """For each question, the image row of another patient's study in the same list (the
+    next question whose patient differs, cyclically): deterministic and never the same
+    patient. Raises ``DataError`` when the list has one patient only."""
     out = []
-    for i, s in enumerate(sets):
-        for step in range(1, len(sets)):
-            other = sets[(i + step) % len(sets)]
-            if other.patient_id != s.patient_id:
-                out.append(image_row(other))
+    for i, q in enumerate(questions):
+        for step in range(1, len(questions)):
+            other = questions[(i + step) % len(questions)]
+            if other.record.patient_id != q.record.patient_id:
+                out.append(other.image)
                 break
         else:
             raise DataError("swap sensitivity needs questions from at least two patients")
@@ -155,21 +151,23 @@ def swap_rows(sets: Sequence[ParaphraseSet]) -> list[int]:
 def evaluate_sets(
     vlm: YesNoVLM,
     images: Any,
-    sets: Sequence[ParaphraseSet],
+    questions: Sequence[ImageQuestion],
     swapped: Sequence[int],
 ) -> dict[str, Any]:
-    """PSF-Med metrics of one list of paraphrase sets, with 95% intervals clustered by
-    patient (a patient's questions share anatomy, and here two share each study), and
-    ``items``: per question, ``id``, ``patient`` and ``flip`` (any paraphrase's answer
-    differs from the original's), for paired comparisons. Raises ``DataError`` when a
-    question id repeats."""
+    """PSF-Med metrics of one list of paraphrase sets bound to their images, with 95%
+    intervals clustered by patient (a patient's questions share anatomy, and here two
+    share each study), and ``items``: per question, ``id``, ``patient`` and ``flip`` (any
+    paraphrase's answer differs from the original's), for paired comparisons. ``swapped``
+    ``[N]``: the image row each question is asked again with (swap sensitivity). Raises
+    ``DataError`` when a question id repeats."""
+    sets = [q.record for q in questions]
     ids = [s.question_id for s in sets]
     if len(set(ids)) != len(ids):
         repeated = next(q for q in ids if ids.count(q) > 1)
         raise DataError(f"question id {repeated!r} repeats; per-question results need unique ids")
     patients = [s.patient_id for s in sets]
     by_group = dict(zip(ids, patients, strict=True))
-    rows = [image_row(s) for s in sets for _ in range(1 + len(s.paraphrases))]
+    rows = [q.image for q in questions for _ in range(1 + len(q.record.paraphrases))]
     texts = [t for s in sets for t in (s.question, *s.paraphrases)]
     flat = margins(vlm, images, rows, texts)
     per_set, at = [], 0
@@ -180,7 +178,7 @@ def evaluate_sets(
     groups = answers_from_margins(sets, per_set)
     originals = [s.question for s in sets]
     base = np.array([g.original_answer for g in groups])
-    blank = vlm.blank_images(take_rows(images, [image_row(s) for s in sets]))
+    blank = vlm.blank_images(take_rows(images, [q.image for q in questions]))
     blank_answers = margins(vlm, blank, list(range(len(sets))), originals) > 0
     swap_answers = margins(vlm, images, list(swapped), originals) > 0
     flips = [group_flips(g) for g in groups]
@@ -198,7 +196,7 @@ def evaluate_sets(
 
 
 def evaluate_both(
-    vlm: YesNoVLM, images: Any, eval_sets: dict[str, list[ParaphraseSet]]
+    vlm: YesNoVLM, images: Any, eval_sets: dict[str, list[ImageQuestion]]
 ) -> dict[str, Any]:
     return {
         name: evaluate_sets(vlm, images, sets, swap_rows(sets)) for name, sets in eval_sets.items()
@@ -211,7 +209,7 @@ def evaluate_both(
 def train_question_saes(
     vlm: YesNoVLM,
     images: Any,
-    sets: Sequence[ParaphraseSet],
+    questions: Sequence[ImageQuestion],
     layers: Sequence[int],
     sae: SAEConfig,
     *,
@@ -222,16 +220,16 @@ def train_question_saes(
 ) -> tuple[dict[int, SAE], dict[int, dict[str, Any]]]:
     """One SAE per layer (shape and kind from ``sae``; ``d_in`` and ``layer`` are filled in),
     trained on the residual states at the readout positions of every question and
-    paraphrase of ``sets`` plus the ``corpus`` texts (read with image row 0).
+    paraphrase of ``questions`` plus the ``corpus`` texts (read with image row 0).
 
     ``per_image=False`` reads each distinct text once, for models whose question states do
     not depend on the image (the phantom VQA's question encoder); otherwise each distinct
     (image, text) pair is read once."""
     first_row: dict[tuple[int, str], int] = {}
-    for s in sets:
-        for t in (s.question, *s.paraphrases):
-            key = (image_row(s) if per_image else 0, t)
-            first_row.setdefault(key, image_row(s))
+    for q in questions:
+        for t in (q.record.question, *q.record.paraphrases):
+            key = (q.image if per_image else 0, t)
+            first_row.setdefault(key, q.image)
     for t in corpus:
         first_row.setdefault((0, t), 0)
     keys = sorted(first_row)
@@ -252,7 +250,7 @@ def train_question_saes(
 def train_layer_saes(
     vlm: PhantomVQA,
     images: torch.Tensor,
-    sets: Sequence[ParaphraseSet],
+    questions: Sequence[ImageQuestion],
     config: ParaphraseStudyConfig,
     corpus: Sequence[str] = (),
 ) -> tuple[dict[int, SAE], dict[int, dict[str, Any]]]:
@@ -263,7 +261,14 @@ def train_layer_saes(
     shape = replace(shape, model="phantom:vqa")
     layers = list(range(len(vlm.layers)))
     return train_question_saes(
-        vlm, images, sets, layers, shape, steps=config.sae_steps, corpus=corpus, per_image=False
+        vlm,
+        images,
+        questions,
+        layers,
+        shape,
+        steps=config.sae_steps,
+        corpus=corpus,
+        per_image=False,
     )
 
 
@@ -315,7 +320,7 @@ def run_paraphrase_study(
     picked = random.Random(config.world_seed).sample(
         train_sets, min(config.analysis_sets, len(train_sets))
     )
-    pairs = paraphrase_pairs(picked, image_row)
+    pairs = paraphrase_pairs(picked)
     analysis = analyse(
         vqa, images, pairs, saes, AnalysisConfig(half_width=config.half_width, seed=0)
     )
@@ -331,7 +336,7 @@ def run_paraphrase_study(
 
     runs: dict[str, list[dict[str, Any]]] = {}
     ranges = layer_ranges(analysis.chosen_layers, len(vqa.layers), config.ranges)
-    examples = consistency_examples(train_sets, image_row)
+    examples = consistency_examples(train_sets)
     trained: dict[Any, str] = {}
     for name, layers in ranges.items():
         if layers in trained:
@@ -388,7 +393,7 @@ def run_paraphrase_study(
 def clamped_report(
     vqa: YesNoVLM,
     images: Any,
-    eval_sets: dict[str, list[ParaphraseSet]],
+    eval_sets: dict[str, list[ImageQuestion]],
     saes: Mapping[int, Dictionary],
     analysis: SAEAnalysis,
 ) -> dict[str, Any] | None:

@@ -34,7 +34,7 @@ import numpy as np
 import torch
 from scipy.stats import rankdata
 
-from mechtune.data.schema import ParaphraseSet
+from mechtune.data.schema import ImageQuestion
 from mechtune.errors import ConfigError
 from mechtune.interp.ratios import MIN_GAP_SHARE, check_min_gap_share, summarise_ratios
 from mechtune.models.yes_no import (
@@ -67,15 +67,15 @@ class PairBatch:
         return len(self.rows)
 
 
-def paraphrase_pairs(sets: Sequence[ParaphraseSet], image_row: Any) -> PairBatch:
-    """Every (original, paraphrase) pair of the sets; ``image_row(set) -> int``."""
+def paraphrase_pairs(questions: Sequence[ImageQuestion]) -> PairBatch:
+    """Every (original, paraphrase) pair of the questions, read with each one's image."""
     rows, originals, paraphrases, answers, groups = [], [], [], [], []
-    for g, s in enumerate(sets):
-        for p in s.paraphrases:
-            rows.append(int(image_row(s)))
-            originals.append(s.question)
+    for g, q in enumerate(questions):
+        for p in q.record.paraphrases:
+            rows.append(q.image)
+            originals.append(q.record.question)
             paraphrases.append(p)
-            answers.append(s.answer)
+            answers.append(q.record.answer)
             groups.append(g)
     return PairBatch(rows, originals, paraphrases, np.asarray(answers), np.asarray(groups))
 

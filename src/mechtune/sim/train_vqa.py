@@ -10,7 +10,6 @@ a fixed thread count.
 
 from __future__ import annotations
 
-import dataclasses
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -25,7 +24,7 @@ from mechtune.data.builders.paraphrase import (
     make_paraphrase_set,
 )
 from mechtune.data.ontology import load_ontology
-from mechtune.data.schema import ParaphraseSet
+from mechtune.data.schema import ImageQuestion
 from mechtune.data.splits import record_rng
 from mechtune.data.text import realise_question
 from mechtune.errors import ConfigError, DataError
@@ -233,18 +232,19 @@ def world_paraphrase_sets(
     heldout: bool,
     questions_per_study: int = 2,
     seed: int = 0,
-) -> list[ParaphraseSet]:
-    """PSF-Med style paraphrase sets for a split's studies, balanced yes/no.
+) -> list[ImageQuestion]:
+    """PSF-Med style paraphrase sets for a split's studies, balanced yes/no, each bound to
+    its study's row of the world (``ImageQuestion.image``).
 
     ``heldout`` picks the paraphrase families: held-out ones (never used in training) or
-    the training families (in-distribution). ``image_ref`` is the study's row in the world.
+    the training families (in-distribution).
     """
     config = ParaphraseConfig(seed=seed, questions_per_study=questions_per_study)
-    sets = []
+    out = []
     for i in world.indices(split):
         study = world.studies[int(i)]
         rng = record_rng(seed, "vqa-paraphrase", study.study_id, heldout)
         for condition in balanced_conditions(study, questions_per_study, rng):
             record = make_paraphrase_set(study, condition, heldout, split, config, rng)
-            sets.append(dataclasses.replace(record, image_ref=str(int(i))))
-    return sets
+            out.append(ImageQuestion(record, int(i)))
+    return out

@@ -21,7 +21,7 @@ import torch
 from peft import LoraConfig, PeftModel, get_peft_model
 from torch import nn
 
-from mechtune.data.schema import ParaphraseSet
+from mechtune.data.schema import ImageQuestion
 from mechtune.errors import ConfigError, DataError
 from mechtune.models.yes_no import YesNoVLM, layer_of_parameter, take_rows
 from mechtune.train.checkpoint import load_latest_checkpoint, save_checkpoint
@@ -125,11 +125,11 @@ class ConsistencyExample:
     answer: bool
 
 
-def consistency_examples(
-    sets: Sequence[ParaphraseSet], image_row: Callable[[ParaphraseSet], int]
-) -> list[ConsistencyExample]:
+def consistency_examples(questions: Sequence[ImageQuestion]) -> list[ConsistencyExample]:
+    """Training examples of paraphrase sets bound to their image rows."""
     return [
-        ConsistencyExample(image_row(s), s.question, tuple(s.paraphrases), s.answer) for s in sets
+        ConsistencyExample(q.image, q.record.question, tuple(q.record.paraphrases), q.record.answer)
+        for q in questions
     ]
 
 
