@@ -373,3 +373,57 @@ OPTION_TESTS["mechtune"] = {
     option: "test_root_options_version_and_shell_completion"
     for option in ("--version", "--show-completion", "--install-completion")
 }
+
+
+def test_every_eval_negation_option_changes_the_result(tmp_path):
+    import torch
+
+    from mechtune.models.spec import load_dual_encoder
+    from mechtune.sim.world import WorldConfig, make_world, save_world
+    from mechtune.train.loop import LoopConfig, Trainer
+    from mechtune.train.lora import LoraSettings, lora_parameters
+    from tests.tiny_models import tiny_clip
+
+    save_world(make_world(WorldConfig.seeded(30, 5)), tmp_path / "w")
+    enc = load_dual_encoder("phantom:default")
+    trainer = Trainer(
+        enc, [1.0] * 7, LoopConfig(steps=1, lora=LoraSettings(rank=2, alpha=4)), tmp_path / "r"
+    )
+    for _, p in lora_parameters(trainer.model).values():
+        torch.nn.init.normal_(p, std=0.05)
+    adapter = trainer.save() / "peft"
+    one = {
+        "image": 0,
+        "candidates": ["there is no edema .", "there is severe edema ."],
+        "correct": 0,
+    }
+    two = {**one, "image": 1, "correct": 1}
+    claims = tmp_path / "claims.jsonl"
+    claims.write_text(json.dumps(one) + "\n")
+    more = tmp_path / "more.jsonl"
+    more.write_text(json.dumps(one) + "\n" + json.dumps(two) + "\n")
+
+    def run(name, *args):
+        out = tmp_path / f"{name}.json"
+        base = ["eval", "negation", "--claims", str(claims), "--n", "20", "--out", str(out)]
+        result = runner.invoke(app, [*base, *args], catch_exceptions=False)
+        assert result.exit_code == 0, result.output
+        return json.loads(out.read_text())  # --out: the result is written there
+
+    base = run("base")
+    scores = base["items"][0]["scores"]
+    assert len(run("claims", "--claims", str(more))["items"]) == 2
+    clip = run("model", "--model", f"hf:{tiny_clip(tmp_path / 'clip')}")
+    assert clip["items"][0]["scores"] != scores
+    assert run("adapter", "--adapter", str(adapter))["items"][0]["scores"] != scores
+    assert run("n", "--n", "40")["world"] == {"n_studies": 40, "seed": 0}
+    seeded = run("seed", "--seed", "3")
+    assert seeded["items"][0]["scores"] != scores
+    saved = run("world", "--world", str(tmp_path / "w"))
+    assert saved["items"][0]["scores"] != scores and saved["world"] == str(tmp_path / "w")
+
+
+OPTION_TESTS["mechtune eval negation"] = {
+    option: "test_every_eval_negation_option_changes_the_result"
+    for option in ("--claims", "--model", "--adapter", "--world", "--n", "--seed", "--out")
+}

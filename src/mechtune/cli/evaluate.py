@@ -83,9 +83,7 @@ def negation(
         if not (adapter / "adapter_config.json").is_file():
             raise DataError(f"{adapter}: no adapter_config.json (expected a peft adapter folder)")
         PeftModel.from_pretrained(encoder.model, str(adapter))  # injects into encoder.model
-    the_world = (
-        load_world(world) if world is not None else make_world(WorldConfig(n_studies=n, seed=seed))
-    )
+    the_world = load_world(world) if world is not None else make_world(WorldConfig.seeded(n, seed))
     items = read_claims(claims, the_world)
     images = embed_images(encoder, the_world.images)
     texts = sorted({t for _, cands in items for t in cands})
@@ -94,12 +92,25 @@ def negation(
     index = {t: i for i, t in enumerate(texts)}
     scores = [(table[[index[t] for t in cands]] @ images[row]).numpy() for row, cands in items]
     patients = [the_world.studies[row].patient_id for row, _ in items]
-    est = proportion(claim_hits(scores).astype(np.float64), clusters=patients)
+    hits = claim_hits(scores)
+    est = proportion(hits.astype(np.float64), clusters=patients)
     result: dict[str, Any] = {
         "model": model,
         "adapter": str(adapter) if adapter else None,
         "claims": str(claims),
+        "world": str(world) if world is not None else {"n_studies": n, "seed": seed},
         "claim_accuracy": est,
+        # per claim set, in file order: the image's study and patient, whether the correct
+        # claim won, and the cosine of every candidate (the correct one first)
+        "items": [
+            {
+                "study": the_world.studies[row].study_id,
+                "patient": patient,
+                "correct": bool(hit),
+                "scores": [float(s) for s in score],
+            }
+            for (row, _), patient, hit, score in zip(items, patients, hits, scores, strict=True)
+        ],
     }
     console.print(f"claim accuracy on {est.n} claim sets: {est.pct()}")
     if out is not None:

@@ -83,7 +83,7 @@ def _zero_shot(out: Path, n: int, seed: int, quick: bool) -> dict:
     from mechtune.sim.world import WorldConfig, make_world, save_world, showcase_studies
 
     with progress_bar("render phantom world", n) as advance:
-        world = make_world(WorldConfig(n_studies=n, seed=seed), progress=advance)
+        world = make_world(WorldConfig.seeded(n, seed), progress=advance)
     save_world(world, out / "world")
     figures = out / "figures"
     sheet = showcase_studies(32, seed)

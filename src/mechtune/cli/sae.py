@@ -198,7 +198,7 @@ def load_questions(
         world = load_world(world_dir)
         source["world"] = str(world_dir)
     else:
-        world = make_world(WorldConfig(n_studies=n, seed=seed))
+        world = make_world(WorldConfig.seeded(n, seed))
         source["world"] = {"n_studies": n, "seed": seed}
     if questions is not None:
         sets = _phantom_rows(records, world, questions)

@@ -148,9 +148,7 @@ def trace_command(
     per_study: Annotated[int, typer.Option(help="Present and absent facts per study.", min=1)] = 2,
 ) -> None:
     """Trace where negation is processed: CTE per layer and token role, and alpha_l."""
-    the_world = (
-        load_world(world) if world is not None else make_world(WorldConfig(n_studies=n, seed=seed))
-    )
+    the_world = load_world(world) if world is not None else make_world(WorldConfig.seeded(n, seed))
     result = run_trace(model, pairs, out, the_world, split, seed, min_gap_share, per_study)
     print_result(result)
     console.print(f"wrote {out}")

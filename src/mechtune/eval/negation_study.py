@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -30,16 +30,17 @@ from mechtune.data.io import atomic_write_text, to_jsonable, write_json
 from mechtune.errors import ConfigError, DataError
 from mechtune.eval.metrics import paired_items
 from mechtune.eval.retention import embedding_drift, general_sentences
+from mechtune.eval.study_config import MIN_STUDIES, check_seeds
 from mechtune.eval.update_share import update_share
 from mechtune.eval.zero_shot import embed_images, evaluate_zero_shot
-from mechtune.interp.pairs import build_trace_pairs
+from mechtune.interp.pairs import PairBuild, build_trace_pairs
 from mechtune.interp.result import TraceConfig, TraceResult, trace
 from mechtune.models.sites import text_site
 from mechtune.models.spec import load_dual_encoder
-from mechtune.sim.world import WorldConfig, make_world
+from mechtune.sim.world import World, WorldConfig, make_world
 from mechtune.train.loop import LoopConfig
 from mechtune.train.lora import LoraSettings, lora_update_norms
-from mechtune.train.methods import negation_examples, run_method
+from mechtune.train.methods import NegationData, methods_for, negation_examples, run_method
 
 PAPER = {  # NAST (arXiv 2602.12498), Tables 1/3/4, in %
     "CLIP": {"R@1": 23.5, "R@5": 34.7, "claim": 24.6, "gap": 21.6},
@@ -51,6 +52,16 @@ PAPER = {  # NAST (arXiv 2602.12498), Tables 1/3/4, in %
 
 @dataclass(frozen=True)
 class NegationStudyConfig:
+    """One negation study on the phantom world; each field is checked at construction.
+
+    ``methods``: registered negation methods, each trained once per seed of ``seeds``
+    (zero-shot, which does not train, once); ``world_studies`` / ``world_seed``: the phantom
+    world; ``trace_per_study`` present and absent facts traced per train-split study, at
+    most ``trace_max_pairs`` pairs; ``eval_split``: "val" to choose settings, "test" to
+    report; ``balance_polarity``: repeat the minority polarity's claim sets; ``loop``: the
+    training settings every method shares (its ``seed`` is each of ``seeds`` in turn).
+    """
+
     methods: tuple[str, ...] = ("zero-shot", "uniform-lora", "nast")
     seeds: tuple[int, ...] = (0,)
     world_studies: int = 2000
@@ -71,10 +82,30 @@ class NegationStudyConfig:
     )
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "methods", tuple(self.methods))
+        object.__setattr__(self, "seeds", tuple(self.seeds))
         if self.eval_split not in ("val", "test"):
             raise ConfigError(
                 f"eval_split must be 'val' (choosing settings) or 'test' (reporting), "
                 f"got {self.eval_split!r}"
+            )
+        known = methods_for("negation")
+        unknown = [m for m in self.methods if m not in known]
+        if not self.methods or unknown or len(set(self.methods)) != len(self.methods):
+            raise ConfigError(
+                f"methods must name distinct registered negation methods ({', '.join(known)}), "
+                f"got {list(self.methods)}"
+            )
+        check_seeds(self.seeds)
+        for name, least in (("world_studies", MIN_STUDIES), ("trace_per_study", 1)):
+            if getattr(self, name) < least:
+                raise ConfigError(f"{name} must be >= {least}, got {getattr(self, name)}")
+        if self.trace_max_pairs < 1:
+            raise ConfigError(f"trace_max_pairs must be >= 1, got {self.trace_max_pairs}")
+        if self.loop.seed != 0:
+            raise ConfigError(
+                f"loop.seed ({self.loop.seed}) is not read: each run's seed is one of "
+                f"seeds {list(self.seeds)}; set seeds instead"
             )
 
     def to_dict(self) -> dict[str, Any]:
@@ -92,52 +123,90 @@ class NegationStudyConfig:
 
 
 def load_recipe(path: str | Path) -> NegationStudyConfig:
-    """A phantom negation study from a recipe YAML (see ``recipes/nast-phantom.yaml``)."""
+    """A phantom negation study from a recipe YAML (see ``recipes/nast-phantom.yaml``).
+
+    Every key must be a field of :class:`NegationStudyConfig` (``loop`` a LoopConfig, its
+    ``lora`` LoraSettings); ``model`` may only name the phantom CLIP, which this runner
+    trains. Raises ConfigError naming the file and the key.
+    """
     import yaml
 
-    raw = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+    raw = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+    model = raw.pop("model", "phantom:default")
+    if model != "phantom:default":
+        raise ConfigError(
+            f"{path}: this runner trains the phantom CLIP; {model!r} needs real data "
+            "(see the recipe's comments)"
+        )
     loop = dict(raw.pop("loop", {}))
     lora = loop.pop("lora", {})
-    known = {
-        "methods",
-        "seeds",
-        "world_studies",
-        "world_seed",
-        "trace_per_study",
-        "trace_max_pairs",
-        "eval_split",
-        "balance_polarity",
-    }
-    unknown = sorted(set(raw) - known - {"model"})
+    unknown = sorted(set(raw) - {f.name for f in fields(NegationStudyConfig)} - {"loop"})
+    unknown += sorted(f"loop.{k}" for k in set(loop) - {f.name for f in fields(LoopConfig)})
+    if "seed" in loop:
+        unknown.append("loop.seed (use seeds)")
     if unknown:
         raise ConfigError(f"{path}: unknown recipe keys {unknown}")
-    if raw.get("model", "phantom:default") != "phantom:default":
-        raise ConfigError(
-            f"{path}: this runner trains the phantom CLIP; {raw['model']!r} needs "
-            "real data (see the recipe's comments)"
-        )
-    fields: dict[str, Any] = {
-        k: tuple(v) if isinstance(v, list) else v for k, v in raw.items() if k in known
-    }
+    values: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v for k, v in raw.items()}
     settings = LoraSettings(**lora) if lora is not None else None
-    return NegationStudyConfig(**fields, loop=LoopConfig(**loop, lora=settings))
+    return NegationStudyConfig(**values, loop=LoopConfig(**loop, lora=settings))
 
 
-def trace_on_train_split(world: Any, config: NegationStudyConfig) -> TraceResult:
-    encoder = load_dual_encoder("phantom:default")
+# -- the stages, each a function of the config ----------------------------------------------
+
+
+def study_world(config: NegationStudyConfig) -> World:
+    """The phantom world of ``world_studies`` studies and seed ``world_seed``."""
+    return make_world(WorldConfig.seeded(config.world_studies, config.world_seed))
+
+
+def train_trace_pairs(world: World, encoder: Any, config: NegationStudyConfig) -> PairBuild:
+    """Length-matched pairs of the **train-split** studies (``trace_per_study`` facts of
+    each polarity per study, seeded by ``world_seed``), cut to ``trace_max_pairs``."""
     rows = [(int(i), world.studies[int(i)]) for i in world.indices("train")]
     build = build_trace_pairs(
         rows, encoder, seed=config.world_seed, per_study=config.trace_per_study
     )
-    pairs = build.pairs[: config.trace_max_pairs]
+    build.pairs = build.pairs[: config.trace_max_pairs]
+    return build
+
+
+def trace_on_train_split(world: World, config: NegationStudyConfig) -> TraceResult:
+    """Causal tracing of the shipped phantom CLIP on :func:`train_trace_pairs`."""
+    encoder = load_dual_encoder("phantom:default")
+    build = train_trace_pairs(world, encoder, config)
     images = embed_images(encoder, world.images)
     return trace(
         encoder,
-        pairs,
+        build.pairs,
         images,
         TraceConfig(seed=config.world_seed),
-        counts={**build.to_dict(), "split": "train", "used": len(pairs)},
+        counts={**build.to_dict(), "split": "train", "used": len(build.pairs)},
     )
+
+
+def training_data(world: World, config: NegationStudyConfig) -> NegationData:
+    """Captions and claim sets of the train-split patients (train phrasing families)."""
+    return negation_examples(world, balance_polarity=config.balance_polarity)
+
+
+def run_plan(config: NegationStudyConfig) -> list[tuple[str, int]]:
+    """``(method, seed)`` of every run, in order: each method once per seed, except
+    zero-shot (nothing to train), which runs once."""
+    return [
+        (method, seed)
+        for method in config.methods
+        for seed in (config.seeds if method != "zero-shot" else config.seeds[:1])
+    ]
+
+
+def run_config(config: NegationStudyConfig, seed: int) -> LoopConfig:
+    """The training settings of one run: ``loop`` with the run's seed."""
+    return replace(config.loop, seed=seed)
+
+
+def evaluate_run(encoder: Any, world: World, config: NegationStudyConfig) -> dict[str, Any]:
+    """The zero-shot report (retrieval, claims, polarity MCQ) on ``eval_split``."""
+    return to_jsonable(evaluate_zero_shot(encoder, world, split=config.eval_split, probes=False))
 
 
 def run_negation_study(
@@ -146,47 +215,42 @@ def run_negation_study(
     """Run every (method, seed); write ``results.json``, ``table.md`` and the trace."""
     out = Path(out)
     say = log or (lambda _msg: None)
-    world = make_world(WorldConfig(n_studies=config.world_studies, seed=config.world_seed))
+    world = study_world(config)
     say(f"tracing on {len(world.indices('train'))} train-split studies ...")
     traced = trace_on_train_split(world, config)
     traced.save(out / "trace")
     cte_by_block = traced.cte_layer[1:].tolist()
-    data = negation_examples(world, balance_polarity=config.balance_polarity)
+    data = training_data(world, config)
     sentences = general_sentences()
     runs: dict[str, list[dict[str, Any]]] = {}
-    for method in config.methods:
-        for seed in config.seeds if method != "zero-shot" else config.seeds[:1]:
-            encoder = load_dual_encoder("phantom:default")
-            images = embed_images(encoder, world.images)
-            before = encoder.encode_texts(sentences)
-            initial = _block_weights(encoder.model)
-            say(f"{method}, seed {seed}: training ...")
-            start = time.perf_counter()
-            run_method(
-                method,
-                encoder,
-                images,
-                data,
-                traced.alpha,
-                replace(config.loop, seed=seed),
-                out / "runs" / method / f"seed{seed}",
-            )
-            seconds = time.perf_counter() - start
-            report = to_jsonable(
-                evaluate_zero_shot(encoder, world, split=config.eval_split, probes=False)
-            )
-            report["retention"] = to_jsonable(
-                embedding_drift(before, encoder.encode_texts(sentences))
-            )
-            report["train_seconds"] = round(seconds, 1)
-            report["seed"] = seed
-            if method != "zero-shot":
-                norms = _block_update_norms(encoder.model, initial)
-                report["update_norms"] = norms
-                report["update_share"] = {
-                    f"top{k}": update_share(norms, cte_by_block, k) for k in (3, 5)
-                }
-            runs.setdefault(method, []).append(report)
+    for method, seed in run_plan(config):
+        encoder = load_dual_encoder("phantom:default")
+        images = embed_images(encoder, world.images)
+        before = encoder.encode_texts(sentences)
+        initial = _block_weights(encoder.model)
+        say(f"{method}, seed {seed}: training ...")
+        start = time.perf_counter()
+        run_method(
+            method,
+            encoder,
+            images,
+            data,
+            traced.alpha,
+            run_config(config, seed),
+            out / "runs" / method / f"seed{seed}",
+        )
+        seconds = time.perf_counter() - start
+        report = evaluate_run(encoder, world, config)
+        report["retention"] = to_jsonable(embedding_drift(before, encoder.encode_texts(sentences)))
+        report["train_seconds"] = round(seconds, 1)
+        report["seed"] = seed
+        if method != "zero-shot":
+            norms = _block_update_norms(encoder.model, initial)
+            report["update_norms"] = norms
+            report["update_share"] = {
+                f"top{k}": update_share(norms, cte_by_block, k) for k in (3, 5)
+            }
+        runs.setdefault(method, []).append(report)
     results = {
         "config": config.to_dict(),
         "trace": {

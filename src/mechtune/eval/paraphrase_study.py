@@ -26,7 +26,7 @@ from __future__ import annotations
 import random
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +47,7 @@ from mechtune.eval.consistency import (
     text_only_agreement,
 )
 from mechtune.eval.metrics import PairedDifference, paired_items
+from mechtune.eval.study_config import MIN_STUDIES, check_seeds
 from mechtune.interp.sae import SAE, SAEConfig
 from mechtune.interp.sae_analysis import (
     AnalysisConfig,
@@ -63,7 +64,7 @@ from mechtune.interp.sae_train import train_sae
 from mechtune.models.yes_no import YesNoVLM, take_rows
 from mechtune.sim.train_vqa import world_paraphrase_sets
 from mechtune.sim.vqa import PhantomVQA, load_default_vqa
-from mechtune.sim.world import WorldConfig, make_world
+from mechtune.sim.world import World, WorldConfig, make_world
 from mechtune.train.consistency import ConsistencyConfig, consistency_examples
 from mechtune.train.methods import run_paraphrase_method
 
@@ -77,6 +78,19 @@ RANGES = ("all", "sae", "early", "late")
 
 @dataclass(frozen=True)
 class ParaphraseStudyConfig:
+    """One paraphrase study on the phantom VQA model; each field is checked at construction.
+
+    ``world_studies`` / ``world_seed``: the phantom world (the seed also seeds the question
+    sampler, the SAE corpus and the analysis sample); ``questions_per_study``: balanced
+    yes/no questions per study; ``eval_split``: "val" to choose settings, "test" to report;
+    ``seeds``: one consistency LoRA run per seed and range; ``sae_width`` / ``sae_k`` /
+    ``sae_steps``: the TopK SAEs on every question-encoder layer, trained with
+    ``sae_reports`` train-patient reports as extra text; ``analysis_sets``: train questions
+    the flip analysis reads; ``half_width``: the chosen range is the AUC peak ± this;
+    ``ranges``: which layer ranges get consistency LoRA; ``lora``: the LoRA settings every
+    range shares (its ``layers`` and ``seed`` are set per run).
+    """
+
     world_studies: int = 2000
     world_seed: int = 0
     questions_per_study: int = 2
@@ -100,12 +114,25 @@ class ParaphraseStudyConfig:
         object.__setattr__(self, "seeds", tuple(self.seeds))
         object.__setattr__(self, "ranges", tuple(self.ranges))
         unknown = sorted(set(self.ranges) - set(RANGES))
-        if unknown:
-            raise ConfigError(f"unknown layer ranges {unknown}; known: {list(RANGES)}")
-        if not self.seeds:
-            raise ConfigError("seeds must name at least one seed")
+        if unknown or not self.ranges or len(set(self.ranges)) != len(self.ranges):
+            raise ConfigError(
+                f"ranges must name distinct layer ranges of {list(RANGES)}, got {list(self.ranges)}"
+            )
+        check_seeds(self.seeds)
         if isinstance(self.lora, dict):
             object.__setattr__(self, "lora", ConsistencyConfig.from_dict(self.lora))
+        least = {"world_studies": MIN_STUDIES, "questions_per_study": 1, "sae_width": 1}
+        least |= {"sae_steps": 1, "analysis_sets": 2, "half_width": 0, "sae_reports": 0}
+        for name, low in least.items():
+            if getattr(self, name) < low:
+                raise ConfigError(f"{name} must be >= {low}, got {getattr(self, name)}")
+        if not 1 <= self.sae_k <= self.sae_width:
+            raise ConfigError(f"sae_k ({self.sae_k}) must be in [1, sae_width ({self.sae_width})]")
+        if self.lora.layers is not None or self.lora.seed != 0:
+            raise ConfigError(
+                "lora.layers and lora.seed are set per run (the layers by ranges, the seed by "
+                f"seeds); got lora.layers={self.lora.layers}, lora.seed={self.lora.seed}"
+            )
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -114,18 +141,75 @@ class ParaphraseStudyConfig:
 
 
 def load_paraphrase_recipe(path: str | Path) -> ParaphraseStudyConfig:
-    """A phantom paraphrase study from a recipe YAML (``recipes/consistency-phantom.yaml``)."""
+    """A phantom paraphrase study from a recipe YAML (``recipes/consistency-phantom.yaml``).
+
+    Every key must be a field of :class:`ParaphraseStudyConfig` (``lora`` a
+    ConsistencyConfig); ``model`` may only name the phantom VQA model. Raises ConfigError
+    naming the file and the key."""
     import yaml
 
     raw = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
     model = raw.pop("model", "phantom:vqa")
     if model != "phantom:vqa":
         raise ConfigError(f"{path}: this runner trains the phantom VQA model, not {model!r}")
-    known = set(ParaphraseStudyConfig.__dataclass_fields__)
-    unknown = sorted(set(raw) - known)
+    unknown = sorted(set(raw) - {f.name for f in fields(ParaphraseStudyConfig)})
+    lora = raw.get("lora") or {}
+    unknown += sorted(f"lora.{k}" for k in set(lora) - {f.name for f in fields(ConsistencyConfig)})
+    unknown += [f"lora.{k} (set per run)" for k in ("layers", "seed") if k in lora]
     if unknown:
         raise ConfigError(f"{path}: unknown recipe keys {unknown}")
     return ParaphraseStudyConfig(**raw)
+
+
+# -- the stages, each a function of the config ----------------------------------------------
+
+
+def study_world(config: ParaphraseStudyConfig) -> World:
+    """The phantom world of ``world_studies`` studies and seed ``world_seed``."""
+    return make_world(WorldConfig.seeded(config.world_studies, config.world_seed))
+
+
+def study_questions(
+    world: World, config: ParaphraseStudyConfig
+) -> tuple[list[ImageQuestion], dict[str, list[ImageQuestion]]]:
+    """Training questions (train-split patients, training paraphrase families) and the
+    evaluation questions of ``eval_split``: ``in_distribution`` (training families) and
+    ``heldout`` (held-out families), ``questions_per_study`` per study."""
+    kwargs = {"questions_per_study": config.questions_per_study, "seed": config.world_seed}
+    train = world_paraphrase_sets(world, "train", heldout=False, **kwargs)
+    evaluation = {
+        "in_distribution": world_paraphrase_sets(world, config.eval_split, heldout=False, **kwargs),
+        "heldout": world_paraphrase_sets(world, config.eval_split, heldout=True, **kwargs),
+    }
+    return train, evaluation
+
+
+def sae_corpus(world: World, config: ParaphraseStudyConfig) -> list[str]:
+    """``sae_reports`` distinct train-patient reports (seeded by ``world_seed``): in-domain
+    text, since the questions alone have too few distinct tokens for a dictionary."""
+    reports = sorted({world.studies[int(i)].report or "" for i in world.indices("train")} - {""})
+    return random.Random(config.world_seed).sample(reports, min(config.sae_reports, len(reports)))
+
+
+def analysis_questions(
+    train: Sequence[ImageQuestion], config: ParaphraseStudyConfig
+) -> list[ImageQuestion]:
+    """``analysis_sets`` training questions (seeded by ``world_seed``) for the flip analysis."""
+    return random.Random(config.world_seed).sample(
+        list(train), min(config.analysis_sets, len(train))
+    )
+
+
+def analysis_config(config: ParaphraseStudyConfig) -> AnalysisConfig:
+    """The flip analysis's settings: the chosen range is the AUC peak ± ``half_width``."""
+    return AnalysisConfig(half_width=config.half_width, seed=0)
+
+
+def run_config(
+    config: ParaphraseStudyConfig, layers: tuple[int, ...] | None, seed: int
+) -> ConsistencyConfig:
+    """The LoRA settings of one run: ``lora`` on ``layers`` (None: all) with ``seed``."""
+    return replace(config.lora, layers=layers, seed=seed)
 
 
 # -- evaluation -----------------------------------------------------------------------------
@@ -296,13 +380,8 @@ def run_paraphrase_study(
     """Run every step; write ``results.json``, ``table.md``, the SAEs and the adapters."""
     out = Path(out)
     say = log or (lambda _msg: None)
-    world = make_world(WorldConfig(n_studies=config.world_studies, seed=config.world_seed))
-    kwargs = {"questions_per_study": config.questions_per_study, "seed": config.world_seed}
-    train_sets = world_paraphrase_sets(world, "train", heldout=False, **kwargs)
-    eval_sets = {
-        "in_distribution": world_paraphrase_sets(world, config.eval_split, heldout=False, **kwargs),
-        "heldout": world_paraphrase_sets(world, config.eval_split, heldout=True, **kwargs),
-    }
+    world = study_world(config)
+    train_sets, eval_sets = study_questions(world, config)
     vqa = load_default_vqa()
     images = vqa.embed_images(world.images)
     timings: dict[str, float] = {}
@@ -314,16 +393,9 @@ def run_paraphrase_study(
 
     start = time.perf_counter()
     say(f"training {len(vqa.layers)} SAEs on train-split questions ...")
-    reports = sorted({world.studies[int(i)].report or "" for i in world.indices("train")} - {""})
-    corpus = random.Random(config.world_seed).sample(reports, min(config.sae_reports, len(reports)))
-    saes, sae_reports = train_layer_saes(vqa, images, train_sets, config, corpus)
-    picked = random.Random(config.world_seed).sample(
-        train_sets, min(config.analysis_sets, len(train_sets))
-    )
-    pairs = paraphrase_pairs(picked)
-    analysis = analyse(
-        vqa, images, pairs, saes, AnalysisConfig(half_width=config.half_width, seed=0)
-    )
+    saes, sae_reports = train_layer_saes(vqa, images, train_sets, config, sae_corpus(world, config))
+    pairs = paraphrase_pairs(analysis_questions(train_sets, config))
+    analysis = analyse(vqa, images, pairs, saes, analysis_config(config))
     timings["sae"] = time.perf_counter() - start
     say(
         f"flip-prediction AUC peaks at layer {analysis.peak_layer}; "
@@ -351,7 +423,7 @@ def run_paraphrase_study(
             say(f"consistency LoRA on layers {name} ({layers or 'all'}), seed {seed} ...")
             model = load_default_vqa(text=None)
             start = time.perf_counter()
-            lora = replace(config.lora, layers=layers, seed=seed)
+            lora = run_config(config, layers, seed)
             run_paraphrase_method(
                 "consistency-lora",
                 model,

@@ -137,7 +137,7 @@ def train_phantom_vqa(
     started = time.perf_counter()
     with torch_threads(config.threads):
         torch.manual_seed(config.seed)
-        world = world or make_world(WorldConfig(n_studies=config.n_studies, seed=config.seed))
+        world = world or make_world(WorldConfig.seeded(config.n_studies, config.seed))
         model = PhantomVQA(PhantomVQAConfig(hidden=config.hidden), text=text)
         model.load_image_tower(default_checkpoint())
         model.eval()

@@ -63,6 +63,19 @@ class WorldConfig:
         }
 
     @classmethod
+    def seeded(cls, n_studies: int, seed: int) -> WorldConfig:
+        """``n_studies`` studies whose sampling, splits, acquisition and report wording all
+        follow ``seed`` (as ``mechtune sim build --seed`` makes them): the world every
+        ``--seed`` / ``world_seed`` option means. At seed 0 it is ``WorldConfig(n_studies)``.
+        """
+        return cls(
+            n_studies=n_studies,
+            seed=seed,
+            render=RenderConfig(seed=seed),
+            report=ReportConfig(seed=seed),
+        )
+
+    @classmethod
     def from_dict(cls, d: dict[str, Any]) -> WorldConfig:
         return cls(
             n_studies=d["n_studies"],
