@@ -28,6 +28,18 @@ WEIGHTS = "model.safetensors"
 CONFIG = "config.json"
 
 
+def drop_legacy_text_model(d: dict[str, Any], what: str) -> None:
+    """Remove ``text_model`` from a checkpoint config dict in place. Older phantom
+    checkpoints recorded it though nothing read it; it must name MiniLM, the only text
+    tower a phantom model is built on, or a ConfigError names the key and value."""
+    text_model = d.pop("text_model", MINILM_ID)
+    if text_model != MINILM_ID:
+        raise ConfigError(
+            f"text_model {text_model!r} in a checkpoint config: the {what} is built on "
+            f"MiniLM ({MINILM_ID}) and cannot be loaded for another text tower"
+        )
+
+
 @dataclass(frozen=True)
 class PhantomCLIPConfig:
     """Image tower shape: a patchify stem, strided convolutions, then flatten -> MLP.
@@ -73,12 +85,7 @@ class PhantomCLIPConfig:
         when it names the tower a checkpoint loads with by default (MiniLM), and otherwise
         refused with a ``ConfigError`` naming the key and value."""
         d = dict(d)
-        text_model = d.pop("text_model", MINILM_ID)
-        if text_model != MINILM_ID:
-            raise ConfigError(
-                f"text_model {text_model!r} in a checkpoint config: the phantom CLIP is built "
-                f"on MiniLM ({MINILM_ID}) and cannot be loaded for another text tower"
-            )
+        drop_legacy_text_model(d, "phantom CLIP")
         return cls(**d)
 
 

@@ -33,8 +33,13 @@ from torch import nn
 from mechtune.data.io import atomic_path, write_json
 from mechtune.errors import ConfigError, DataError
 from mechtune.models.sites import BERT_LORA
-from mechtune.sim.clip import ImageEncoder, PhantomCLIPConfig, default_checkpoint
-from mechtune.sim.text_tower import MINILM_ID, MiniLMTower
+from mechtune.sim.clip import (
+    ImageEncoder,
+    PhantomCLIPConfig,
+    default_checkpoint,
+    drop_legacy_text_model,
+)
+from mechtune.sim.text_tower import MiniLMTower
 
 WEIGHTS = "model.safetensors"
 CONFIG = "config.json"
@@ -65,12 +70,7 @@ class PhantomVQAConfig:
         ``text_model``, which nothing read; it must name MiniLM, the question encoder
         every phantom VQA head is built on, or a ``ConfigError`` names it."""
         d = dict(d)
-        text_model = d.pop("text_model", MINILM_ID)
-        if text_model != MINILM_ID:
-            raise ConfigError(
-                f"text_model {text_model!r} in a checkpoint config: the phantom VQA head is built "
-                f"on MiniLM ({MINILM_ID}) and cannot be loaded for another text tower"
-            )
+        drop_legacy_text_model(d, "phantom VQA head")
         return cls(hidden=d["hidden"], image=PhantomCLIPConfig.from_dict(d["image"]))
 
 
