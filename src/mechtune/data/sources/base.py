@@ -24,7 +24,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import IO, Any, ClassVar
+from typing import IO, Any, ClassVar, cast
 
 import numpy as np
 
@@ -143,7 +143,7 @@ def read_image_file(path: Path, mode: str = "L") -> np.ndarray:
 def open_table(path: Path) -> IO[bytes]:
     """Open a table for reading as bytes, gunzipping ``*.gz`` transparently."""
     if path.suffix == ".gz":
-        return gzip.open(path, "rb")
+        return cast(IO[bytes], gzip.open(path, "rb"))
     return open(path, "rb")
 
 
