@@ -9,6 +9,7 @@ from mechtune.data.io import read_manifest, read_table
 from mechtune.data.ontology import PARAPHRASE_STRATEGIES, load_ontology
 from mechtune.data.schema import Finding, Study
 from mechtune.data.synthetic import SyntheticConfig, sample_studies
+from mechtune.errors import DataError
 
 N = 1500
 
@@ -413,3 +414,19 @@ FIELD_TESTS = {
     }
     for cls, changes in BUILDER_FIELD_CHANGES.items()
 }
+
+
+@pytest.mark.parametrize(
+    ("build", "table"),
+    [(build_polarity, "mcq"), (build_contextual, "claims"), (build_paraphrase, "paraphrases")],
+)
+def test_builders_take_the_source_split(tmp_path, build, table):
+    """A source's own split (MIMIC's split file, a manifest column) replaces the hash split."""
+    studies = list(sample_studies(SyntheticConfig(n_studies=40, seed=3)))
+    rule = {s.study_id: ("val" if i % 2 else "test") for i, s in enumerate(studies)}
+    build(studies, tmp_path / "a", split_of=lambda s: rule[s.study_id])
+    rows = read_table(tmp_path / "a" / f"{table}.parquet")
+    assert rows and all(r["split"] == rule[r["study_id"]] for r in rows)
+    assert {r["split"] for r in rows} == {"val", "test"}
+    with pytest.raises(DataError, match=r"study 's00000000'.*'validate' is not one of"):
+        build(studies, tmp_path / "b", split_of=lambda s: "validate")

@@ -12,9 +12,35 @@ from typing import Any
 import pyarrow as pa
 
 from mechtune.data.io import TableWriter, table_filename, write_manifest
-from mechtune.data.schema import Caption, ClaimSet, MCQPair, ParaphraseSet
+from mechtune.data.schema import SPLITS, Caption, ClaimSet, MCQPair, ParaphraseSet, Study
+from mechtune.data.splits import patient_split
+from mechtune.errors import DataError
 
 Progress = Callable[[int], None]
+SplitOf = Callable[[Study], str]
+
+
+def study_split(
+    study: Study, seed: int, fractions: tuple[float, float, float], split_of: SplitOf | None
+) -> str:
+    """The split a builder files a study under.
+
+    ``split_of`` is the data source's own rule (MIMIC's official split file, a manifest's
+    split column, a saved world's patient split); without one, the patients are split by
+    a hash of ``seed`` and the id (:func:`mechtune.data.splits.patient_split`) into
+    ``fractions``. Raises ``DataError`` when ``split_of`` returns something else than
+    train, val or test.
+    """
+    if split_of is None:
+        return patient_split(study.patient_id, seed, fractions)
+    split = split_of(study)
+    if split not in SPLITS:
+        raise DataError(
+            f"study {study.study_id!r}: the source's split {split!r} is not one of {SPLITS}"
+        )
+    return split
+
+
 """Called with the number of input studies consumed since the last call."""
 
 _STR = pa.string()

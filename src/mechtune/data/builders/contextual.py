@@ -30,10 +30,18 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from mechtune.data.builders.common import BuildResult, Progress, TableSet, counted, finish
+from mechtune.data.builders.common import (
+    BuildResult,
+    Progress,
+    SplitOf,
+    TableSet,
+    counted,
+    finish,
+    study_split,
+)
 from mechtune.data.ontology import CueFamily, load_ontology
 from mechtune.data.schema import Caption, ClaimSet, Finding, Study
-from mechtune.data.splits import DEFAULT_FRACTIONS, check_fractions, patient_split, record_rng
+from mechtune.data.splits import DEFAULT_FRACTIONS, check_fractions, record_rng
 from mechtune.data.text import realise
 from mechtune.errors import ConfigError
 
@@ -246,11 +254,15 @@ def _caption(
 
 
 def study_records(
-    study: Study, config: ContextualConfig, pools: tuple[_Pool, _Pool] | None = None
+    study: Study,
+    config: ContextualConfig,
+    pools: tuple[_Pool, _Pool] | None = None,
+    split_of: SplitOf | None = None,
 ) -> tuple[list[ClaimSet], list[Caption]]:
-    """All claim sets and captions of one study (what the builder writes for it)."""
+    """All claim sets and captions of one study (what the builder writes for it); the
+    split is ``split_of(study)`` when given (see :func:`study_split`)."""
     in_dist, heldout = pools or _pools()
-    split = patient_split(study.patient_id, config.seed, config.split_fractions)
+    split = study_split(study, config.seed, config.split_fractions, split_of)
     rng = record_rng(config.seed, "contextual", study.study_id)
     facts = _facts(study, config, rng)
     claim_sets: list[ClaimSet] = []
@@ -274,6 +286,7 @@ def build_contextual(
     max_pairs: int | None = None,
     progress: Progress | None = None,
     source: dict[str, Any] | None = None,
+    split_of: SplitOf | None = None,
 ) -> BuildResult:
     """Write ``claims`` and ``captions`` tables plus a manifest to ``out_dir``.
 
@@ -291,7 +304,7 @@ def build_contextual(
     with TableSet(out, names, fmt) as tables:
         for study in counted(studies, progress):
             studies_seen += 1
-            claim_sets, captions = study_records(study, config, pools)
+            claim_sets, captions = study_records(study, config, pools, split_of)
             for claim_set in claim_sets:
                 tables.write("claims", claim_set)
                 pairs += len(claim_set.negatives)

@@ -20,10 +20,18 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from mechtune.data.builders.common import BuildResult, Progress, TableSet, counted, finish
+from mechtune.data.builders.common import (
+    BuildResult,
+    Progress,
+    SplitOf,
+    TableSet,
+    counted,
+    finish,
+    study_split,
+)
 from mechtune.data.ontology import PARAPHRASE_STRATEGIES, CueFamily, load_ontology
 from mechtune.data.schema import ParaphraseSet, Study
-from mechtune.data.splits import DEFAULT_FRACTIONS, check_fractions, patient_split, record_rng
+from mechtune.data.splits import DEFAULT_FRACTIONS, check_fractions, record_rng
 from mechtune.data.text import realise_question
 from mechtune.errors import ConfigError
 
@@ -140,6 +148,7 @@ def build_paraphrase(
     fmt: str = "parquet",
     progress: Progress | None = None,
     source: dict[str, Any] | None = None,
+    split_of: SplitOf | None = None,
 ) -> BuildResult:
     """Write the ``paraphrases`` table plus a manifest."""
     config = config or ParaphraseConfig()
@@ -150,7 +159,7 @@ def build_paraphrase(
     with TableSet(out, ["paraphrases"], fmt) as tables:
         for study in counted(studies, progress):
             seen += 1
-            split = patient_split(study.patient_id, config.seed, config.split_fractions)
+            split = study_split(study, config.seed, config.split_fractions, split_of)
             rng = record_rng(config.seed, "paraphrase", study.study_id)
             pools = [False, True] if split != "train" and config.heldout_eval else [False]
             for condition in balanced_conditions(study, config.questions_per_study, rng):

@@ -23,10 +23,18 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from mechtune.data.builders.common import BuildResult, Progress, TableSet, counted, finish
+from mechtune.data.builders.common import (
+    BuildResult,
+    Progress,
+    SplitOf,
+    TableSet,
+    counted,
+    finish,
+    study_split,
+)
 from mechtune.data.ontology import load_ontology
 from mechtune.data.schema import Finding, MCQPair, Study
-from mechtune.data.splits import DEFAULT_FRACTIONS, check_fractions, patient_split, record_rng
+from mechtune.data.splits import DEFAULT_FRACTIONS, check_fractions, record_rng
 from mechtune.data.text import capitalise, realise, realise_absence_affirmative
 from mechtune.errors import ConfigError
 
@@ -197,6 +205,7 @@ def build_polarity(
     rewriter: OptionRewriter | None = None,
     progress: Progress | None = None,
     source: dict[str, Any] | None = None,
+    split_of: SplitOf | None = None,
 ) -> BuildResult:
     """Write the ``mcq`` table plus a manifest; studies failing the row filter are counted."""
     config = config or PolarityConfig()
@@ -210,7 +219,7 @@ def build_polarity(
             if not passes_row_filter(study, config):
                 filtered += 1
                 continue
-            split = patient_split(study.patient_id, config.seed, config.split_fractions)
+            split = study_split(study, config.seed, config.split_fractions, split_of)
             mcq = make_mcq(study, config, split, rewriter)
             correct_positions[mcq.correct_index] += 1
             tables.write("mcq", mcq)
