@@ -114,7 +114,7 @@ def test_reports_csv_joins_by_image_path(tmp_path):
         None,
     ]
     assert source.report.notes["reports_from_another_view"] == 1
-    assert source.report.notes["items_with_report"] == 2
+    assert source.report.notes["studies_with_report"] == 2
     assert [s.report for s in CheXpert(root)] == [None] * 4
     write_text(reports, "path_to_image,section_findings\nx,y\n")
     with pytest.raises(DataFormatError, match="lacks column"):

@@ -46,7 +46,7 @@ def test_items_follow_the_label_table_with_one_frontal_image_per_study(tmp_path)
     assert report.skipped == {"lateral_only": 1, "no_images": 1, "no_label_row": 1}
     assert report.rows_read == 5 and report.items == 3
     assert report.uncertain_labels == 1
-    assert report.notes["items_with_report"] == 2
+    assert report.notes["studies_with_report"] == 2
     assert report.notes["studies_with_several_frontal"] == 2
     assert report.notes["views"] == {"AP": 3, "LATERAL": 1, "LL": 1, "PA": 3}
     assert any("52000002" in e and "no PA or AP" in e for e in report.first_errors)
@@ -95,6 +95,7 @@ def test_all_frontal_keeps_every_frontal_image_sharing_the_study(tmp_path):
     a, b = source.items[:2]
     assert a.findings == b.findings and a.report == b.report and a.image_ref != b.image_ref
     assert source.report.uncertain_labels == 1  # counted once per study
+    assert source.report.notes["studies_with_report"] == 2  # 4 items, 2 studies
 
 
 def test_negbio_labels_and_uncertain_policy(tmp_path):
@@ -160,7 +161,7 @@ def test_reports_root_and_reports_off(tmp_path):
     assert MimicCxrJpg(root, reports_root=other).items[1].report is None
     off = MimicCxrJpg(root, reports=False)
     assert [s.report for s in off] == [None, None, None]
-    assert off.report.notes["items_with_report"] == 0
+    assert off.report.notes["studies_with_report"] == 0
 
 
 def test_missing_tables_fail_naming_the_file(tmp_path):
@@ -398,3 +399,26 @@ def test_non_utf8_report_errors_or_is_counted(tmp_path):
         MimicCxrJpg(root)
     assert info.value.reason == "bad_report"
     assert MimicCxrJpg(root, skip_bad=True).report.skipped["bad_report"] == 1
+
+
+def test_metadata_bad_ids_and_a_study_under_two_subjects(tmp_path):
+    rows = ["x1,1100001A,52000001,CHEST,PA,12,14", "x2,19999999,52000001,CHEST,PA,12,14"]
+    root = basic_mimic(tmp_path, extra_meta_rows=rows)
+    with pytest.raises(DataFormatError, match="id '1100001A' is not an integer") as info:
+        MimicCxrJpg(root)
+    assert info.value.reason == "bad_id" and info.value.column == "subject_id"
+    source = MimicCxrJpg(root, skip_bad=True)
+    assert source.report.skipped["bad_id"] == 1
+    assert source.report.skipped["inconsistent_id"] == 1
+    assert any(
+        "under subject 19999999 here but under 11000011" in e for e in source.report.first_errors
+    )
+
+
+def test_split_file_row_naming_another_study_is_an_error(tmp_path):
+    root = basic_mimic(tmp_path, gz=False)
+    path = root / "mimic-cxr-2.0.0-split.csv"
+    path.write_text(path.read_text().replace("d-pa,52000001", "d-pa,52000002"))
+    with pytest.raises(DataFormatError, match="belongs to study 52000001") as info:
+        MimicCxrJpg(root)
+    assert info.value.reason == "inconsistent_id" and "split.csv, line" in str(info.value)

@@ -237,13 +237,13 @@ class TableSource(ImageStudySource):
             self.items.append(study)
             self._splits[study.study_id] = split
             self._files[study.study_id] = cand.image
-            n_reports += study.report is not None
             group = cand.group or cand.item_id
-            if group not in kept_groups:
+            if group not in kept_groups:  # once per study, however many of its images
                 kept_groups.add(group)
                 self.report.uncertain_labels += cand.n_uncertain
+                n_reports += study.report is not None
         self.report.items = len(self.items)
-        self.report.notes["items_with_report"] = n_reports
+        self.report.notes["studies_with_report"] = n_reports
         check_missing(self.report, missing, len(candidates), self.max_missing)
         if not self.items:
             raise DataError(f"{self.report.summary()}: no items left; nothing to read")
