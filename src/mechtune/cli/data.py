@@ -366,3 +366,29 @@ def check_cmd(
         console.print(check_table("label", report.by_polarity))
     if failed:
         raise typer.Exit(1)
+
+
+@app.command("padchest-manifest")
+def padchest_manifest_cmd(
+    csv_path: Annotated[Path, typer.Argument(help="The PadChest labels CSV (plain or .gz).")],
+    images: Annotated[
+        Path, typer.Option("--images", help="Folder of PadChest PNGs (flat, or <ImageDir>/).")
+    ],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Manifest CSV to write.")],
+    skip_bad: SkipBadOpt = False,
+) -> None:
+    """Write a manifest CSV for PadChest: one frontal image per study, labels mapped to
+    CheXpert's conditions (presence-only; see docs/data.md). Read it with `--data FILE`."""
+    from mechtune.data.sources.padchest import padchest_manifest
+
+    report = padchest_manifest(csv_path, images, out, skip_bad=skip_bad)
+    console.print(report.summary())
+    unmapped = report.notes["unmapped_labels"]
+    if unmapped:
+        shown = ", ".join(f"{k} {v}" for k, v in list(unmapped.items())[:10])
+        console.print(f"unmapped labels ({len(unmapped)}): {shown}")
+    if report.notes["missing_images"]:
+        console.print(
+            f"[yellow]{report.notes['missing_images']} images not found under {images}[/]"
+        )
+    console.print(f"wrote {out}")

@@ -15,12 +15,13 @@ from __future__ import annotations
 
 import csv
 import functools
+import gzip
 import json
 import re
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import IO, Any, TypeVar, cast
 
 from mechtune.data.ontology import PARAPHRASE_STRATEGIES, load_ontology
 from mechtune.data.schema import Finding, MCQPair, ParaphraseSet, RecordError, Study
@@ -146,17 +147,37 @@ def _gather(
 
 @dataclass(frozen=True)
 class _LabelSpec:
-    kind: str  # "mimic" or "chexpert"
+    kind: str  # "mimic", "chexpert" or "manifest"
     width: int
+    meta: dict[str, int]  # non-label column -> field index
     labels: tuple[tuple[int, str], ...]  # (field index, column)
     policy: int | None  # what a -1 label becomes
     findings: dict[tuple[str, bool], Finding]
 
 
-def _label_spec(at: _At, header: list[str], uncertain: str) -> _LabelSpec:
-    """Detect the format from the header; every other column must be a condition column."""
+@dataclass(frozen=True)
+class LabelRow:
+    """One row of a label table: where it is, the study it gives, how many of its labels
+    were -1.0 (uncertain, before the policy), and its non-label columns by name."""
+
+    at: _At
+    study: Study
+    n_uncertain: int
+    meta: dict[str, str]
+
+
+def _label_spec(
+    at: _At, header: list[str], uncertain: str, meta: tuple[str, ...] | None = None
+) -> _LabelSpec:
+    """Detect the format from the header; every other column must be a condition column.
+
+    With ``meta`` (a manifest's own columns, in any order) the kind is ``manifest`` and a
+    header may have no condition column at all.
+    """
     onto = load_ontology()
-    if header[:2] == list(MIMIC_META):
+    if meta is not None:
+        kind = "manifest"
+    elif header[:2] == list(MIMIC_META):
         kind, meta = "mimic", MIMIC_META
     elif header[:1] == ["Path"]:
         kind, meta = "chexpert", CHEXPERT_META
@@ -169,13 +190,17 @@ def _label_spec(at: _At, header: list[str], uncertain: str) -> _LabelSpec:
         if column not in meta and (
             not onto.has_condition(column) or onto.condition(column).column != column
         ):
-            raise at.err(column, column, f"unknown condition column {column!r}", "malformed")
+            problem = f"unknown condition column {column!r}"
+            if kind == "manifest":
+                problem += f" (a manifest's other columns are {', '.join(meta)})"
+            raise at.err(column, column, problem, "malformed")
     labels = tuple((i, c) for i, c in enumerate(header) if c not in meta)
-    if not labels:
+    if not labels and kind != "manifest":
         raise at.err(None, ",".join(header), "header has no condition columns", "malformed")
     return _LabelSpec(
         kind=kind,
         width=len(header),
+        meta={c: i for i, c in enumerate(header) if c in meta},
         labels=labels,
         policy={"skip": None, "present": 1, "absent": 0}[uncertain],
         # Findings are frozen, so the 2 x 14 possible ones are built once and shared.
@@ -183,24 +208,12 @@ def _label_spec(at: _At, header: list[str], uncertain: str) -> _LabelSpec:
     )
 
 
-def _label_row(spec: _LabelSpec, at: _At, row: list[str]) -> tuple[Study, int]:
-    """One CSV row -> (study, number of -1.0 labels in it)."""
-    if len(row) != spec.width:
-        problem = f"expected {spec.width} fields, got {len(row)}"
-        raise at.err(None, ",".join(row)[:80], problem, "malformed")
-    image_ref: str | None = None
-    if spec.kind == "mimic":
-        patient, study_id = row[0].strip(), row[1].strip()
-        for column, value in zip(MIMIC_META, (patient, study_id), strict=True):
-            if not _DIGITS_RE.fullmatch(value):
-                raise at.err(column, value, f"id {value!r} is not an integer", "bad_id")
-    else:
-        study_id = image_ref = row[0].strip()
-        found = [p for p in re.split(r"[/\\]", study_id) if _PATIENT_RE.fullmatch(p)]
-        if not found:
-            problem = f"path {study_id!r} has no patientNNNNN component"
-            raise at.err("Path", study_id, problem, "bad_id")
-        patient = found[0]
+def _findings(spec: _LabelSpec, at: _At, row: list[str]) -> tuple[tuple[Finding, ...], int]:
+    """The condition columns of one row -> (findings, number of -1.0 labels).
+
+    Values: 1.0/1 present, 0.0/0 absent, -1.0/-1 uncertain (then the policy), blank not
+    mentioned; anything else raises (reason ``bad_label``) naming the column and value.
+    """
     findings: list[Finding] = []
     n_uncertain = 0
     for i, column in spec.labels:
@@ -214,10 +227,46 @@ def _label_row(spec: _LabelSpec, at: _At, row: list[str]) -> tuple[Study, int]:
             label = spec.policy
         if label is not None:
             findings.append(spec.findings[column, bool(label)])
+    return tuple(findings), n_uncertain
+
+
+def _label_row(spec: _LabelSpec, at: _At, row: list[str]) -> LabelRow:
+    """One CSV row -> its LabelRow (study, number of -1.0 labels, metadata columns)."""
+    if len(row) != spec.width:
+        problem = f"expected {spec.width} fields, got {len(row)}"
+        raise at.err(None, ",".join(row)[:80], problem, "malformed")
+    image_ref: str | None = None
+    if spec.kind == "mimic":
+        patient, study_id = row[0].strip(), row[1].strip()
+        for column, value in zip(MIMIC_META, (patient, study_id), strict=True):
+            if not _DIGITS_RE.fullmatch(value):
+                raise at.err(column, value, f"id {value!r} is not an integer", "bad_id")
+    else:
+        study_id = image_ref = row[0].strip()
+        patient = chexpert_patient(at, study_id)
+    findings, n_uncertain = _findings(spec, at, row)
+    meta = {column: row[i].strip() for column, i in spec.meta.items()}
     try:
-        return Study(study_id, patient, tuple(findings), image_ref=image_ref), n_uncertain
+        study = Study(study_id, patient, findings, image_ref=image_ref)
     except RecordError as exc:
         raise at.err(None, study_id, str(exc)) from None
+    return LabelRow(at, study, n_uncertain, meta)
+
+
+def chexpert_patient(at: _At, path: str) -> str:
+    """The ``patientNNNNN`` component of a CheXpert ``Path`` (reason ``bad_id`` if none)."""
+    found = [p for p in re.split(r"[/\\]", path) if _PATIENT_RE.fullmatch(p)]
+    if not found:
+        problem = f"path {path!r} has no patientNNNNN component"
+        raise at.err("Path", path, problem, "bad_id")
+    return found[0]
+
+
+def _open_bytes(path: str | Path) -> IO[bytes]:
+    """A file opened for reading as bytes; ``*.gz`` is gunzipped transparently."""
+    if str(path).endswith(".gz"):
+        return cast(IO[bytes], gzip.open(path, "rb"))
+    return open(path, "rb")
 
 
 def _decoded(path: str, fh: Iterable[bytes]) -> Iterator[str]:
@@ -245,23 +294,23 @@ def _csv_rows(path: str, reader: Any) -> Iterator[tuple[_At, Any]]:
             yield at, row
 
 
-def read_label_csv(
-    path: str | Path, *, uncertain: str = "skip", skip_bad: bool = False
-) -> tuple[list[Study], ImportReport]:
-    """Read a CheXpert or MIMIC-CXR-JPG label CSV into studies, streaming.
+def read_label_rows(
+    path: str | Path, *, uncertain: str = "skip", skip_bad: bool = False, kind: str | None = None
+) -> tuple[list[LabelRow], ImportReport]:
+    """Read a CheXpert or MIMIC-CXR-JPG label CSV (plain or ``.gz``) into LabelRows.
 
-    ``uncertain`` says what a -1.0 label becomes: ``skip`` (not mentioned, U-Ignore),
-    ``present`` (U-Ones) or ``absent`` (U-Zeros); the report counts the -1.0 labels of
-    the kept rows either way. MIMIC rows are studies (patient = subject_id). CheXpert rows
-    are images: study id and image_ref = the ``Path`` value, patient = its ``patientNNNNN``
-    component, so the views of a study share a patient and hence a split.
+    The rows behind :func:`read_label_csv`, with their positions and non-label columns
+    (``Frontal/Lateral``, ``AP/PA``, ...), for the image-study readers. ``kind``
+    (``"mimic"`` or ``"chexpert"``) makes a header of the other format an error. Raises
+    ``DataError`` for an unknown ``uncertain`` policy and :class:`DataFormatError` for a
+    bad header, or a bad row without ``skip_bad``.
     """
     if uncertain not in UNCERTAIN_POLICIES:
         allowed = ", ".join(UNCERTAIN_POLICIES)
         raise DataError(f"uncertain must be one of {allowed}; got {uncertain!r}")
     name = str(path)
     report = ImportReport(name, uncertain_policy=uncertain)
-    with open(path, "rb") as fh:
+    with _open_bytes(path) as fh:
         reader = csv.reader(_decoded(name, fh))
         at = _At(name, 1)
         try:
@@ -269,20 +318,40 @@ def read_label_csv(
         except csv.Error as exc:
             raise at.err(None, None, f"unreadable header ({exc})", "malformed") from None
         spec = _label_spec(at, header, uncertain)
+        if kind is not None and spec.kind != kind:
+            wanted = "subject_id,study_id,..." if kind == "mimic" else "Path,..."
+            problem = f"expected a {kind} label header ({wanted}), found a {spec.kind} one"
+            raise at.err(None, ",".join(header[:3]), problem, "malformed")
         rows = _csv_rows(name, reader)
         id_column = "study_id" if spec.kind == "mimic" else "Path"
         build = functools.partial(_label_row, spec)
-        kept = _gather(report, skip_bad, rows, build, lambda s: (id_column, s[0].study_id))
-    report.uncertain_labels = sum(n for _, n in kept)
-    return [study for study, _ in kept], report
+        kept = _gather(report, skip_bad, rows, build, lambda r: (id_column, r.study.study_id))
+    report.uncertain_labels = sum(r.n_uncertain for r in kept)
+    return kept, report
+
+
+def read_label_csv(
+    path: str | Path, *, uncertain: str = "skip", skip_bad: bool = False
+) -> tuple[list[Study], ImportReport]:
+    """Read a CheXpert or MIMIC-CXR-JPG label CSV (plain or ``.gz``) into studies.
+
+    ``uncertain`` says what a -1.0 label becomes: ``skip`` (not mentioned, U-Ignore),
+    ``present`` (U-Ones) or ``absent`` (U-Zeros); the report counts the -1.0 labels of
+    the kept rows either way. MIMIC rows are studies (patient = subject_id). CheXpert rows
+    are images: study id and image_ref = the ``Path`` value, patient = its ``patientNNNNN``
+    component, so the views of a study share a patient and hence a split.
+    """
+    rows, report = read_label_rows(path, uncertain=uncertain, skip_bad=skip_bad)
+    return [r.study for r in rows], report
 
 
 # -- JSON / JSONL records -----------------------------------------------------------------
 
 
 def _records(path: str) -> Iterator[tuple[_At, Any]]:
-    """Records of a JSON array (numbered by record) or of JSONL (numbered by line)."""
-    with open(path, "rb") as fh:
+    """Records of a JSON array (numbered by record) or of JSONL (numbered by line);
+    ``*.gz`` is gunzipped transparently."""
+    with _open_bytes(path) as fh:
         data = fh.read()
     try:
         text = data.decode("utf-8-sig")
@@ -511,7 +580,9 @@ def read_psf_records(
 __all__ = [
     "DataFormatError",
     "ImportReport",
+    "LabelRow",
     "read_label_csv",
+    "read_label_rows",
     "read_nast_benchmark",
     "read_psf_records",
 ]
