@@ -22,7 +22,8 @@ from mechtune.data.importers import read_label_csv
 from mechtune.data.ontology import load_ontology
 from mechtune.data.sources.base import read_image_file
 from mechtune.errors import ConfigError, DataError
-from mechtune.sim.export import (
+from mechtune.sim.export import MimicExportConfig, export_mimic, lateral_only_extras
+from mechtune.sim.mimic_layout import (
     CHEXPERT_TABLE,
     LABEL_COLUMNS,
     METADATA_COLUMNS,
@@ -31,10 +32,7 @@ from mechtune.sim.export import (
     NORMAL_IMPRESSION,
     SPLIT_COLUMNS,
     SPLIT_TABLE,
-    MimicExportConfig,
     dicom_id,
-    export_mimic,
-    lateral_only_extras,
     mimic_study_id,
     mimic_subject_id,
     render_lateral,
