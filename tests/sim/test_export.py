@@ -7,6 +7,7 @@ which are tested on their own) and compares it with the world it came from.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import gzip
 import hashlib
 import json
@@ -45,7 +46,13 @@ runner = CliRunner()
 DICOM = r"[0-9a-f]{8}(?:-[0-9a-f]{8}){4}"
 IMAGE_RE = re.compile(rf"files/p(\d\d)/p(\d{{8}})/s(\d{{8}})/({DICOM})\.(png|jpg)")
 REPORT_RE = re.compile(r"files/p(\d\d)/p(\d{8})/s(\d{8})\.txt")
-OPTIONS = {"lateral_rate": 0.5, "second_frontal_rate": 0.5, "lateral_only_studies": 4}
+# PNG, so that the world's pixels can be compared exactly (JPEG is the default format)
+OPTIONS = {
+    "image_format": "png",
+    "lateral_rate": 0.5,
+    "second_frontal_rate": 0.5,
+    "lateral_only_studies": 4,
+}
 
 
 def small_world(n: int = 48, seed: int = 3) -> World:
@@ -284,6 +291,21 @@ def test_lateral_only_studies_follow_the_world_and_have_only_a_lateral(world, ex
         assert e["study_id"] > max(mimic_study_id(w.study_id) for w in world.studies)
 
 
+def test_extras_continue_the_worlds_stream_or_fail_by_name(world, tmp_path):
+    """The extras are the next studies of the world's synthetic stream: a larger world
+    from the same config holds them, findings and report alike."""
+    bigger = make_world(dataclasses.replace(world.config, n_studies=len(world.studies) + 2))
+    assert bigger.studies[: len(world.studies)] == world.studies
+    # (an extra has no row of images.npy, hence no image_ref)
+    expected = [dataclasses.replace(s, image_ref=None) for s in bigger.studies[-2:]]
+    assert lateral_only_extras(world, 2) == expected
+    renamed = [dataclasses.replace(s, study_id=f"x{i}") for i, s in enumerate(world.studies)]
+    foreign = dataclasses.replace(world, studies=renamed)
+    with pytest.raises(DataError, match="not the first n of its synthetic stream"):
+        lateral_only_extras(foreign, 1)
+    assert lateral_only_extras(foreign, 0) == []
+
+
 def test_lateral_view_is_deterministic_and_not_a_frontal_film():
     a, b = render_lateral(64, 0, "x"), render_lateral(64, 0, "x")
     assert a.dtype == np.uint8 and a.shape == (64, 64) and np.array_equal(a, b)
@@ -398,7 +420,6 @@ def test_changing_an_export_option_changes_the_export(world, exported, tmp_path,
 
 
 def test_every_export_field_has_a_change_test_and_one_default():
-    import dataclasses
     import inspect
 
     assert {f.name for f in dataclasses.fields(MimicExportConfig)} == set(FIELD_CHANGES)
@@ -458,7 +479,7 @@ CLI_CHANGES: dict[str, list[str] | None] = {
     "--n": ["--n", "30", "--size", "32"],
     "--seed": [*CLI_BASE, "--seed", "1"],
     "--size": ["--n", "24", "--size", "64"],
-    "--format": [*CLI_BASE, "--format", "jpeg"],
+    "--format": [*CLI_BASE, "--format", "png"],
     "--from-world": None,
     "--quality": None,
     "--layout": None,
@@ -473,8 +494,7 @@ def test_every_sim_export_option_changes_the_output(tmp_path, cli_base, option):
         assert written and all(out in p.parents for p in written)
         assert json.loads((out / "manifest.json").read_text())["kind"] == "mimic-export"
     elif option == "--quality":
-        jpeg = _cli([*CLI_BASE, "--format", "jpeg"], tmp_path / "q95")
-        assert _cli([*CLI_BASE, "--format", "jpeg", "--quality", "50"], tmp_path / "q50") != jpeg
+        assert _cli([*CLI_BASE, "--quality", "50"], tmp_path / "q50") != before
     elif option == "--layout":  # one layout for now: it is accepted, and no other is
         assert _cli([*CLI_BASE, "--layout", "mimic-cxr-jpg"], tmp_path / "same") == before
         result = runner.invoke(
@@ -507,9 +527,10 @@ def test_every_sim_export_option_changes_the_output(tmp_path, cli_base, option):
         assert changes is not None
         after = _cli(changes, tmp_path / "changed")
         assert after != before
-        if option == "--format":
-            assert any(p.endswith(".jpg") for p in after)
-            assert not any(p.endswith(".png") for p in after)
+        if option == "--format":  # JPEG is the default
+            assert any(p.endswith(".jpg") for p in before)
+            assert any(p.endswith(".png") for p in after)
+            assert not any(p.endswith(".jpg") for p in after)
         if option == "--size":
             _, meta = table(tmp_path / "changed", METADATA_TABLE)
             assert {r["Rows"] for r in meta} == {"64"}
