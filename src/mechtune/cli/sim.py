@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+from enum import Enum
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
 from mechtune.cli._common import console, progress_bar
+from mechtune.errors import ConfigError
 from mechtune.eval.figures import contact_sheet
+from mechtune.sim.export import MimicExportConfig, export_mimic
 from mechtune.sim.render import RenderConfig, Renderer
 from mechtune.sim.reports import ReportConfig
-from mechtune.sim.world import WorldConfig, make_world, save_world, showcase_studies
+from mechtune.sim.world import WorldConfig, load_world, make_world, save_world, showcase_studies
 
 app = typer.Typer(
     help="The phantom chest X-ray world: render, build, train the phantom CLIP and VQA head.",
@@ -65,6 +68,82 @@ def build(
     save_world(world, out)
     console.print(
         f"wrote {n} studies ({len({s.patient_id for s in world.studies})} patients) to {out}"
+    )
+
+
+class Layout(str, Enum):
+    mimic_cxr_jpg = "mimic-cxr-jpg"
+
+
+class ImageFormat(str, Enum):
+    png = "png"
+    jpeg = "jpeg"
+
+
+EXPORT_DEFAULTS = MimicExportConfig()
+
+
+@app.command()
+def export(
+    out: Annotated[Path, typer.Option("--out", "-o", help="Folder to write (new or empty).")],
+    layout: Annotated[
+        Layout, typer.Option(help="On-disk layout to write (MIMIC-CXR-JPG's files and tables).")
+    ] = Layout.mimic_cxr_jpg,
+    n: Annotated[
+        int | None,
+        typer.Option("--n", help="Studies of a new world.", min=1, show_default="2000"),
+    ] = None,
+    seed: Annotated[
+        int | None,
+        typer.Option(
+            help="Seed of the new world and of the export's choices (laterals, second "
+            "frontals, ids, dates); with --from-world, of the choices only.",
+            show_default="0, or the saved world's seed",
+        ),
+    ] = None,
+    size: Annotated[
+        int | None, typer.Option(help="Image side of a new world.", min=32, show_default="128")
+    ] = None,
+    image_format: Annotated[
+        ImageFormat, typer.Option("--format", help="Image file format.")
+    ] = ImageFormat[EXPORT_DEFAULTS.image_format],
+    quality: Annotated[
+        int, typer.Option(help="JPEG quality (with --format jpeg).", min=1, max=100)
+    ] = EXPORT_DEFAULTS.jpeg_quality,
+    from_world: Annotated[
+        Path | None,
+        typer.Option(help="Export this saved world folder instead of building one."),
+    ] = None,
+) -> None:
+    """Write a phantom world as MIMIC-CXR-JPG lays out its files: images, gzipped label,
+    metadata and split tables, and reports (see mechtune.sim.export)."""
+    if from_world is not None:
+        if n is not None or size is not None:
+            raise ConfigError(
+                "--n and --size describe a new world; --from-world exports a saved one as it is"
+            )
+        world = load_world(from_world)
+    else:
+        world_seed = 0 if seed is None else seed
+        config = WorldConfig(
+            n_studies=2000 if n is None else n,
+            seed=world_seed,
+            render=RenderConfig(size=128 if size is None else size, seed=world_seed),
+            report=ReportConfig(seed=world_seed),
+        )
+        with progress_bar("render phantom world", config.n_studies) as advance:
+            world = make_world(config, progress=advance)
+    result = export_mimic(
+        world,
+        out,
+        image_format=image_format.value,
+        jpeg_quality=quality,
+        seed=world.config.seed if seed is None else seed,
+    )
+    c = result.counts
+    console.print(
+        f"wrote {c['studies']} studies ({c['images']} images, {c['lateral_only_studies']} "
+        f"lateral-only studies) in {layout.value} layout to {out}"
     )
 
 
