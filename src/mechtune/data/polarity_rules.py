@@ -199,14 +199,22 @@ def verdict(categories: set[str]) -> str:
     return "negated" if NEGATED in categories else "affirmed"
 
 
-def read_doc(doc: Any) -> dict[str, list[str]]:
-    """``{condition: [verdict for each mention]}`` of a ``Doc`` ConText has processed."""
+def entity_verdicts(doc: Any) -> list[tuple[Any, str]]:
+    """``(entity span, verdict)`` for every entity of a ``Doc`` ConText has processed, in
+    text order; the verdict is :func:`verdict` of the cues that reach it."""
     graph = doc._.context_graph
     layout = ClauseLayout(doc, list(graph.modifiers) if graph is not None else [])
+    return [
+        (ent, verdict({m.category for m in ent._.modifiers if layout.reaches(ent, m)}))
+        for ent in doc.ents
+    ]
+
+
+def read_doc(doc: Any) -> dict[str, list[str]]:
+    """``{condition: [verdict for each mention]}`` of a ``Doc`` ConText has processed."""
     found: dict[str, list[str]] = {}
-    for ent in doc.ents:
-        cats = {m.category for m in ent._.modifiers if layout.reaches(ent, m)}
-        found.setdefault(ent.label_, []).append(verdict(cats))
+    for ent, said in entity_verdicts(doc):
+        found.setdefault(ent.label_, []).append(said)
     return found
 
 
@@ -221,6 +229,7 @@ __all__ = [
     "POSSIBLE",
     "ClauseLayout",
     "context_rules",
+    "entity_verdicts",
     "read_doc",
     "rule_resource",
     "verdict",
