@@ -12,8 +12,8 @@ phrases), all built from the ontology (:func:`mechtune.data.report_modifiers.
 extra_targets`). Side, zone and size come from the mention's noun phrase and the words
 after it (:mod:`mechtune.data.report_modifiers`).
 
-**Status of a mention** is the polarity check's verdict, so the two readers never
-disagree: ``affirmed`` -> ``present``, ``negated`` -> ``absent``, ``uncertain`` (a ConText
+**Status of a mention** is the polarity check's verdict (the two readers agree on every
+hand-labelled sentence of the polarity check; tested): ``affirmed`` -> ``present``, ``negated`` -> ``absent``, ``uncertain`` (a ConText
 hedge or indication reaches it: "cannot be excluded", "possible", "may represent",
 "questionable", "likely", "concerning for", "versus", "evaluate for") -> ``uncertain``.
 Temporal wording follows the same rules: "no change in X", "unchanged X", "persistent X",
