@@ -40,7 +40,8 @@ from __future__ import annotations
 import logging
 import warnings
 from collections import defaultdict
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -186,41 +187,80 @@ def _strip_article(phrase: str) -> str:
     return phrase
 
 
+def _condition_targets() -> list[Any]:
+    """A ``TargetRule`` for each condition's name, plural, synonyms and lay term (articles
+    stripped), labelled with the condition id."""
+    from medspacy.ner import TargetRule
+
+    targets = []
+    for cond in load_ontology().pathologies:
+        phrases = {cond.name, *cond.synonyms, cond.lay_term}
+        if cond.plural:
+            phrases.add(cond.plural)
+        targets += [TargetRule(p, cond.id) for p in sorted({_strip_article(p) for p in phrases})]
+    return targets
+
+
+def build_context_pipeline(
+    extra_targets: Iterable[tuple[str, str, list[dict[str, Any]] | None]] = (),
+    *,
+    install_hint: str = INSTALL_HINT,
+) -> Any:
+    """The medspacy pipeline both readers of report language share.
+
+    medspacy's sentence splitter (PyRuSH), a target matcher with every condition's name,
+    plural, synonyms and lay term (the longest match wins) plus ``extra_targets``, and
+    ConText with medspacy's default rules less the dropped ones plus mechtune's radiology
+    rules (:func:`mechtune.data.polarity_rules.context_rules`). Each extra target is
+    ``(literal, label, pattern)``: a ``medspacy.ner.TargetRule`` with a spaCy token pattern,
+    or ``None`` to match the literal. Building takes a few seconds: build once, reuse.
+    Returns a spaCy ``Language``.
+
+    Raises ``MissingExtraError`` (an ``ImportError``) with ``install_hint`` when medspacy
+    (the ``clinical`` extra) is missing.
+    """
+    try:
+        import medspacy
+        from medspacy.ner import TargetRule
+    except ImportError as exc:
+        raise MissingExtraError(install_hint) from exc
+    from mechtune.data.polarity_rules import context_rules
+
+    _silence_medspacy()
+    nlp = medspacy.load(load_rules=False)
+    targets = _condition_targets()
+    targets += [TargetRule(lit, label, pattern=pat) for lit, label, pat in extra_targets]
+    nlp.get_pipe("medspacy_target_matcher").add(targets)
+    context = nlp.get_pipe("medspacy_context")
+    context.add(context_rules(context.DEFAULT_RULES_FILEPATH))
+    return nlp
+
+
+@contextmanager
+def quiet_spacy() -> Iterator[None]:
+    """Silence spaCy's W036 warning (medspacy's internal phrase matcher has no patterns)
+    while a pipeline runs."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=_W036)
+        yield
+
+
 class PolarityChecker:
-    """medspacy ConText with targets for every condition and mechtune's radiology rules.
+    """medspacy ConText with targets for every condition and mechtune's radiology rules
+    (the pipeline of :func:`build_context_pipeline`).
 
     Raises ``MissingExtraError`` (an ``ImportError``) naming the ``clinical`` extra when
     medspacy is missing.
     """
 
     def __init__(self) -> None:
-        try:
-            import medspacy
-            from medspacy.ner import TargetRule
-        except ImportError as exc:
-            raise MissingExtraError(INSTALL_HINT) from exc
-        from mechtune.data.polarity_rules import context_rules
-
-        _silence_medspacy()
-        self.nlp = medspacy.load(load_rules=False)
-        targets = []
-        for cond in load_ontology().pathologies:
-            phrases = {cond.name, *cond.synonyms, cond.lay_term}
-            if cond.plural:
-                phrases.add(cond.plural)
-            targets += [
-                TargetRule(p, cond.id) for p in sorted({_strip_article(p) for p in phrases})
-            ]
-        self.nlp.get_pipe("medspacy_target_matcher").add(targets)
-        context = self.nlp.get_pipe("medspacy_context")
-        context.add(context_rules(context.DEFAULT_RULES_FILEPATH))
+        self.nlp = build_context_pipeline()
 
     def read(self, text: str) -> dict[str, list[str]]:
         """``{condition: [verdict for each mention]}``, each verdict one of ``VERDICTS``."""
         from mechtune.data.polarity_rules import read_doc
 
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message=_W036)
+        with quiet_spacy():
             return read_doc(self.nlp(text))
 
     def detect(self, text: str) -> dict[str, list[bool]]:
@@ -241,8 +281,7 @@ class PolarityChecker:
         by_family: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
         by_polarity: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
         items = list(items)
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message=_W036)
+        with quiet_spacy():
             docs = self.nlp.pipe((it.text for it in items), batch_size=batch_size)
             for item, doc in zip(items, docs, strict=True):
                 report.n_texts += 1
@@ -296,5 +335,7 @@ __all__ = [
     "Mention",
     "PolarityChecker",
     "PolarityReport",
+    "build_context_pipeline",
     "clinical_available",
+    "quiet_spacy",
 ]

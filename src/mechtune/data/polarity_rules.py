@@ -199,14 +199,31 @@ def verdict(categories: set[str]) -> str:
     return "negated" if NEGATED in categories else "affirmed"
 
 
-def read_doc(doc: Any) -> dict[str, list[str]]:
-    """``{condition: [verdict for each mention]}`` of a ``Doc`` ConText has processed."""
+def entity_verdicts(doc: Any, *, inside: bool = True) -> list[tuple[Any, str]]:
+    """``(entity span, verdict)`` for every entity of a ``Doc`` ConText has processed, in
+    text order; the verdict is :func:`verdict` of the cues that reach it. ``inside=False``
+    ignores cues that overlap the entity: for a target that holds its own predicate ("the
+    heart is not enlarged", "device-free chest"), read by its caller."""
     graph = doc._.context_graph
     layout = ClauseLayout(doc, list(graph.modifiers) if graph is not None else [])
-    found: dict[str, list[str]] = {}
+    out = []
     for ent in doc.ents:
-        cats = {m.category for m in ent._.modifiers if layout.reaches(ent, m)}
-        found.setdefault(ent.label_, []).append(verdict(cats))
+        cues = [m for m in ent._.modifiers if layout.reaches(ent, m)]
+        if not inside:
+            cues = [m for m in cues if not _overlaps(m.modifier_span, (ent.start, ent.end))]
+        out.append((ent, verdict({m.category for m in cues})))
+    return out
+
+
+def _overlaps(a: tuple[int, int], b: tuple[int, int]) -> bool:
+    return a[0] < b[1] and b[0] < a[1]
+
+
+def read_doc(doc: Any) -> dict[str, list[str]]:
+    """``{condition: [verdict for each mention]}`` of a ``Doc`` ConText has processed."""
+    found: dict[str, list[str]] = {}
+    for ent, said in entity_verdicts(doc):
+        found.setdefault(ent.label_, []).append(said)
     return found
 
 
@@ -221,6 +238,7 @@ __all__ = [
     "POSSIBLE",
     "ClauseLayout",
     "context_rules",
+    "entity_verdicts",
     "read_doc",
     "rule_resource",
     "verdict",
