@@ -301,33 +301,39 @@ def test_import_external_files(tmp_path, kind, name, table):
 
 
 def test_demo_options_reach_every_stage(tmp_path, monkeypatch):
-    """--n, --seed, --quick and --check reach the data build, the zero-shot world and both
-    studies (once, --seed and --n stopped at the data build)."""
+    """--n, --seed, --quick and --check reach the world and its MIMIC export, the data
+    build (which reads the export), the zero-shot evaluation and both studies (once,
+    --seed and --n stopped at the data build)."""
     from mechtune.cli import main as cli_main
 
     seen = {}
 
-    def record(name):
+    def record(name, value=None):
         def fake(*args, **kwargs):
             seen[name] = (args, kwargs)
             if name == "paraphrase":
                 raise SystemExit(0)
-            return {} if name != "build" else None
+            return value
 
         return fake
 
+    world, source = object(), object()
+    monkeypatch.setattr(cli_main, "_world", record("world", world))
+    monkeypatch.setattr(cli_main, "data_source", record("source", source))
     monkeypatch.setattr(cli_main.data_cli, "build_kinds", record("build"))
     monkeypatch.setattr(cli_main, "_examples", lambda out: "")
-    monkeypatch.setattr(cli_main, "_zero_shot", record("zero_shot"))
+    monkeypatch.setattr(cli_main, "_zero_shot", record("zero_shot", {}))
     monkeypatch.setattr(cli_main, "_negation_study", record("negation"))
     monkeypatch.setattr(cli_main, "_paraphrase_study", record("paraphrase"))
     args = ["demo", "--n", "800", "--seed", "3", "--no-check", "--out", str(tmp_path)]
     runner.invoke(app, args, catch_exceptions=False)
+    assert seen["world"][0] == (tmp_path, 800, 3)
+    assert seen["source"][0][0] == tmp_path / cli_main.MIMIC_DIR
     build_args = seen["build"][0]
     assert build_args[1] == tmp_path / "data"  # --out
-    assert build_args[2].synthetic.n_studies == 800 and build_args[2].synthetic.seed == 3
+    assert build_args[2] is source
     assert build_args[3] == 3 and build_args[5] is False  # seed, --no-check
-    assert seen["zero_shot"][0][1:] == (800, 3, False)
+    assert seen["zero_shot"][0][1:] == (world, False)
     negation = seen["negation"][0][1]
     assert (negation.world_studies, negation.world_seed, negation.seeds) == (800, 3, (3,))
     paraphrase = seen["paraphrase"][0][1]

@@ -19,6 +19,7 @@ from typer.testing import CliRunner
 from mechtune.cli.main import app
 from mechtune.data.check import DEFAULT_SAMPLE
 from mechtune.data.io import MANIFEST_NAME, read_table
+from tests.data.sources.builders import REPORT, MimicStudy, mimic_folder
 
 runner = CliRunner()
 FIXTURES = Path(__file__).resolve().parents[1] / "data" / "fixtures" / "importers"
@@ -105,7 +106,26 @@ def inputs(tmp_path_factory) -> dict[str, Path]:
     files["psf"].write_text("\n".join(psf) + "\n")
     files["psf_one"].write_text(psf[0] + "\n")
     files["psf_bad"].write_text("\n".join([*psf, '{"question": ""}']) + "\n")
+    files["mimic"] = mimic_with_reports(root / "mimic")
     return files
+
+
+def mimic_with_reports(root: Path) -> Path:
+    """Eight MIMIC-CXR-JPG studies of four patients whose labels leave pneumothorax and
+    pneumonia blank while the reports state them absent, and give effusions a side and a
+    size; one study is lateral-only (counted, skipped)."""
+    studies = []
+    for i in range(8):
+        subject, study = str(10000100 + i // 2), str(50000100 + i)
+        side, size = ("left", "small") if i % 2 else ("right", "moderate")
+        labels = {"Pleural Effusion": "1.0", "Cardiomegaly": "1.0", "Edema": "0.0"}
+        labels["Consolidation"] = "0.0"
+        findings = f"{size.capitalize()} {side} pleural effusion. Mild cardiomegaly."
+        impression = "No pneumothorax. No pneumonia."
+        views = [(f"d{i}-pa", "PA"), (f"d{i}-lat", "LATERAL")] if i != 7 else [("x", "LL")]
+        report = REPORT.format(findings=findings, impression=impression)
+        studies.append(MimicStudy(subject, study, labels, views, report=report))
+    return mimic_folder(root, studies)
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -150,6 +170,7 @@ BUILD_COMMANDS.append("data build paraphrase")
 SYNTH = ["--n", "60", "--no-check"]
 CHECKED = ["--n", "20", "--check", "--max-disagreement", "1.0"]
 LABELS = ["--labels", "{labels}", "--no-check"]
+DATA = ["--data", "{mimic}", "--no-check"]
 # option -> (base options, changed options); None: --out (the same output elsewhere).
 BUILD_OPTIONS: dict[str, tuple[list[str], list[str]] | None] = {
     "--out": None,
@@ -163,6 +184,9 @@ BUILD_OPTIONS: dict[str, tuple[list[str], list[str]] | None] = {
         ["--labels", "{bad_labels}", "--no-check", "--skip-bad"],
     ),
     "--check": (["--n", "20", "--no-check"], CHECKED),
+    "--data": (SYNTH, [*DATA, "--no-report-facts"]),
+    # The reports add absences the labels leave blank and the side and size of findings.
+    "--report-facts": ([*DATA, "--no-report-facts"], DATA),
     "--max-disagreement": (CHECKED, ["--n", "20", "--check", "--max-disagreement", "0.9"]),
 }
 IMPORT_NAST = ["{nast}", "--no-check"]
@@ -190,7 +214,7 @@ CHECKS = {"--check", "--max-disagreement"}
 
 
 def _needs_checker(option: str, command: str) -> None:
-    if option in CHECKS or command == "data check":
+    if option in CHECKS or option == "--report-facts" or command == "data check":
         pytest.importorskip("medspacy")
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,8 +22,9 @@ from typer.core import TyperGroup
 
 from mechtune.data.importers import read_label_csv
 from mechtune.data.schema import Study
+from mechtune.data.sources.base import ImageStudySource
 from mechtune.data.synthetic import SyntheticConfig, sample_studies
-from mechtune.errors import MechtuneError
+from mechtune.errors import ConfigError, MechtuneError, MissingExtraError
 
 console = Console(stderr=True)
 
@@ -69,11 +70,15 @@ class MechtuneGroup(TyperGroup):
 
 @dataclass
 class StudySource:
-    """Where a build's studies come from: a label CSV or the synthetic sampler."""
+    """Where a build's studies come from: a label CSV or the synthetic sampler.
+
+    ``split_of`` is None: builders split these studies' patients by a seeded hash.
+    """
 
     studies: list[Study] | None
     synthetic: SyntheticConfig | None
     description: dict[str, Any]
+    split_of: Callable[[Study], str] | None = None
 
     def __len__(self) -> int:
         if self.studies is not None:
@@ -89,9 +94,26 @@ class StudySource:
 
 
 def study_source(
-    labels: Path | None, n: int, seed: int, uncertain: str, skip_bad: bool
-) -> StudySource:
-    """Load a label CSV (reporting skipped rows) or configure the synthetic sampler."""
+    labels: Path | None,
+    n: int,
+    seed: int,
+    uncertain: str,
+    skip_bad: bool,
+    data: Path | None = None,
+    report_facts: bool = True,
+) -> StudySource | ImageStudySource:
+    """The studies a build reads: an imaging-study folder or manifest (``data``), a label
+    CSV (``labels``), or the synthetic sampler (``n`` studies from ``seed``).
+
+    Raises ``ConfigError`` when both ``data`` and ``labels`` are given.
+    """
+    if data is not None:
+        if labels is not None:
+            raise ConfigError(
+                f"--data {data} and --labels {labels} both name the studies; give one "
+                "(a --data folder brings its own label CSV)"
+            )
+        return data_source(data, uncertain, skip_bad, report_facts)
     if labels is None:
         config = SyntheticConfig(n_studies=n, seed=seed)
         return StudySource(None, config, {"synthetic": config.to_dict()})
@@ -103,3 +125,45 @@ def study_source(
         f"uncertain labels {report.uncertain_labels} (policy: {uncertain})"
     )
     return StudySource(studies, None, {"labels": report.to_dict()})
+
+
+def data_source(
+    path: Path, uncertain: str, skip_bad: bool, report_facts: bool = True
+) -> ImageStudySource:
+    """Open an imaging-study source (MIMIC-CXR-JPG or CheXpert folder, a manifest, a saved
+    phantom world) and, when its items have reports and ``report_facts`` is on, add the
+    reports' structured facts to the label findings. Prints what was read and skipped.
+
+    Only options that differ from their defaults are passed on, so that a layout that has
+    no labels (a saved world) still opens. Raises ``MissingExtraError`` when the items
+    have reports, ``report_facts`` is on and medspacy is not installed.
+    """
+    from mechtune.data.polarity_check import clinical_available
+    from mechtune.data.sources import open_source
+
+    options: dict[str, Any] = {}
+    if uncertain != "skip":
+        options["uncertain"] = uncertain
+    if skip_bad:
+        options["skip_bad"] = True
+    source = open_source(path, **options)
+    console.print(f"read {source.report.summary()}", highlight=False, soft_wrap=True)
+    with_reports = sum(1 for s in source if s.report)
+    if report_facts and with_reports:
+        if not clinical_available():
+            raise MissingExtraError(
+                f"{path}: {with_reports} items have reports; reading their facts needs "
+                "medspacy (pip install 'mechtune[clinical]'), or pass --no-report-facts "
+                "to use the labels alone"
+            )
+        source.with_report_facts(uncertain)
+        facts = source.report.notes["report_facts"]
+        console.print(
+            f"report facts: {facts['reports']} reports read, {facts['changed']} items "
+            f"gained facts, {facts['attributed']} findings with a side, zone or severity, "
+            f"{facts['no_findings']} items with no finding (policy for uncertain "
+            f"mentions: {uncertain})"
+        )
+    elif with_reports:
+        console.print(f"report facts: off (--no-report-facts); {with_reports} reports unread")
+    return source

@@ -26,6 +26,7 @@ from mechtune.data.check import (
 from mechtune.data.importers import read_nast_benchmark, read_psf_records
 from mechtune.data.io import MANIFEST_NAME
 from mechtune.data.polarity_check import PolarityReport, clinical_available
+from mechtune.data.sources.base import ImageStudySource
 from mechtune.errors import DataError, MissingExtraError
 
 app = typer.Typer(help="Build, import and check benchmark and training data.", no_args_is_help=True)
@@ -54,7 +55,23 @@ class Uncertain(str, Enum):
 OutOpt = Annotated[Path, typer.Option("--out", "-o", help="Output folder.")]
 LabelsOpt = Annotated[
     Path | None,
-    typer.Option(help="CheXpert or MIMIC-CXR-JPG label CSV; default: synthetic studies."),
+    typer.Option(help="CheXpert or MIMIC-CXR-JPG label CSV alone; default: synthetic studies."),
+]
+DataOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--data",
+        help="Imaging studies: a MIMIC-CXR-JPG or CheXpert folder, a manifest (CSV/JSONL), "
+        "or a saved phantom world; labels, splits and reports come from it.",
+    ),
+]
+ReportFactsOpt = Annotated[
+    bool,
+    typer.Option(
+        "--report-facts/--no-report-facts",
+        help="With --data: read side, zone and size from the reports (needs the `clinical` "
+        "extra); labels still decide existence.",
+    ),
 ]
 NOpt = Annotated[int, typer.Option("--n", help="Number of synthetic studies.", min=1)]
 SeedOpt = Annotated[int, typer.Option(help="Random seed: the same seed gives the same bytes.")]
@@ -152,7 +169,9 @@ def run_check(
     print_check(report, threshold, max_uncertain)
 
 
-def _build(kind: str, source: StudySource, out: Path, seed: int, fmt: Fmt) -> BuildResult:
+def _build(
+    kind: str, source: StudySource | ImageStudySource, out: Path, seed: int, fmt: Fmt
+) -> BuildResult:
     with progress_bar(f"{kind}: {out}", len(source)) as advance:
         source_info: dict[str, Any] = source.description
         if kind == "polarity":
@@ -163,6 +182,7 @@ def _build(kind: str, source: StudySource, out: Path, seed: int, fmt: Fmt) -> Bu
                 fmt=fmt.value,
                 progress=advance,
                 source=source_info,
+                split_of=source.split_of,
             )
         if kind == "contextual":
             return build_contextual(
@@ -172,6 +192,7 @@ def _build(kind: str, source: StudySource, out: Path, seed: int, fmt: Fmt) -> Bu
                 fmt=fmt.value,
                 progress=advance,
                 source=source_info,
+                split_of=source.split_of,
             )
         return build_paraphrase(
             source,
@@ -180,13 +201,14 @@ def _build(kind: str, source: StudySource, out: Path, seed: int, fmt: Fmt) -> Bu
             fmt=fmt.value,
             progress=advance,
             source=source_info,
+            split_of=source.split_of,
         )
 
 
 def build_kinds(
     kinds: list[str],
     out: Path,
-    source: StudySource,
+    source: StudySource | ImageStudySource,
     seed: int,
     fmt: Fmt,
     check: bool,
@@ -208,6 +230,8 @@ def build_all(
     ctx: typer.Context,
     out: Annotated[Path | None, typer.Option("--out", "-o", help="Output folder.")] = None,
     labels: LabelsOpt = None,
+    data: DataOpt = None,
+    report_facts: ReportFactsOpt = True,
     n: NOpt = 2000,
     seed: SeedOpt = 0,
     fmt: FmtOpt = Fmt.parquet,
@@ -221,7 +245,7 @@ def build_all(
         return
     if out is None:
         raise typer.BadParameter("missing option '--out'", param_hint="--out")
-    source = study_source(labels, n, seed, uncertain.value, skip_bad)
+    source = study_source(labels, n, seed, uncertain.value, skip_bad, data, report_facts)
     build_kinds(
         ["polarity", "contextual", "paraphrase"],
         out,
@@ -248,6 +272,8 @@ def _build_command(kind: str) -> Callable[..., None]:
     def command(
         out: OutOpt,
         labels: LabelsOpt = None,
+        data: DataOpt = None,
+        report_facts: ReportFactsOpt = True,
         n: NOpt = 2000,
         seed: SeedOpt = 0,
         fmt: FmtOpt = Fmt.parquet,
@@ -257,7 +283,7 @@ def _build_command(kind: str) -> Callable[..., None]:
         max_disagreement: MaxDisOpt = DEFAULT_MAX_DISAGREEMENT,
         max_uncertain: MaxUncOpt = DEFAULT_MAX_UNCERTAIN,
     ) -> None:
-        source = study_source(labels, n, seed, uncertain.value, skip_bad)
+        source = study_source(labels, n, seed, uncertain.value, skip_bad, data, report_facts)
         build_kinds(
             [kind],
             out,

@@ -4,6 +4,7 @@ library functions."""
 from __future__ import annotations
 
 import random
+import shutil
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -19,10 +20,11 @@ from mechtune.cli import data as data_cli
 from mechtune.cli import evaluate as eval_cli
 from mechtune.cli import sae as sae_cli
 from mechtune.cli import sim as sim_cli
-from mechtune.cli._common import MechtuneGroup, console, progress_bar, study_source
+from mechtune.cli._common import MechtuneGroup, console, data_source, progress_bar
 from mechtune.cli.trace import trace_command
 from mechtune.data.check import DEFAULT_MAX_DISAGREEMENT
 from mechtune.data.io import write_json
+from mechtune.data.polarity_check import clinical_available
 
 app = typer.Typer(
     help="mechtune: trace, then prescribe. Measure, locate and fix negation and paraphrase "
@@ -78,24 +80,44 @@ def _examples(out: Path) -> Table:
     return table
 
 
-def _zero_shot(out: Path, n: int, seed: int, quick: bool) -> dict:
-    """Phantom world -> contact sheet -> shipped phantom CLIP -> zero-shot blind spot."""
-    from mechtune.eval.figures import blind_spot_chart, contact_sheet
-    from mechtune.eval.zero_shot import evaluate_zero_shot, summary_rows
-    from mechtune.sim.clip import load_default
+MIMIC_DIR = "mimic-cxr-jpg"  # the demo's world, exported as a MIMIC-CXR-JPG user has it
+
+
+def _world(out: Path, n: int, seed: int) -> Any:
+    """Render the phantom world, save it to OUT/world, draw the contact sheet, and export
+    the world in MIMIC-CXR-JPG layout to OUT/mimic-cxr-jpg (what the data build reads)."""
+    from mechtune.eval.figures import contact_sheet
+    from mechtune.sim.export import export_mimic
     from mechtune.sim.world import WorldConfig, make_world, save_world, showcase_studies
 
     with progress_bar("render phantom world", n) as advance:
         world = make_world(WorldConfig.seeded(n, seed), progress=advance)
     save_world(world, out / "world")
-    figures = out / "figures"
     sheet = showcase_studies(32, seed)
     contact_sheet(
         world_images(sheet, seed),
         sheet,
-        figures / "phantom_contact_sheet.png",
+        out / "figures" / "phantom_contact_sheet.png",
         title="Phantom radiographs (L marks the patient's left)",
     )
+    target = out / MIMIC_DIR
+    if target.exists():  # the export refuses a non-empty folder: a rerun replaces it
+        shutil.rmtree(target)
+    export = export_mimic(world, target, seed=seed)
+    console.print(
+        f"exported the world in MIMIC-CXR-JPG layout to {target} "
+        f"({export.counts['images']} images, {export.counts['reports']} reports)"
+    )
+    return world
+
+
+def _zero_shot(out: Path, world: Any, quick: bool) -> dict:
+    """The shipped phantom CLIP's zero-shot blind spot on the world's test patients."""
+    from mechtune.eval.figures import blind_spot_chart
+    from mechtune.eval.zero_shot import evaluate_zero_shot, summary_rows
+    from mechtune.sim.clip import load_default
+
+    figures = out / "figures"
     console.print("evaluating the shipped phantom CLIP (locked MiniLM text tower) ...")
     report = evaluate_zero_shot(load_default(), world, split="test", probes=not quick)
     blind_spot_chart(report["claims"], figures / "zero_shot_blind_spot.png")
@@ -278,14 +300,19 @@ def demo(
     """The main job, offline: data, the phantom world, the negation study (trace, NAST vs
     uniform LoRA) and the paraphrase study (flip rate, SAE analysis, consistency LoRA).
 
-    Writes OUT/data/{polarity,contextual,paraphrase} (benchmarks with manifests, checked by
-    an independent negation detector), OUT/world (phantom radiographs and reports),
+    Writes OUT/world (phantom radiographs and reports), OUT/mimic-cxr-jpg (the same world
+    as MIMIC-CXR-JPG lays out its files), OUT/data/{polarity,contextual,paraphrase}
+    (benchmarks built from that folder by the MIMIC reader, with manifests, checked by an
+    independent negation detector),
     OUT/zero_shot.json, OUT/negation and OUT/paraphrase (results.json, table.md, adapters,
     SAEs) and OUT/figures/*.png, and prints the tables.
     """
     start = time.perf_counter()
     plan = demo_plan(n, seed, quick)
-    source = study_source(None, plan.n, plan.seed, "skip", False)
+    world = _world(out, plan.n, plan.seed)
+    # The data build reads the export as a MIMIC-CXR-JPG user's data is read: labels,
+    # official splits, and side and size from the reports (when medspacy is installed).
+    source = data_source(out / MIMIC_DIR, "skip", False, report_facts=clinical_available())
     results = data_cli.build_kinds(
         ["polarity", "contextual", "paraphrase"],
         out / "data",
@@ -297,7 +324,7 @@ def demo(
         nested=True,
     )
     console.print(_examples(out / "data"))
-    _zero_shot(out, plan.n, plan.seed, quick)
+    _zero_shot(out, world, quick)
     _negation_study(out, plan.negation)
     _paraphrase_study(out, plan.paraphrase)
     ctx = results["contextual"].counts

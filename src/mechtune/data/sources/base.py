@@ -18,6 +18,7 @@ row and value; pixels are read only when asked for.
 
 from __future__ import annotations
 
+import dataclasses
 import gzip
 import io
 from abc import ABC, abstractmethod
@@ -192,6 +193,41 @@ class ImageStudySource(ABC):
     def report_text(self, study: Study) -> str | None:
         """The report of an item (FINDINGS and IMPRESSION where a reader split sections)."""
         return study.report
+
+    def with_report_facts(self, uncertain: str = "skip", extractor: Any = None) -> None:
+        """Add the structured facts of each item's report to its findings, in place.
+
+        Report facts come from :class:`mechtune.data.report_facts.FactExtractor` (the
+        ``clinical`` extra); labels win for existence
+        (:func:`mechtune.data.report_facts.merge_findings`), and an uncertain mention
+        follows ``uncertain`` (skip, present, absent), as uncertain labels do. Items
+        without a report keep their label findings. ``report.notes["report_facts"]``
+        counts the items read, those whose findings changed, the findings that gained a
+        side, zone or severity, and the items left with no finding at all.
+        Raises ``MissingExtraError`` when medspacy is not installed.
+        """
+        from mechtune.data.report_facts import FactExtractor, merge_findings
+
+        extractor = extractor or FactExtractor()
+        counts = {"reports": 0, "changed": 0, "attributed": 0, "no_findings": 0}
+        items: list[Study] = []
+        for study in self.items:
+            if study.report:
+                counts["reports"] += 1
+                facts = extractor.findings(study.report, uncertain=uncertain)
+                merged = merge_findings(study.findings, facts)
+                if merged != study.findings:
+                    counts["changed"] += 1
+                    study = dataclasses.replace(study, findings=merged)
+                counts["attributed"] += sum(
+                    f.laterality is not None or f.zone is not None or f.severity is not None
+                    for f in merged
+                )
+            if not study.findings:
+                counts["no_findings"] += 1
+            items.append(study)
+        self.items = items
+        self.report.notes["report_facts"] = {"uncertain_policy": uncertain, **counts}
 
     # -- pixels -------------------------------------------------------------------------
 
