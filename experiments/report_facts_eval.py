@@ -9,8 +9,9 @@ with the ``skip`` policy for uncertain mentions over
 (a) the hand-written gold set ``tests/data/fixtures/report_sentences.yaml``, all of it and
     its ``ontology``-vocabulary part (sentences whose findings are named with ontology
     phrases; the rest use words the ontology lacks, "opacity", "endotracheal tube");
-(b) ``--n`` phantom reports, ``world_studies(WorldConfig.seeded(n, seed))``, whose truth
-    findings are complete.
+(b) ``--n`` phantom reports whose truth findings are complete: the world
+    ``WorldConfig.seeded(n, seed)`` exported in MIMIC-CXR-JPG layout and read back with
+    ``MimicCxrJpg`` (FINDINGS then IMPRESSION, as a MIMIC user's reports are read).
 
 Facts (:mod:`mechtune.eval.report_facts`): per text, ``existence`` is the set of
 ``(condition, present)`` of its findings (``present``/``absent`` its two halves),
@@ -40,13 +41,15 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 from mechtune.data.ontology import load_ontology
 from mechtune.data.report_facts import FactExtractor, Mention, resolve_mentions
-from mechtune.data.schema import Finding
+from mechtune.data.schema import Finding, Study
+from mechtune.data.sources.mimic import MimicCxrJpg
 from mechtune.data.text import realise
 from mechtune.eval.report_facts import (
     FACT_KINDS,
@@ -56,7 +59,9 @@ from mechtune.eval.report_facts import (
     load_gold,
     score_gold,
 )
-from mechtune.sim.world import WorldConfig, world_studies
+from mechtune.sim.export import export_mimic
+from mechtune.sim.mimic_layout import mimic_study_id
+from mechtune.sim.world import WorldConfig, make_world
 
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURE = ROOT / "tests/data/fixtures/report_sentences.yaml"
@@ -86,11 +91,27 @@ def stated_negatives(report: str, absent: list[str]) -> set[str]:
     return out
 
 
+def exported_reports(n: int, seed: int) -> list[tuple[Study, str]]:
+    """The world's studies with their reports as a MIMIC-CXR-JPG user reads them: the world
+    is exported in MIMIC layout and read back by ``MimicCxrJpg`` (FINDINGS + IMPRESSION)."""
+    world = make_world(WorldConfig.seeded(n, seed))
+    with tempfile.TemporaryDirectory() as tmp:
+        export_mimic(world, Path(tmp) / "mimic", seed=seed)
+        source = MimicCxrJpg(Path(tmp) / "mimic")
+        texts = {s.study_id: s.report for s in source}
+    out = []
+    for study in world.studies:
+        text = texts[str(mimic_study_id(study.study_id))]
+        if text is None:
+            raise SystemExit(f"study {study.study_id}: the export has no report")
+        out.append((study, text))
+    return out
+
+
 def score_phantom(extractor: FactExtractor, n: int, seed: int) -> dict[str, Tally]:
     onto = load_ontology()
     tallies = {k: Tally() for k in FACT_KINDS}
-    for study in world_studies(WorldConfig.seeded(n, seed)):
-        report = study.report or ""
+    for study, report in exported_reports(n, seed):
         found, unsure = read(extractor, report)
         pred = facts(found, unsure)
         present = [
@@ -160,7 +181,7 @@ def main() -> None:
     sections = [
         (f"gold set, all {len(gold)} entries", "all", gold_all),
         (f"gold set, ontology vocabulary ({len(ontology_only)} entries)", "ontology", gold_onto),
-        (f"phantom reports (n={args.n}, seed={args.seed})", "phantom", phantom),
+        (f"exported phantom reports (n={args.n}, seed={args.seed})", "phantom", phantom),
     ]
     print(f"fixture {shown_name} (sha256 {digest})\n")
     for title, key, tallies in sections:
