@@ -67,3 +67,26 @@ def test_contextual_from_an_exported_mimic_folder_with_report_facts(tmp_path):
     plain = read_table(tmp_path / "labels" / "claims.parquet")
     assert not {a for r in plain for a in r["flipped"]} & {"laterality", "severity"}
     assert "report_facts" not in labels_only["read"]["notes"]
+
+
+@pytest.mark.parametrize(
+    ("options", "named"),
+    [
+        (["--all-frontal"], "all_frontal"),
+        (["--max-missing", "0.5"], "max_missing"),
+        (["--label-table", "negbio"], "labels"),
+    ],
+)
+def test_reader_options_need_data(tmp_path, options, named):
+    args = ["data", "build", "contextual", "--n", "20", "--no-check", "--out", str(tmp_path)]
+    result = runner.invoke(app, [*args, *options])
+    assert result.exit_code == 2
+    assert f"{named}: reader options need --data" in " ".join(result.output.split())
+
+
+def test_a_reader_option_the_layout_does_not_take_is_refused(tmp_path):
+    root = chexpert_folder(tmp_path, [("patient00001/study1/a.jpg", "Frontal", "PA", {})])
+    args = ["data", "build", "contextual", "--data", str(root), "--out", str(tmp_path / "o")]
+    result = runner.invoke(app, [*args, "--no-check", "--label-table", "negbio"])
+    assert result.exit_code == 2
+    assert "the chexpert reader does not take option(s) labels" in " ".join(result.output.split())

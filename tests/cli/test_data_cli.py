@@ -10,6 +10,7 @@ negation detector flags, against thresholds 1.0 and 0.0.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -107,25 +108,34 @@ def inputs(tmp_path_factory) -> dict[str, Path]:
     files["psf_one"].write_text(psf[0] + "\n")
     files["psf_bad"].write_text("\n".join([*psf, '{"question": ""}']) + "\n")
     files["mimic"] = mimic_with_reports(root / "mimic")
+    files["mimic_missing"] = mimic_with_reports(root / "mimic_missing")
+    next((files["mimic_missing"] / "files").rglob("d3-pa.jpg")).unlink()
     return files
 
 
 def mimic_with_reports(root: Path) -> Path:
     """Eight MIMIC-CXR-JPG studies of four patients whose labels leave pneumothorax and
     pneumonia blank while the reports state them absent, and give effusions a side and a
-    size; one study is lateral-only (counted, skipped)."""
+    size; each study has a PA, an AP and a lateral film, one is lateral-only (counted,
+    skipped); the negbio table calls every effusion uncertain."""
     studies = []
     for i in range(8):
         subject, study = str(10000100 + i // 2), str(50000100 + i)
         side, size = ("left", "small") if i % 2 else ("right", "moderate")
         labels = {"Pleural Effusion": "1.0", "Cardiomegaly": "1.0", "Edema": "0.0"}
-        labels["Consolidation"] = "0.0"
+        labels.update({"Consolidation": "0.0", "Fracture": "0.0"})
         findings = f"{size.capitalize()} {side} pleural effusion. Mild cardiomegaly."
         impression = "No pneumothorax. No pneumonia."
-        views = [(f"d{i}-pa", "PA"), (f"d{i}-lat", "LATERAL")] if i != 7 else [("x", "LL")]
+        views = [(f"d{i}-pa", "PA"), (f"d{i}-lat", "LATERAL"), (f"d{i}-ap", "AP")]
         report = REPORT.format(findings=findings, impression=impression)
-        studies.append(MimicStudy(subject, study, labels, views, report=report))
-    return mimic_folder(root, studies)
+        studies.append(
+            MimicStudy(subject, study, labels, views if i != 7 else [("x", "LL")], report=report)
+        )
+    mimic_folder(root, studies)
+    negbio = [
+        dataclasses.replace(s, labels={**s.labels, "Pleural Effusion": "-1.0"}) for s in studies
+    ]
+    return mimic_folder(root, negbio, label_table="negbio", write_images=False)
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -171,6 +181,7 @@ SYNTH = ["--n", "60", "--no-check"]
 CHECKED = ["--n", "20", "--check", "--max-disagreement", "1.0"]
 LABELS = ["--labels", "{labels}", "--no-check"]
 DATA = ["--data", "{mimic}", "--no-check"]
+MISSING = ["--data", "{mimic_missing}", "--skip-bad", "--no-check", "--no-report-facts"]
 # option -> (base options, changed options); None: --out (the same output elsewhere).
 BUILD_OPTIONS: dict[str, tuple[list[str], list[str]] | None] = {
     "--out": None,
@@ -187,6 +198,18 @@ BUILD_OPTIONS: dict[str, tuple[list[str], list[str]] | None] = {
     "--data": (SYNTH, [*DATA, "--no-report-facts"]),
     # The reports add absences the labels leave blank and the side and size of findings.
     "--report-facts": ([*DATA, "--no-report-facts"], DATA),
+    # One of eight images is missing: 12.5% is over the default 1% limit, not over 20%.
+    "--max-missing": (
+        MISSING,
+        [*MISSING, "--max-missing", "0.2"],
+    ),
+    # Every study has a PA and an AP film: all frontal images doubles the items.
+    "--all-frontal": ([*DATA, "--no-report-facts"], [*DATA, "--no-report-facts", "--all-frontal"]),
+    # The negbio table calls the effusions uncertain where the chexpert table says present.
+    "--label-table": (
+        [*DATA, "--no-report-facts"],
+        [*DATA, "--no-report-facts", "--label-table", "negbio"],
+    ),
     "--max-disagreement": (CHECKED, ["--n", "20", "--check", "--max-disagreement", "0.9"]),
 }
 IMPORT_NAST = ["{nast}", "--no-check"]
@@ -244,7 +267,7 @@ def test_every_data_build_option_changes_the_output(tmp_path, inputs, command, o
     if result is None:
         return
     before, after = result
-    if option == "--skip-bad":  # line 6 is refused, then skipped
+    if option in ("--skip-bad", "--max-missing"):  # refused, then skipped and counted
         assert (before["exit_code"], after["exit_code"]) == (2, 0)
     elif option in CHECKS:  # the check ran and recorded the threshold it was given
         threshold = 0.9 if option == "--max-disagreement" else 1.0

@@ -101,19 +101,27 @@ def study_source(
     skip_bad: bool,
     data: Path | None = None,
     report_facts: bool = True,
+    reader_options: dict[str, Any] | None = None,
 ) -> StudySource | ImageStudySource:
     """The studies a build reads: an imaging-study folder or manifest (``data``), a label
     CSV (``labels``), or the synthetic sampler (``n`` studies from ``seed``).
 
-    Raises ``ConfigError`` when both ``data`` and ``labels`` are given.
+    ``reader_options`` go to the ``data`` reader (``max_missing``, ``all_frontal``, ...).
+    Raises ``ConfigError`` when both ``data`` and ``labels`` are given, or reader options
+    without ``data``.
     """
+    if reader_options and data is None:
+        raise ConfigError(
+            f"{', '.join(sorted(reader_options))}: reader options need --data (they set how "
+            "an imaging-study folder is read)"
+        )
     if data is not None:
         if labels is not None:
             raise ConfigError(
                 f"--data {data} and --labels {labels} both name the studies; give one "
                 "(a --data folder brings its own label CSV)"
             )
-        return data_source(data, uncertain, skip_bad, report_facts)
+        return data_source(data, uncertain, skip_bad, report_facts, **(reader_options or {}))
     if labels is None:
         config = SyntheticConfig(n_studies=n, seed=seed)
         return StudySource(None, config, {"synthetic": config.to_dict()})
@@ -128,7 +136,7 @@ def study_source(
 
 
 def data_source(
-    path: Path, uncertain: str, skip_bad: bool, report_facts: bool = True
+    path: Path, uncertain: str, skip_bad: bool, report_facts: bool = True, **reader_options: Any
 ) -> ImageStudySource:
     """Open an imaging-study source (MIMIC-CXR-JPG or CheXpert folder, a manifest, a saved
     phantom world) and, when its items have reports and ``report_facts`` is on, add the
@@ -141,7 +149,7 @@ def data_source(
     from mechtune.data.polarity_check import clinical_available
     from mechtune.data.sources import open_source
 
-    options: dict[str, Any] = {}
+    options: dict[str, Any] = dict(reader_options)
     if uncertain != "skip":
         options["uncertain"] = uncertain
     if skip_bad:

@@ -26,7 +26,7 @@ from mechtune.data.check import (
 from mechtune.data.importers import read_nast_benchmark, read_psf_records
 from mechtune.data.io import MANIFEST_NAME
 from mechtune.data.polarity_check import PolarityReport, clinical_available
-from mechtune.data.sources.base import ImageStudySource
+from mechtune.data.sources.base import DEFAULT_MAX_MISSING, ImageStudySource
 from mechtune.errors import DataError, MissingExtraError
 
 app = typer.Typer(help="Build, import and check benchmark and training data.", no_args_is_help=True)
@@ -44,6 +44,11 @@ app.add_typer(import_app, name="import")
 class Fmt(str, Enum):
     parquet = "parquet"
     jsonl = "jsonl"
+
+
+class LabelTable(str, Enum):
+    chexpert = "chexpert"
+    negbio = "negbio"
 
 
 class Uncertain(str, Enum):
@@ -64,6 +69,27 @@ DataOpt = Annotated[
         help="Imaging studies: a MIMIC-CXR-JPG or CheXpert folder, a manifest (CSV/JSONL), "
         "or a saved phantom world; labels, splits and reports come from it.",
     ),
+]
+MaxMissingOpt = Annotated[
+    float,
+    typer.Option(
+        help="With --data: the largest share of missing or unreadable images tolerated "
+        "(with --skip-bad); more fails the run.",
+        min=0.0,
+        max=1.0,
+    ),
+]
+AllFrontalOpt = Annotated[
+    bool,
+    typer.Option(
+        "--all-frontal",
+        help="With a MIMIC or CheXpert --data folder: every frontal image is an item "
+        "(sharing its study's labels), not only the first PA, else AP.",
+    ),
+]
+LabelTableOpt = Annotated[
+    LabelTable,
+    typer.Option(help="With a MIMIC --data folder: which label table to read."),
 ]
 ReportFactsOpt = Annotated[
     bool,
@@ -101,6 +127,19 @@ MaxUncOpt = Annotated[
         max=1.0,
     ),
 ]
+
+
+def reader_options(max_missing: float, all_frontal: bool, label_table: LabelTable) -> dict:
+    """The --data reader options that differ from their defaults (a layout refuses an
+    option it does not take, so only what the user changed is passed on)."""
+    options: dict[str, Any] = {}
+    if max_missing != DEFAULT_MAX_MISSING:
+        options["max_missing"] = max_missing
+    if all_frontal:
+        options["all_frontal"] = True
+    if label_table is not LabelTable.chexpert:
+        options["labels"] = label_table.value
+    return options
 
 
 def report_table(title: str, result: BuildResult) -> Table:
@@ -232,6 +271,9 @@ def build_all(
     labels: LabelsOpt = None,
     data: DataOpt = None,
     report_facts: ReportFactsOpt = True,
+    max_missing: MaxMissingOpt = DEFAULT_MAX_MISSING,
+    all_frontal: AllFrontalOpt = False,
+    label_table: LabelTableOpt = LabelTable.chexpert,
     n: NOpt = 2000,
     seed: SeedOpt = 0,
     fmt: FmtOpt = Fmt.parquet,
@@ -245,7 +287,16 @@ def build_all(
         return
     if out is None:
         raise typer.BadParameter("missing option '--out'", param_hint="--out")
-    source = study_source(labels, n, seed, uncertain.value, skip_bad, data, report_facts)
+    source = study_source(
+        labels,
+        n,
+        seed,
+        uncertain.value,
+        skip_bad,
+        data,
+        report_facts,
+        reader_options(max_missing, all_frontal, label_table),
+    )
     build_kinds(
         ["polarity", "contextual", "paraphrase"],
         out,
@@ -274,6 +325,9 @@ def _build_command(kind: str) -> Callable[..., None]:
         labels: LabelsOpt = None,
         data: DataOpt = None,
         report_facts: ReportFactsOpt = True,
+        max_missing: MaxMissingOpt = DEFAULT_MAX_MISSING,
+        all_frontal: AllFrontalOpt = False,
+        label_table: LabelTableOpt = LabelTable.chexpert,
         n: NOpt = 2000,
         seed: SeedOpt = 0,
         fmt: FmtOpt = Fmt.parquet,
@@ -283,7 +337,16 @@ def _build_command(kind: str) -> Callable[..., None]:
         max_disagreement: MaxDisOpt = DEFAULT_MAX_DISAGREEMENT,
         max_uncertain: MaxUncOpt = DEFAULT_MAX_UNCERTAIN,
     ) -> None:
-        source = study_source(labels, n, seed, uncertain.value, skip_bad, data, report_facts)
+        source = study_source(
+            labels,
+            n,
+            seed,
+            uncertain.value,
+            skip_bad,
+            data,
+            report_facts,
+            reader_options(max_missing, all_frontal, label_table),
+        )
         build_kinds(
             [kind],
             out,
