@@ -1,9 +1,11 @@
 """Facts, truth and pooled precision/recall of the report-fact scorer, by hand."""
 
+from collections import Counter
 from pathlib import Path
 
 import pytest
 
+from mechtune.data.ontology import load_ontology
 from mechtune.data.schema import Finding
 from mechtune.errors import DataError
 from mechtune.eval.metrics import proportion
@@ -137,3 +139,48 @@ def test_a_malformed_gold_file_names_the_entry(tmp_path, body, message):
     path.write_text(body)
     with pytest.raises(DataError, match=message):
         load_gold(path)
+
+
+HELDOUT = Path(__file__).parents[1] / "data/fixtures/report_sentences_heldout.yaml"
+GOLD_CATEGORIES = (
+    "list",
+    "two_sided",
+    "bilateral",
+    "severity",
+    "zone",
+    "temporal_present",
+    "temporal_absent",
+    "uncertain",
+    "affirmative_absence",
+    "device",
+    "mixed",
+    "negation",
+)
+
+
+def test_the_heldout_gold_set_is_a_valid_independent_test_set():
+    header = GOLD.read_text("utf-8").split("\nsentences:")[0]
+    assert all(c in header for c in GOLD_CATEGORIES)  # the main set's categories
+    gold = load_gold(HELDOUT)
+    assert len(gold) >= 60
+    counts = Counter(s.category for s in gold)
+    assert set(counts) == set(GOLD_CATEGORIES)
+    assert min(counts.values()) >= 2, counts
+    outside = sum(s.vocabulary == "outside" for s in gold) / len(gold)
+    assert 0.25 <= outside <= 0.45, outside
+    onto = load_ontology()
+    for s in gold:
+        for f in s.findings:
+            assert isinstance(f, Finding) and Finding.from_dict(f.to_dict()) == f
+        stated = {f.condition for f in s.findings}
+        for c in s.uncertain:  # load_gold does not check these: hedged-only ontology ids
+            assert onto.has_condition(c) and onto.condition(c).id == c, (s.text, c)
+            assert c not in stated, (s.text, c)
+        assert "no_finding" not in stated | s.uncertain, s.text
+    texts = [" ".join(s.text.lower().split()) for s in gold]
+    assert len(set(texts)) == len(texts)
+    assert not set(texts) & {" ".join(s.text.lower().split()) for s in load_gold(GOLD)}
+    joined = " ".join(texts)
+    for phrase in ("bilateral", "small left and moderate right", "no change in", "resolved"):
+        assert phrase in joined, phrase
+    assert "cannot be excluded" in joined and "interval resolution" in joined
