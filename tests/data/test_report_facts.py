@@ -156,6 +156,7 @@ VOCABULARY_CASES = [
     ("Left PICC with tip at the cavoatrial junction.", [F("support_devices", True)]),
     ("Tracheostomy tube in standard position.", [F("support_devices", True)]),
     ("Right chest tubes remain in place.", [F("support_devices", True)]),
+    ("Intra-aortic balloon pump tip at the aortic knob.", [F("support_devices", True)]),
     ("No endotracheal or enteric tube is seen.", [F("support_devices", False)]),
     # removal negates a device (the CheXpert labeler's "removal of" / "removed")...
     ("The feeding tube has been removed.", [F("support_devices", False)]),
@@ -269,6 +270,10 @@ GRAMMAR_CASES = [
         "The heart size and cardiomediastinal silhouette are not enlarged.",
         [F("cardiomegaly", False), F("enlarged_cardiomediastinum", False)],
     ),
+    (
+        "The heart and mediastinum are within normal limits.",
+        [F("cardiomegaly", False), F("enlarged_cardiomediastinum", False)],
+    ),
     ("The left lung is clear.", [F("consolidation", False, "left")]),
     ("The right costophrenic angle is sharp.", [F("pleural_effusion", False, "right")]),
     ("The left lung is fully expanded.", [F("pneumothorax", False, "left")]),
@@ -347,6 +352,7 @@ def test_uncertain_mentions_follow_the_policy(fx):
         "Questionable right pleural effusion.",
         "Likely bibasilar atelectasis.",
         "Findings concerning for pneumonia.",
+        "Superimposed infection cannot be excluded.",
         "Pulmonary edema versus pneumonia.",
         "Evaluate for pneumothorax.",
     ],
