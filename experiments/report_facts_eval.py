@@ -8,7 +8,11 @@ with the ``skip`` policy for uncertain mentions over
 
 (a) the hand-written gold set ``tests/data/fixtures/report_sentences.yaml``, all of it and
     its ``ontology``-vocabulary part (sentences whose findings are named with ontology
-    phrases; the rest use words the ontology lacks, "opacity", "endotracheal tube");
+    phrases; the rest use words the ontology lacks, "opacity", "endotracheal tube", which
+    the extractor reads from its report vocabulary, ``resources/report_vocabulary.yaml``).
+    This set is the development set of that vocabulary and of the singular and
+    coordinated predicate forms: they were added looking at its errors. A set written
+    apart from them is measured with ``--fixture``;
 (b) ``--n`` phantom reports whose truth findings are complete: the world
     ``WorldConfig.seeded(n, seed)`` exported in MIMIC-CXR-JPG layout and read back with
     ``MimicCxrJpg`` (FINDINGS then IMPRESSION, as a MIMIC user's reports are read).

@@ -11,7 +11,7 @@ from mechtune.data.polarity_check import PolarityChecker, quiet_spacy
 from mechtune.data.polarity_eval import load_reference_sentences
 from mechtune.data.polarity_rules import entity_verdicts
 from mechtune.data.report_facts import FactExtractor
-from mechtune.data.report_modifiers import extra_targets, parse_label
+from mechtune.data.report_targets import NOT_A_FINDING, extra_targets, parse_label
 from mechtune.data.schema import Finding, Study
 from mechtune.eval.report_facts import facts, judge_by_study, load_gold
 
@@ -147,6 +147,183 @@ def test_findings_of_a_sentence(fx, text, expected):
     assert sorted(f.key() for f in fx.findings(text)) == sorted(f.key() for f in expected)
 
 
+# The report-side vocabulary (resources/report_vocabulary.yaml): CheXpert-style mention
+# phrases the ontology does not list, with the traps each must not fall into.
+VOCABULARY_CASES = [
+    # devices: specific phrases, singular and plural, present or negated
+    ("The tip of the nasogastric tube projects over the stomach.", [F("support_devices", True)]),
+    ("Dual-lead pacemaker is unchanged.", [F("support_devices", True)]),
+    ("Left PICC with tip at the cavoatrial junction.", [F("support_devices", True)]),
+    ("Tracheostomy tube in standard position.", [F("support_devices", True)]),
+    ("Right chest tubes remain in place.", [F("support_devices", True)]),
+    ("Intra-aortic balloon pump tip at the aortic knob.", [F("support_devices", True)]),
+    ("No endotracheal or enteric tube is seen.", [F("support_devices", False)]),
+    # removal negates a device (the CheXpert labeler's "removal of" / "removed")...
+    ("The feeding tube has been removed.", [F("support_devices", False)]),
+    ("Interval removal of the left chest tube.", [F("support_devices", False)]),
+    # ... and a device still there wins
+    (
+        "The endotracheal tube has been removed. A right PICC line remains in place.",
+        [F("support_devices", True)],
+    ),
+    # "line", "tube" and implants in other senses are not devices
+    (
+        "There is a left apical pneumothorax with a visible pleural line.",
+        [F("pneumothorax", True, "left")],
+    ),
+    ("The trachea is midline.", []),
+    ("Sternotomy wires and mediastinal clips from prior bypass surgery.", []),
+    ("Tracheostomy in place.", []),
+    # lung lesion: nodule, mass; not outside the lung, not a calcified granuloma
+    ("A 9 mm nodule in the left lower lobe.", [F("lung_lesion", True, "left", "lower")]),
+    ("Spiculated right upper lobe mass.", [F("lung_lesion", True, "right", "upper")]),
+    ("No suspicious nodules or masses.", [F("lung_lesion", False)]),
+    ("Soft tissue mass in the right supraclavicular region.", []),
+    ("A calcified nodule in the right upper lobe is unchanged, compatible with a granuloma.", []),
+    ("No mass effect on the trachea.", []),
+    # lung opacity, alone and beside the conditions it may be
+    ("Patchy right basilar opacity.", [F("lung_opacity", True, "right", "lower")]),
+    ("Hazy opacification of the left lung base.", [F("lung_opacity", True, "left", "lower")]),
+    ("Increasing bilateral perihilar opacities.", [F("lung_opacity", True, "bilateral")]),
+    (
+        "Left lower lobe opacity, likely atelectasis, though pneumonia cannot be excluded.",
+        [F("lung_opacity", True, "left", "lower")],
+    ),
+    (
+        "No focal opacity to suggest pneumonia.",
+        [F("lung_opacity", False), F("pneumonia", False)],
+    ),
+    (
+        "Hazy right basilar airspace opacity without consolidation.",
+        [F("lung_opacity", True, "right", "lower"), F("consolidation", False)],
+    ),
+    (
+        "Consolidative opacity in the left upper lobe.",
+        [F("consolidation", True, "left", "upper"), F("lung_opacity", True, "left", "upper")],
+    ),
+    (
+        "Nodular opacity in the right lower lobe.",
+        [F("lung_lesion", True, "right", "lower"), F("lung_opacity", True, "right", "lower")],
+    ),
+    # atelectasis: collapse, atelectatic; not a vertebral collapse
+    ("Right middle lobe collapse.", [F("atelectasis", True, "right", "middle")]),
+    ("Atelectatic changes at the left base.", [F("atelectasis", True, "left", "basal")]),
+    ("Compression collapse of a lower thoracic vertebral body.", []),
+    # heart and mediastinum: a stated size of the silhouette
+    (
+        "Cardiac silhouette remains severely enlarged.",
+        [F("cardiomegaly", True, None, None, "severe")],
+    ),
+    ("Stable cardiac enlargement.", [F("cardiomegaly", True)]),
+    ("The heart is normal in size.", [F("cardiomegaly", False)]),
+    ("Heart size is at the upper limits of normal.", []),
+    ("The cardiomediastinal silhouette is widened.", [F("enlarged_cardiomediastinum", True)]),
+    ("Normal mediastinal silhouette.", [F("enlarged_cardiomediastinum", False)]),
+    (
+        "The mediastinal and hilar contours are unremarkable.",
+        [F("enlarged_cardiomediastinum", False)],
+    ),
+    # bones: a negated broader abnormality rules a fracture out; nothing else does
+    ("No acute bony abnormality is seen.", [F("fracture", False)]),
+    ("The visualized osseous structures are unremarkable.", [F("fracture", False)]),
+    ("Osseous abnormality of the left humerus.", []),
+    (
+        "No acute osseous abnormality. Healed left rib fractures.",
+        [F("fracture", True, "left")],
+    ),
+    # pleura: scarring and plaques are Pleural Other; a pericardial effusion is no
+    # pleural effusion
+    ("Apical pleural scarring on the right.", [F("pleural_other", True, "right")]),
+    (
+        "Calcified pleural plaques along the left hemidiaphragm.",
+        [F("pleural_other", True, "left")],
+    ),
+    (
+        "Small pericardial effusion and small left pleural effusion.",
+        [F("pleural_effusion", True, "left", None, "small")],
+    ),
+    ("Mild vascular congestion.", [F("edema", True, None, None, "mild")]),
+    ("No pulmonary congestion.", [F("edema", False)]),
+    ("No evidence of an infectious process.", [F("pneumonia", False)]),
+]
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"), VOCABULARY_CASES, ids=[c[0] for c in VOCABULARY_CASES]
+)
+def test_report_vocabulary_findings(fx, text, expected):
+    assert sorted(f.key() for f in fx.findings(text)) == sorted(f.key() for f in expected)
+
+
+# Predicate forms: coordination of two predicates or two subjects, a singular subject,
+# and a size restated after a comma ("now small"); any other comma still stops the walk.
+GRAMMAR_CASES = [
+    (
+        "The lungs are clear and well expanded.",
+        [F("consolidation", False), F("atelectasis", False)],
+    ),
+    (
+        "Heart size and pulmonary vascularity are normal.",
+        [F("cardiomegaly", False), F("edema", False)],
+    ),
+    (
+        "The heart size and cardiomediastinal silhouette are not enlarged.",
+        [F("cardiomegaly", False), F("enlarged_cardiomediastinum", False)],
+    ),
+    (
+        "The heart and mediastinum are within normal limits.",
+        [F("cardiomegaly", False), F("enlarged_cardiomediastinum", False)],
+    ),
+    ("The left lung is clear.", [F("consolidation", False, "left")]),
+    ("The right costophrenic angle is sharp.", [F("pleural_effusion", False, "right")]),
+    ("The left lung is fully expanded.", [F("pneumothorax", False, "left")]),
+    (
+        "The right pneumothorax has decreased, now small.",
+        [F("pneumothorax", True, "right", None, "small")],
+    ),
+    (
+        "Left pleural effusion, small right pneumothorax.",
+        [F("pleural_effusion", True, "left"), F("pneumothorax", True, "right", None, "small")],
+    ),
+    # the ontology's "a pleural plaque" takes a plural, though pleural thickening does not
+    ("Bilateral pleural plaques.", [F("pleural_other", True, "bilateral")]),
+]
+
+
+@pytest.mark.parametrize(("text", "expected"), GRAMMAR_CASES, ids=[c[0] for c in GRAMMAR_CASES])
+def test_coordinated_singular_and_restated_predicates(fx, text, expected):
+    assert sorted(f.key() for f in fx.findings(text)) == sorted(f.key() for f in expected)
+
+
+def test_a_hedged_broader_finding_says_nothing_about_the_condition(fx):
+    # "osseous abnormality" rules a fracture out only when negated: hedged or present,
+    # it gives no mention, under any uncertain policy
+    for text in ("An osseous abnormality cannot be excluded.", "Osseous abnormality."):
+        assert fx.mentions(text) == []
+        assert fx.findings(text, uncertain="present") == ()
+
+
+def test_unmention_phrases_displace_the_mention_inside_them(fx):
+    with quiet_spacy():
+        doc = fx.nlp("Small pericardial effusion. Calcified nodules. No mass effect.")
+    assert [(e.text, e.label_) for e in doc.ents] == [
+        ("pericardial effusion", NOT_A_FINDING),
+        ("Calcified nodules", NOT_A_FINDING),
+        ("mass effect", NOT_A_FINDING),
+    ]
+
+
+def test_the_polarity_check_does_not_read_the_report_vocabulary():
+    # the report-side targets and rules belong to the extractor: the polarity check
+    # finds no device in a device name and still reads its own phrase as affirmed
+    checker = PolarityChecker()
+    assert checker.read("Endotracheal tube and right PICC line in place.") == {}
+    assert checker.read("Support devices have been removed.") == {"support_devices": ["affirmed"]}
+    assert FactExtractor().findings("Support devices have been removed.") == (
+        F("support_devices", False),
+    )
+
+
 def test_uncertain_mentions_follow_the_policy(fx):
     text = "Small left pleural effusion. Right pleural effusion cannot be excluded. Possible pneumonia."
     assert [m.status for m in fx.mentions(text)] == ["present", "uncertain", "uncertain"]
@@ -174,7 +351,8 @@ def test_uncertain_mentions_follow_the_policy(fx):
         "Findings may represent atelectasis.",
         "Questionable right pleural effusion.",
         "Likely bibasilar atelectasis.",
-        "Left lower lobe opacity concerning for pneumonia.",
+        "Findings concerning for pneumonia.",
+        "Superimposed infection cannot be excluded.",
         "Pulmonary edema versus pneumonia.",
         "Evaluate for pneumothorax.",
     ],
@@ -199,13 +377,18 @@ def test_mentions_carry_their_sentence_and_offsets(fx):
 
 
 def _example(literal, pattern):
-    """The text a target was written for: the literal, or "<subject> is <predicate>"."""
+    """The text a target was written for: the literal, or its pattern's required words
+    (the first of a set: "lungs" of lungs/lung) with "is" for the copula."""
     if pattern is None:
         return literal
-    copula = next(k for k, p in enumerate(pattern) if p.get("OP") == "*")
-    subject = [p["LOWER"] for p in pattern[:copula]]
-    predicate = [p.get("LOWER", "-") for p in pattern[copula + 3 :]]
-    return " ".join([*subject, "is", *predicate])
+    out = []
+    for p in pattern:
+        if p.get("OP") == "*":
+            out.append("is")
+        elif p.get("OP") != "?":
+            word = p.get("LOWER", p.get("ORTH"))
+            out.append(word["IN"][0] if isinstance(word, dict) else word)
+    return " ".join(out)
 
 
 def test_every_extra_target_matches_its_own_phrase(fx):

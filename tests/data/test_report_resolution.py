@@ -17,10 +17,9 @@ from mechtune.data.report_modifiers import (
     Group,
     lexicon,
     ontology_attributes,
-    parse_label,
     parse_lexicon,
-    plural,
 )
+from mechtune.data.report_targets import parse_label, plural
 from mechtune.data.schema import Finding, RecordError, Study
 from mechtune.errors import ConfigError, DataError, MissingExtraError
 

@@ -204,6 +204,7 @@ def _condition_targets() -> list[Any]:
 def build_context_pipeline(
     extra_targets: Iterable[tuple[str, str, list[dict[str, Any]] | None]] = (),
     *,
+    extra_rules: Iterable[Mapping[str, Any]] = (),
     install_hint: str = INSTALL_HINT,
 ) -> Any:
     """The medspacy pipeline both readers of report language share.
@@ -213,8 +214,10 @@ def build_context_pipeline(
     ConText with medspacy's default rules less the dropped ones plus mechtune's radiology
     rules (:func:`mechtune.data.polarity_rules.context_rules`). Each extra target is
     ``(literal, label, pattern)``: a ``medspacy.ner.TargetRule`` with a spaCy token pattern,
-    or ``None`` to match the literal. Building takes a few seconds: build once, reuse.
-    Returns a spaCy ``Language``.
+    or ``None`` to match the literal. Each extra rule is a mapping with the keys of
+    ``resources/context_rules.yaml`` plus an optional ``allowed_types`` (the entity labels
+    it may modify), added as a ``medspacy.context.ConTextRule``. The polarity check passes
+    neither. Building takes a few seconds: build once, reuse. Returns a spaCy ``Language``.
 
     Raises ``MissingExtraError`` (an ``ImportError``) with ``install_hint`` when medspacy
     (the ``clinical`` extra) is missing.
@@ -232,7 +235,23 @@ def build_context_pipeline(
     targets += [TargetRule(lit, label, pattern=pat) for lit, label, pat in extra_targets]
     nlp.get_pipe("medspacy_target_matcher").add(targets)
     context = nlp.get_pipe("medspacy_context")
-    context.add(context_rules(context.DEFAULT_RULES_FILEPATH))
+    rules = context_rules(context.DEFAULT_RULES_FILEPATH)
+    if extra_rules:
+        from medspacy.context import ConTextRule
+
+        for r in extra_rules:
+            allowed = r.get("allowed_types")
+            rules.append(
+                ConTextRule(
+                    r["literal"],
+                    r["category"],
+                    pattern=r.get("pattern"),
+                    direction=r["direction"],
+                    max_scope=r.get("max_scope"),
+                    allowed_types=set(allowed) if allowed else None,
+                )
+            )
+    context.add(rules)
     return nlp
 
 

@@ -6,11 +6,15 @@ and reports say both. :class:`FactExtractor` reads a report with the medspacy/Co
 pipeline of the independent polarity check (:func:`mechtune.data.polarity_check.
 build_context_pipeline`: the same condition targets, sentence splitter and radiology
 ConText rules, with the same list and clause scope, :mod:`mechtune.data.polarity_rules`),
-plus targets for plurals, predicate forms ("the heart is enlarged") and affirmative
-statements of absence ("heart size is normal"; the ontology's ``absent_affirmative``
-phrases), all built from the ontology (:func:`mechtune.data.report_modifiers.
-extra_targets`). Side, zone and size come from the mention's noun phrase and the words
-after it (:mod:`mechtune.data.report_modifiers`).
+plus targets for plurals, predicate forms ("the heart is enlarged", "the right lung is
+clear", "lungs are well expanded and clear") and affirmative statements of absence ("heart
+size is normal"; the ontology's ``absent_affirmative`` phrases), built from the ontology,
+and a report-side vocabulary the ontology does not list, per condition, after the CheXpert
+labeler's mention lists ("opacity", "nodule", "endotracheal tube", "pericardial effusion"
+as an unmention; :mod:`mechtune.data.report_vocabulary`, :func:`mechtune.data.
+report_targets.extra_targets`), with its ConText rules for removed devices. The polarity
+check reads none of these. Side, zone and size come from the mention's noun phrase and
+the words after it (:mod:`mechtune.data.report_modifiers`).
 
 **Status of a mention** is the polarity check's verdict (the two readers agree on every
 hand-labelled sentence of the polarity check; tested): ``affirmed`` -> ``present``, ``negated`` -> ``absent``, ``uncertain`` (a ConText
@@ -22,7 +26,9 @@ Temporal wording follows the same rules: "no change in X", "unchanged X", "persi
 absent. A statement of absence in affirmative words ("the lungs are clear") is ``absent``
 when affirmed, ``uncertain`` when hedged, and no mention when negated ("the lungs are not
 clear" says nothing definite about consolidation). A predicate-form target negated inside
-("the heart is not enlarged") is ``absent``. The ``no_finding`` summary label is never
+("the heart is not enlarged") is ``absent``. A broader finding ("no acute osseous
+abnormality") gives an ``absent`` mention only when negated, and an unmention phrase
+("pericardial effusion") none. The ``no_finding`` summary label is never
 extracted: it is a conclusion of the labeler, not a finding of the report.
 
 **Findings of a report** (:meth:`FactExtractor.findings`) resolve the mentions of each
@@ -55,12 +61,16 @@ from dataclasses import dataclass
 
 from mechtune.data.importers import UNCERTAIN_POLICIES
 from mechtune.data.ontology import load_ontology
-from mechtune.data.report_modifiers import (
-    attribute_groups,
+from mechtune.data.report_modifiers import attribute_groups, ontology_attributes
+from mechtune.data.report_targets import (
+    ABSENCE,
+    ABSENT_IF_NEGATED,
+    NOT_A_FINDING,
     extra_targets,
-    ontology_attributes,
+    label_kind,
     parse_label,
 )
+from mechtune.data.report_vocabulary import report_vocabulary
 from mechtune.data.schema import Finding, Study
 from mechtune.errors import ConfigError
 
@@ -111,11 +121,16 @@ def _collapse_whitespace(text: str) -> tuple[str, list[int]]:
     return "".join(pieces), where
 
 
-def _status(verdict: str, absence: bool, negated_inside: bool) -> str | None:
-    """A mention's status from its ConText verdict, whether the target states absence in
-    affirmative words, and whether the target holds a negation ("heart is not enlarged")."""
+def _status(verdict: str, kind: str, negated_inside: bool) -> str | None:
+    """A mention's status from its ConText verdict, the kind of its target
+    (:data:`mechtune.data.report_targets.LABEL_KINDS`), and whether the target holds a
+    negation ("heart is not enlarged")."""
     status = _STATUS_OF_VERDICT[verdict]
-    if absence:
+    if kind == NOT_A_FINDING:
+        return None
+    if kind == ABSENT_IF_NEGATED:
+        return "absent" if status == "absent" and not negated_inside else None
+    if kind == ABSENCE:
         if negated_inside or status == "absent":
             return None
         return "absent" if status == "present" else status
@@ -135,7 +150,11 @@ class FactExtractor:
     def __init__(self) -> None:
         from mechtune.data.polarity_check import build_context_pipeline
 
-        self.nlp = build_context_pipeline(extra_targets(), install_hint=INSTALL_HINT)
+        self.nlp = build_context_pipeline(
+            extra_targets(),
+            extra_rules=report_vocabulary().context_rules,
+            install_hint=INSTALL_HINT,
+        )
 
     def mentions(self, text: str) -> list[Mention]:
         """Every mention of a condition in ``text``, in text order (see the module docstring
@@ -158,9 +177,9 @@ class FactExtractor:
         onto = load_ontology()
         out: list[Mention] = []
         for (ent, verdict), ent_groups in zip(read, groups, strict=True):
-            conditions, absence = parse_label(ent.label_)
+            conditions, _ = parse_label(ent.label_)
             inside = any(t.lower_ in ("not", "n't") for t in ent)
-            status = _status(verdict, absence, inside)
+            status = _status(verdict, label_kind(ent.label_), inside)
             if status is None:
                 continue
             for condition in conditions:

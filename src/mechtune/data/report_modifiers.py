@@ -1,5 +1,5 @@
-"""Side, zone and size of a finding mention in report text, and the extra targets the
-report-fact extractor (:mod:`mechtune.data.report_facts`) reads besides the condition names.
+"""Side, zone and size of a finding mention in report text, for the report-fact extractor
+(:mod:`mechtune.data.report_facts`; what it matches: :mod:`mechtune.data.report_targets`).
 
 ConText (Harkema et al., J Biomed Inform 2009) scopes a modifier to the end of its
 sentence, which is right for negation but wrong for attributes: in "small left and
@@ -18,8 +18,9 @@ lists and list punctuation, since the pipeline has no parser:
 2. **Inside the finding**, for predicate-form targets ("the heart is mildly enlarged").
 3. **After the finding**, a walk forward over attribute words and ``after_words`` up to a
    list separator, a clause break or another finding ("consolidation in the right lower
-   lobe", "the effusion is small"). Its words are claimed: the next finding's walk back
-   stops there.
+   lobe", "the effusion is small"). A comma followed by one of ``after_comma_words``
+   restates the finding's present state and does not stop it ("has decreased in size, now
+   small"). Its words are claimed: the next finding's walk back stops there.
 
 Within a group, two sides ("left greater than right") make ``bilateral``, and two degrees
 (a range: "small-to-moderate", "moderate to large") take the higher. Inside-and-after
@@ -49,8 +50,6 @@ import yaml
 from mechtune.data.ontology import LATERALITIES, ZONES, Condition, load_ontology
 from mechtune.errors import DataError
 
-ABSENCE = "absent"  # label suffix of an affirmative statement of absence
-NEGATIONS = frozenset({"not", "n't"})
 SEPARATORS = frozenset({",", "and", "or"})
 PREPOSITIONS = frozenset({"in", "on", "at", "of", "within", "along", "involving", "to"})
 PURE_GROUP_WORDS = frozenset({"a", "an", "the", "-", "sided", "side", "lobe", "lobes"})
@@ -61,6 +60,7 @@ _LISTS = (
     "change_words",
     "noun_phrase_words",
     "after_words",
+    "after_comma_words",
     "predicate_adjectives",
     "predicate_adverbs",
     "copulas",
@@ -76,6 +76,7 @@ class Lexicon:
     change_words: frozenset[str]
     noun_phrase_words: frozenset[str]
     after_words: frozenset[str]
+    after_comma_words: frozenset[str]
     predicate_adjectives: frozenset[str]
     predicate_adverbs: frozenset[str]
     copulas: frozenset[str]
@@ -131,124 +132,11 @@ def parse_lexicon(raw: dict[str, Any]) -> Lexicon:
         change_words=frozenset(raw["change_words"]),
         noun_phrase_words=frozenset(raw["noun_phrase_words"]),
         after_words=frozenset(raw["after_words"]),
+        after_comma_words=frozenset(raw["after_comma_words"]),
         predicate_adjectives=frozenset(raw["predicate_adjectives"]),
         predicate_adverbs=frozenset(raw["predicate_adverbs"]),
         copulas=frozenset(raw["copulas"]),
     )
-
-
-# -- extra targets ---------------------------------------------------------------------------
-
-
-def _strip_article(phrase: str) -> str:
-    for article in ("a ", "an "):
-        if phrase.startswith(article):
-            return phrase[len(article) :]
-    return phrase
-
-
-def _tokens(phrase: str) -> list[str]:
-    """Words of a phrase as medspacy's tokenizer splits them (a hyphen is a token)."""
-    return [t for t in re.split(r"\s+|(-)", phrase.lower()) if t]
-
-
-def plural(phrase: str) -> str:
-    """The regular English plural of a noun phrase's last word ("pleural effusion" ->
-    "pleural effusions", "pulmonary opacity" -> "pulmonary opacities", "pneumothorax" ->
-    "pneumothoraces", the Latin plural radiology uses)."""
-    head, _, last = phrase.rpartition(" ")
-    if last.endswith("thorax"):
-        last = last[:-1] + "ces"
-    elif last.endswith(("s", "x", "sh", "ch")):
-        last += "es"
-    elif last.endswith("y") and last[-2:-1] not in "aeiou":
-        last = last[:-1] + "ies"
-    else:
-        last += "s"
-    return f"{head} {last}" if head else last
-
-
-def _plural_phrases(cond: Condition) -> set[str]:
-    """Plurals of a countable condition's name and of its synonyms that take an article and
-    have no preposition (phrases with one head noun), besides the ontology's own plural."""
-    if not cond.countable:
-        return set()
-    phrases = {cond.name} if not cond.plural else set()
-    phrases |= {_strip_article(s) for s in cond.synonyms if s.startswith(("a ", "an "))}
-    return {plural(p) for p in phrases if not set(p.split()) & PREPOSITIONS}
-
-
-def _predicate_pattern(phrase: str) -> list[dict[str, Any]] | None:
-    """A token pattern for the predicate form of ``phrase``: "normal heart size" ->
-    "heart size (is) (not) (mildly) normal"; "heart size within normal limits" -> "heart
-    size (is) within normal limits". None when the phrase opens with no state word."""
-    lex = lexicon()
-    words = _tokens(phrase)
-    opening = lex.predicate_adjectives | lex.predicate_adverbs | {"-"}
-    n = 0
-    while n < len(words) and words[n] in opening:
-        n += 1
-    if "within" in words[1:]:
-        n = words.index("within")
-        subject, predicate = words[:n], words[n:]
-    elif 0 < n < len(words) and words[n - 1] in lex.predicate_adjectives:
-        subject, predicate = words[n:], words[:n]
-    else:
-        return None
-    adverbs = lex.degree_adverbs
-    return [
-        *({"LOWER": w} for w in subject),
-        {"LOWER": {"IN": sorted(lex.copulas)}, "OP": "*"},
-        {"LOWER": {"IN": sorted(NEGATIONS)}, "OP": "?"},
-        {"LOWER": {"IN": adverbs}, "OP": "?"},
-        *({"ORTH": "-", "OP": "?"} if w == "-" else {"LOWER": w} for w in predicate),
-    ]
-
-
-def extra_targets() -> list[tuple[str, str, list[dict[str, Any]] | None]]:
-    """``(literal, label, pattern)`` targets the extractor reads besides the condition
-    names of :func:`mechtune.data.polarity_check.build_context_pipeline`:
-
-    - plurals of countable names and synonyms (:func:`plural`), labelled with the id;
-    - predicate forms of names, synonyms and lay terms ("the heart is enlarged"), labelled
-      with the id;
-    - each ``absent_affirmative`` phrase ("normal heart size", "sharp costophrenic angles")
-      and its predicate form ("heart size is normal"), labelled ``"<id>[+<id>...]|absent"``;
-      a phrase shared by several conditions ("clear lung fields") names them all.
-    """
-    labels: dict[tuple[str, str], set[str]] = {}  # (kind, pattern key) -> conditions
-    literal: dict[tuple[str, str], tuple[str, list[dict[str, Any]] | None]] = {}
-
-    def add(kind: str, condition: str, text: str, pattern: list[dict[str, Any]] | None) -> None:
-        key = (kind, repr(pattern) if pattern is not None else text)
-        labels.setdefault(key, set()).add(condition)
-        literal.setdefault(key, (text, pattern))
-
-    for cond in load_ontology().pathologies:
-        for p in sorted(_plural_phrases(cond)):
-            add("present", cond.id, p, None)
-        named = {_strip_article(p) for p in (cond.name, *cond.synonyms, cond.lay_term)}
-        for p in sorted(named):
-            pattern = _predicate_pattern(p)
-            if pattern is not None:
-                add("present", cond.id, f"{p} (predicate)", pattern)
-        for p in sorted({_strip_article(p) for p in cond.absent_affirmative}):
-            add(ABSENCE, cond.id, p, None)
-            pattern = _predicate_pattern(p)
-            if pattern is not None:
-                add(ABSENCE, cond.id, f"{p} (predicate)", pattern)
-    out = []
-    for key, conditions in labels.items():
-        text, pattern = literal[key]
-        joined = "+".join(sorted(conditions))
-        out.append((text, joined if key[0] == "present" else f"{joined}|{ABSENCE}", pattern))
-    return out
-
-
-def parse_label(label: str) -> tuple[tuple[str, ...], bool]:
-    """``(condition ids, states absence)`` of an entity label of the extractor's pipeline."""
-    names, _, kind = label.partition("|")
-    return tuple(names.split("+")), kind == ABSENCE
 
 
 # -- attribute groups ------------------------------------------------------------------------
@@ -359,7 +247,10 @@ def _after(doc: Any, ent: Any, ent_tokens: set[int]) -> list[int]:
     j, out = ent.end, []
     while j < ent.sent.end and j not in ent_tokens:
         word = doc[j].lower_
-        if word not in lex.words and word not in lex.after_words:
+        restated = (
+            word == "," and j + 1 < ent.sent.end and doc[j + 1].lower_ in lex.after_comma_words
+        )
+        if word not in lex.words and word not in lex.after_words and not restated:
             break
         out.append(j)
         j += 1
@@ -420,15 +311,13 @@ def ontology_attributes(
 
 
 __all__ = [
-    "ABSENCE",
+    "PREPOSITIONS",
+    "SEPARATORS",
     "Group",
     "Lexicon",
     "attribute_groups",
-    "extra_targets",
     "lexicon",
     "ontology_attributes",
-    "parse_label",
     "parse_lexicon",
-    "plural",
     "severity_on_scale",
 ]
