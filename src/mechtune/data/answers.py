@@ -29,9 +29,9 @@ from mechtune.data.importers import (
     DataFormatError,
     ImportReport,
     _At,
-    _csv_rows,
     _decoded,
     _records,
+    csv_dict_rows,
 )
 from mechtune.data.schema import ParaphraseSet, RecordError
 from mechtune.errors import ConfigError, DataError
@@ -294,14 +294,7 @@ def _csv_records(path: str, cols: AnswerColumns) -> Iterator[tuple[_At, Any]]:
                 raise at.err(
                     column, ",".join(header)[:120], f"header lacks column {column!r}", "malformed"
                 )
-        for row_at, row in _csv_rows(path, reader):
-            if isinstance(row, DataFormatError):
-                yield row_at, row
-            elif len(row) != len(header):
-                problem = f"expected {len(header)} fields, got {len(row)}"
-                yield row_at, row_at.err(None, ",".join(row)[:80], problem, "malformed")
-            else:
-                yield row_at, dict(zip(header, row, strict=True))
+        yield from csv_dict_rows(path, reader, header)
 
 
 class _GroupDropped(Exception):

@@ -330,6 +330,22 @@ def read_label_rows(
     return kept, report
 
 
+def csv_dict_rows(
+    path: str, reader: Any, header: list[str], *, strip: bool = False
+) -> Iterator[tuple[_At, dict[str, str] | DataFormatError]]:
+    """The rows after ``header`` as column -> value (stripped if ``strip``); a row of the
+    wrong width, or one the csv module cannot parse, is yielded as a ``DataFormatError``
+    (reason ``malformed``) for the caller to raise or count."""
+    for row_at, row in _csv_rows(path, reader):
+        if isinstance(row, DataFormatError):
+            yield row_at, row
+        elif len(row) != len(header):
+            problem = f"expected {len(header)} fields, got {len(row)}"
+            yield row_at, row_at.err(None, ",".join(row)[:80], problem, "malformed")
+        else:
+            yield row_at, {c: (v.strip() if strip else v) for c, v in zip(header, row, strict=True)}
+
+
 def read_label_csv(
     path: str | Path, *, uncertain: str = "skip", skip_bad: bool = False
 ) -> tuple[list[Study], ImportReport]:

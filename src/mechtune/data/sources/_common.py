@@ -24,8 +24,8 @@ from mechtune.data.importers import (
     DataFormatError,
     ImportReport,
     _At,
-    _csv_rows,
     _decoded,
+    csv_dict_rows,
 )
 from mechtune.data.schema import SPLITS, Finding, RecordError, Study
 from mechtune.data.sources.base import (
@@ -119,14 +119,7 @@ def table_rows(
         if absent:
             shown = ",".join(header)[:120]
             raise at.err(None, shown, f"header lacks column(s) {', '.join(absent)}", "malformed")
-        for row_at, row in _csv_rows(name, reader):
-            if isinstance(row, DataFormatError):
-                yield row_at, row
-            elif len(row) != len(header):
-                problem = f"expected {len(header)} fields, got {len(row)}"
-                yield row_at, row_at.err(None, ",".join(row)[:80], problem, "malformed")
-            else:
-                yield row_at, {c: v.strip() for c, v in zip(header, row, strict=True)}
+        yield from csv_dict_rows(name, reader, header, strip=True)
 
 
 def absorb(report: SourceReport, imported: ImportReport) -> None:

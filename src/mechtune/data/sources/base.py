@@ -253,7 +253,7 @@ class ImageStudySource(ABC):
         """The item's image as a ``PIL.Image.Image`` in ``mode`` (``"L"`` or ``"RGB"``)."""
         from PIL import Image
 
-        return Image.fromarray(self.load_image(study, mode), mode=mode)
+        return Image.fromarray(self.load_image(study, mode))  # 2-D -> L, [H, W, 3] -> RGB
 
     # -- provenance ---------------------------------------------------------------------
 
