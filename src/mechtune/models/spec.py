@@ -1,10 +1,18 @@
-"""Model specs a user can type: ``hf:...``, ``openclip:...``, ``phantom:...``.
+"""Model specs a user can type: ``hf:...``, ``openclip:...``, ``phantom:...``, resolved by a
+registry of schemes.
 
 - ``hf:openai/clip-vit-base-patch32`` or ``hf:/path/to/local/folder``: transformers
   ``CLIPModel`` + tokenizer (``save_pretrained`` layout);
 - ``openclip:hf-hub:microsoft/BiomedCLIP-PubMedBERT_256-vit_base_patch16_224`` or
   ``openclip:local-dir:/path``: open_clip (optional ``openclip`` extra);
-- ``phantom:default`` or ``phantom:/path/to/checkpoint``: the phantom CLIP.
+- ``phantom:default`` or ``phantom:/path/to/checkpoint``: the phantom CLIP, registered by
+  ``mechtune.sim`` (this module never imports it).
+
+A scheme is registered with :func:`register_scheme`, by the package that owns its models;
+a scheme not registered yet is looked up in the ``mechtune.model_schemes`` entry-point
+group (``pyproject.toml``: ``phantom = "mechtune.sim.registry:register"``), whose target
+is called once to register it. Adding an architecture therefore takes an adapter, a site
+table entry and one registration.
 
 Remote code is never trusted. Hub ids need network access unless cached; with
 ``HF_HUB_OFFLINE=1`` they fail with a message saying so.
@@ -13,53 +21,110 @@ Remote code is never trusted. Hub ids need network access unless cached; with
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from importlib.metadata import entry_points
 
 from mechtune.errors import ConfigError
-from mechtune.models.dual_encoder import (
-    DualEncoder,
-    HFCLIPDualEncoder,
-    OpenCLIPDualEncoder,
-    PhantomDualEncoder,
-)
+from mechtune.models.dual_encoder import DualEncoder, HFCLIPDualEncoder, OpenCLIPDualEncoder
 
-SCHEMES = ("hf", "openclip", "phantom")
-EXAMPLES = (
-    "hf:openai/clip-vit-base-patch32",
-    "hf:/path/to/local/clip",
-    "openclip:hf-hub:microsoft/BiomedCLIP-PubMedBERT_256-vit_base_patch16_224",
-    "phantom:default",
-)
+ENTRY_POINT_GROUP = "mechtune.model_schemes"
 
 
 class ModelSpecError(ConfigError):
     """A model spec is malformed or names a model that cannot be loaded."""
 
 
+@dataclass(frozen=True)
+class Scheme:
+    """How one spec scheme loads a dual encoder: ``load(name)`` gets the text after
+    ``scheme:``; ``examples`` are full specs shown in error messages."""
+
+    name: str
+    load: Callable[[str], DualEncoder]
+    examples: tuple[str, ...] = ()
+
+
+_REGISTRY: dict[str, Scheme] = {}
+
+
+def register_scheme(
+    name: str, load: Callable[[str], DualEncoder], examples: tuple[str, ...] = ()
+) -> None:
+    """Register (or replace) the loader of specs ``name:...``.
+
+    Raises ``ConfigError`` for a name that is empty or contains ``:``.
+    """
+    if not name or ":" in name:
+        raise ConfigError(f"a model-spec scheme is a non-empty name without ':', got {name!r}")
+    _REGISTRY[name] = Scheme(name, load, tuple(examples))
+
+
+def _plugins() -> dict[str, object]:
+    return {ep.name: ep for ep in entry_points(group=ENTRY_POINT_GROUP)}
+
+
+def schemes() -> tuple[str, ...]:
+    """Every scheme a spec may use: registered ones and those of installed entry points."""
+    return tuple(sorted(set(_REGISTRY) | set(_plugins())))
+
+
+def _scheme(name: str) -> Scheme | None:
+    if name not in _REGISTRY:
+        plugin = _plugins().get(name)
+        if plugin is not None:
+            plugin.load()()  # type: ignore[attr-defined]
+    return _REGISTRY.get(name)
+
+
+def _examples() -> str:
+    shown = [e for name in schemes() for e in (_scheme(name) or Scheme(name, _none)).examples]
+    return " | ".join(shown)
+
+
+def _none(name: str) -> DualEncoder:  # pragma: no cover - a placeholder never called
+    raise ModelSpecError(name)
+
+
 def parse_spec(spec: str) -> tuple[str, str]:
+    """``"scheme:name"`` -> ``(scheme, name)``. Raises ``ModelSpecError`` naming the known
+    schemes when the spec is malformed or its scheme is not registered."""
     scheme, sep, rest = (spec or "").partition(":")
-    if not sep or scheme not in SCHEMES or not rest:
+    if not sep or _scheme(scheme) is None or not rest:
         raise ModelSpecError(
             f"bad model spec {spec!r}: expected SCHEME:NAME with SCHEME one of "
-            f"{', '.join(SCHEMES)}, e.g. {' | '.join(EXAMPLES)}"
+            f"{', '.join(schemes())}, e.g. {_examples()}"
         )
     return scheme, rest
 
 
 def load_dual_encoder(spec: str) -> DualEncoder:
-    """Load a dual encoder from a spec string, with a clear error when it cannot be."""
-    scheme, name = parse_spec(spec)
-    try:
-        if scheme == "phantom":
-            from mechtune.sim.clip import PhantomCLIP, load_default
+    """Load a dual encoder from a spec string, with a clear error when it cannot be.
 
-            model = load_default() if name == "default" else PhantomCLIP.load(name)
-            return PhantomDualEncoder(model)
-        if scheme == "hf":
-            return HFCLIPDualEncoder.from_pretrained(name)
-        return OpenCLIPDualEncoder.from_pretrained(name)
+    Raises ``ModelSpecError`` for a malformed spec, an unknown scheme, a missing extra, or
+    a model that cannot be read (offline hub ids say so).
+    """
+    scheme, name = parse_spec(spec)
+    loader = _REGISTRY[scheme].load
+    try:
+        return loader(name)
+    except ModelSpecError:
+        raise
     except ImportError as exc:
         raise ModelSpecError(f"cannot load {spec!r}: {exc}") from exc
     except (OSError, FileNotFoundError, ValueError) as exc:
         offline = os.environ.get("HF_HUB_OFFLINE") == "1"
         hint = " (HF_HUB_OFFLINE=1: only local folders and cached models load)" if offline else ""
         raise ModelSpecError(f"cannot load {spec!r}: {exc}{hint}") from exc
+
+
+register_scheme(
+    "hf",
+    HFCLIPDualEncoder.from_pretrained,
+    ("hf:openai/clip-vit-base-patch32", "hf:/path/to/local/clip"),
+)
+register_scheme(
+    "openclip",
+    OpenCLIPDualEncoder.from_pretrained,
+    ("openclip:hf-hub:microsoft/BiomedCLIP-PubMedBERT_256-vit_base_patch16_224",),
+)

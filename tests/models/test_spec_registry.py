@@ -1,0 +1,57 @@
+"""Model specs resolve through a registry of schemes; the phantom scheme is a plugin that
+``mechtune.sim`` registers through an entry point, so ``mechtune.models`` never imports it."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from importlib.metadata import entry_points
+
+import pytest
+
+from mechtune.errors import ConfigError
+from mechtune.models import spec
+from mechtune.models.spec import ModelSpecError, load_dual_encoder, parse_spec, register_scheme
+
+
+def test_loading_the_spec_module_imports_nothing_of_sim():
+    code = (
+        "import sys, mechtune.models.spec as s; "
+        "assert s.schemes() == ('hf', 'openclip', 'phantom'), s.schemes(); "
+        "print(sorted(m for m in sys.modules if m.startswith('mechtune.sim')))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+
+
+def test_the_phantom_scheme_is_an_entry_point_of_sim():
+    (plugin,) = [ep for ep in entry_points(group=spec.ENTRY_POINT_GROUP) if ep.name == "phantom"]
+    assert plugin.value == "mechtune.sim.registry:register"
+    assert type(load_dual_encoder("phantom:default")).__name__ == "PhantomDualEncoder"
+
+
+def test_a_registered_scheme_loads_and_is_named_in_errors(monkeypatch):
+    monkeypatch.setattr(spec, "_REGISTRY", dict(spec._REGISTRY))
+    seen = []
+
+    def load(name):
+        seen.append(name)
+        return "encoder"
+
+    register_scheme("toy", load, ("toy:tiny",))
+    assert load_dual_encoder("toy:a/b:c") == "encoder" and seen == ["a/b:c"]
+    with pytest.raises(ModelSpecError, match=r"SCHEME one of .*toy.* e\.g\. .*toy:tiny"):
+        parse_spec("nope:x")
+
+    def broken(name):
+        raise OSError("no weights here")
+
+    register_scheme("toy", broken)
+    with pytest.raises(ModelSpecError, match="cannot load 'toy:x': no weights here"):
+        load_dual_encoder("toy:x")
+
+
+@pytest.mark.parametrize("name", ["", "a:b"])
+def test_bad_scheme_names_are_refused(name):
+    with pytest.raises(ConfigError, match="non-empty name without ':'"):
+        register_scheme(name, lambda n: None)
