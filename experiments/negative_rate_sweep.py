@@ -17,8 +17,8 @@ from pathlib import Path
 
 from mechtune.data.io import dumps_json, to_jsonable, write_json
 from mechtune.eval.zero_shot import evaluate_zero_shot
+from mechtune.models.minilm import MiniLMTower
 from mechtune.sim.clip import default_checkpoint, load_default
-from mechtune.sim.text_tower import MiniLMTower
 from mechtune.sim.train_clip import TrainCLIPConfig, train_phantom_clip
 from mechtune.sim.world import make_world
 

@@ -302,7 +302,7 @@ def wordpiece_tokenizer() -> Any:
     """The BERT WordPiece tokenizer packaged with the phantom MiniLM (uncased, 30,522)."""
     from transformers import AutoTokenizer
 
-    from mechtune.sim.text_tower import minilm_path
+    from mechtune.models.minilm import minilm_path
 
     return AutoTokenizer.from_pretrained(str(minilm_path()))
 

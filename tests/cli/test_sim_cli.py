@@ -69,7 +69,7 @@ def fast_training():
     """Speed only: load MiniLM once (the tower is frozen), and train on one torch thread,
     which busy CI machines run several times faster than two. Runs are compared only
     with each other; that ``threads`` reaches torch is tested in tests/sim."""
-    from mechtune.sim.text_tower import MiniLMTower
+    from mechtune.models.minilm import MiniLMTower
     from mechtune.sim.train_clip import torch_threads
 
     tower = MiniLMTower().eval()

@@ -114,8 +114,8 @@ def test_site_table(clip):
 
 def test_sentence_tower_with_any_image_encoder(tmp_path):
     from mechtune.interp.tracing import TracePair, trace_scores, trace_scores_reference
+    from mechtune.models.minilm import minilm_path
     from mechtune.models.sentence_tower import SentenceTowerCLIP, SentenceTowerDualEncoder
-    from mechtune.sim.text_tower import minilm_path
 
     torch.manual_seed(0)
     image_encoder = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.LazyLinear(384))

@@ -2,8 +2,8 @@ import numpy as np
 import pytest
 import torch
 
+from mechtune.models.minilm import MiniLMTower, minilm_path
 from mechtune.sim.clip import PhantomCLIP, PhantomCLIPConfig, default_checkpoint, load_default
-from mechtune.sim.text_tower import MiniLMTower, minilm_path
 from mechtune.sim.train_clip import (
     TrainCLIPConfig,
     compare_checkpoints,
@@ -137,7 +137,7 @@ def test_a_phantom_clip_config_survives_save_and_load(tmp_path, text):
 
 def test_phantom_clip_config_checks_its_fields(text):
     from mechtune.errors import ConfigError
-    from mechtune.sim.text_tower import MINILM_ID
+    from mechtune.models.minilm import MINILM_ID
 
     with pytest.raises(ConfigError, match=r"image_size 100 must be divisible by .* = 16"):
         PhantomCLIPConfig(image_size=100)

@@ -159,7 +159,7 @@ def test_changing_a_phantom_vqa_field_changes_the_model(vqa, field):
 
 
 def test_phantom_vqa_config_checks_its_fields(vqa, tmp_path):
-    from mechtune.sim.text_tower import MINILM_ID
+    from mechtune.models.minilm import MINILM_ID
 
     with pytest.raises(ConfigError, match="hidden must be >= 1"):
         PhantomVQAConfig(hidden=0)

@@ -17,7 +17,7 @@ from torch import nn
 
 from mechtune.errors import DataError
 from mechtune.models.dual_encoder import DualEncoder
-from mechtune.sim.text_tower import MiniLMTower
+from mechtune.models.minilm import MiniLMTower
 
 
 def check_mean_pooling(folder: str | Path) -> None:

@@ -22,7 +22,7 @@ from torch import nn
 
 from mechtune.data.io import atomic_path, write_json
 from mechtune.errors import ConfigError
-from mechtune.sim.text_tower import MINILM_ID, MiniLMTower
+from mechtune.models.minilm import MINILM_ID, MiniLMTower
 
 WEIGHTS = "model.safetensors"
 CONFIG = "config.json"

@@ -22,10 +22,10 @@ from safetensors.torch import load_file
 
 from mechtune.data.schema import Study
 from mechtune.errors import ConfigError, DataError
+from mechtune.models.minilm import MiniLMTower
 from mechtune.sim.clip import WEIGHTS, PhantomCLIP, PhantomCLIPConfig
 from mechtune.sim.render import RenderConfig
 from mechtune.sim.reports import ReportConfig
-from mechtune.sim.text_tower import MiniLMTower
 from mechtune.sim.world import World, WorldConfig, make_world
 
 

@@ -28,8 +28,8 @@ from mechtune.data.schema import ImageQuestion
 from mechtune.data.splits import record_rng
 from mechtune.data.text import realise_question
 from mechtune.errors import ConfigError, DataError
+from mechtune.models.minilm import MiniLMTower
 from mechtune.sim.clip import default_checkpoint
-from mechtune.sim.text_tower import MiniLMTower
 from mechtune.sim.train_clip import torch_threads
 from mechtune.sim.vqa import PhantomVQA, PhantomVQAConfig
 from mechtune.sim.world import World, WorldConfig, make_world

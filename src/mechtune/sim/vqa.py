@@ -32,6 +32,7 @@ from torch import nn
 
 from mechtune.data.io import atomic_path, write_json
 from mechtune.errors import ConfigError, DataError
+from mechtune.models.minilm import MiniLMTower
 from mechtune.models.sites import BERT_LORA
 from mechtune.sim.clip import (
     ImageEncoder,
@@ -39,7 +40,6 @@ from mechtune.sim.clip import (
     default_checkpoint,
     drop_legacy_text_model,
 )
-from mechtune.sim.text_tower import MiniLMTower
 
 WEIGHTS = "model.safetensors"
 CONFIG = "config.json"

