@@ -47,10 +47,10 @@ from mechtune.eval.metrics import (
     paired_difference,
     pairwise_hits,
 )
-from mechtune.eval.zero_shot import (
+from mechtune.eval.negation import (
     claim_scores,
     embed_images,
-    evaluate_zero_shot,
+    evaluate_negation,
     polarity_mcq_items,
     retrieval_hit_table,
 )
@@ -97,17 +97,22 @@ def item_table(model: Any, world: World, split: str) -> dict[str, Any]:
     """Per-item correctness on ``split``, in a fixed item order: retrieval, claim sets
     (top-1, with family, slice and flipped attributes), pairs, polarity MCQs."""
     idx = world.indices(split)
-    image_emb = embed_images(model, world.images[idx])
+    data = world.eval_set(model, split)
+    image_emb = data.images
     row = {world.studies[i].study_id: j for j, i in enumerate(idx)}
     contextual = ContextualConfig(
         seed=world.config.seed, split_fractions=world.config.split_fractions
     )
-    claim_sets = [cs for i in idx for cs in study_records(world.studies[i], contextual)[0]]
+    claim_sets = [
+        cs
+        for i in idx
+        for cs in study_records(world.studies[i], contextual, split_of=lambda _s: split)[0]
+    ]
     scores = claim_scores(model, claim_sets, row, image_emb)
     pairs = pairwise_hits(scores)
-    mcq = polarity_mcq_items(model, world, split=split, image_emb=image_emb)
+    mcq = polarity_mcq_items(model, data, seed=world.config.seed)
     return {
-        "retrieval": retrieval_hit_table(model, world, idx, image_emb),
+        "retrieval": retrieval_hit_table(model, data),
         "retrieval_patient": np.array([world.studies[i].patient_id for i in idx], dtype=object),
         "top1": claim_hits(scores).astype(np.float64),
         "claim_patient": np.array([cs.patient_id for cs in claim_sets], dtype=object),
@@ -354,7 +359,9 @@ def main() -> None:
         )
         shutil.rmtree(scratch / "png")
         base_world = World(world.config, world.studies, lossless, world.acquisitions)
-        base_report = evaluate_zero_shot(model, base_world, split="test", probes=False)
+        base_report = evaluate_negation(
+            model, base_world.eval_set(model, "test"), seed=world.config.seed
+        )
         base_items = item_table(model, base_world, "test")
         test_idx = world.indices("test")
         base_emb = embed_images(model, lossless[test_idx])
@@ -368,7 +375,7 @@ def main() -> None:
             sizes = [(folder / r).stat().st_size for r in _world_files(export, "jpeg", args.n)]
             shutil.rmtree(folder)
             copy = World(world.config, world.studies, images, world.acquisitions)
-            report = evaluate_zero_shot(model, copy, split="test", probes=False)
+            report = evaluate_negation(model, copy.eval_set(model, "test"), seed=world.config.seed)
             figs = compare(base_report, base_items, report, item_table(model, copy, "test"))
             cosine = (embed_images(model, images[test_idx]) * base_emb).sum(-1)
             results["quality"][str(q)] = {

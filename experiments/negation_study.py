@@ -1,7 +1,10 @@
-"""Run the negation study from a recipe, optionally overriding methods and seeds.
+"""Run the negation study from a recipe, overriding methods, seeds and loop settings
+(``mechtune negation study`` with a recipe does the same without overrides).
 
+    mechtune sim export --n 2000 --seed 0 --out runs/phantom-mimic
     .venv/bin/python experiments/negation_study.py --recipe recipes/nast-phantom.yaml \\
-        --methods zero-shot uniform-lora nast --seeds 0 1 2 --out runs/negation_3seeds
+        --data runs/phantom-mimic --methods zero-shot uniform-lora nast --seeds 0 1 2 \\
+        --out runs/negation_3seeds
 
 Choosing settings uses the validation patients only, e.g.
 
@@ -9,7 +12,7 @@ Choosing settings uses the validation patients only, e.g.
         --set scaling=lr beta=1 --out runs/tune/nast_lr_b1
 
 Writes results.json (with every run's per-item correctness) and table.md into --out; the
-table ends with each method's paired Δ vs uniform LoRA (see mechtune.eval.negation_study).
+table ends with each method's paired Δ vs uniform LoRA (mechtune.pipelines.negation_report).
 """
 
 from __future__ import annotations
@@ -20,12 +23,16 @@ from pathlib import Path
 
 import yaml
 
-from mechtune.eval.negation_study import load_recipe, run_negation_study
+from mechtune.data.polarity_check import clinical_available
+from mechtune.data.sources import open_source
+from mechtune.pipelines.negation import RunOptions, load_recipe, run_negation_study
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--recipe", type=Path, default=Path("recipes/nast-phantom.yaml"))
+    parser.add_argument("--data", type=Path, default=None, help="default: the recipe's")
+    parser.add_argument("--cache-dir", type=Path, default=Path("runs/cache"))
     parser.add_argument("--methods", nargs="+", default=None)
     parser.add_argument("--seeds", type=int, nargs="+", default=None)
     parser.add_argument("--out", type=Path, default=Path("runs/negation_study"))
@@ -53,7 +60,13 @@ def main() -> None:
         config = replace(config, methods=tuple(args.methods))
     if args.seeds:
         config = replace(config, seeds=tuple(args.seeds))
-    run_negation_study(config, args.out, log=lambda m: print(m, flush=True))
+    if args.data:
+        config = replace(config, data=str(args.data))
+    source = open_source(config.data)
+    if clinical_available() and any(s.report for s in source):
+        source.with_report_facts()
+    options = RunOptions(cache_dir=args.cache_dir)
+    run_negation_study(config, source, args.out, options, log=lambda m: print(m, flush=True))
     print((args.out / "table.md").read_text())
 
 

@@ -16,7 +16,7 @@ import json
 from pathlib import Path
 
 from mechtune.data.io import dumps_json, to_jsonable, write_json
-from mechtune.eval.zero_shot import evaluate_zero_shot
+from mechtune.eval.negation import evaluate_negation
 from mechtune.models.minilm import MiniLMTower
 from mechtune.sim.clip import default_checkpoint, load_default
 from mechtune.sim.train_clip import TrainCLIPConfig, train_phantom_clip
@@ -41,7 +41,14 @@ def main() -> None:
             model = load_default(text=text)
         else:
             model, _ = train_phantom_clip(config, world=world, text=text)
-        report = to_jsonable(evaluate_zero_shot(model, world, split="test"))
+        report = to_jsonable(
+            evaluate_negation(
+                model,
+                world.eval_set(model, "test"),
+                seed=world.config.seed,
+                probe_train=world.eval_set(model, "train"),
+            )
+        )
         write_json(args.out / f"rate_{rate}.json", report)
         summary[str(rate)] = {"retrieval": report["retrieval"], "claims": report["claims"]}
         gap = report["claims"]["heldout"]["affirmative_negation_gap"]

@@ -17,13 +17,11 @@ from rich.table import Table
 
 from mechtune import __version__
 from mechtune.cli import data as data_cli
-from mechtune.cli import evaluate as eval_cli
+from mechtune.cli import negation as negation_cli
 from mechtune.cli import sae as sae_cli
 from mechtune.cli import sim as sim_cli
 from mechtune.cli._common import MechtuneGroup, console, data_source, progress_bar
-from mechtune.cli.trace import trace_command
 from mechtune.data.check import DEFAULT_MAX_DISAGREEMENT
-from mechtune.data.io import write_json
 from mechtune.data.polarity_check import clinical_available
 
 app = typer.Typer(
@@ -38,9 +36,8 @@ app = typer.Typer(
 )
 app.add_typer(data_cli.app, name="data")
 app.add_typer(sim_cli.app, name="sim")
-app.add_typer(eval_cli.app, name="eval")
+app.add_typer(negation_cli.app, name="negation")
 app.add_typer(sae_cli.app, name="sae")
-app.command("trace")(trace_command)
 
 
 def _version(value: bool) -> None:
@@ -111,64 +108,20 @@ def _world(out: Path, n: int, seed: int) -> Any:
     return world
 
 
-def _zero_shot(out: Path, world: Any, quick: bool) -> dict:
-    """The shipped phantom CLIP's zero-shot blind spot on the world's test patients."""
-    from mechtune.eval.figures import blind_spot_chart
-    from mechtune.eval.zero_shot import evaluate_zero_shot, summary_rows
-    from mechtune.sim.clip import load_default
-
-    figures = out / "figures"
+def _zero_shot(out: Path, source: Any, recipe: Any, options: Any, quick: bool) -> dict:
+    """The shipped phantom CLIP's zero-shot blind spot on the test patients of the export,
+    through ``negation eval``'s path (OUT/zero-shot: eval.json, table.md)."""
     console.print("evaluating the shipped phantom CLIP (locked MiniLM text tower) ...")
-    report = evaluate_zero_shot(load_default(), world, split="test", probes=not quick)
-    blind_spot_chart(report["claims"], figures / "zero_shot_blind_spot.png")
-    write_json(out / "zero_shot.json", report, sort_keys=True)
-    table = Table(
-        "metric (test patients)",
-        "in-distribution phrasing",
-        "held-out phrasing",
-        title=f"Zero-shot phantom CLIP, 95% intervals by patient ({report['studies']} studies)",
-        title_justify="left",
+    return negation_cli.evaluate(
+        recipe,
+        source,
+        out / "zero-shot",
+        options,
+        adapter=None,
+        split="test",
+        probes=not quick,
+        figure=out / "figures" / "zero_shot_blind_spot.png",
     )
-    for row in summary_rows(report):
-        table.add_row(*row)
-    console.print(table)
-    return report
-
-
-def _negation_study(out: Path, config: Any) -> None:
-    """Trace on train patients, train uniform LoRA and NAST, evaluate, table and figures."""
-    from mechtune.eval.figures import alpha_bars, cte_heatmap, update_share_chart
-    from mechtune.eval.negation_study import run_negation_study
-    from mechtune.interp.result import TraceResult
-
-    folder = out / "negation"
-    console.print(
-        f"negation study: {', '.join(config.methods)}; "
-        f"{config.loop.steps} steps each (a demo budget; the study's is recipes/nast-phantom.yaml) ..."
-    )
-    results = run_negation_study(config, folder, log=console.print)
-    traced = TraceResult.load(folder / "trace")
-    figures = out / "figures"
-    cte_heatmap(traced.cte.numpy(), traced.roles, figures / "cte_heatmap.png")
-    alpha_bars(
-        traced.cte_layer.numpy(),
-        traced.cte_layer_low.numpy(),
-        traced.cte_layer_high.numpy(),
-        traced.alpha.numpy(),
-        figures / "alpha.png",
-    )
-    norms = {
-        m: {int(k): v for k, v in runs[0]["update_norms"].items()}
-        for m, runs in results["runs"].items()
-        if "update_norms" in runs[0]
-    }
-    if norms:
-        update_share_chart(norms, traced.cte_layer[1:].tolist(), figures / "update_share.png")
-    console.print(
-        "[bold]Negation methods on held-out phrasing families, test patients[/] "
-        f"(also in {folder / 'table.md'}):"
-    )
-    console.print((folder / "table.md").read_text())
 
 
 def _paraphrase_study(out: Path, config: Any) -> None:
@@ -220,11 +173,11 @@ class DemoPlan:
 
     n: int
     seed: int
-    negation: Any  # NegationStudyConfig
+    negation: Any  # NegationRecipe (its data: the MIMIC-CXR-JPG export)
     paraphrase: Any  # ParaphraseStudyConfig
 
 
-def demo_plan(n: int, seed: int, quick: bool) -> DemoPlan:
+def demo_plan(n: int, seed: int, quick: bool, out: Path = Path("runs/demo")) -> DemoPlan:
     """The demo's settings from its options.
 
     ``n`` studies for the data build, the zero-shot world and the negation study's world;
@@ -235,11 +188,13 @@ def demo_plan(n: int, seed: int, quick: bool) -> DemoPlan:
     on 2 cores; every method and layer range still gets the same budget.
     ``quick`` (the CI smoke test): at most 600 studies and a few steps of everything.
     """
-    from mechtune.eval.negation_study import NegationStudyConfig
     from mechtune.eval.paraphrase_study import ParaphraseStudyConfig
+    from mechtune.pipelines.negation import NegationRecipe
 
     n = min(n, 600) if quick else n
-    negation = NegationStudyConfig(world_studies=n, world_seed=seed, seeds=(seed,))
+    negation = NegationRecipe(
+        model="phantom:default", data=str(out / MIMIC_DIR), data_seed=seed, seeds=(seed,)
+    )
     negation = replace(negation, loop=replace(negation.loop, steps=80))
     paraphrase = ParaphraseStudyConfig(
         world_studies=n // 2,
@@ -308,8 +263,8 @@ def demo(
     SAEs) and OUT/figures/*.png, and prints the tables.
     """
     start = time.perf_counter()
-    plan = demo_plan(n, seed, quick)
-    world = _world(out, plan.n, plan.seed)
+    plan = demo_plan(n, seed, quick, out)
+    _world(out, plan.n, plan.seed)
     # The data build reads the export as a MIMIC-CXR-JPG user's data is read: labels,
     # official splits, and side and size from the reports (when medspacy is installed).
     source = data_source(out / MIMIC_DIR, "skip", False, report_facts=clinical_available())
@@ -324,8 +279,12 @@ def demo(
         nested=True,
     )
     console.print(_examples(out / "data"))
-    _zero_shot(out, world, quick)
-    _negation_study(out, plan.negation)
+    # The negation part runs as `negation eval` and `negation study --model phantom:default
+    # --data OUT/mimic-cxr-jpg` do, on the source just read (image embeddings cached in
+    # OUT/cache).
+    options = negation_cli.pipeline.RunOptions(cache_dir=out / "cache")
+    _zero_shot(out, source, plan.negation, options, quick)
+    negation_cli.run_study(plan.negation, source, out / "negation", options)
     _paraphrase_study(out, plan.paraphrase)
     ctx = results["contextual"].counts
     console.print(

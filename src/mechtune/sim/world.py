@@ -103,6 +103,16 @@ class World:
             [i for i, s in enumerate(self.studies) if self.split_of(s) == split], dtype=np.int64
         )
 
+    def eval_set(self, model: Any, split: str) -> Any:
+        """The split's studies with ``model``'s embeddings of their images, for
+        :func:`mechtune.eval.negation.evaluate_negation` (seed it with ``config.seed``)."""
+        from mechtune.eval.negation import EvalStudies, embed_images
+
+        idx = self.indices(split)
+        return EvalStudies(
+            [self.studies[i] for i in idx], embed_images(model, self.images[idx]), split
+        )
+
 
 def world_studies(config: WorldConfig) -> list[Study]:
     """The world's studies with their reports and image references (no pixels)."""

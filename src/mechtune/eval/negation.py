@@ -1,11 +1,20 @@
-"""Zero-shot evaluation of a dual encoder on a phantom world's held-out patients.
+"""Negation metrics of a dual encoder on one split of any image-study data.
 
-- image -> report retrieval, R@1 and R@5 over the split's distinct reports;
+The data is an :class:`EvalStudies`: the split's studies (findings, optional report) and
+their image embeddings, from any :class:`~mechtune.data.sources.ImageStudySource`. Nothing
+here knows where the studies came from.
+
+- image -> report retrieval, R@1 and R@5 over the split's distinct reports (needs reports);
 - claim accuracy (top-1 over the claim set) and pairwise accuracy by flipped attribute;
-- accuracy when the correct claim is affirmative vs negated (and contralateral), and the
-  affirmative-negation gap;
+- accuracy when the correct claim is affirmative vs negated (and contralateral, which needs
+  findings with a side), and the affirmative-negation gap;
 - in-distribution vs held-out phrasing families;
+- the polarity-controlled MCQ (negated vs affirmative wording of absence);
 - linear probes on image embeddings, so that text-side failures are not blamed on images.
+
+A metric the data cannot support is ``None`` in the report, and
+``report["not_available"][metric]`` says why (R@k without reports; contralateral
+negation without laterality).
 
 Intervals: every item (a retrieval query, a claim set, a pair, an MCQ) belongs to a study
 of a patient, and a patient's studies share anatomy and findings, so proportions use
@@ -19,6 +28,8 @@ and patient ids, so that two models can be compared item by item
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 import numpy as np
@@ -26,7 +37,8 @@ import torch
 
 from mechtune.data.builders.contextual import ContextualConfig, study_records
 from mechtune.data.ontology import load_ontology
-from mechtune.data.schema import ClaimSet
+from mechtune.data.schema import ClaimSet, Study
+from mechtune.errors import DataError
 from mechtune.eval.metrics import (
     Estimate,
     bootstrap_mean_difference,
@@ -36,7 +48,6 @@ from mechtune.eval.metrics import (
     proportion,
     retrieval_hits,
 )
-from mechtune.sim.world import World
 
 
 class DualEncoder(Protocol):
@@ -44,32 +55,69 @@ class DualEncoder(Protocol):
     def encode_texts(self, texts: Any) -> torch.Tensor: ...
 
 
+@dataclass(frozen=True)
+class EvalStudies:
+    """The studies of one split and their image embeddings.
+
+    ``studies[i]`` is the study whose image embedding is ``images[i]`` (``[N, D]``, float32,
+    L2-normalised); ``split`` names the split (``train``, ``val`` or ``test``).
+    Raises ``DataError`` when the two lengths differ or there is no study.
+    """
+
+    studies: Sequence[Study]
+    images: torch.Tensor
+    split: str
+
+    def __post_init__(self) -> None:
+        if len(self.studies) != len(self.images):
+            raise DataError(
+                f"{len(self.studies)} studies but {len(self.images)} image embeddings "
+                f"for split {self.split!r}"
+            )
+        if not self.studies:
+            raise DataError(f"split {self.split!r} has no study to evaluate")
+
+    @property
+    def patients(self) -> list[str]:
+        return [s.patient_id for s in self.studies]
+
+
 def embed_images(model: DualEncoder, images: np.ndarray, batch_size: int = 512) -> torch.Tensor:
+    """``uint8 [N, H, W]`` (or any batch ``encode_images`` takes) -> ``[N, D]`` float32."""
     out = []
     with torch.no_grad():
         for lo in range(0, len(images), batch_size):
             chunk = np.ascontiguousarray(images[lo : lo + batch_size])
-            out.append(model.encode_images(torch.from_numpy(chunk)))
+            out.append(model.encode_images(torch.from_numpy(chunk)).float().cpu())
     return torch.cat(out)
 
 
 def embed_texts(model: DualEncoder, texts: list[str]) -> tuple[torch.Tensor, dict[str, int]]:
     unique = sorted(set(texts))
     with torch.no_grad():
-        table = model.encode_texts(unique)
+        table = model.encode_texts(unique).float().cpu()
     return table, {t: i for i, t in enumerate(unique)}
 
 
-def retrieval_hit_table(
-    model: DualEncoder, world: World, idx: np.ndarray, image_emb: torch.Tensor
-) -> dict[str, np.ndarray]:
-    """Per query study of ``idx``: is its own report among the top k of the split's
-    distinct reports? ``{"R@1": bool [Q], "R@5": bool [Q]}``."""
-    reports = [world.studies[i].report or "" for i in idx]
+NO_REPORTS = "R@k needs reports: no study of the split has one"
+NO_LATERALITY = (
+    "contralateral negation needs findings with a side (laterality): no claim set of the "
+    "split negates the opposite side"
+)
+
+
+def retrieval_hit_table(model: DualEncoder, data: EvalStudies) -> dict[str, Any]:
+    """Per query study that has a report: is its own report among the top k of the
+    split's distinct reports? ``{"rows": int [Q] (rows of data), "R@1": bool [Q],
+    "R@5": bool [Q]}``; Q = 0 when no study has a report."""
+    rows = np.array([i for i, s in enumerate(data.studies) if s.report], dtype=np.int64)
+    if not rows.size:
+        return {"rows": rows, "R@1": np.zeros(0, bool), "R@5": np.zeros(0, bool)}
+    reports = [data.studies[i].report or "" for i in rows]
     table, index = embed_texts(model, reports)
-    sim = (image_emb @ table.T).numpy()
+    sim = (data.images[torch.as_tensor(rows)].float() @ table.T).numpy()
     target = np.array([index[r] for r in reports])
-    return {f"R@{k}": retrieval_hits(sim, target, k) for k in (1, 5)}
+    return {"rows": rows, **{f"R@{k}": retrieval_hits(sim, target, k) for k in (1, 5)}}
 
 
 def claim_scores(
@@ -83,7 +131,7 @@ def claim_scores(
     scores = []
     for cs in claim_sets:
         cand = table[[index[t] for t in cs.candidates]]
-        scores.append((cand @ image_emb[study_row[cs.study_id]]).numpy())
+        scores.append((cand @ image_emb[study_row[cs.study_id]].float()).numpy())
     return scores
 
 
@@ -99,7 +147,8 @@ def summarise_claims(claim_sets: list[ClaimSet], scores: list[np.ndarray]) -> di
     """Top-1 and pairwise accuracies, sliced every way the papers report them.
 
     Proportions are clustered by patient; gaps are differences of two slices' accuracy
-    with a patient bootstrap."""
+    with a patient bootstrap. A slice with no claim set (e.g. contralateral, when no
+    finding has a side) is ``None``."""
     top1 = claim_hits(scores).astype(np.float64)
     pairs = pairwise_hits(scores)
     patients = np.array([cs.patient_id for cs in claim_sets], dtype=object)
@@ -114,7 +163,10 @@ def summarise_claims(claim_sets: list[ClaimSet], scores: list[np.ndarray]) -> di
             for hit, attr in zip(pairs[i], claim_sets[i].flipped, strict=True):
                 by_attr[attr].append((bool(hit), claim_sets[i].patient_id))
         groups = {k: sel[slices[sel] == k] for k in ("affirmative", "negated", "contralateral")}
-        acc = {k: proportion(top1[v], clusters=patients[v]) for k, v in groups.items()}
+        acc = {
+            k: proportion(top1[v], clusters=patients[v]) if v.size else None
+            for k, v in groups.items()
+        }
         gap = _gap(top1, patients, groups["affirmative"], groups["negated"])
         # Like for like: sets whose only negative is the polarity-flipped statement, so
         # affirmative and negated sets are equally hard apart from the wording.
@@ -138,8 +190,11 @@ def summarise_claims(claim_sets: list[ClaimSet], scores: list[np.ndarray]) -> di
     return out
 
 
-def _gap(top1: np.ndarray, patients: np.ndarray, a: np.ndarray, b: np.ndarray) -> Estimate:
-    """Accuracy of claim sets ``a`` minus that of ``b``, with a patient bootstrap."""
+def _gap(top1: np.ndarray, patients: np.ndarray, a: np.ndarray, b: np.ndarray) -> Estimate | None:
+    """Accuracy of claim sets ``a`` minus that of ``b``, with a patient bootstrap (None
+    when either slice is empty)."""
+    if not a.size or not b.size:
+        return None
     return bootstrap_mean_difference(
         top1[a], top1[b], clusters_a=list(patients[a]), clusters_b=list(patients[b])
     )
@@ -157,12 +212,12 @@ def claim_items(claim_sets: list[ClaimSet], scores: list[np.ndarray]) -> dict[st
     }
 
 
-def probe_labels(world: World, idx: np.ndarray) -> dict[str, np.ndarray]:
+def probe_labels(studies: Sequence[Study]) -> dict[str, np.ndarray]:
     """Targets for linear probes: presence per condition, side and severity of findings."""
     onto = load_ontology()
     labels: dict[str, list[str]] = defaultdict(list)
-    for i in idx:
-        present = {f.condition: f for f in world.studies[i].present()}
+    for study in studies:
+        present = {f.condition: f for f in study.present()}
         for cond in onto.pathologies:
             labels[f"presence:{cond.id}"].append(str(cond.id in present))
         for cond in onto.pathologies:
@@ -201,55 +256,84 @@ def linear_probes(
     return out
 
 
-def evaluate_zero_shot(
+def evaluate_negation(
     model: DualEncoder,
-    world: World,
+    data: EvalStudies,
     *,
-    split: str = "test",
-    contextual: ContextualConfig | None = None,
-    probes: bool = True,
+    seed: int = 0,
+    probe_train: EvalStudies | None = None,
 ) -> dict[str, Any]:
-    """All sanity figures on one split of a world, with the per-item correctness under
+    """Every negation metric on one split, with the per-item correctness under
     ``"items"`` (``claims``: :func:`claim_items`; ``retrieval`` and ``polarity_mcq``:
-    ``id`` (study), ``patient`` and one bool list per metric)."""
-    contextual = contextual or ContextualConfig(
-        seed=world.config.seed, split_fractions=world.config.split_fractions
-    )
-    idx = world.indices(split)
-    image_emb = embed_images(model, world.images[idx])
-    row = {world.studies[i].study_id: j for j, i in enumerate(idx)}
-    claim_sets = [cs for i in idx for cs in study_records(world.studies[i], contextual)[0]]
-    scores = claim_scores(model, claim_sets, row, image_emb)
-    patients = [world.studies[i].patient_id for i in idx]
-    hits = retrieval_hit_table(model, world, idx, image_emb)
-    mcq_items = polarity_mcq_items(model, world, split=split, image_emb=image_emb)
+    ``id`` (study), ``patient`` and one bool list per metric).
+
+    ``seed`` seeds the wording of claim sets and MCQs (per study, so that any two models
+    see the same items); ``probe_train``: another split's studies and embeddings to fit
+    linear probes on (no probes when None). A metric the data cannot support is None,
+    and ``report["not_available"]`` maps it to the reason.
+    """
+    contextual = ContextualConfig(seed=seed)
+    row = {s.study_id: j for j, s in enumerate(data.studies)}
+
+    def split_of(_study: Study) -> str:
+        return data.split
+
+    claim_sets = [
+        cs for s in data.studies for cs in study_records(s, contextual, split_of=split_of)[0]
+    ]
+    scores = claim_scores(model, claim_sets, row, data.images)
+    hits = retrieval_hit_table(model, data)
+    patients = data.patients
+    queries = hits["rows"]
+    mcq_items = polarity_mcq_items(model, data, seed=seed)
+    not_available: dict[str, str] = {}
+    retrieval: dict[str, Estimate | None] = {"R@1": None, "R@5": None}
+    if queries.size:
+        query_patients = [patients[i] for i in queries]
+        retrieval = {k: proportion(hits[k], clusters=query_patients) for k in ("R@1", "R@5")}
+    else:
+        not_available["retrieval"] = NO_REPORTS
+    claims = summarise_claims(claim_sets, scores) if claim_sets else {}
+    if not claim_sets:
+        not_available["claims"] = "no study of the split yields a claim set (no findings)"
+    elif not any(claim_slice(cs) == "contralateral" for cs in claim_sets):
+        not_available["contralateral"] = NO_LATERALITY
     report: dict[str, Any] = {
-        "split": split,
-        "studies": len(idx),
-        "retrieval": {name: proportion(h, clusters=patients) for name, h in hits.items()},
-        "claims": summarise_claims(claim_sets, scores),
+        "split": data.split,
+        "studies": len(data.studies),
+        "retrieval": retrieval,
+        "claims": claims,
         "polarity_mcq": _mcq_estimates(mcq_items),
+        "not_available": not_available,
         "items": {
             "claims": claim_items(claim_sets, scores),
             "retrieval": {
-                "id": [world.studies[i].study_id for i in idx],
-                "patient": patients,
-                **{name: h.tolist() for name, h in hits.items()},
+                "id": [data.studies[i].study_id for i in queries],
+                "patient": [patients[i] for i in queries],
+                **{k: hits[k].tolist() for k in ("R@1", "R@5")},
             },
             "polarity_mcq": mcq_items,
         },
     }
-    if probes:
-        train_idx = world.indices("train")
-        train_emb = embed_images(model, world.images[train_idx])
+    if not mcq_items["id"]:
+        not_available["polarity_mcq"] = "no study of the split passes the MCQ row filter"
+    if probe_train is not None:
         report["probes"] = linear_probes(
-            train_emb, probe_labels(world, train_idx), image_emb, probe_labels(world, idx)
+            probe_train.images,
+            probe_labels(probe_train.studies),
+            data.images,
+            probe_labels(data.studies),
         )
     return report
 
 
+def _pct(estimate: Estimate | None) -> str:
+    return "n/a" if estimate is None else estimate.pct()
+
+
 def summary_rows(report: dict[str, Any]) -> list[tuple[str, str, str]]:
-    """(metric, in-distribution families, held-out families) rows, in percent with CIs."""
+    """(metric, in-distribution families, held-out families) rows, in percent with CIs;
+    "n/a" where the data cannot support a metric (reasons in ``not_available``)."""
     claims = report["claims"]
     fams = ("in_distribution", "heldout")
 
@@ -257,14 +341,14 @@ def summary_rows(report: dict[str, Any]) -> list[tuple[str, str, str]]:
         cells = []
         for fam in fams:
             try:
-                cells.append(get(claims[fam]).pct())
+                cells.append(_pct(get(claims[fam])))
             except KeyError:
                 cells.append("n/a")
         return (label, cells[0], cells[1])
 
     rows = [
-        ("image->report R@1", report["retrieval"]["R@1"].pct(), ""),
-        ("image->report R@5", report["retrieval"]["R@5"].pct(), ""),
+        ("image->report R@1", _pct(report["retrieval"]["R@1"]), ""),
+        ("image->report R@5", _pct(report["retrieval"]["R@5"]), ""),
         row("claim accuracy (top-1)", lambda c: c["claim_accuracy"]),
         row("  correct claim affirmative", lambda c: c["accuracy_by_polarity"]["affirmative"]),
         row("  correct claim negated", lambda c: c["accuracy_by_polarity"]["negated"]),
@@ -276,10 +360,11 @@ def summary_rows(report: dict[str, Any]) -> list[tuple[str, str, str]]:
         rows.append(
             row(f"pairwise, {attr} flipped", lambda c, a=attr: c["pairwise_by_attribute"][a])
         )
-    if "polarity_mcq" in report:
-        mcq = report["polarity_mcq"]
-        rows.append(("polarity MCQ, negated wording", mcq["negated"].pct(), ""))
-        rows.append(("polarity MCQ, affirmative wording", mcq["affirmative"].pct(), ""))
+    mcq = report["polarity_mcq"]
+    rows.append(("polarity MCQ, negated wording", _pct(mcq["negated"]), ""))
+    rows.append(("polarity MCQ, affirmative wording", _pct(mcq["affirmative"]), ""))
+    if "retention" in report:
+        rows.append(("retention (cosine on everyday sentences)", _pct(report["retention"]), ""))
     return rows
 
 
@@ -287,7 +372,7 @@ MCQ_FORMS: tuple[str, ...] = ("negated", "affirmative")
 
 
 def polarity_mcq_items(
-    model: DualEncoder, world: World, *, split: str = "test", image_emb: torch.Tensor | None = None
+    model: DualEncoder, data: EvalStudies, *, seed: int = 0
 ) -> dict[str, list[Any]]:
     """Per polarity-controlled MCQ (one per study that passes the row filter),
     column-wise: ``id`` (study), ``patient``, and ``negated`` / ``affirmative``: is the
@@ -295,17 +380,15 @@ def polarity_mcq_items(
     equivalent (NAST's MedNega-CXR comparison)?"""
     from mechtune.data.builders.polarity import PolarityConfig, make_mcq, passes_row_filter
 
-    cfg = PolarityConfig(seed=world.config.seed, split_fractions=world.config.split_fractions)
-    idx = world.indices(split)
-    emb = image_emb if image_emb is not None else embed_images(model, world.images[idx])
+    cfg = PolarityConfig(seed=seed)
     questions = [
-        (j, int(i), make_mcq(world.studies[i], cfg, split))
-        for j, i in enumerate(idx)
-        if passes_row_filter(world.studies[i], cfg)
+        (j, s, make_mcq(s, cfg, data.split))
+        for j, s in enumerate(data.studies)
+        if passes_row_filter(s, cfg)
     ]
     out: dict[str, list[Any]] = {
-        "id": [world.studies[i].study_id for _, i, _ in questions],
-        "patient": [world.studies[i].patient_id for _, i, _ in questions],
+        "id": [s.study_id for _, s, _ in questions],
+        "patient": [s.patient_id for _, s, _ in questions],
     }
     for form in MCQ_FORMS:
         texts = [t for _, _, q in questions for t in getattr(q, f"{form}_options")]
@@ -313,12 +396,14 @@ def polarity_mcq_items(
         hits = []
         for j, _, q in questions:
             options = table[[index[t] for t in getattr(q, f"{form}_options")]]
-            hits.append(int((options @ emb[j]).argmax()) == q.correct_index)
+            hits.append(int((options @ data.images[j].float()).argmax()) == q.correct_index)
         out[form] = hits
     return out
 
 
-def _mcq_estimates(items: dict[str, list[Any]]) -> dict[str, Estimate]:
+def _mcq_estimates(items: dict[str, list[Any]]) -> dict[str, Estimate | None]:
+    if not items["id"]:
+        return dict.fromkeys(MCQ_FORMS)
     return {
         form: proportion(np.array(items[form], dtype=np.float64), clusters=items["patient"])
         for form in MCQ_FORMS
@@ -326,8 +411,8 @@ def _mcq_estimates(items: dict[str, list[Any]]) -> dict[str, Estimate]:
 
 
 def polarity_mcq_accuracy(
-    model: DualEncoder, world: World, *, split: str = "test", image_emb: torch.Tensor | None = None
-) -> dict[str, Estimate]:
+    model: DualEncoder, data: EvalStudies, *, seed: int = 0
+) -> dict[str, Estimate | None]:
     """Accuracy on the polarity-controlled MCQs (:func:`polarity_mcq_items`), a
     proportion over questions clustered by patient, per wording."""
-    return _mcq_estimates(polarity_mcq_items(model, world, split=split, image_emb=image_emb))
+    return _mcq_estimates(polarity_mcq_items(model, data, seed=seed))

@@ -1,0 +1,498 @@
+"""`mechtune negation trace|train|eval|study`: the negation half on any dual encoder and
+any image-study source. Thin: options become a recipe and run options, and the work is
+done by :mod:`mechtune.pipelines.negation`."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import replace
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.table import Table
+
+from mechtune.cli._common import console, data_source, progress_bar
+from mechtune.data.io import atomic_write_text, to_jsonable, write_json
+from mechtune.errors import ConfigError
+from mechtune.eval.negation import summary_rows
+from mechtune.interp.ratios import MIN_GAP_SHARE
+from mechtune.interp.result import TraceConfig, TraceResult
+from mechtune.pipelines import negation as pipeline
+
+app = typer.Typer(
+    help="The negation half: trace, train, evaluate, or run the whole study.",
+    no_args_is_help=True,
+)
+
+CACHE_ENV = "MECHTUNE_CACHE"
+
+
+def default_cache_dir() -> Path:
+    """``$MECHTUNE_CACHE/image-embeddings``, else ``~/.cache/mechtune/image-embeddings``."""
+    root = os.environ.get(CACHE_ENV)
+    base = Path(root) if root else Path.home() / ".cache" / "mechtune"
+    return base / "image-embeddings"
+
+
+# -- shared options ------------------------------------------------------------------------
+
+ModelOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--model",
+        help="Model spec (hf:PATH, openclip:NAME, phantom:default); default: the "
+        "recipe's, else phantom:default.",
+    ),
+]
+DataOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--data",
+        help="Image-study source: a MIMIC-CXR-JPG or CheXpert folder, a manifest, or a "
+        "saved phantom world; default: the recipe's.",
+    ),
+]
+RecipeOpt = Annotated[
+    Path | None, typer.Option("--recipe", help="A negation recipe YAML (recipes/).")
+]
+DeviceOpt = Annotated[
+    str, typer.Option("--device", help="Device of the model: cpu, cuda, cuda:1, mps.")
+]
+DtypeOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--dtype",
+        help="Weights' dtype: float32, bfloat16, float16, auto (the checkpoint's). "
+        "Similarities, CTE ratios and losses stay float32.",
+    ),
+]
+CacheOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--cache-dir",
+        help=f"Image-embedding cache; default ${CACHE_ENV}/image-embeddings or "
+        "~/.cache/mechtune/image-embeddings.",
+    ),
+]
+NoCacheOpt = Annotated[
+    bool, typer.Option("--no-cache", help="Embed every image afresh; write no cache.")
+]
+UncertainOpt = Annotated[
+    str,
+    typer.Option(
+        "--uncertain", help="Uncertain labels and report mentions: skip, present, absent."
+    ),
+]
+FactsOpt = Annotated[
+    bool,
+    typer.Option(
+        "--report-facts/--no-report-facts",
+        help="Add side, zone and size from the reports to the label findings.",
+    ),
+]
+
+
+def _recipe(recipe: Path | None, model: str | None, data: Path | None) -> pipeline.NegationRecipe:
+    base = pipeline.load_recipe(recipe) if recipe is not None else pipeline.NegationRecipe()
+    changes: dict[str, Any] = {}
+    if model is not None:
+        changes["model"] = model
+    if data is not None:
+        changes["data"] = str(data)
+    return replace(base, **changes) if changes else base
+
+
+def _data_path(recipe: pipeline.NegationRecipe) -> Path:
+    if recipe.data is None:
+        raise ConfigError("no data: pass --data DIR or give the recipe a data: key")
+    return Path(recipe.data)
+
+
+def _options(device: str, dtype: str | None, cache_dir: Path | None, no_cache: bool) -> Any:
+    cache = None if no_cache else (cache_dir or default_cache_dir())
+    return pipeline.RunOptions(device=device, dtype=dtype, cache_dir=cache)
+
+
+def _open(recipe: pipeline.NegationRecipe, uncertain: str, report_facts: bool) -> Any:
+    return data_source(_data_path(recipe), uncertain, False, report_facts)
+
+
+def _embedded(encoder: Any, source: Any, recipe: Any, options: Any) -> pipeline.StudyData:
+    with progress_bar("embed images", len(source)) as advance:
+        return pipeline.study_data(
+            encoder, source, recipe.model, options, console.print, progress=advance
+        )
+
+
+# -- trace ---------------------------------------------------------------------------------
+
+
+def print_trace(result: TraceResult) -> None:
+    table = Table(
+        "layer",
+        "CTE_l [95% CI]",
+        "median",
+        "top-5% share",
+        "alpha_l",
+        title="Per-layer causal tracing effect (CTE_l: gap-weighted mean over pairs)",
+        title_justify="left",
+    )
+    for layer in range(result.n_layers + 1):
+        table.add_row(
+            "emb" if layer == 0 else str(layer),
+            f"{result.cte_layer[layer]:.3f} [{result.cte_layer_low[layer]:.3f}, "
+            f"{result.cte_layer_high[layer]:.3f}]",
+            f"{result.cte_layer_median[layer]:.3f}",
+            f"{result.top5_share[layer]:.2f}",
+            f"{result.alpha[layer]:.2f}",
+        )
+    console.print(table)
+    counts, agg = result.counts, result.aggregation
+    console.print(
+        f"peak at layer {result.peak_layer()}; {counts['aggregated']} pairs aggregated; "
+        f"excluded: {counts['excluded_small_gap']} with |S_corr - S_foil| < "
+        f"{agg['min_gap_share']} x median = {agg['gap_floor']:.2g}, "
+        f"{counts['excluded_zero_gap']} with a zero gap; pooling: {agg.get('pooling', '?')}"
+    )
+
+
+def trace_figures(result: TraceResult, folder: Path, title: str) -> None:
+    from mechtune.eval.figures import alpha_bars, cte_heatmap
+
+    cte_heatmap(result.cte.numpy(), result.roles, folder / "cte_heatmap.png", title=title)
+    alpha_bars(
+        result.cte_layer.numpy(),
+        result.cte_layer_low.numpy(),
+        result.cte_layer_high.numpy(),
+        result.alpha.numpy(),
+        folder / "alpha.png",
+    )
+
+
+@app.command("trace")
+def trace_command(
+    model: ModelOpt = None,
+    data: DataOpt = None,
+    recipe: RecipeOpt = None,
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output folder.")] = Path(
+        "runs/negation-trace"
+    ),
+    pairs: Annotated[
+        Path | None,
+        typer.Option(
+            help="JSONL of {correct, foil, image (study id or row)}; default: "
+            "pairs built from the split's findings."
+        ),
+    ] = None,
+    split: Annotated[str, typer.Option(help="Patient split the built pairs come from.")] = "train",
+    per_study: Annotated[
+        int | None,
+        typer.Option(help="Present and absent facts per study (default: recipe's).", min=1),
+    ] = None,
+    max_pairs: Annotated[
+        int | None, typer.Option(help="Trace at most this many pairs (default: recipe's).", min=1)
+    ] = None,
+    seed: Annotated[
+        int | None, typer.Option(help="Seed of the pairs' wording (default: recipe's data_seed).")
+    ] = None,
+    min_gap_share: Annotated[
+        float,
+        typer.Option(
+            help="Exclude pairs whose |S_corr - S_foil| is below this share of the median "
+            "|S_corr - S_foil| (0: only exact ties).",
+            min=0.0,
+            max=1.0,
+        ),
+    ] = MIN_GAP_SHARE,
+    device: DeviceOpt = "cpu",
+    dtype: DtypeOpt = None,
+    cache_dir: CacheOpt = None,
+    no_cache: NoCacheOpt = False,
+    uncertain: UncertainOpt = "skip",
+    report_facts: FactsOpt = True,
+) -> None:
+    """Trace where negation is processed: CTE per layer and token role, and alpha_l."""
+    settings = _recipe(recipe, model, data)
+    options = _options(device, dtype, cache_dir, no_cache)
+    source = _open(settings, uncertain, report_facts)
+    encoder = options.load(settings.model)
+    study = _embedded(encoder, source, settings, options)
+    data_seed = settings.data_seed if seed is None else seed
+    build = pipeline.trace_pairs(
+        encoder,
+        study,
+        split=split,
+        seed=data_seed,
+        per_study=per_study or settings.trace_per_study,
+        max_pairs=max_pairs or (None if pairs is not None else settings.trace_max_pairs),
+        pairs_file=pairs,
+    )
+    console.print(
+        f"pairs: {build.candidates} candidates, {len(build.pairs)} kept, "
+        f"rejected {dict(build.rejected) or 0}"
+    )
+    distinct = len({(p.correct, p.foil) for p in build.pairs})
+    with progress_bar("trace distinct text pairs", distinct) as advance:
+        result = pipeline.trace_model(
+            encoder,
+            study,
+            build,
+            TraceConfig(min_gap_share=min_gap_share, seed=data_seed),
+            {"model": settings.model, "split": split, "data": str(_data_path(settings))},
+            progress=advance,
+        )
+    result.save(out)
+    trace_figures(result, out, f"CTE by layer and role: {settings.model}")
+    print_trace(result)
+    console.print(f"wrote {out}")
+
+
+# -- train ---------------------------------------------------------------------------------
+
+
+@app.command("train")
+def train_command(
+    method: Annotated[str, typer.Option("--method", help="A registered negation method.")],
+    model: ModelOpt = None,
+    data: DataOpt = None,
+    recipe: RecipeOpt = None,
+    alpha: Annotated[
+        Path | None,
+        typer.Option("--alpha", help="A trace folder (negation trace --out); needed by nast."),
+    ] = None,
+    steps: Annotated[
+        int | None, typer.Option(help="Optimiser steps (default: recipe's).", min=1)
+    ] = None,
+    seed: Annotated[
+        int | None, typer.Option(help="Training seed (default: recipe's first).")
+    ] = None,
+    out: Annotated[Path, typer.Option("--out", "-o", help="Run folder.")] = Path(
+        "runs/negation-train"
+    ),
+    resume: Annotated[
+        bool, typer.Option("--resume", help="Continue from the newest checkpoint in --out.")
+    ] = False,
+    device: DeviceOpt = "cpu",
+    dtype: DtypeOpt = None,
+    cache_dir: CacheOpt = None,
+    no_cache: NoCacheOpt = False,
+    uncertain: UncertainOpt = "skip",
+    report_facts: FactsOpt = True,
+) -> None:
+    """Train one method on the train-split patients; writes checkpoints, then the adapter
+    (OUT/adapter) or text-block weights (OUT/weights.safetensors)."""
+    from mechtune.train.checkpoint import checkpoint_folders
+
+    settings = _recipe(recipe, model, data)
+    if method not in pipeline.methods_for("negation") or method == "zero-shot":
+        trainable = [m for m in pipeline.methods_for("negation") if m != "zero-shot"]
+        raise ConfigError(f"--method must be one of {', '.join(trainable)}, got {method!r}")
+    if checkpoint_folders(out) and not resume:
+        raise ConfigError(
+            f"{out} already holds checkpoints: pass --resume to continue them, or choose "
+            "another --out"
+        )
+    loop = settings.loop if steps is None else replace(settings.loop, steps=steps)
+    loop = replace(loop, seed=settings.seeds[0] if seed is None else seed)
+    if alpha is not None:
+        alpha_values = TraceResult.load(alpha).alpha
+    elif method == "nast" and loop.beta != 0:
+        raise ConfigError("--method nast needs --alpha TRACE_DIR (from `mechtune negation trace`)")
+    else:
+        alpha_values = None
+    options = _options(device, dtype, cache_dir, no_cache)
+    source = _open(settings, uncertain, report_facts)
+    encoder = options.load(settings.model)
+    study = _embedded(encoder, source, settings, options)
+    examples = pipeline.training_data(study, settings)
+    if alpha_values is None:
+        import torch
+
+        alpha_values = torch.ones(len(encoder.text_layers) + 1)
+    console.print(
+        f"{method}: {loop.steps} steps on {len(examples.captions)} captions and "
+        f"{len(examples.claims)} claim sets of train-split patients ..."
+    )
+    pipeline.train_model(encoder, method, study, examples, alpha_values, loop, out)
+    console.print(f"wrote {out}")
+
+
+# -- eval ----------------------------------------------------------------------------------
+
+
+def print_report(report: dict[str, Any], title: str) -> None:
+    table = Table(
+        "metric",
+        "in-distribution phrasing",
+        "held-out phrasing",
+        title=title,
+        title_justify="left",
+    )
+    for row in summary_rows(report):
+        table.add_row(*row)
+    console.print(table)
+    for metric, reason in report.get("not_available", {}).items():
+        console.print(f"n/a {metric}: {reason}", highlight=False)
+
+
+def report_markdown(report: dict[str, Any], title: str) -> str:
+    lines = [f"# {title}", "", "| metric | in-distribution phrasing | held-out phrasing |"]
+    lines.append("|---|---|---|")
+    lines += [f"| {a.strip()} | {b} | {c} |" for a, b, c in summary_rows(report)]
+    reasons = report.get("not_available", {})
+    if reasons:
+        lines += ["", *(f"- n/a {k}: {v}" for k, v in reasons.items())]
+    return "\n".join(lines) + "\n"
+
+
+def evaluate(
+    settings: pipeline.NegationRecipe,
+    source: Any,
+    out: Path,
+    options: Any,
+    *,
+    adapter: Path | None,
+    split: str,
+    probes: bool,
+    figure: Path | None = None,
+) -> dict[str, Any]:
+    """What ``negation eval`` runs (also the demo's zero-shot evaluation): writes
+    OUT/eval.json and OUT/table.md, prints the table, returns the report."""
+    from mechtune.eval.figures import blind_spot_chart
+
+    encoder = options.load(settings.model)
+    study = _embedded(encoder, source, settings, options)
+    base = None
+    if adapter is not None:
+        base = encoder
+        encoder = pipeline.apply_adapter(options.load(settings.model), adapter)
+    report = pipeline.evaluate_model(
+        encoder, study, split=split, seed=settings.data_seed, probes=probes, base=base
+    )
+    report["model"] = settings.model
+    report["adapter"] = None if adapter is None else str(adapter)
+    report["data"] = to_jsonable(source.description)
+    write_json(out / "eval.json", report, sort_keys=True)
+    title = (
+        f"{settings.model}{' + ' + str(adapter) if adapter else ''}: {split} patients, "
+        f"95% intervals by patient ({report['studies']} studies)"
+    )
+    atomic_write_text(out / "table.md", report_markdown(report, title))
+    if report["claims"]:
+        blind_spot_chart(report["claims"], figure or out / "blind_spot.png")
+    print_report(report, title)
+    return report
+
+
+@app.command("eval")
+def eval_command(
+    model: ModelOpt = None,
+    data: DataOpt = None,
+    recipe: RecipeOpt = None,
+    adapter: Annotated[
+        Path | None,
+        typer.Option(help="What `negation train` wrote: a run folder or its adapter folder."),
+    ] = None,
+    split: Annotated[str, typer.Option(help="Patient split to evaluate: val or test.")] = "test",
+    probes: Annotated[
+        bool, typer.Option("--probes/--no-probes", help="Linear probes on image embeddings.")
+    ] = False,
+    seed: Annotated[
+        int | None, typer.Option(help="Seed of the claim sets' wording (default: recipe's).")
+    ] = None,
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output folder.")] = Path(
+        "runs/negation-eval"
+    ),
+    device: DeviceOpt = "cpu",
+    dtype: DtypeOpt = None,
+    cache_dir: CacheOpt = None,
+    no_cache: NoCacheOpt = False,
+    uncertain: UncertainOpt = "skip",
+    report_facts: FactsOpt = True,
+) -> None:
+    """R@1/R@5, claim accuracy by attribute and polarity, the gap, polarity MCQ,
+    contralateral negation and retention (with --adapter), each with a 95% interval."""
+    if split not in ("val", "test", "train"):
+        raise ConfigError(f"--split must be train, val or test, got {split!r}")
+    settings = _recipe(recipe, model, data)
+    if seed is not None:
+        settings = replace(settings, data_seed=seed)
+    options = _options(device, dtype, cache_dir, no_cache)
+    source = _open(settings, uncertain, report_facts)
+    evaluate(settings, source, out, options, adapter=adapter, split=split, probes=probes)
+    console.print(f"wrote {out}")
+
+
+# -- study ---------------------------------------------------------------------------------
+
+
+def study_figures(results: dict[str, Any], folder: Path) -> None:
+    from mechtune.eval.figures import update_share_chart
+
+    traced = TraceResult.load(folder / "trace")
+    figures = folder / "figures"
+    trace_figures(traced, figures, "CTE by layer and role (train-split pairs)")
+    norms = {
+        m: {int(k): v for k, v in runs[0]["update_norms"].items()}
+        for m, runs in results["runs"].items()
+        if "update_norms" in runs[0]
+    }
+    if norms:
+        update_share_chart(norms, traced.cte_layer[1:].tolist(), figures / "update_share.png")
+
+
+def run_study(
+    settings: pipeline.NegationRecipe, source: Any, out: Path, options: Any
+) -> dict[str, Any]:
+    """What ``negation study`` runs after opening the data (also the demo's)."""
+    console.print(
+        f"negation study of {settings.model} on {source.root}: {', '.join(settings.methods)}; "
+        f"{settings.loop.steps} steps each, seeds {list(settings.seeds)} ..."
+    )
+    results = pipeline.run_negation_study(settings, source, out, options, log=console.print)
+    study_figures(results, out)
+    console.print(
+        f"[bold]Negation methods on held-out phrasing families, {settings.eval_split} "
+        f"patients[/] (also in {out / 'table.md'}):"
+    )
+    console.print((out / "table.md").read_text(), highlight=False, soft_wrap=True)
+    return results
+
+
+@app.command("study")
+def study_command(
+    model: ModelOpt = None,
+    data: DataOpt = None,
+    recipe: RecipeOpt = None,
+    out: Annotated[Path, typer.Option("--out", "-o", help="Study folder.")] = Path(
+        "runs/negation-study"
+    ),
+    dry_run: Annotated[
+        bool,
+        typer.Option(
+            "--dry-run",
+            help="Check every recipe key, the data layout and the model spec; load no "
+            "weights and train nothing.",
+        ),
+    ] = False,
+    device: DeviceOpt = "cpu",
+    dtype: DtypeOpt = None,
+    cache_dir: CacheOpt = None,
+    no_cache: NoCacheOpt = False,
+    uncertain: UncertainOpt = "skip",
+    report_facts: FactsOpt = True,
+) -> None:
+    """Trace on train patients, train every method on the same data and budget, evaluate
+    on test patients; writes results.json, table.md, figures, adapters."""
+    from mechtune.pipelines.dry_run import dry_run_report
+
+    settings = _recipe(recipe, model, data)
+    if dry_run:
+        lines = dry_run_report(settings, _data_path(settings), dtype=dtype)
+        for line in lines:
+            console.print(line, highlight=False, soft_wrap=True)
+        return
+    options = _options(device, dtype, cache_dir, no_cache)
+    source = _open(settings, uncertain, report_facts)
+    run_study(settings, source, out, options)

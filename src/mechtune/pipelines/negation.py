@@ -1,0 +1,472 @@
+"""The negation half on any dual encoder and any image-study source: trace, train,
+evaluate, and the whole study.
+
+Every function here is a function of (model spec, :class:`ImageStudySource`, settings):
+it loads the model through the spec registry, reads studies and pixels through the
+source, and never knows which model or data it was given. The image tower is frozen by
+every negation method, so each item's image is embedded once per study (and cached on
+disk across runs by :mod:`mechtune.models.image_cache`).
+
+The study (:func:`run_negation_study`):
+
+1. trace the base model on **train-split** patients (the test split never chooses
+   anything) to get alpha_l;
+2. for each method and seed: start from the base weights, train on the train-split
+   patients' captions and claim sets (train phrasing families), evaluate on
+   ``eval_split`` patients (in-distribution and held-out families);
+3. report R@1/R@5, claim accuracy, accuracy by polarity, the affirmative-negation gap,
+   polarity-MCQ accuracy, update share (top-3/top-5 blocks by CTE) and retention, each with
+   a 95% interval; across seeds, mean and range; and each method minus uniform LoRA on the
+   same items (:mod:`mechtune.pipelines.negation_report`).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from mechtune.data.io import atomic_write_text, to_jsonable, write_json
+from mechtune.data.schema import SPLITS, Study
+from mechtune.data.sources.base import ImageStudySource
+from mechtune.errors import ConfigError, DataError
+from mechtune.eval.negation import EvalStudies, evaluate_negation
+from mechtune.eval.retention import embedding_drift, general_sentences
+from mechtune.eval.study_config import check_seeds
+from mechtune.eval.update_share import update_share
+from mechtune.interp.pairs import PairBuild, build_trace_pairs, pairs_from_records, read_pairs_file
+from mechtune.interp.result import TraceConfig, TraceResult, trace
+from mechtune.interp.tracing import TraceError
+from mechtune.models.dual_encoder import DualEncoder
+from mechtune.models.image_cache import embed_study_images
+from mechtune.models.spec import load_dual_encoder
+from mechtune.pipelines.negation_report import (
+    block_update_norms,
+    block_weights,
+    paired_comparisons,
+    results_table,
+)
+from mechtune.train.loop import LoopConfig
+from mechtune.train.lora import LoraSettings
+from mechtune.train.methods import (
+    NegationData,
+    load_trained,
+    methods_for,
+    negation_examples,
+    run_method,
+)
+
+Log = Callable[[str], None]
+
+
+def _quiet(_message: str) -> None:
+    return None
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """How a pipeline runs, not what it computes: ``device`` and ``dtype`` of the model's
+    weights (:func:`~mechtune.models.spec.load_dual_encoder`), and ``cache_dir`` for image
+    embeddings (None: no cache)."""
+
+    device: str = "cpu"
+    dtype: str | None = None
+    cache_dir: Path | None = None
+
+    def load(self, spec: str) -> DualEncoder:
+        return load_dual_encoder(spec, device=self.device, dtype=self.dtype)
+
+
+@dataclass(frozen=True)
+class NegationRecipe:
+    """A negation study; each field is checked at construction.
+
+    ``model``: the model spec; ``data``: the image-study source (a folder or manifest
+    :func:`~mechtune.data.sources.open_source` reads), or None when the command names it;
+    ``methods``: registered negation methods, each trained once per seed of ``seeds``
+    (zero-shot, which does not train, once); ``data_seed``: the seed of the claim sets'
+    wording, the MCQs and the trace pairs (per study, so every model sees the same items);
+    ``trace_per_study`` present and absent facts traced per train-split study, at most
+    ``trace_max_pairs`` pairs; ``eval_split``: "val" to choose settings, "test" to report;
+    ``balance_polarity``: repeat the minority polarity's claim sets; ``probes``: linear
+    probes on image embeddings beside the text metrics; ``loop``: the training settings
+    every method shares (its ``seed`` is each of ``seeds`` in turn).
+    """
+
+    model: str = "phantom:default"
+    data: str | None = None
+    methods: tuple[str, ...] = ("zero-shot", "uniform-lora", "nast")
+    seeds: tuple[int, ...] = (0,)
+    data_seed: int = 0
+    trace_per_study: int = 1
+    trace_max_pairs: int = 300
+    eval_split: str = "test"
+    balance_polarity: bool = True
+    probes: bool = False
+    loop: LoopConfig = field(
+        default_factory=lambda: LoopConfig(
+            steps=150,
+            lr=5e-4,
+            beta=1.0,
+            scaling="lr",
+            checkpoint_every=50,
+            lora=LoraSettings(rank=8, alpha=16),
+        )
+    )
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "methods", tuple(self.methods))
+        object.__setattr__(self, "seeds", tuple(self.seeds))
+        if self.eval_split not in ("val", "test"):
+            raise ConfigError(
+                f"eval_split must be 'val' (choosing settings) or 'test' (reporting), "
+                f"got {self.eval_split!r}"
+            )
+        known = methods_for("negation")
+        unknown = [m for m in self.methods if m not in known]
+        if not self.methods or unknown or len(set(self.methods)) != len(self.methods):
+            raise ConfigError(
+                f"methods must name distinct registered negation methods ({', '.join(known)}), "
+                f"got {list(self.methods)}"
+            )
+        check_seeds(self.seeds)
+        if self.data_seed < 0:
+            raise ConfigError(f"data_seed must be >= 0, got {self.data_seed}")
+        if self.trace_per_study < 1:
+            raise ConfigError(f"trace_per_study must be >= 1, got {self.trace_per_study}")
+        if self.trace_max_pairs < 1:
+            raise ConfigError(f"trace_max_pairs must be >= 1, got {self.trace_max_pairs}")
+        if self.loop.seed != 0:
+            raise ConfigError(
+                f"loop.seed ({self.loop.seed}) is not read: each run's seed is one of "
+                f"seeds {list(self.seeds)}; set seeds instead"
+            )
+
+    def to_dict(self) -> dict[str, Any]:
+        out = {f.name: getattr(self, f.name) for f in fields(self)}
+        out.update(methods=list(self.methods), seeds=list(self.seeds), loop=self.loop.to_dict())
+        return out
+
+
+def recipe_from_dict(raw: dict[str, Any], where: str) -> NegationRecipe:
+    """A :class:`NegationRecipe` from parsed YAML. Every key must be a field (``loop`` a
+    :class:`LoopConfig`, its ``lora`` a :class:`LoraSettings`, or null for full
+    fine-tuning). Raises ``ConfigError`` naming ``where`` and every unknown key."""
+    raw = dict(raw)
+    loop = dict(raw.pop("loop", None) or {})
+    lora = loop.pop("lora", {})
+    unknown = sorted(set(raw) - {f.name for f in fields(NegationRecipe)} - {"loop"})
+    unknown += sorted(f"loop.{k}" for k in set(loop) - {f.name for f in fields(LoopConfig)})
+    if isinstance(lora, dict):
+        unknown += sorted(
+            f"loop.lora.{k}" for k in set(lora) - {f.name for f in fields(LoraSettings)}
+        )
+    if "seed" in loop:
+        unknown.append("loop.seed (use seeds)")
+    if unknown:
+        raise ConfigError(f"{where}: unknown recipe keys {unknown}")
+    values: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v for k, v in raw.items()}
+    try:
+        settings = LoraSettings(**lora) if lora is not None else None
+        return NegationRecipe(**values, loop=LoopConfig(**loop, lora=settings))
+    except TypeError as exc:  # a value of the wrong kind (e.g. a mapping for a number)
+        raise ConfigError(f"{where}: {exc}") from None
+    except ConfigError as exc:
+        raise ConfigError(f"{where}: {exc}") from None
+
+
+def load_recipe(path: str | Path) -> NegationRecipe:
+    """A negation study from a recipe YAML (see ``recipes/nast-phantom.yaml``); a relative
+    ``data:`` path is relative to the working directory, as on the command line. Raises
+    ``ConfigError`` naming the file and the key."""
+    import yaml
+
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML ({exc})") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: a recipe is a mapping of keys, got {type(raw).__name__}")
+    return recipe_from_dict(raw, str(path))
+
+
+# -- the stages --------------------------------------------------------------------------
+
+
+@dataclass
+class StudyData:
+    """One source's items, their image embeddings and their splits.
+
+    ``studies[i]`` has image embedding ``images[i]`` (``[N, D]`` float32, CPU);
+    ``splits[i]`` is its split (from the source's own patient-level split).
+    """
+
+    source: ImageStudySource
+    studies: list[Study]
+    images: torch.Tensor
+    splits: list[str]
+    cache: dict[str, int] = field(default_factory=dict)
+
+    def rows(self, split: str) -> list[tuple[int, Study]]:
+        """``(row, study)`` of one split's items, in source order."""
+        if split not in SPLITS:
+            raise ConfigError(f"split must be one of {SPLITS}, got {split!r}")
+        return [
+            (i, s)
+            for i, (s, sp) in enumerate(zip(self.studies, self.splits, strict=True))
+            if sp == split
+        ]
+
+    def eval_set(self, split: str) -> EvalStudies:
+        rows = self.rows(split)
+        if not rows:
+            raise DataError(
+                f"{self.source.root}: no item in the {split!r} split "
+                f"(split counts: {self.source.split_counts()})"
+            )
+        index = torch.tensor([i for i, _ in rows])
+        return EvalStudies([s for _, s in rows], self.images[index], split)
+
+
+def study_data(
+    encoder: DualEncoder,
+    source: ImageStudySource,
+    spec: str,
+    options: RunOptions,
+    log: Log = _quiet,
+    progress: Callable[[int], None] | None = None,
+) -> StudyData:
+    """Embed every item's image once (through the cache when ``options.cache_dir``)."""
+    studies = source.studies()
+    if not studies:
+        raise DataError(f"{source.root}: the source has no item")
+    images = embed_study_images(
+        encoder,
+        source,
+        studies,
+        cache_dir=options.cache_dir,
+        spec=spec,
+        progress=progress,
+    )
+    counts = dict(getattr(images, "cache_counts", {}) or {})
+    if counts:
+        log(f"image embeddings: {counts}")
+    return StudyData(source, studies, images, [source.split_of(s) for s in studies], counts)
+
+
+def trace_pairs(
+    encoder: DualEncoder,
+    data: StudyData,
+    *,
+    split: str = "train",
+    seed: int = 0,
+    per_study: int = 1,
+    max_pairs: int | None = None,
+    pairs_file: Path | None = None,
+) -> PairBuild:
+    """The pairs to trace: length-matched pairs of ``split``'s studies (``per_study`` facts
+    of each polarity per study, seeded by ``seed``), or a JSONL pairs file whose ``image``
+    is a study id of the source or a row (item index); cut to ``max_pairs``.
+
+    Raises ``TraceError`` naming the file and value for an image the source does not have.
+    """
+    if pairs_file is None:
+        build = build_trace_pairs(data.rows(split), encoder, seed=seed, per_study=per_study)
+    else:
+        ids = {s.study_id: i for i, s in enumerate(data.studies)}
+
+        def image_row(value: Any) -> int:
+            if isinstance(value, int) and not isinstance(value, bool):
+                if 0 <= value < len(data.studies):
+                    return value
+            elif isinstance(value, str) and value in ids:
+                return ids[value]
+            raise TraceError(
+                f"{pairs_file}: image {value!r} is neither a study id nor a row "
+                f"(0..{len(data.studies) - 1}) of {data.source.root}"
+            )
+
+        build = pairs_from_records(read_pairs_file(pairs_file), encoder, image_row)
+    if max_pairs is not None:
+        build.pairs = build.pairs[:max_pairs]
+    if not build.pairs:
+        raise TraceError(
+            f"no length-matched pair to trace (candidates {build.candidates}, "
+            f"rejected {dict(build.rejected)})"
+        )
+    return build
+
+
+def trace_model(
+    encoder: DualEncoder,
+    data: StudyData,
+    build: PairBuild,
+    config: TraceConfig,
+    counts: dict[str, Any],
+    progress: Callable[[int], None] | None = None,
+) -> TraceResult:
+    """Causal tracing of ``encoder`` on ``build``'s pairs against the items' images."""
+    return trace(
+        encoder,
+        build.pairs,
+        data.images,
+        config,
+        counts={**build.to_dict(), "used": len(build.pairs), **counts},
+        progress=progress,
+    )
+
+
+def training_data(data: StudyData, recipe: NegationRecipe) -> NegationData:
+    """Captions, claim sets and MCQ options of the train-split patients (train phrasing
+    families), seeded by ``data_seed``."""
+    rows = data.rows("train")
+    if not rows:
+        raise DataError(f"{data.source.root}: no item in the train split to train on")
+    return negation_examples(
+        rows, "train", seed=recipe.data_seed, balance_polarity=recipe.balance_polarity
+    )
+
+
+def evaluate_model(
+    encoder: DualEncoder,
+    data: StudyData,
+    *,
+    split: str,
+    seed: int,
+    probes: bool = False,
+    base: DualEncoder | None = None,
+) -> dict[str, Any]:
+    """Every negation metric of ``encoder`` on ``split``; with ``probes``, linear probes
+    fitted on the train split; with ``base``, retention (the drift of the text embeddings
+    of everyday sentences from ``base``'s)."""
+    probe_train = data.eval_set("train") if probes else None
+    report = evaluate_negation(encoder, data.eval_set(split), seed=seed, probe_train=probe_train)
+    if base is not None:
+        sentences = general_sentences()
+        report["retention"] = embedding_drift(
+            base.encode_texts(sentences), encoder.encode_texts(sentences)
+        )
+    return report
+
+
+def run_plan(recipe: NegationRecipe) -> list[tuple[str, int]]:
+    """``(method, seed)`` of every run, in order: each method once per seed, except
+    zero-shot (nothing to train), which runs once."""
+    return [
+        (method, seed)
+        for method in recipe.methods
+        for seed in (recipe.seeds if method != "zero-shot" else recipe.seeds[:1])
+    ]
+
+
+def train_model(
+    encoder: DualEncoder,
+    method: str,
+    data: StudyData,
+    examples: NegationData,
+    alpha: Sequence[float] | torch.Tensor,
+    loop: LoopConfig,
+    out: Path,
+) -> DualEncoder:
+    """Train ``encoder`` in place with a registered method (resuming from ``out``)."""
+    return run_method(method, encoder, data.images, examples, alpha, loop, out)
+
+
+def apply_adapter(encoder: DualEncoder, folder: Path) -> DualEncoder:
+    """Apply what ``negation train`` wrote (a peft adapter or text-block weights)."""
+    return load_trained(encoder, folder)
+
+
+# -- the study ---------------------------------------------------------------------------
+
+
+def run_negation_study(
+    recipe: NegationRecipe,
+    source: ImageStudySource,
+    out: str | Path,
+    options: RunOptions | None = None,
+    log: Log | None = None,
+) -> dict[str, Any]:
+    """Run every (method, seed) of ``recipe`` on ``source``; write ``results.json``,
+    ``table.md``, the trace (``trace/``) and each run's checkpoints and adapter
+    (``runs/<method>/seed<k>/``). Returns the results dict."""
+    out = Path(out)
+    options = options or RunOptions()
+    say = log or _quiet
+    base = options.load(recipe.model)
+    data = study_data(base, source, recipe.model, options, say)
+    build = trace_pairs(
+        base,
+        data,
+        split="train",
+        seed=recipe.data_seed,
+        per_study=recipe.trace_per_study,
+        max_pairs=recipe.trace_max_pairs,
+    )
+    say(f"tracing {len(build.pairs)} pairs of {len(data.rows('train'))} train-split items ...")
+    traced = trace_model(
+        base,
+        data,
+        build,
+        TraceConfig(seed=recipe.data_seed),
+        {"split": "train", "model": recipe.model},
+    )
+    traced.save(out / "trace")
+    cte_by_block = traced.cte_layer[1:].tolist()
+    examples = training_data(data, recipe)
+    runs: dict[str, list[dict[str, Any]]] = {}
+    for method, seed in run_plan(recipe):
+        encoder = options.load(recipe.model)
+        initial = block_weights(encoder.model)
+        say(f"{method}, seed {seed}: training ...")
+        start = time.perf_counter()
+        loop = replace(recipe.loop, seed=seed)
+        train_model(
+            encoder,
+            method,
+            data,
+            examples,
+            traced.alpha,
+            loop,
+            out / "runs" / method / f"seed{seed}",
+        )
+        seconds = time.perf_counter() - start
+        report = to_jsonable(
+            evaluate_model(
+                encoder,
+                data,
+                split=recipe.eval_split,
+                seed=recipe.data_seed,
+                probes=recipe.probes,
+                base=base,
+            )
+        )
+        report["train_seconds"] = round(seconds, 1)
+        report["seed"] = seed
+        if method != "zero-shot":
+            norms = block_update_norms(encoder.model, initial)
+            report["update_norms"] = norms
+            report["update_share"] = {
+                f"top{k}": update_share(norms, cte_by_block, k) for k in (3, 5)
+            }
+        runs.setdefault(method, []).append(report)
+    results: dict[str, Any] = {
+        "config": recipe.to_dict(),
+        "data": to_jsonable(source.description),
+        "image_cache": data.cache,
+        "trace": {
+            "alpha": traced.alpha.tolist(),
+            "cte_layer": traced.cte_layer.tolist(),
+            "counts": traced.counts,
+        },
+        "runs": runs,
+    }
+    results["paired"] = to_jsonable(paired_comparisons(results))
+    write_json(out / "results.json", results)
+    atomic_write_text(out / "table.md", results_table(results) + "\n")
+    return results

@@ -1,0 +1,174 @@
+"""Tables of a negation study: the NAST-shaped results table and the paired differences
+against a reference method on the same test items, and per-block update norms.
+
+``results.json`` keeps every run's per-item correctness with item and patient ids
+(``runs[m][i]["items"]``), so the paired comparison can be recomputed later and across runs.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from mechtune.errors import DataError
+from mechtune.eval.metrics import paired_items
+from mechtune.models.sites import text_site
+from mechtune.train.lora import lora_update_norms
+
+PAPER = {  # NAST (arXiv 2602.12498), Tables 1/3/4, in %
+    "CLIP": {"R@1": 23.5, "R@5": 34.7, "claim": 24.6, "gap": 21.6},
+    "NegCLIP": {"R@1": 36.2, "R@5": 52.4, "claim": 41.3, "gap": 12.8},
+    "NegBench": {"R@1": 43.1, "R@5": 59.2, "claim": 48.7, "gap": 10.2},
+    "NAST": {"R@1": 49.5, "R@5": 65.7, "claim": 55.6, "gap": 4.2},
+}
+
+
+def block_weights(model: Any) -> dict[str, tuple[int, Any]]:
+    """Every parameter inside a text block, with its block index (trainable or not)."""
+    site = text_site(model)
+    out = {}
+    for name, p in model.named_parameters():
+        layer = site.layer_index(name)
+        if layer is not None and "lora_" not in name:
+            out[name] = (layer, p.detach().clone())
+    return out
+
+
+def block_update_norms(model: Any, initial: dict[str, tuple[int, Any]]) -> dict[int, float]:
+    """Per block, the summed update norm: ||(alpha/r) B A|| for LoRA adapters, or
+    ||W - W_0|| for weights trained directly (full fine-tuning)."""
+    norms = lora_update_norms(model)
+    for name, p in model.named_parameters():
+        if name in initial:  # peft renames the weights it wraps; those do not change
+            layer, w0 = initial[name]
+            delta = float((p.detach() - w0).norm())
+            if delta > 0:
+                norms[layer] = norms.get(layer, 0.0) + delta
+    return norms
+
+
+def _agg(cells: list[float | None]) -> str:
+    values = [v for v in cells if v is not None and np.isfinite(v)]
+    if not values or len(values) < len(cells):
+        return "n/a"
+    mean = 100 * float(np.mean(values))
+    if len(values) == 1:
+        return f"{mean:.1f}"
+    return f"{mean:.1f} ({100 * min(values):.1f}–{100 * max(values):.1f})"
+
+
+def results_table(results: dict[str, Any]) -> str:
+    """Markdown in the shape of NAST's Tables 1/3/4, held-out phrasing families, then
+    :func:`paired_table` (when the runs carry per-item results and uniform LoRA ran)."""
+    head = (
+        "| method | seeds | R@1 | R@5 | claim acc | affirmative acc | negated acc | "
+        "gap (pp) | existence-only gap | contralateral | MCQ neg / aff | top-3 share | top-5 share | retention |"
+    )
+    lines = [head, "|" + "---|" * 14]
+    for method, reports in results["runs"].items():
+
+        def get(path: str, reps: list[dict[str, Any]] = reports) -> list[float | None]:
+            out: list[float | None] = []
+            for r in reps:
+                node: Any = r
+                for key in path.split("/"):
+                    node = node.get(key) if isinstance(node, dict) else None
+                out.append(node["value"] if isinstance(node, dict) else node)
+            return out  # None (missing, or NaN written as null) makes the cell n/a
+
+        held = "claims/heldout"
+        lines.append(
+            "| "
+            + " | ".join(
+                [
+                    method,
+                    str(len(reports)),
+                    _agg(get("retrieval/R@1")),
+                    _agg(get("retrieval/R@5")),
+                    _agg(get(f"{held}/claim_accuracy")),
+                    _agg(get(f"{held}/accuracy_by_polarity/affirmative")),
+                    _agg(get(f"{held}/accuracy_by_polarity/negated")),
+                    _agg(get(f"{held}/affirmative_negation_gap")),
+                    _agg(get(f"{held}/existence_only_gap")),
+                    _agg(get(f"{held}/accuracy_by_polarity/contralateral")),
+                    f"{_agg(get('polarity_mcq/negated'))} / {_agg(get('polarity_mcq/affirmative'))}",
+                    _agg(get("update_share/top3")),
+                    _agg(get("update_share/top5")),
+                    _agg(get("retention")),
+                ]
+            )
+            + " |"
+        )
+    paired = paired_table(results)
+    return "\n".join(lines) + (f"\n\n{paired}" if paired else "")
+
+
+REFERENCE_METHOD = "uniform-lora"
+# (column, item table, value column, selection): per-item proportions of the test items
+PAIRED_METRICS: tuple[tuple[str, str, str, dict[str, Any]], ...] = (
+    ("claim acc", "claims", "correct", {"heldout": True}),
+    ("affirmative acc", "claims", "correct", {"heldout": True, "slice": "affirmative"}),
+    ("negated acc", "claims", "correct", {"heldout": True, "slice": "negated"}),
+    ("contralateral", "claims", "correct", {"heldout": True, "slice": "contralateral"}),
+    ("claim acc, in-dist", "claims", "correct", {"heldout": False}),
+    ("MCQ neg", "polarity_mcq", "negated", {}),
+    ("MCQ aff", "polarity_mcq", "affirmative", {}),
+    ("R@1", "retrieval", "R@1", {}),
+    ("R@5", "retrieval", "R@5", {}),
+)
+
+
+def paired_comparisons(
+    results: dict[str, Any], reference: str = REFERENCE_METHOD
+) -> dict[str, dict[str, Any]]:
+    """``{method: {column: PairedDifference or None}}``: each method minus ``reference``
+    on the same test items (:data:`PAIRED_METRICS`), from the runs' saved items. Empty when
+    ``reference`` did not run or a run lacks items; None where no item is selected."""
+    runs = results["runs"]
+    if reference not in runs or any("items" not in r for rs in runs.values() for r in rs):
+        return {}
+    out: dict[str, dict[str, Any]] = {}
+    for method, reports in runs.items():
+        if method == reference:
+            continue
+        cells: dict[str, Any] = {}
+        for column, table, value, select in PAIRED_METRICS:
+            try:
+                cells[column] = paired_items(
+                    [r["items"][table] for r in reports],
+                    [r["items"][table] for r in runs[reference]],
+                    value,
+                    select=select,
+                )
+            except DataError as err:
+                if "no item matches" not in str(err):
+                    raise
+                cells[column] = None
+        out[method] = cells
+    return out
+
+
+def paired_table(results: dict[str, Any], reference: str = REFERENCE_METHOD) -> str:
+    """Markdown: "Δ vs uniform LoRA [95% interval]" per method and metric, in percentage
+    points (held-out phrasing families unless the column says in-dist); empty when there
+    is nothing to compare."""
+    paired = paired_comparisons(results, reference)
+    if not paired:
+        return ""
+    label = reference.replace("-lora", " LoRA")
+    head = "| method | seeds | " + " | ".join(c for c, *_ in PAIRED_METRICS) + " |"
+    lines = [
+        f"Δ vs {label} [95% interval], percentage points, on the same test items: per item, "
+        "correctness averaged over each method's seeds; the interval bootstraps the mean "
+        "difference over patients; McNemar's exact p where both methods ran one seed.",
+        "",
+        head,
+        "|" + "---|" * (2 + len(PAIRED_METRICS)),
+    ]
+    for method, cells in paired.items():
+        seeds = len(results["runs"][method])
+        row = [method, str(seeds)]
+        row += ["n/a" if cells[c] is None else cells[c].pp() for c, *_ in PAIRED_METRICS]
+        lines.append("| " + " | ".join(row) + " |")
+    return "\n".join(lines)
