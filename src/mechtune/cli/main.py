@@ -173,7 +173,7 @@ class DemoPlan:
 
     n: int
     seed: int
-    negation: Any  # NegationRecipe (its data: the MIMIC-CXR-JPG export)
+    negation: Any  # NegationStudyConfig (its data: the MIMIC-CXR-JPG export)
     paraphrase: Any  # ParaphraseStudyConfig
 
 
@@ -189,10 +189,10 @@ def demo_plan(n: int, seed: int, quick: bool, out: Path = Path("runs/demo")) -> 
     ``quick`` (the CI smoke test): at most 600 studies and a few steps of everything.
     """
     from mechtune.eval.paraphrase_study import ParaphraseStudyConfig
-    from mechtune.pipelines.negation import NegationRecipe
+    from mechtune.pipelines.negation import NegationStudyConfig
 
     n = min(n, 600) if quick else n
-    negation = NegationRecipe(
+    negation = NegationStudyConfig(
         model="phantom:default", data=str(out / MIMIC_DIR), data_seed=seed, seeds=(seed,)
     )
     negation = replace(negation, loop=replace(negation.loop, steps=80))

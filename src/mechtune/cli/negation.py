@@ -93,8 +93,10 @@ FactsOpt = Annotated[
 ]
 
 
-def _recipe(recipe: Path | None, model: str | None, data: Path | None) -> pipeline.NegationRecipe:
-    base = pipeline.load_recipe(recipe) if recipe is not None else pipeline.NegationRecipe()
+def _recipe(
+    recipe: Path | None, model: str | None, data: Path | None
+) -> pipeline.NegationStudyConfig:
+    base = pipeline.load_recipe(recipe) if recipe is not None else pipeline.NegationStudyConfig()
     changes: dict[str, Any] = {}
     if model is not None:
         changes["model"] = model
@@ -103,7 +105,7 @@ def _recipe(recipe: Path | None, model: str | None, data: Path | None) -> pipeli
     return replace(base, **changes) if changes else base
 
 
-def _data_path(recipe: pipeline.NegationRecipe) -> Path:
+def _data_path(recipe: pipeline.NegationStudyConfig) -> Path:
     if recipe.data is None:
         raise ConfigError("no data: pass --data DIR or give the recipe a data: key")
     return Path(recipe.data)
@@ -114,7 +116,7 @@ def _options(device: str, dtype: str | None, cache_dir: Path | None, no_cache: b
     return pipeline.RunOptions(device=device, dtype=dtype, cache_dir=cache)
 
 
-def _open(recipe: pipeline.NegationRecipe, uncertain: str, report_facts: bool) -> Any:
+def _open(recipe: pipeline.NegationStudyConfig, uncertain: str, report_facts: bool) -> Any:
     return data_source(_data_path(recipe), uncertain, False, report_facts)
 
 
@@ -239,7 +241,12 @@ def trace_command(
             study,
             build,
             TraceConfig(min_gap_share=min_gap_share, seed=data_seed),
-            {"model": settings.model, "split": split, "data": str(_data_path(settings))},
+            {
+                "model": settings.model,
+                "split": split,
+                "data": str(_data_path(settings)),
+                **pipeline.weights_info(encoder),
+            },
             progress=advance,
         )
     result.save(out)
@@ -347,7 +354,7 @@ def report_markdown(report: dict[str, Any], title: str) -> str:
 
 
 def evaluate(
-    settings: pipeline.NegationRecipe,
+    settings: pipeline.NegationStudyConfig,
     source: Any,
     out: Path,
     options: Any,
@@ -363,13 +370,16 @@ def evaluate(
 
     encoder = options.load(settings.model)
     study = _embedded(encoder, source, settings, options)
-    base = None
+    base, check = None, None
     if adapter is not None:
         base = encoder
-        encoder = pipeline.apply_adapter(options.load(settings.model), adapter)
+        encoder, check = pipeline.apply_adapter(options.load(settings.model), adapter)
     report = pipeline.evaluate_model(
         encoder, study, split=split, seed=settings.data_seed, probes=probes, base=base
     )
+    if check is not None:
+        report["adapter_check"] = check
+    report.update(pipeline.weights_info(encoder))
     report["model"] = settings.model
     report["adapter"] = None if adapter is None else str(adapter)
     report["data"] = to_jsonable(source.description)
@@ -443,7 +453,7 @@ def study_figures(results: dict[str, Any], folder: Path) -> None:
 
 
 def run_study(
-    settings: pipeline.NegationRecipe, source: Any, out: Path, options: Any
+    settings: pipeline.NegationStudyConfig, source: Any, out: Path, options: Any
 ) -> dict[str, Any]:
     """What ``negation study`` runs after opening the data (also the demo's)."""
     console.print(

@@ -82,7 +82,7 @@ class RunOptions:
 
 
 @dataclass(frozen=True)
-class NegationRecipe:
+class NegationStudyConfig:
     """A negation study; each field is checked at construction.
 
     ``model``: the model spec; ``data``: the image-study source (a folder or manifest
@@ -152,14 +152,14 @@ class NegationRecipe:
         return out
 
 
-def recipe_from_dict(raw: dict[str, Any], where: str) -> NegationRecipe:
-    """A :class:`NegationRecipe` from parsed YAML. Every key must be a field (``loop`` a
+def recipe_from_dict(raw: dict[str, Any], where: str) -> NegationStudyConfig:
+    """A :class:`NegationStudyConfig` from parsed YAML. Every key must be a field (``loop`` a
     :class:`LoopConfig`, its ``lora`` a :class:`LoraSettings`, or null for full
     fine-tuning). Raises ``ConfigError`` naming ``where`` and every unknown key."""
     raw = dict(raw)
     loop = dict(raw.pop("loop", None) or {})
     lora = loop.pop("lora", {})
-    unknown = sorted(set(raw) - {f.name for f in fields(NegationRecipe)} - {"loop"})
+    unknown = sorted(set(raw) - {f.name for f in fields(NegationStudyConfig)} - {"loop"})
     unknown += sorted(f"loop.{k}" for k in set(loop) - {f.name for f in fields(LoopConfig)})
     if isinstance(lora, dict):
         unknown += sorted(
@@ -172,14 +172,14 @@ def recipe_from_dict(raw: dict[str, Any], where: str) -> NegationRecipe:
     values: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v for k, v in raw.items()}
     try:
         settings = LoraSettings(**lora) if lora is not None else None
-        return NegationRecipe(**values, loop=LoopConfig(**loop, lora=settings))
+        return NegationStudyConfig(**values, loop=LoopConfig(**loop, lora=settings))
     except TypeError as exc:  # a value of the wrong kind (e.g. a mapping for a number)
         raise ConfigError(f"{where}: {exc}") from None
     except ConfigError as exc:
         raise ConfigError(f"{where}: {exc}") from None
 
 
-def load_recipe(path: str | Path) -> NegationRecipe:
+def load_recipe(path: str | Path) -> NegationStudyConfig:
     """A negation study from a recipe YAML (see ``recipes/nast-phantom.yaml``); a relative
     ``data:`` path is relative to the working directory, as on the command line. Raises
     ``ConfigError`` naming the file and the key."""
@@ -302,6 +302,14 @@ def trace_pairs(
     return build
 
 
+def weights_info(encoder: DualEncoder) -> dict[str, str]:
+    """``{"device": ..., "dtype": ...}`` of the model's weights, as recorded in outputs."""
+    return {
+        "device": str(encoder.device),
+        "dtype": str(encoder.dtype).removeprefix("torch."),
+    }
+
+
 def trace_model(
     encoder: DualEncoder,
     data: StudyData,
@@ -321,7 +329,7 @@ def trace_model(
     )
 
 
-def training_data(data: StudyData, recipe: NegationRecipe) -> NegationData:
+def training_data(data: StudyData, recipe: NegationStudyConfig) -> NegationData:
     """Captions, claim sets and MCQ options of the train-split patients (train phrasing
     families), seeded by ``data_seed``."""
     rows = data.rows("train")
@@ -354,7 +362,7 @@ def evaluate_model(
     return report
 
 
-def run_plan(recipe: NegationRecipe) -> list[tuple[str, int]]:
+def run_plan(recipe: NegationStudyConfig) -> list[tuple[str, int]]:
     """``(method, seed)`` of every run, in order: each method once per seed, except
     zero-shot (nothing to train), which runs once."""
     return [
@@ -362,6 +370,10 @@ def run_plan(recipe: NegationRecipe) -> list[tuple[str, int]]:
         for method in recipe.methods
         for seed in (recipe.seeds if method != "zero-shot" else recipe.seeds[:1])
     ]
+
+
+PROBE_FILE = "probe_embeddings.safetensors"
+PROBE_SENTENCES = 16  # everyday sentences whose embeddings fingerprint a trained text tower
 
 
 def train_model(
@@ -373,20 +385,59 @@ def train_model(
     loop: LoopConfig,
     out: Path,
 ) -> DualEncoder:
-    """Train ``encoder`` in place with a registered method (resuming from ``out``)."""
-    return run_method(method, encoder, data.images, examples, alpha, loop, out)
+    """Train ``encoder`` in place with a registered method (resuming from ``out``), and
+    write ``out/probe_embeddings.safetensors``: the trained text tower's embeddings of
+    :data:`PROBE_SENTENCES` everyday sentences, which :func:`apply_adapter` compares with
+    the reloaded model's."""
+    from safetensors.torch import save_file
+
+    from mechtune.data.io import atomic_path
+
+    run_method(method, encoder, data.images, examples, alpha, loop, out)
+    probes = encoder.encode_texts(general_sentences()[:PROBE_SENTENCES]).float().cpu()
+    with atomic_path(out / PROBE_FILE) as tmp:
+        save_file({"embeddings": probes.contiguous()}, str(tmp))
+    return encoder
 
 
-def apply_adapter(encoder: DualEncoder, folder: Path) -> DualEncoder:
-    """Apply what ``negation train`` wrote (a peft adapter or text-block weights)."""
-    return load_trained(encoder, folder)
+def apply_adapter(
+    encoder: DualEncoder, folder: Path, tolerance: float = 1e-4
+) -> tuple[DualEncoder, dict[str, Any]]:
+    """Apply what ``negation train`` wrote (a run folder, or its ``adapter/`` folder: a
+    peft adapter or text-block weights) to a freshly loaded ``encoder``, and check that
+    it reproduces the trained model: the max |difference| of the probe sentences'
+    embeddings from those saved at the end of training (``{"max_abs_diff": float}``, or
+    ``{"max_abs_diff": None}`` when the run saved none).
+
+    Raises ``DataError`` naming the folder when the difference exceeds ``tolerance``
+    (an adapter applied to another base model, or a changed checkpoint). The tolerance
+    covers reduced-precision weights; in float32 the difference is ~1e-7.
+    """
+    from safetensors.torch import load_file
+
+    folder = Path(folder)
+    run = folder.parent if folder.name == "adapter" else folder
+    trained = load_trained(encoder, run)
+    probe = run / PROBE_FILE
+    if not probe.is_file():
+        return trained, {"max_abs_diff": None}
+    saved = load_file(str(probe))["embeddings"]
+    now = trained.encode_texts(general_sentences()[: len(saved)]).float().cpu()
+    diff = float((now - saved).abs().max())
+    if diff > tolerance:
+        raise DataError(
+            f"{folder}: the reloaded model does not reproduce the trained model's text "
+            f"embeddings (max |difference| {diff:.3g} > {tolerance:g}); was it trained on "
+            "another base model or checkpoint?"
+        )
+    return trained, {"max_abs_diff": diff}
 
 
 # -- the study ---------------------------------------------------------------------------
 
 
 def run_negation_study(
-    recipe: NegationRecipe,
+    recipe: NegationStudyConfig,
     source: ImageStudySource,
     out: str | Path,
     options: RunOptions | None = None,
@@ -414,7 +465,7 @@ def run_negation_study(
         data,
         build,
         TraceConfig(seed=recipe.data_seed),
-        {"split": "train", "model": recipe.model},
+        {"split": "train", "model": recipe.model, **weights_info(base)},
     )
     traced.save(out / "trace")
     cte_by_block = traced.cte_layer[1:].tolist()

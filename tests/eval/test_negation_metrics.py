@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from mechtune.data.builders.contextual import ContextualConfig, study_records
-from mechtune.eval.zero_shot import evaluate_zero_shot
+from mechtune.eval.negation import EvalStudies, evaluate_negation
 from mechtune.sim.world import WorldConfig, make_world
 
 
@@ -27,7 +27,7 @@ class ToyEncoder:
 def test_zero_shot_matches_brute_force():
     world = make_world(WorldConfig(n_studies=300, seed=2))
     model = ToyEncoder()
-    report = evaluate_zero_shot(model, world, split="test", probes=False)
+    report = evaluate_negation(model, world.eval_set(model, "test"), seed=world.config.seed)
 
     idx = world.indices("test")
     img = model.encode_images(world.images[idx])
@@ -45,7 +45,7 @@ def test_zero_shot_matches_brute_force():
     cfg = ContextualConfig(seed=world.config.seed)
     correct, total = 0, 0
     for row, i in enumerate(idx):
-        for cs in study_records(world.studies[i], cfg)[0]:
+        for cs in study_records(world.studies[i], cfg, split_of=lambda _s: "test")[0]:
             if cs.heldout_family:
                 continue
             emb = model.encode_texts(list(cs.candidates))
@@ -58,11 +58,11 @@ def test_zero_shot_matches_brute_force():
 
 def test_polarity_mcq_accuracy_matches_brute_force():
     from mechtune.data.builders.polarity import PolarityConfig, make_mcq, passes_row_filter
-    from mechtune.eval.zero_shot import polarity_mcq_accuracy
+    from mechtune.eval.negation import polarity_mcq_accuracy
 
     world = make_world(WorldConfig(n_studies=400, seed=2))
     model = ToyEncoder()
-    got = polarity_mcq_accuracy(model, world, split="train")
+    got = polarity_mcq_accuracy(model, world.eval_set(model, "train"), seed=2)
     cfg = PolarityConfig(seed=2)
     idx = world.indices("train")
     img = model.encode_images(world.images[idx])
@@ -84,7 +84,7 @@ def test_zero_shot_intervals_cluster_by_patient_and_items_are_saved():
     from mechtune.eval.metrics import proportion
 
     world = make_world(WorldConfig(n_studies=300, seed=2))
-    report = evaluate_zero_shot(ToyEncoder(), world, split="test", probes=False)
+    report = evaluate_negation(ToyEncoder(), world.eval_set(ToyEncoder(), "test"), seed=2)
     idx = world.indices("test")
     patients = [world.studies[i].patient_id for i in idx]
     assert len(set(patients)) < len(patients)  # some patients have several studies
@@ -123,3 +123,57 @@ def test_zero_shot_intervals_cluster_by_patient_and_items_are_saved():
 
 def _refuse(name):
     raise AssertionError(f"non-standard JSON constant {name}")
+
+
+def _strip(studies, *, reports=True, sides=True):
+    import dataclasses
+
+    out = []
+    for s in studies:
+        findings = s.findings
+        if not sides:
+            findings = tuple(dataclasses.replace(f, laterality=None) for f in findings)
+            # a finding stated on both sides becomes a duplicate without its side
+            findings = tuple({f.key(): f for f in findings}.values())
+        out.append(dataclasses.replace(s, findings=findings, report=s.report if reports else None))
+    return out
+
+
+def test_metrics_the_data_cannot_support_are_na_with_the_reason():
+    """Without reports R@k is n/a; without laterality contralateral negation is n/a; the
+    metrics that the data supports are still reported."""
+    from mechtune.eval.negation import NO_LATERALITY, NO_REPORTS, summary_rows
+
+    world = make_world(WorldConfig(n_studies=300, seed=2))
+    model = ToyEncoder()
+    full = world.eval_set(model, "test")
+    assert not evaluate_negation(model, full, seed=2)["not_available"]
+
+    bare = EvalStudies(_strip(full.studies, reports=False, sides=False), full.images, "test")
+    report = evaluate_negation(model, bare, seed=2)
+    assert report["retrieval"] == {"R@1": None, "R@5": None}
+    assert report["not_available"] == {"retrieval": NO_REPORTS, "contralateral": NO_LATERALITY}
+    assert report["items"]["retrieval"]["id"] == []
+    held = report["claims"]["heldout"]
+    assert held["accuracy_by_polarity"]["contralateral"] is None
+    assert 0 <= held["claim_accuracy"].value <= 1 and held["affirmative_negation_gap"] is not None
+    rows = dict((r[0], r[1:]) for r in summary_rows(report))
+    assert rows["image->report R@1"][0] == "n/a"
+    assert rows["  contralateral negation"] == ("n/a", "n/a")
+
+    # some studies without a report: R@k over those that have one, the rest not queried
+    half = [s if i % 2 else _strip([s], reports=False)[0] for i, s in enumerate(full.studies)]
+    partial = evaluate_negation(model, EvalStudies(half, full.images, "test"), seed=2)
+    assert partial["retrieval"]["R@1"].n == sum(1 for s in half if s.report)
+    assert "retrieval" not in partial["not_available"]
+
+
+def test_eval_studies_refuse_mismatched_embeddings():
+    from mechtune.errors import DataError
+
+    world = make_world(WorldConfig(n_studies=60, seed=2))
+    data = world.eval_set(ToyEncoder(), "test")
+    with pytest.raises(DataError, match=r"studies but .* image embeddings for split 'test'"):
+        EvalStudies(list(data.studies)[:-1], data.images, "test")
+    with pytest.raises(DataError, match="split 'val' has no study"):
+        EvalStudies([], data.images[:0], "val")
