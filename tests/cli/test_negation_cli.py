@@ -48,7 +48,7 @@ POOLING = {"clip": "eos", "siglip": "last", "phantom": "mean"}
 
 @pytest.mark.parametrize("name", ["clip", "siglip", "phantom"])
 def test_trace_train_eval_study_end_to_end(setup, tmp_path, name):
-    root, data, models = setup
+    _, data, models = setup
     model = models[name]
     opts = ["--model", model, *common(data, tmp_path / "cache")]
 
@@ -108,7 +108,7 @@ def test_trace_train_eval_study_end_to_end(setup, tmp_path, name):
 
 
 def test_every_trace_option_changes_the_output(setup, tmp_path):
-    root, data, models = setup
+    _, data, models = setup
     base = ["--model", models["clip"], *common(data, tmp_path / "cache"), "--max-pairs", 30]
 
     def trace(name, *extra):
@@ -155,7 +155,7 @@ def test_every_trace_option_changes_the_output(setup, tmp_path):
 
 
 def test_device_dtype_and_cache_options(setup, tmp_path):
-    root, data, models = setup
+    _, data, models = setup
     base = ["--model", models["clip"], "--data", data, "--no-report-facts", "--max-pairs", 10]
     cache = tmp_path / "cache"
     out = invoke("trace", *base, "--cache-dir", cache, "--out", tmp_path / "a")
@@ -200,7 +200,7 @@ def _with_uncertain(data, tmp_path):
 
 
 def test_every_eval_option_changes_the_report(setup, tmp_path):
-    root, data, models = setup
+    _, data, models = setup
     base = ["--model", models["phantom"], "--cache-dir", tmp_path / "cache"]
 
     def evaluate(name, *extra, source=data):
@@ -246,7 +246,7 @@ def test_every_eval_option_changes_the_report(setup, tmp_path):
 
 
 def test_train_options(setup, tmp_path):
-    root, data, models = setup
+    _, data, models = setup
     base = ["--model", models["clip"], *common(data, tmp_path / "cache")]
 
     def history(folder):
@@ -302,7 +302,7 @@ def test_train_options(setup, tmp_path):
 
 
 def test_study_dry_run_checks_the_mimic_recipe_without_loading(setup, tmp_path):
-    root, data, models = setup
+    _, data, _ = setup
     out = invoke(
         "study",
         "--recipe",

@@ -144,12 +144,12 @@ def test_negation_config_refuses_bad_values(change, message):
 def test_recipes_refuse_unknown_keys_naming_the_file(tmp_path):
     bad = tmp_path / "r.yaml"
     bad.write_text("model: phantom:default\nwolrd_seed: 3\nloop: {stpes: 2, lora: {rnak: 2}}\n")
-    with pytest.raises(ConfigError, match=r"r.yaml: unknown recipe keys") as err:
+    with pytest.raises(ConfigError, match=r"r\.yaml: unknown recipe keys") as err:
         neg.load_recipe(bad)
     for key in ("wolrd_seed", "loop.stpes", "loop.lora.rnak"):
         assert key in str(err.value)
     bad.write_text("loop: {steps: {a: 1}}\n")
-    with pytest.raises(ConfigError, match="r.yaml"):
+    with pytest.raises(ConfigError, match=r"r\.yaml"):
         neg.load_recipe(bad)
     bad.write_text("- a list\n")
     with pytest.raises(ConfigError, match="a recipe is a mapping"):
