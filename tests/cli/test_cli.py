@@ -25,12 +25,15 @@ COMMANDS = [
     ["sim", "render"],
     ["sim", "build"],
     ["sim", "train-clip"],
-    ["eval"],
-    ["eval", "negation"],
+    ["sim", "export"],
+    ["negation"],
+    ["negation", "trace"],
+    ["negation", "train"],
+    ["negation", "eval"],
+    ["negation", "study"],
     ["sae"],
     ["sae", "train"],
     ["sae", "analyze"],
-    ["trace"],
 ]
 
 
@@ -146,18 +149,20 @@ def test_demo_quick(tmp_path):
     assert result.exit_code == 0, result.output
     assert (tmp_path / "data" / "contextual" / "claims.parquet").is_file()
     assert "Example claim sets" in result.output
-    assert "Zero-shot phantom CLIP" in result.output
-    report = json.loads((tmp_path / "zero_shot.json").read_text())
+    assert "phantom:default: test patients" in " ".join(result.output.split())
+    report = json.loads((tmp_path / "zero-shot" / "eval.json").read_text())
     assert 0 <= report["claims"]["heldout"]["claim_accuracy"]["value"] <= 1
+    assert report["data"]["layout"] == "mimic-cxr-jpg"  # read from the export's files
     pngs = (
         "phantom_contact_sheet.png",
         "zero_shot_blind_spot.png",
-        "cte_heatmap.png",
         "flip_auc_by_layer.png",
         "flip_rate.png",
     )
     for png in pngs:
         assert (tmp_path / "figures" / png).read_bytes()[:4] == b"\x89PNG"
+    for png in ("cte_heatmap.png", "alpha.png", "update_share.png"):
+        assert (tmp_path / "negation" / "figures" / png).read_bytes()[:4] == b"\x89PNG"
     assert (tmp_path / "world" / "images.npy").is_file()
     assert "Paraphrase consistency on held-out paraphrase families" in result.output
     paraphrase = json.loads((tmp_path / "paraphrase" / "results.json").read_text())
@@ -196,85 +201,6 @@ def test_sim_render_build_and_train(tmp_path):
     assert result.exit_code == 0, result.output
     assert (tmp_path / "vqa" / "model.safetensors").is_file()
     assert "val balanced accuracy" in result.output
-
-
-def test_eval_negation_on_user_claims(tmp_path):
-    from mechtune.sim.world import WorldConfig, make_world, save_world
-
-    world = make_world(WorldConfig(n_studies=20, seed=0))
-    save_world(world, tmp_path / "w")
-    claims = tmp_path / "claims.jsonl"
-    sid = world.studies[3].study_id
-    claims.write_text(
-        json.dumps(
-            {"image": sid, "candidates": ["No pneumothorax.", "Large pneumothorax."], "correct": 0}
-        )
-        + "\n"
-        + json.dumps(
-            {"image": 4, "candidates": ["Pleural effusion.", "No pleural effusion."], "correct": 1}
-        )
-        + "\n"
-    )
-    out = tmp_path / "res.json"
-    result = runner.invoke(
-        app,
-        [
-            "eval",
-            "negation",
-            "--claims",
-            str(claims),
-            "--world",
-            str(tmp_path / "w"),
-            "--out",
-            str(out),
-        ],
-    )
-    assert result.exit_code == 0, result.output
-    accuracy = json.loads(out.read_text())["claim_accuracy"]
-    assert accuracy["n"] == 2
-    # two claim sets: the interval is a proportion's (Wilson, or clustered by patient)
-    assert accuracy["method"] in ("wilson", "cluster-bootstrap+wilson-floor")
-    assert accuracy["high"] - accuracy["low"] > 0.5
-    claims.write_text(json.dumps({"image": "nope", "candidates": ["a", "b"], "correct": 0}) + "\n")
-    bad = runner.invoke(
-        app, ["eval", "negation", "--claims", str(claims), "--world", str(tmp_path / "w")]
-    )
-    assert bad.exit_code == 2
-    assert "line 1, field 'image': 'nope'" in " ".join(bad.output.split())
-
-
-def test_eval_negation_applies_a_peft_adapter(tmp_path):
-    import torch
-
-    from mechtune.models.spec import load_dual_encoder
-    from mechtune.sim.world import WorldConfig, make_world, save_world
-    from mechtune.train.loop import LoopConfig, Trainer
-    from mechtune.train.lora import LoraSettings, lora_parameters
-
-    world = make_world(WorldConfig(n_studies=20, seed=0))
-    save_world(world, tmp_path / "w")
-    enc = load_dual_encoder("phantom:default")
-    trainer = Trainer(
-        enc,
-        [1.0] * 7,
-        LoopConfig(steps=1, checkpoint_every=1, lora=LoraSettings(rank=2, alpha=4)),
-        tmp_path / "run",
-    )
-    for _, p in lora_parameters(trainer.model).values():
-        torch.nn.init.normal_(p, std=0.05)
-    trainer.save()
-    claims = tmp_path / "claims.jsonl"
-    claims.write_text(
-        json.dumps(
-            {"image": 0, "candidates": ["No edema.", "Severe pulmonary edema."], "correct": 0}
-        )
-        + "\n"
-    )
-    args = ["eval", "negation", "--claims", str(claims), "--world", str(tmp_path / "w")]
-    ok = runner.invoke(app, [*args, "--adapter", str(trainer.checkpoints()[-1] / "peft")])
-    assert ok.exit_code == 0, ok.output
-    missing = runner.invoke(app, [*args, "--adapter", str(tmp_path)])
-    assert missing.exit_code == 2 and "adapter_config.json" in missing.output
 
 
 @pytest.mark.parametrize(
@@ -323,7 +249,7 @@ def test_demo_options_reach_every_stage(tmp_path, monkeypatch):
     monkeypatch.setattr(cli_main.data_cli, "build_kinds", record("build"))
     monkeypatch.setattr(cli_main, "_examples", lambda out: "")
     monkeypatch.setattr(cli_main, "_zero_shot", record("zero_shot", {}))
-    monkeypatch.setattr(cli_main, "_negation_study", record("negation"))
+    monkeypatch.setattr(cli_main.negation_cli, "run_study", record("negation"))
     monkeypatch.setattr(cli_main, "_paraphrase_study", record("paraphrase"))
     args = ["demo", "--n", "800", "--seed", "3", "--no-check", "--out", str(tmp_path)]
     runner.invoke(app, args, catch_exceptions=False)
@@ -333,9 +259,13 @@ def test_demo_options_reach_every_stage(tmp_path, monkeypatch):
     assert build_args[1] == tmp_path / "data"  # --out
     assert build_args[2] is source
     assert build_args[3] == 3 and build_args[5] is False  # seed, --no-check
-    assert seen["zero_shot"][0][1:] == (world, False)
-    negation = seen["negation"][0][1]
-    assert (negation.world_studies, negation.world_seed, negation.seeds) == (800, 3, (3,))
+    assert seen["zero_shot"][0][1] is source and seen["zero_shot"][0][4] is False  # quick
+    # the negation study: `negation study --model phantom:default --data OUT/mimic-cxr-jpg`
+    negation, study_source, study_out = seen["negation"][0][:3]
+    assert study_source is source and study_out == tmp_path / "negation"
+    assert negation.model == "phantom:default"
+    assert negation.data == str(tmp_path / cli_main.MIMIC_DIR)
+    assert (negation.data_seed, negation.seeds) == (3, (3,))
     paraphrase = seen["paraphrase"][0][1]
     assert (paraphrase.world_studies, paraphrase.world_seed, paraphrase.seeds) == (400, 3, (3,))
 
@@ -370,57 +300,3 @@ def test_root_version_option():
 
 
 OPTION_TESTS["mechtune"] = {"--version": "test_root_version_option"}
-
-
-def test_every_eval_negation_option_changes_the_result(tmp_path):
-    import torch
-
-    from mechtune.models.spec import load_dual_encoder
-    from mechtune.sim.world import WorldConfig, make_world, save_world
-    from mechtune.train.loop import LoopConfig, Trainer
-    from mechtune.train.lora import LoraSettings, lora_parameters
-    from tests.tiny_models import tiny_clip
-
-    save_world(make_world(WorldConfig.seeded(30, 5)), tmp_path / "w")
-    enc = load_dual_encoder("phantom:default")
-    trainer = Trainer(
-        enc, [1.0] * 7, LoopConfig(steps=1, lora=LoraSettings(rank=2, alpha=4)), tmp_path / "r"
-    )
-    for _, p in lora_parameters(trainer.model).values():
-        torch.nn.init.normal_(p, std=0.05)
-    adapter = trainer.save() / "peft"
-    one = {
-        "image": 0,
-        "candidates": ["there is no edema .", "there is severe edema ."],
-        "correct": 0,
-    }
-    two = {**one, "image": 1, "correct": 1}
-    claims = tmp_path / "claims.jsonl"
-    claims.write_text(json.dumps(one) + "\n")
-    more = tmp_path / "more.jsonl"
-    more.write_text(json.dumps(one) + "\n" + json.dumps(two) + "\n")
-
-    def run(name, *args):
-        out = tmp_path / f"{name}.json"
-        base = ["eval", "negation", "--claims", str(claims), "--n", "20", "--out", str(out)]
-        result = runner.invoke(app, [*base, *args], catch_exceptions=False)
-        assert result.exit_code == 0, result.output
-        return json.loads(out.read_text())  # --out: the result is written there
-
-    base = run("base")
-    scores = base["items"][0]["scores"]
-    assert len(run("claims", "--claims", str(more))["items"]) == 2
-    clip = run("model", "--model", f"hf:{tiny_clip(tmp_path / 'clip')}")
-    assert clip["items"][0]["scores"] != scores
-    assert run("adapter", "--adapter", str(adapter))["items"][0]["scores"] != scores
-    assert run("n", "--n", "40")["world"] == {"n_studies": 40, "seed": 0}
-    seeded = run("seed", "--seed", "3")
-    assert seeded["items"][0]["scores"] != scores
-    saved = run("world", "--world", str(tmp_path / "w"))
-    assert saved["items"][0]["scores"] != scores and saved["world"] == str(tmp_path / "w")
-
-
-OPTION_TESTS["mechtune eval negation"] = {
-    option: "test_every_eval_negation_option_changes_the_result"
-    for option in ("--claims", "--model", "--adapter", "--world", "--n", "--seed", "--out")
-}
