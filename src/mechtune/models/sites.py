@@ -155,7 +155,7 @@ def pooled_positions(
     elif kind == "eos":
         if eos_index is None:
             raise UnsupportedModelError("pooling 'eos' needs the site's eos_index")
-        out[torch.arange(real.shape[0]), eos_index.to(out.device)] = True
+        out[torch.arange(real.shape[0], device=out.device), eos_index.to(out.device)] = True
     elif kind == "last":
         out[:, -1] = True
     else:
