@@ -172,10 +172,10 @@ def tiny_vision_text_dual_encoder(folder: Path, seed: int = 0) -> Path:
     ``ViTImageProcessorPil``. ``save_pretrained`` into ``folder``."""
     from transformers import (
         BertConfig,
-        ViTConfig,
-        ViTImageProcessorPil,
         VisionTextDualEncoderConfig,
         VisionTextDualEncoderModel,
+        ViTConfig,
+        ViTImageProcessorPil,
     )
 
     tokenizer = wordpiece_tokenizer()

@@ -46,9 +46,9 @@ def test_hf_dispatches_on_model_type(encoders):
 def test_unsupported_model_type_lists_the_supported(tmp_path):
     from transformers import BertConfig, BertModel
 
-    BertModel(BertConfig(hidden_size=8, num_hidden_layers=1, num_attention_heads=2)).save_pretrained(
-        tmp_path
-    )
+    BertModel(
+        BertConfig(hidden_size=8, num_hidden_layers=1, num_attention_heads=2)
+    ).save_pretrained(tmp_path)
     with pytest.raises(
         UnsupportedModelError,
         match=r"model_type 'bert' is not a supported dual encoder; supported: clip, siglip, "

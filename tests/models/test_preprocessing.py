@@ -59,7 +59,9 @@ def test_clip_pixels_are_clips_own_rule(clip):
 
 def test_siglip_pixels_are_siglips_own_rule(siglip):
     """SigLIP: resize to 32x32 (bicubic, aspect not kept), mean = std = 0.5."""
-    rgb = np.asarray(Image.fromarray(GREY).convert("RGB").resize((32, 32), Image.Resampling.BICUBIC))
+    rgb = np.asarray(
+        Image.fromarray(GREY).convert("RGB").resize((32, 32), Image.Resampling.BICUBIC)
+    )
     ref = _normalised(rgb, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
     assert torch.allclose(siglip.pixel_values([GREY])[0], ref, atol=1e-5)
 

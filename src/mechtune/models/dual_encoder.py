@@ -401,8 +401,10 @@ class PhantomDualEncoder(DualEncoder):
         s = self.image_size
         if isinstance(batch, np.ndarray) and batch.ndim == 3 and batch.shape[1:] == (s, s):
             return batch
-        return np.stack([self._grey(item) for item in batch]) if len(batch) else np.empty(
-            (0, s, s), dtype=np.uint8
+        return (
+            np.stack([self._grey(item) for item in batch])
+            if len(batch)
+            else np.empty((0, s, s), dtype=np.uint8)
         )
 
     def _grey(self, item: Any) -> np.ndarray:

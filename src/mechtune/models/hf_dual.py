@@ -158,9 +158,7 @@ class HFCLIPDualEncoder(HFDualEncoder):
         from transformers import CLIPImageProcessorPil
 
         s = self.image_size
-        return CLIPImageProcessorPil(
-            size={"shortest_edge": s}, crop_size={"height": s, "width": s}
-        )
+        return CLIPImageProcessorPil(size={"shortest_edge": s}, crop_size={"height": s, "width": s})
 
 
 class SiglipDualEncoder(HFDualEncoder):

@@ -78,7 +78,10 @@ class SentenceTowerDualEncoder(DualEncoder):
         return self.model.text(**tokens) - self.model.text_center
 
     def preprocess_config(self) -> dict[str, Any]:
-        return {"adapter": type(self).__name__, "image_encoder": type(self.model.image_encoder).__name__}
+        return {
+            "adapter": type(self).__name__,
+            "image_encoder": type(self.model.image_encoder).__name__,
+        }
 
     @property
     def logit_scale(self) -> float:
