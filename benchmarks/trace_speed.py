@@ -25,7 +25,7 @@ import torch
 
 from mechtune.interp.pairs import build_trace_pairs
 from mechtune.interp.tracing import TracePair, trace_scores, trace_scores_reference
-from mechtune.models.dual_encoder import HFCLIPDualEncoder
+from mechtune.models.hf_dual import HFCLIPDualEncoder
 from mechtune.models.spec import load_dual_encoder
 from mechtune.sim.world import WorldConfig, make_world
 

@@ -95,6 +95,105 @@ def tiny_clip(folder: Path, seed: int = 0) -> Path:
     model = CLIPModel(config).eval()
     model.save_pretrained(folder)
     fast.save_pretrained(folder)
+    clip_image_processor(32).save_pretrained(folder)
+    return folder
+
+
+def clip_image_processor(size: int) -> Any:
+    """transformers' torchvision-free CLIP processor: shortest edge to ``size``, centre
+    crop, bicubic, CLIP mean/std."""
+    from transformers import CLIPImageProcessorPil
+
+    return CLIPImageProcessorPil(
+        size={"shortest_edge": size}, crop_size={"height": size, "width": size}
+    )
+
+
+def _word_level(vocab: dict[str, int], single: str, specials: list[tuple[str, int]]) -> Any:
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
+
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tok.normalizer = normalizers.Lowercase()
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok.post_processor = processors.TemplateProcessing(single=single, special_tokens=specials)
+    return tok
+
+
+def tiny_siglip(folder: Path, seed: int = 0, image_size: int = 32) -> Path:
+    """A ``SiglipModel`` (2 text layers, 64 text positions as MedSigLIP; ViT
+    ``image_size`` px) with SigLIP's token conventions: ``</s>`` appended, and padding
+    *with* ``</s>`` (SiglipTokenizer's ``pad_token``), its ``SiglipImageProcessorPil``
+    saved beside it. ``save_pretrained`` into ``folder``."""
+    from transformers import (
+        PreTrainedTokenizerFast,
+        SiglipConfig,
+        SiglipImageProcessorPil,
+        SiglipModel,
+    )
+
+    vocab = {"<pad>": 0, "</s>": 1, "<unk>": 2}
+    for w in WORDS:
+        vocab.setdefault(w, len(vocab))
+    tok = _word_level(vocab, "$A </s>", [("</s>", 1)])
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok, eos_token="</s>", pad_token="</s>", unk_token="<unk>"
+    )
+    small = {"hidden_size": 32, "intermediate_size": 64, "num_attention_heads": 2}
+    config = SiglipConfig(
+        text_config={
+            **small,
+            "vocab_size": len(vocab),
+            "num_hidden_layers": 2,
+            "max_position_embeddings": 64,
+            "pad_token_id": 1,
+            "eos_token_id": 1,
+            "bos_token_id": None,
+        },
+        vision_config={
+            **small,
+            "num_hidden_layers": 1,
+            "image_size": image_size,
+            "patch_size": 8,
+        },
+    )
+    torch.manual_seed(seed)
+    model = SiglipModel(config).eval()
+    model.save_pretrained(folder)
+    fast.save_pretrained(folder)
+    SiglipImageProcessorPil(size={"height": image_size, "width": image_size}).save_pretrained(
+        folder
+    )
+    return folder
+
+
+def tiny_vision_text_dual_encoder(folder: Path, seed: int = 0) -> Path:
+    """A ``VisionTextDualEncoderModel``: a tiny random BERT (with its pooler) over the
+    packaged WordPiece vocabulary, a tiny ViT at 32 px, projections to 16, and a
+    ``ViTImageProcessorPil``. ``save_pretrained`` into ``folder``."""
+    from transformers import (
+        BertConfig,
+        VisionTextDualEncoderConfig,
+        VisionTextDualEncoderModel,
+        ViTConfig,
+        ViTImageProcessorPil,
+    )
+
+    tokenizer = wordpiece_tokenizer()
+    small = {"hidden_size": 32, "intermediate_size": 64, "num_attention_heads": 2}
+    text = BertConfig(
+        **small,
+        vocab_size=tokenizer.vocab_size,
+        num_hidden_layers=2,
+        max_position_embeddings=64,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    vision = ViTConfig(**small, num_hidden_layers=1, image_size=32, patch_size=8)
+    config = VisionTextDualEncoderConfig.from_vision_text_configs(vision, text, projection_dim=16)
+    torch.manual_seed(seed)
+    model = VisionTextDualEncoderModel(config).eval()
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    ViTImageProcessorPil(size={"height": 32, "width": 32}).save_pretrained(folder)
     return folder
 
 
@@ -176,7 +275,7 @@ def clip_with_tokenizer(tokenizer: Any, seed: int = 0) -> Any:
     the tokenizer's (transformers' current rule: the first EOS position is pooled)."""
     from transformers import CLIPConfig, CLIPModel
 
-    from mechtune.models.dual_encoder import HFCLIPDualEncoder
+    from mechtune.models.hf_dual import HFCLIPDualEncoder
 
     config = CLIPConfig(
         text_config={
@@ -314,7 +413,7 @@ def tiny_openclip(pooler: str = "cls", context_length: int = 48, seed: int = 0) 
     output), ``mean``, ``max``."""
     from transformers import BertConfig, BertModel
 
-    from mechtune.models.dual_encoder import OpenCLIPDualEncoder
+    from mechtune.models.open_clip_adapter import OpenCLIPDualEncoder
 
     tokenizer = wordpiece_tokenizer()
     torch.manual_seed(seed)

@@ -3,7 +3,8 @@ import pytest
 import torch
 
 from mechtune.errors import UnsupportedModelError
-from mechtune.models.dual_encoder import HFCLIPDualEncoder, PhantomDualEncoder
+from mechtune.models.dual_encoder import PhantomDualEncoder
+from mechtune.models.hf_dual import HFCLIPDualEncoder
 from mechtune.models.sites import text_site
 from mechtune.models.spec import ModelSpecError, load_dual_encoder, parse_spec
 from tests.tiny_models import tiny_clip

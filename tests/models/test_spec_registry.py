@@ -8,6 +8,7 @@ import sys
 from importlib.metadata import entry_points
 
 import pytest
+import torch
 
 from mechtune.errors import ConfigError
 from mechtune.models import spec
@@ -38,16 +39,18 @@ def test_a_registered_scheme_loads_and_is_named_in_errors(monkeypatch):
     monkeypatch.setattr(spec, "_REGISTRY", dict(spec._REGISTRY))
     seen = []
 
-    def load(name):
-        seen.append(name)
+    def load(name, *, device, dtype):
+        seen.append((name, str(device), dtype))
         return "encoder"
 
     register_scheme("toy", load, ("toy:tiny",))
-    assert load_dual_encoder("toy:a/b:c") == "encoder" and seen == ["a/b:c"]
+    assert load_dual_encoder("toy:a/b:c") == "encoder" and seen == [("a/b:c", "cpu", None)]
+    assert load_dual_encoder("toy:x", dtype="bfloat16") == "encoder"
+    assert seen[-1] == ("x", "cpu", torch.bfloat16)
     with pytest.raises(ModelSpecError, match=r"SCHEME one of .*toy.* e\.g\. .*toy:tiny"):
         parse_spec("nope:x")
 
-    def broken(name):
+    def broken(name, **kw):
         raise OSError("no weights here")
 
     register_scheme("toy", broken)

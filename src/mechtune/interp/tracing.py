@@ -10,11 +10,18 @@ Layer 0 is the embedding output; layer l is the output of block l-1. (NAST's rel
 reports d*/d = 1 - CTE; we report CTE.) 1 means the patch alone moves the score all the way
 to the foil's; 0 means it changes nothing.
 
-Positions are the real tokens only (attention mask 1): padding, such as open_clip's
-fixed-length padding to 256, is never patched, and pairs are length-matched by their real
-lengths. Scores are the model's own text embedding, pooled where the model pools
+Positions are those whose state can reach the text embedding
+(``DualEncoder.traced_positions``): the real tokens (attention mask 1) and the positions
+the model pools. Padding, such as open_clip's fixed-length padding to 256, is never
+patched, except where the model reads it: SigLIP pools the last column of text padded to
+64 tokens, a padding token, which is therefore traced. Pairs are length-matched by their
+traced lengths. Scores are the model's own text embedding, pooled where the model pools
 (``DualEncoder.pooling``): at the last layer only the pooled positions can move the
 embedding, so only they are patched there (the others keep the clean score, exactly).
+
+Hidden states stay in the model's dtype (bf16 when loaded so); embeddings are upcast to
+float32 before they are normalised and scored (:mod:`mechtune.models.precision`), so
+S and every CTE ratio are float32 (float64 for a float64 model).
 
 ``trace_scores`` is fast: per group of equal-length pairs it runs the clean and foil texts
 once, then for each layer l one batched pass of blocks l..L-1 over every (pair, position)
@@ -80,7 +87,7 @@ def _check_pair(
         raise TraceError(
             f"pair {pair.correct!r}: image index {pair.image} out of range [0, {n_images})"
         )
-    mask_c, mask_f = tok_c["attention_mask"], tok_f["attention_mask"]
+    mask_c, mask_f = encoder.traced_positions(tok_c), encoder.traced_positions(tok_f)
     if mask_c.shape != mask_f.shape or not torch.equal(mask_c, mask_f):
         raise TraceError(
             f"pair {pair.correct!r} / {pair.foil!r}: token lengths differ "
@@ -90,8 +97,9 @@ def _check_pair(
 
 
 def token_length(encoder: DualEncoder, text: str) -> int:
-    """Real token length: the number of attention-mask-1 tokens (not the padded width)."""
-    return int(encoder.tokenize([text])["attention_mask"].sum())
+    """Traced token length: the number of positions tracing patches (the real tokens,
+    plus a pooled padding position where the model reads one), not the padded width."""
+    return int(encoder.traced_positions(encoder.tokenize([text])).sum())
 
 
 def _groups(
@@ -152,8 +160,8 @@ def trace_scores(
     for pair in pairs:
         entry = traced[texts[(pair.correct, pair.foil)]]
         assert entry is not None
-        img = images[pair.image].to(entry.correct.dtype)
-        patched = entry.patched @ img  # [L+1, T]
+        img = images[pair.image].to(device=entry.correct.device, dtype=entry.correct.dtype)
+        patched = (entry.patched @ img).cpu()  # [L+1, T]
         out.append(
             PairScores(float(entry.correct @ img), float(entry.foil @ img), patched, entry.tokens)
         )
@@ -177,19 +185,22 @@ def _trace_texts(
     n_layers = len(encoder.text_layers)
     tok_c = encoder.tokenize([p.correct for p in group])
     tok_f = encoder.tokenize([p.foil for p in group])
-    mask = tok_c["attention_mask"].bool()
-    if not (torch.equal(tok_f["attention_mask"].bool(), mask) and (mask == mask[:1]).all()):
+    mask = encoder.traced_positions(tok_c)
+    if not (torch.equal(encoder.traced_positions(tok_f), mask) and (mask == mask[:1]).all()):
         raise TraceError("a group of equal-length pairs tokenised to different masks")
-    real = torch.nonzero(mask[0]).view(-1)  # [R] input columns of the real tokens
+    device = mask.device
+    real = torch.nonzero(mask[0]).view(-1)  # [R] input columns of the traced tokens
     clean, call = encoder.capture(tok_c)
     foil, _ = encoder.capture(tok_f)
     e_corr = encoder.head(clean[-1], tok_c)
     e_foil = encoder.head(foil[-1], tok_f)
     n, r = len(group), len(real)
-    rows = torch.arange(n).repeat_interleave(r)  # patch j belongs to pair rows[j] ...
-    slot = torch.arange(r).repeat(n)  # ... and to its real token slot[j]
+    rows = torch.arange(n, device=device).repeat_interleave(r)  # patch j: pair rows[j] ...
+    slot = torch.arange(r, device=device).repeat(n)  # ... and its traced token slot[j]
     pos = real[slot]  # ... at input column pos[j]
-    patched = torch.full((n, n_layers + 1, r, e_corr.shape[1]), float("nan"), dtype=e_corr.dtype)
+    patched = torch.full(
+        (n, n_layers + 1, r, e_corr.shape[1]), float("nan"), dtype=e_corr.dtype, device=device
+    )
     # At the embedding output, a position whose token is the same in both texts has the
     # same state: patching it changes nothing, so its patched embedding is the clean one.
     same_token = (tok_c["input_ids"] == tok_f["input_ids"])[rows, pos]
@@ -201,18 +212,18 @@ def _trace_texts(
         elif layer == n_layers:
             todo = torch.nonzero(pooled).view(-1)
         else:
-            todo = torch.arange(n * r)
+            todo = torch.arange(n * r, device=device)
         if layer == 0 or layer == n_layers:
             patched[:, layer] = e_corr[:, None, :]
         if len(todo) == 0:
             continue
         sub_rows, sub_pos = rows[todo], pos[todo]
         x = clean[layer].index_select(0, sub_rows).clone()
-        x[torch.arange(len(todo)), sub_pos] = foil[layer][sub_rows, sub_pos]
+        x[torch.arange(len(todo), device=device), sub_pos] = foil[layer][sub_rows, sub_pos]
         h = encoder.run_layers(x, layer, call, sub_rows)
         sub_tokens = {k: v.index_select(0, sub_rows) for k, v in tok_c.items()}
         patched[sub_rows, layer, slot[todo]] = encoder.head(h, sub_tokens)
-    ids = tok_c["input_ids"][:, real]
+    ids = tok_c["input_ids"][:, real].cpu()
     return [
         _TracedText(e_corr[j], e_foil[j], patched[j], encoder.token_strings(ids[j].tolist()))
         for j in range(n)
@@ -288,17 +299,19 @@ def trace_scores_reference(
         _check_pair(encoder, pair, len(images), tok_c, tok_f)
         both = encoder.tokenize([pair.correct, pair.foil])
         foil, _ = encoder.capture(tok_f)
-        s_corr = float(encoder.encode_tokens(tok_c)[0] @ images[pair.image])
-        s_foil = float(encoder.encode_tokens(tok_f)[0] @ images[pair.image])
-        real = torch.nonzero(tok_c["attention_mask"][0]).view(-1).tolist()
+        image = images[pair.image].to(encoder.device)
+        s_corr = float(encoder.encode_tokens(tok_c)[0] @ image)
+        s_foil = float(encoder.encode_tokens(tok_f)[0] @ image)
+        real = torch.nonzero(encoder.traced_positions(tok_c)[0]).view(-1).tolist()
         patched = torch.empty(n_layers + 1, len(real), dtype=images.dtype)
         for layer in range(n_layers + 1):
             for k, p in enumerate(real):
                 if raw_images is None:
                     with patch_state(encoder, layer, p, foil[layer][:, p]):
-                        patched[layer, k] = encoder.encode_tokens(tok_c)[0] @ images[pair.image]
+                        patched[layer, k] = encoder.encode_tokens(tok_c)[0] @ image
                     continue
                 img = encoder.encode_images(raw_images[pair.image : pair.image + 1])[0]  # type: ignore[index]
+                img = img.to(device=encoder.device, dtype=image.dtype)
                 value = torch.stack([foil[layer][0, p], foil[layer][0, p]])
                 with patch_state(encoder, layer, p, value, rows=[0]):
                     patched[layer, k] = encoder.encode_tokens(both)[0] @ img

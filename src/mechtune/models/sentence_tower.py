@@ -18,6 +18,7 @@ from torch import nn
 from mechtune.errors import DataError
 from mechtune.models.dual_encoder import DualEncoder
 from mechtune.models.minilm import MiniLMTower
+from mechtune.models.precision import unit
 
 
 def check_mean_pooling(folder: str | Path) -> None:
@@ -62,12 +63,25 @@ class SentenceTowerDualEncoder(DualEncoder):
     def __init__(self, model: SentenceTowerCLIP) -> None:
         super().__init__(model, model.text.tokenizer, max_length=model.text.max_length)
 
-    def encode_images(self, images: Any) -> torch.Tensor:
+    @torch.no_grad()
+    def encode_images(self, images: Any, batch_size: int = 64) -> torch.Tensor:
+        """Images as the image encoder takes them (a tensor or array batch; no
+        preprocessing of its own) -> ``[B, D]`` L2-normalised float32 on the CPU."""
         x = images if torch.is_tensor(images) else torch.as_tensor(images)
-        return nn.functional.normalize(self.model.image_encoder(x), dim=-1)
+        return unit(self.model.image_encoder(x.to(self.device))).cpu()
 
-    def encode_tokens(self, tokens: dict[str, torch.Tensor]) -> torch.Tensor:
-        return self.model.center_text(self.model.text(**tokens))
+    def _image_features(self, batch: Any) -> torch.Tensor:
+        return self.model.image_encoder(torch.as_tensor(batch).to(self.device))
+
+    def _text_features(self, tokens: dict[str, torch.Tensor]) -> torch.Tensor:
+        # center_text normalises (raw - centre); the base normalises in float32.
+        return self.model.text(**tokens) - self.model.text_center
+
+    def preprocess_config(self) -> dict[str, Any]:
+        return {
+            "adapter": type(self).__name__,
+            "image_encoder": type(self.model.image_encoder).__name__,
+        }
 
     @property
     def logit_scale(self) -> float:

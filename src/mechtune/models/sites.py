@@ -2,14 +2,18 @@
 
 Adapters never probe a model with ``hasattr``: they look its class up here. A site says
 where the text transformer blocks live (also the ``layers_pattern`` peft needs to keep
-LoRA out of the vision tower), how the text embedding is computed from the last block's
-output (the *head*), and which positions that head pools (the *pooling*):
+LoRA out of the vision tower), how the raw text features are computed from the last
+block's output (the *head*; the adapter L2-normalises them in float32), and which
+positions that head pools (the *pooling*):
 
 - ``"eos"``: the end-of-text token (transformers' ``CLIPTextTransformer`` rule);
-- ``"cls"``: the first column (BERT [CLS]; open_clip's ``ClsPooler`` and
+- ``"cls"``: the first column (BERT [CLS] and its pooler, as in
+  ``VisionTextDualEncoderModel``; open_clip's ``ClsPooler`` and
   ``ClsLastHiddenStatePooler`` read position 0);
 - ``"mean"``: the mean over real tokens (sentence-transformers; open_clip's ``MeanPooler``);
-- ``"last"``: the last column of the padded input (SigLIP's text tower; no site uses it yet).
+- ``"last"``: the last column of the padded input, whatever token is there (transformers'
+  ``SiglipTextModel``: ``pooled_output = last_hidden_state[:, -1, :]``; with the
+  processor's ``padding="max_length"`` it is usually a padding token).
 
 Causal tracing patches and scores where the model itself pools: it asks the site, never
 assumes a rule.
@@ -50,26 +54,44 @@ def clip_eos_index(model: Any, input_ids: torch.Tensor) -> torch.Tensor:
 def clip_text_head(
     model: Any, hidden: torch.Tensor, tokens: dict[str, torch.Tensor]
 ) -> torch.Tensor:
-    """transformers ``CLIPModel``: final LayerNorm, EOS pooling, projection, L2 norm."""
+    """transformers ``CLIPModel``: final LayerNorm, EOS pooling, projection."""
     hidden = model.text_model.final_layer_norm(hidden)
     eos = clip_eos_index(model, tokens["input_ids"]).to(hidden.device)
     pooled = hidden[torch.arange(hidden.shape[0], device=hidden.device), eos]
-    return nn.functional.normalize(model.text_projection(pooled), dim=-1)
+    return model.text_projection(pooled)
+
+
+def siglip_text_head(
+    model: Any, hidden: torch.Tensor, tokens: dict[str, torch.Tensor]
+) -> torch.Tensor:
+    """transformers ``SiglipModel`` (``SiglipTextModel.forward``): final LayerNorm, the
+    last column, the text ``head`` projection."""
+    text = model.text_model
+    return text.head(text.final_layer_norm(hidden)[:, -1, :])
+
+
+def bert_pooler_head(
+    model: Any, hidden: torch.Tensor, tokens: dict[str, torch.Tensor]
+) -> torch.Tensor:
+    """transformers ``VisionTextDualEncoderModel`` over a BERT-family text tower
+    (``get_text_features``): the tower's pooler (dense + tanh on [CLS]), then
+    ``text_projection``."""
+    return model.text_projection(model.text_model.pooler(hidden))
 
 
 def mean_pooled_head(
     model: Any, hidden: torch.Tensor, tokens: dict[str, torch.Tensor]
 ) -> torch.Tensor:
     """Sentence-transformers towers (the phantom CLIP's MiniLM): mean pooling over real
-    tokens, L2 norm, fixed centring, L2 norm."""
-    pooled = model.text.pool(hidden, tokens["attention_mask"])
-    return model.center_text(pooled)
+    tokens, L2 norm, minus the fixed centre (the adapter's L2 norm completes
+    ``center_text``)."""
+    return model.text.pool(hidden, tokens["attention_mask"]) - model.text_center
 
 
 def openclip_hf_text_head(
     model: Any, hidden: torch.Tensor, tokens: dict[str, torch.Tensor]
 ) -> torch.Tensor:
-    """open_clip ``HFTextEncoder`` (BiomedCLIP's BERT): its pooler, projection, L2 norm.
+    """open_clip ``HFTextEncoder`` (BiomedCLIP's BERT): its pooler, projection.
 
     The pooler gets what ``HFTextEncoder.forward`` gives it: a transformers output with the
     last hidden state and, when the tower has one, the transformer's own pooler output
@@ -85,7 +107,7 @@ def openclip_hf_text_head(
         pooler_output=None if transformer_pooler is None else transformer_pooler(hidden),
     )
     pooled = text.pooler(output, tokens["attention_mask"])
-    return nn.functional.normalize(text.proj(pooled), dim=-1)
+    return text.proj(pooled)
 
 
 # open_clip's registered HF poolers (src/open_clip/hf_model.py) -> the positions they read.
@@ -133,7 +155,7 @@ def pooled_positions(
     elif kind == "eos":
         if eos_index is None:
             raise UnsupportedModelError("pooling 'eos' needs the site's eos_index")
-        out[torch.arange(real.shape[0]), eos_index.to(out.device)] = True
+        out[torch.arange(real.shape[0], device=out.device), eos_index.to(out.device)] = True
     elif kind == "last":
         out[:, -1] = True
     else:
@@ -200,6 +222,14 @@ TEXT_SITES: dict[str, TextSite] = {
         _pooling("eos"),
         CLIP_LORA,
         eos_index=clip_eos_index,
+    ),
+    # SigLIP's text blocks are CLIP-shaped (self_attn.{q,k,v,out}_proj, mlp.fc1/fc2).
+    "SiglipModel": TextSite(
+        "text_model.encoder.layers", siglip_text_head, _pooling("last"), CLIP_LORA
+    ),
+    # A BERT-family text tower (BertModel, RobertaModel): the adapter checks the class.
+    "VisionTextDualEncoderModel": TextSite(
+        "text_model.encoder.layer", bert_pooler_head, _pooling("cls"), BERT_LORA
     ),
     "PhantomCLIP": TextSite(
         "text.bert.encoder.layer", mean_pooled_head, _pooling("mean"), BERT_LORA

@@ -1,8 +1,10 @@
 """Model specs a user can type: ``hf:...``, ``openclip:...``, ``phantom:...``, resolved by a
 registry of schemes.
 
-- ``hf:openai/clip-vit-base-patch32`` or ``hf:/path/to/local/folder``: transformers
-  ``CLIPModel`` + tokenizer (``save_pretrained`` layout);
+- ``hf:openai/clip-vit-base-patch32`` or ``hf:/path/to/local/folder``: a transformers
+  dual encoder (``save_pretrained`` layout), chosen by the config's ``model_type``:
+  ``clip``, ``siglip`` (MedSigLIP) or ``vision-text-dual-encoder``
+  (:mod:`mechtune.models.hf_dual`);
 - ``openclip:hf-hub:microsoft/BiomedCLIP-PubMedBERT_256-vit_base_patch16_224`` or
   ``openclip:local-dir:/path``: open_clip (optional ``openclip`` extra);
 - ``phantom:default`` or ``phantom:/path/to/checkpoint``: the phantom CLIP, registered by
@@ -12,7 +14,11 @@ A scheme is registered with :func:`register_scheme`, by the package that owns it
 a scheme not registered yet is looked up in the ``mechtune.model_schemes`` entry-point
 group (``pyproject.toml``: ``phantom = "mechtune.sim.registry:register"``), whose target
 is called once to register it. Adding an architecture therefore takes an adapter, a site
-table entry and one registration.
+table entry and one registration (see :mod:`mechtune.models.dual_encoder`).
+
+Loaders are called ``load(name, device=..., dtype=...)`` and load the weights directly in
+that dtype (``dtype`` a ``torch.dtype``, or None for the checkpoint's own); embeddings
+still come back float32 (:mod:`mechtune.models.precision`).
 
 Remote code is never trusted. Hub ids need network access unless cached; with
 ``HF_HUB_OFFLINE=1`` they fail with a message saying so.
@@ -25,8 +31,16 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from importlib.metadata import entry_points
 
-from mechtune.errors import ConfigError
-from mechtune.models.dual_encoder import DualEncoder, HFCLIPDualEncoder, OpenCLIPDualEncoder
+import torch
+
+from mechtune.errors import ConfigError, UnsupportedModelError
+from mechtune.models.dual_encoder import DualEncoder
+from mechtune.models.hf_dual import load_hf
+from mechtune.models.open_clip_adapter import OpenCLIPDualEncoder
+from mechtune.models.precision import resolve_device, resolve_dtype
+
+# load(name, *, device: torch.device, dtype: torch.dtype | None) -> DualEncoder
+Loader = Callable[..., DualEncoder]
 
 ENTRY_POINT_GROUP = "mechtune.model_schemes"
 
@@ -37,21 +51,20 @@ class ModelSpecError(ConfigError):
 
 @dataclass(frozen=True)
 class Scheme:
-    """How one spec scheme loads a dual encoder: ``load(name)`` gets the text after
-    ``scheme:``; ``examples`` are full specs shown in error messages."""
+    """How one spec scheme loads a dual encoder: ``load(name, device=, dtype=)`` gets the
+    text after ``scheme:``; ``examples`` are full specs shown in error messages."""
 
     name: str
-    load: Callable[[str], DualEncoder]
+    load: Loader
     examples: tuple[str, ...] = ()
 
 
 _REGISTRY: dict[str, Scheme] = {}
 
 
-def register_scheme(
-    name: str, load: Callable[[str], DualEncoder], examples: tuple[str, ...] = ()
-) -> None:
-    """Register (or replace) the loader of specs ``name:...``.
+def register_scheme(name: str, load: Loader, examples: tuple[str, ...] = ()) -> None:
+    """Register (or replace) the loader of specs ``name:...``; it is called
+    ``load(name, device=torch.device, dtype=torch.dtype | None)``.
 
     Raises ``ConfigError`` for a name that is empty or contains ``:``.
     """
@@ -82,7 +95,7 @@ def _examples() -> str:
     return " | ".join(shown)
 
 
-def _none(name: str) -> DualEncoder:  # pragma: no cover - a placeholder never called
+def _none(name: str, **kw: object) -> DualEncoder:  # pragma: no cover - never called
     raise ModelSpecError(name)
 
 
@@ -98,17 +111,27 @@ def parse_spec(spec: str) -> tuple[str, str]:
     return scheme, rest
 
 
-def load_dual_encoder(spec: str) -> DualEncoder:
+def load_dual_encoder(
+    spec: str,
+    *,
+    device: str | torch.device = "cpu",
+    dtype: str | torch.dtype | None = None,
+) -> DualEncoder:
     """Load a dual encoder from a spec string, with a clear error when it cannot be.
 
-    Raises ``ModelSpecError`` for a malformed spec, an unknown scheme, a missing extra, or
-    a model that cannot be read (offline hub ids say so).
+    ``device``: where the weights go (``"cpu"``, ``"cuda"``, ``"cuda:1"``); ``dtype``:
+    ``"float32"``, ``"bfloat16"``, ``"float16"``, ``"auto"``/None (the checkpoint's own),
+    the dtype the weights are loaded in. Raises ``ConfigError`` for a bad device or dtype,
+    ``ModelSpecError`` for a malformed spec, an unknown scheme, a missing extra, or a
+    model that cannot be read (offline hub ids say so), ``UnsupportedModelError`` for an
+    architecture no adapter supports.
     """
     scheme, name = parse_spec(spec)
+    where, torch_dtype = resolve_device(device), resolve_dtype(dtype)
     loader = _REGISTRY[scheme].load
     try:
-        return loader(name)
-    except ModelSpecError:
+        return loader(name, device=where, dtype=torch_dtype)
+    except (ModelSpecError, UnsupportedModelError):
         raise
     except ImportError as exc:
         raise ModelSpecError(f"cannot load {spec!r}: {exc}") from exc
@@ -120,8 +143,8 @@ def load_dual_encoder(spec: str) -> DualEncoder:
 
 register_scheme(
     "hf",
-    HFCLIPDualEncoder.from_pretrained,
-    ("hf:openai/clip-vit-base-patch32", "hf:/path/to/local/clip"),
+    load_hf,
+    ("hf:openai/clip-vit-base-patch32", "hf:google/medsiglip-448", "hf:/path/to/local/model"),
 )
 register_scheme(
     "openclip",

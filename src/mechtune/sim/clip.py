@@ -117,7 +117,8 @@ class ImageEncoder(nn.Module):
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         x = images.unsqueeze(1).to(torch.float32) * (1.0 / 255.0)
         x = (x - 0.45) * 4.0
-        return self.head(self.conv(x))
+        # The scaling stays float32; the tower runs in its weights' dtype (bf16 when loaded so).
+        return self.head(self.conv(x.to(next(self.conv.parameters()).dtype)))
 
 
 class PhantomCLIP(nn.Module):

@@ -75,6 +75,11 @@ class PhantomWorldSource(ImageStudySource):
         except KeyError:
             raise DataError(f"{self.root}: study {study.study_id!r} is not in this world") from None
 
+    def image_file(self, study: Study) -> Path | None:
+        """None: an item's image is a row of the shared ``images.npy``, not a file of its
+        own, so its identity is the hash of its decoded pixels."""
+        return None
+
     def _load(self, study: Study, mode: str) -> np.ndarray:
         grey = np.array(self._images[self.row_of(study)], dtype=np.uint8)  # a copy, off the mmap
         return grey if mode == "L" else np.repeat(grey[..., None], 3, axis=-1)

@@ -274,6 +274,10 @@ class TableSource(ImageStudySource):
                 f"{self.root}: study {study.study_id!r} is not an item of this source"
             ) from None
 
+    def image_file(self, study: Study) -> Path | None:
+        """The item's image file as the reader resolved it (:meth:`image_path`)."""
+        return self.image_path(study)
+
     def _load(self, study: Study, mode: str) -> np.ndarray:
         return read_image_file(self.image_path(study), mode)
 

@@ -245,6 +245,17 @@ class ImageStudySource(ABC):
             raise ConfigError(f"image mode must be one of {IMAGE_MODES}, got {mode!r}")
         return self._load(study, mode)
 
+    def image_file(self, study: Study) -> Path | None:
+        """The file an item's image is decoded from, whose bytes identify it (the
+        image-embedding cache hashes them); None when the image is not a file of its own,
+        and callers then hash the decoded pixels. Default: ``root / image_ref`` (or an
+        absolute ``image_ref``) when that is an existing file."""
+        if not study.image_ref:
+            return None
+        path = Path(study.image_ref)
+        path = path if path.is_absolute() else self.root / path
+        return path if path.is_file() else None
+
     def load_images(self, studies: Sequence[Study], mode: str = "L") -> list[np.ndarray]:
         """:meth:`load_image` for several items (images may differ in size)."""
         return [self.load_image(s, mode) for s in studies]
