@@ -52,7 +52,7 @@ def check_model(spec: str) -> list[str]:
                 raise ConfigError(f"model {spec}: {config} is missing")
             model_type = json.loads(config.read_text(encoding="utf-8")).get("model_type")
             supported = _hf_model_types()
-            if supported and model_type not in supported:
+            if model_type not in supported:
                 raise ConfigError(
                     f"model {spec}: model_type {model_type!r} is not supported; supported: "
                     f"{', '.join(sorted(supported))}"
@@ -77,9 +77,9 @@ def check_model(spec: str) -> list[str]:
 
 
 def _hf_model_types() -> set[str]:
-    from mechtune.models import spec as spec_module
+    from mechtune.models.hf_dual import HF_ADAPTERS
 
-    return set(getattr(spec_module, "HF_MODEL_TYPES", {}) or ())
+    return set(HF_ADAPTERS)
 
 
 DTYPES = ("float32", "bfloat16", "float16", "auto")

@@ -42,7 +42,7 @@ from mechtune.interp.pairs import PairBuild, build_trace_pairs, pairs_from_recor
 from mechtune.interp.result import TraceConfig, TraceResult, trace
 from mechtune.interp.tracing import TraceError
 from mechtune.models.dual_encoder import DualEncoder
-from mechtune.models.image_cache import embed_study_images
+from mechtune.models.image_cache import CacheStats, embed_study_images
 from mechtune.models.spec import load_dual_encoder
 from mechtune.pipelines.negation_report import (
     block_update_norms,
@@ -245,6 +245,7 @@ def study_data(
     studies = source.studies()
     if not studies:
         raise DataError(f"{source.root}: the source has no item")
+    stats = CacheStats()
     images = embed_study_images(
         encoder,
         source,
@@ -252,10 +253,11 @@ def study_data(
         cache_dir=options.cache_dir,
         spec=spec,
         progress=progress,
+        stats=stats,
     )
-    counts = dict(getattr(images, "cache_counts", {}) or {})
-    if counts:
-        log(f"image embeddings: {counts}")
+    counts = {"hits": stats.hits, "misses": stats.misses}
+    where = f" (cache {stats.folder})" if stats.folder is not None else " (no cache)"
+    log(f"image embeddings: {stats.hits} cache hits, {stats.misses} misses{where}")
     return StudyData(source, studies, images, [source.split_of(s) for s in studies], counts)
 
 
