@@ -248,21 +248,15 @@ def test_eval_negation_applies_a_peft_adapter(tmp_path):
 
     from mechtune.models.spec import load_dual_encoder
     from mechtune.sim.world import WorldConfig, make_world, save_world
-    from mechtune.train.loop import LoopConfig, Trainer
-    from mechtune.train.lora import LoraSettings, lora_parameters
+    from mechtune.train.lora import LoraSettings, apply_text_lora, lora_parameters
 
     world = make_world(WorldConfig(n_studies=20, seed=0))
     save_world(world, tmp_path / "w")
     enc = load_dual_encoder("phantom:default")
-    trainer = Trainer(
-        enc,
-        [1.0] * 7,
-        LoopConfig(steps=1, checkpoint_every=1, lora=LoraSettings(rank=2, alpha=4)),
-        tmp_path / "run",
-    )
-    for _, p in lora_parameters(trainer.model).values():
+    model = apply_text_lora(enc.model, LoraSettings(rank=2, alpha=4))
+    for _, p in lora_parameters(model).values():
         torch.nn.init.normal_(p, std=0.05)
-    trainer.save()
+    model.save_pretrained(str(tmp_path / "adapter"))
     claims = tmp_path / "claims.jsonl"
     claims.write_text(
         json.dumps(
@@ -271,7 +265,7 @@ def test_eval_negation_applies_a_peft_adapter(tmp_path):
         + "\n"
     )
     args = ["eval", "negation", "--claims", str(claims), "--world", str(tmp_path / "w")]
-    ok = runner.invoke(app, [*args, "--adapter", str(trainer.checkpoints()[-1] / "peft")])
+    ok = runner.invoke(app, [*args, "--adapter", str(tmp_path / "adapter")])
     assert ok.exit_code == 0, ok.output
     missing = runner.invoke(app, [*args, "--adapter", str(tmp_path)])
     assert missing.exit_code == 2 and "adapter_config.json" in missing.output
@@ -377,18 +371,16 @@ def test_every_eval_negation_option_changes_the_result(tmp_path):
 
     from mechtune.models.spec import load_dual_encoder
     from mechtune.sim.world import WorldConfig, make_world, save_world
-    from mechtune.train.loop import LoopConfig, Trainer
-    from mechtune.train.lora import LoraSettings, lora_parameters
+    from mechtune.train.lora import LoraSettings, apply_text_lora, lora_parameters
     from tests.tiny_models import tiny_clip
 
     save_world(make_world(WorldConfig.seeded(30, 5)), tmp_path / "w")
     enc = load_dual_encoder("phantom:default")
-    trainer = Trainer(
-        enc, [1.0] * 7, LoopConfig(steps=1, lora=LoraSettings(rank=2, alpha=4)), tmp_path / "r"
-    )
-    for _, p in lora_parameters(trainer.model).values():
+    model = apply_text_lora(enc.model, LoraSettings(rank=2, alpha=4))
+    for _, p in lora_parameters(model).values():
         torch.nn.init.normal_(p, std=0.05)
-    adapter = trainer.save() / "peft"
+    adapter = tmp_path / "adapter"
+    model.save_pretrained(str(adapter))
     one = {
         "image": 0,
         "candidates": ["there is no edema .", "there is severe edema ."],

@@ -184,7 +184,9 @@ def test_create_loss_builds_the_named_loss_from_the_config():
     assert isinstance(nast, NASTLoss) and nast.lam == 0.3
     consistency = create_loss("consistency", ConsistencyConfig(consistency_weight=2.5))
     assert isinstance(consistency, ConsistencyLoss) and consistency.weight == 2.5
-    with pytest.raises(ConfigError, match=r"loss must be one of \('nast', 'negclip', 'consistency'\), got 'bogus'"):
+    with pytest.raises(
+        ConfigError, match=r"loss must be one of \('nast', 'negclip', 'consistency'\), got 'bogus'"
+    ):
         create_loss("bogus", LoopConfig())
 
 
@@ -213,9 +215,7 @@ def test_adam_undoes_gradient_scaling_but_not_learning_rate_scaling(clip):
             scaling=scaling,
             lora=LoraSettings(rank=2, alpha=4),
         )
-        trainer = negation_trainer(
-            "nast", enc, images, NegationData(caps, claims), alpha, cfg, tmp
-        )
+        trainer = negation_trainer("nast", enc, images, NegationData(caps, claims), alpha, cfg, tmp)
         for _, p in lora_parameters(trainer.model).values():
             torch.nn.init.normal_(p, std=0.05, generator=torch.Generator().manual_seed(3))
         start = {

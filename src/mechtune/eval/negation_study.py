@@ -38,9 +38,9 @@ from mechtune.interp.result import TraceConfig, TraceResult, trace
 from mechtune.models.sites import text_site
 from mechtune.models.spec import load_dual_encoder
 from mechtune.sim.world import World, WorldConfig, make_world
-from mechtune.train.loop import LoopConfig
 from mechtune.train.lora import LoraSettings, lora_update_norms
 from mechtune.train.methods import NegationData, methods_for, negation_examples, run_method
+from mechtune.train.negation import LoopConfig
 
 PAPER = {  # NAST (arXiv 2602.12498), Tables 1/3/4, in %
     "CLIP": {"R@1": 23.5, "R@5": 34.7, "claim": 24.6, "gap": 21.6},
@@ -186,7 +186,8 @@ def trace_on_train_split(world: World, config: NegationStudyConfig) -> TraceResu
 
 def training_data(world: World, config: NegationStudyConfig) -> NegationData:
     """Captions and claim sets of the train-split patients (train phrasing families)."""
-    return negation_examples(world, balance_polarity=config.balance_polarity)
+    rows = [(int(i), world.studies[int(i)]) for i in world.indices("train")]
+    return negation_examples(rows, seed=world.config.seed, balance_polarity=config.balance_polarity)
 
 
 def run_plan(config: NegationStudyConfig) -> list[tuple[str, int]]:

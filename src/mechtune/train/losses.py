@@ -1,8 +1,8 @@
-"""Negation losses as modules returning named terms, built in one place from the config.
+"""The training losses as modules returning named terms, built in one place from the config.
 
-Every loss takes one :class:`NegationBatch` (the step's embeddings) and returns a dict of
-named scalar terms whose ``"loss"`` entry is what the trainer back-propagates, so every
-term is logged. :func:`create_loss` is the only place a trainer gets its loss from: a loss
+Every negation loss takes one :class:`NegationBatch` (the step's embeddings); every loss
+returns a dict of named scalar terms whose ``"loss"`` entry is what the trainer
+back-propagates, so every term is logged. :func:`create_loss` is the only place a trainer gets its loss from: a loss
 that is configured is the loss that runs.
 
 - ``ContrastiveLoss``: the symmetric CLIP loss on (image, caption) rows (Radford et al.,
@@ -12,7 +12,11 @@ that is configured is the loss that runs.
 - ``NASTLoss``: lambda * L_CLIP + (1 - lambda) * L_claim (NAST §4);
 - ``NegCLIPLoss``: the image-text contrastive loss with every image's hard-negative
   captions added to the text side of the batch (Yuksekgonul et al., ICLR 2023, "When and
-  why vision-language models behave like bags-of-words", §5).
+  why vision-language models behave like bags-of-words", §5);
+- ``ConsistencyLoss``: answer cross-entropy on a question and its paraphrase plus a
+  weighted symmetric KL between their yes/no distributions (PSF-Med, arXiv 2602.21428).
+
+The trainers cast embeddings and margins to float32 before calling a loss.
 """
 
 from __future__ import annotations

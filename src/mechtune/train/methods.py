@@ -22,6 +22,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from dataclasses import fields as dataclass_fields
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
@@ -168,7 +169,7 @@ def register(
             f"(None when it does not), got {data!r}"
         )
     config = TASK_CONFIGS[task]
-    fields = set(config.__dataclass_fields__)
+    fields = {f.name for f in dataclass_fields(config)}
     bad = sorted(set(overrides or {}) - fields)
     if bad:
         raise ConfigError(f"method {name!r}: overrides {bad} are not fields of {config.__name__}")
@@ -265,7 +266,9 @@ def negation_trainer(
             f"no training examples ({entry.data}) for {name} (for negbench: no train "
             "study passes the polarity row filter)"
         )
-    task = NegationTask(encoder, images, data.captions, claims, create_loss(entry.loss, config), config)
+    task = NegationTask(
+        encoder, images, data.captions, claims, create_loss(entry.loss, config), config
+    )
     site = text_lora_site(encoder.model)
     scales = block_scales(alpha, config.beta, site.n_layers).float()
     return Trainer(

@@ -129,6 +129,11 @@ def _claim_tensors(
     return cands, mask
 
 
+def _slice(items: list[Any], shard: int, shards: int) -> list[Any]:
+    """Shard ``shard`` of ``shards`` equal consecutive parts of ``items``."""
+    return items[shard * len(items) // shards : (shard + 1) * len(items) // shards]
+
+
 class NegationTask:
     """Batches of the negation task for :class:`~mechtune.train.trainer.Trainer`.
 
@@ -172,10 +177,7 @@ class NegationTask:
         self, batch: tuple[list[CaptionExample], list[ClaimExample]], shard: int, shards: int
     ) -> dict[str, torch.Tensor]:
         """The loss terms of shard ``shard`` (an equal slice of both lists)."""
-        captions, claims = (
-            part[shard * len(part) // shards : (shard + 1) * len(part) // shards]
-            for part in batch
-        )
+        captions, claims = (_slice(part, shard, shards) for part in batch)
         text = _encode_distinct(self.encoder, [c.text for c in captions])
         cands, mask = _claim_tensors(self.encoder, claims)
         device = text.device
