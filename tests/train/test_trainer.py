@@ -66,6 +66,19 @@ def test_killed_and_resumed_run_ends_with_the_same_weights(tmp_path):
     assert [h["step"] for h in resumed.history] == [1, 2, 3, 4, 5, 6]
 
 
+def test_resume_refuses_a_checkpoint_of_other_settings(tmp_path):
+    from mechtune.errors import ConfigError
+
+    folder = tiny_clip(tmp_path / "clip")
+    _trainer(folder, tmp_path / "run", steps=3).fit()
+    longer = _trainer(folder, tmp_path / "run", steps=4, checkpoint_every=2)
+    longer.fit(resume=True)  # more steps on the same settings: fine
+    assert [h["step"] for h in longer.history] == [1, 2, 3, 4]
+    other = _trainer(folder, tmp_path / "run", steps=5, lr=5e-2)
+    with pytest.raises(ConfigError, match=r"step_000004 was written with other settings \(lr\)"):
+        other.fit(resume=True)
+
+
 def test_loss_goes_down_and_terms_are_logged(tmp_path):
     trainer = _trainer(
         tiny_clip(tmp_path / "clip"),

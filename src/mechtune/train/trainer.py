@@ -19,6 +19,7 @@ and how to compute the loss terms of one shard of it; the trainer owns everythin
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from contextlib import nullcontext
 from pathlib import Path
@@ -153,7 +154,27 @@ class Trainer:
         )
 
     def resume(self) -> bool:
-        """Load the newest checkpoint, if any. Returns whether one was loaded."""
+        """Load the newest checkpoint, if any. Returns whether one was loaded.
+
+        Raises ConfigError when the checkpoint was written under other settings (any
+        field but ``steps`` and ``checkpoint_every``, which a resumed run may change): its
+        weights and optimiser state would not be the ones this run's settings give.
+        """
+        found = self.checkpoints()
+        if found:
+            saved = json.loads((found[-1] / "state.json").read_text(encoding="utf-8"))
+            ours = self.settings.to_dict()
+            free = {"steps", "checkpoint_every"}
+            changed = sorted(
+                k
+                for k in (set(ours) | set(saved["config"])) - free
+                if ours.get(k) != saved["config"].get(k)
+            )
+            if changed:
+                raise ConfigError(
+                    f"{found[-1]} was written with other settings ({', '.join(changed)}); "
+                    "resume with the same settings or use another output folder"
+                )
         params = {n: p for n, (_, p) in self.params.items()}
         state = load_latest_checkpoint(self.out, params, self.optim, self.generator)
         if state is None:
