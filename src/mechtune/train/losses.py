@@ -170,7 +170,7 @@ LOSSES = tuple(LOSS_FACTORIES)
 
 def create_loss(name: str, config: Any) -> nn.Module:
     """The loss ``name`` built with the settings of ``config`` it reads (``lam`` of a
-    :class:`~mechtune.train.loop.LoopConfig` for ``"nast"``, ``consistency_weight`` of a
+    :class:`~mechtune.train.negation.LoopConfig` for ``"nast"``, ``consistency_weight`` of a
     :class:`~mechtune.train.consistency.ConsistencyConfig` for ``"consistency"``).
 
     The one place a loss is built: a method names its loss in the registry
