@@ -20,10 +20,10 @@ import torch
 from mechtune.eval.zero_shot import embed_images
 from mechtune.models.spec import load_dual_encoder
 from mechtune.sim.world import WorldConfig, make_world
-from mechtune.train.loop import _claim_tensors, _encode_distinct
 from mechtune.train.lora import LoraSettings, apply_text_lora, lora_parameters
 from mechtune.train.losses import NASTLoss, NegationBatch
 from mechtune.train.methods import negation_examples
+from mechtune.train.negation import _claim_tensors, _encode_distinct
 from mechtune.train.scaling import block_scales, scaled_gradients
 
 
@@ -36,7 +36,8 @@ def main() -> None:
     world = make_world(WorldConfig(n_studies=400))
     enc = load_dual_encoder("phantom:default")
     images = embed_images(enc, world.images)
-    data = negation_examples(world)
+    rows = [(int(i), world.studies[int(i)]) for i in world.indices("train")]
+    data = negation_examples(rows, seed=world.config.seed)
     model = apply_text_lora(enc.model, LoraSettings(rank=8, alpha=16))
     params = [p for _, p in lora_parameters(model).values()]
     opt = torch.optim.AdamW(params, lr=1e-4)

@@ -17,7 +17,7 @@ from mechtune.errors import ConfigError, DataError, GateFailed, MechtuneError
 from mechtune.interp.sae import SAEFormatError
 from mechtune.interp.tracing import TraceError
 from mechtune.models.spec import ModelSpecError, load_dual_encoder
-from mechtune.train.loop import LoopConfig
+from mechtune.train.negation import LoopConfig
 
 SRC = Path(mechtune.__file__).parent
 

@@ -54,8 +54,8 @@ def test_recipes_refuse_unknown_keys(tmp_path):
 def test_mimic_recipes_are_valid_configs():
     """The real-data recipes (runnable with the real-data pipelines) hold valid settings:
     every loop / LoRA key is a field of the config class it feeds."""
-    from mechtune.train.loop import LoopConfig
     from mechtune.train.lora import LoraSettings
+    from mechtune.train.negation import LoopConfig
 
     nast = yaml.safe_load((RECIPES / "nast-biomedclip-mimic.yaml").read_text())
     loop = dict(nast["loop"])
@@ -64,4 +64,4 @@ def test_mimic_recipes_are_valid_configs():
     consistency = yaml.safe_load((RECIPES / "consistency-medgemma-mimic.yaml").read_text())
     settings = dict(consistency["lora"])
     settings.pop("target_modules")  # checked against the Gemma site in test_hf_vqa
-    assert ConsistencyConfig.from_dict(settings).layers == (15, 16, 17, 18, 19)
+    assert ConsistencyConfig.from_dict(settings).lora.layers == (15, 16, 17, 18, 19)

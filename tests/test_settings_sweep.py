@@ -5,7 +5,7 @@ called). So every field of every config dataclass in mechtune (classes named ``*
 or ``*Settings``) and every option of every CLI command must be declared, by the test
 module that proves it, in a module-level table:
 
-    FIELD_TESTS = {"mechtune.train.loop.LoopConfig": {"steps": "test_changing_...", ...}}
+    FIELD_TESTS = {"mechtune.train.negation.LoopConfig": {"steps": "test_changing_...", ...}}
     OPTION_TESTS = {"mechtune sim render": {"--n": "test_sim_render_options", ...}}
 
 naming a test function of that module which fails when the setting stops changing what it

@@ -12,7 +12,8 @@ from mechtune.eval import negation_study as neg
 from mechtune.eval import paraphrase_study as par
 from mechtune.models.spec import load_dual_encoder
 from mechtune.train.consistency import ConsistencyConfig
-from mechtune.train.loop import LoopConfig
+from mechtune.train.lora import LoraSettings
+from mechtune.train.negation import LoopConfig
 
 N = 80  # studies of the small worlds
 
@@ -151,9 +152,11 @@ def test_half_width_reaches_the_analysis(par_base):
 
 
 def test_lora_and_seeds_reach_each_run(par_base):
-    config = replace(par_base, lora=ConsistencyConfig(rank=4, steps=9), seeds=(2, 3))
+    config = replace(
+        par_base, lora=ConsistencyConfig(lora=LoraSettings(rank=4), steps=9), seeds=(2, 3)
+    )
     run = par.run_config(config, (1, 2), seed=3)
-    assert (run.rank, run.steps, run.layers, run.seed) == (4, 9, (1, 2), 3)
+    assert (run.lora.rank, run.steps, run.lora.layers, run.seed) == (4, 9, (1, 2), 3)
 
 
 def test_ranges_pick_the_trained_layer_ranges():
@@ -190,8 +193,11 @@ def test_sae_fields_change_the_saes(par_base, sae_inputs, name, value):
         ({"world_studies": 5}, "world_studies must be >= 50"),
         ({"analysis_sets": 1}, "analysis_sets must be >= 2"),
         ({"sae_k": 20, "sae_width": 16}, r"sae_k \(20\) must be in \[1, sae_width \(16\)\]"),
-        ({"lora": ConsistencyConfig(layers=(1,))}, "lora.layers and lora.seed are set per run"),
-        ({"lora": ConsistencyConfig(seed=2)}, "lora.layers and lora.seed are set per run"),
+        (
+            {"lora": ConsistencyConfig(lora=LoraSettings(layers=(1,)))},
+            "lora.lora.layers and lora.seed are set per run",
+        ),
+        ({"lora": ConsistencyConfig(seed=2)}, "lora.lora.layers and lora.seed are set per run"),
         ({"eval_split": "train"}, "eval_split must be 'val'"),
     ],
 )

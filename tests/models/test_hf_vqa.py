@@ -253,28 +253,31 @@ def test_bad_inputs_are_named(vlm, images):
 def test_consistency_lora_trains_only_the_chosen_gemma_block(gemma_dir, images, tmp_path):
     """Two consistency-LoRA steps on block 1: its LoRA weights move; no base weight, no other
     block and nothing in the vision tower changes."""
-    from mechtune.train.consistency import (
-        ConsistencyConfig,
-        ConsistencyExample,
-        ConsistencyTrainer,
-        lora_layers,
-    )
+    from mechtune.train.consistency import ConsistencyConfig, ConsistencyExample
+    from mechtune.train.lora import LoraSettings, active_layers, lm_lora_site
+    from mechtune.train.methods import paraphrase_trainer
 
     vlm = HFYesNoVLM.from_pretrained(gemma_dir, dtype=torch.float32)
     base = {n: p.detach().clone() for n, p in vlm.module.named_parameters()}
     config = ConsistencyConfig(
-        layers=(1,), rank=2, alpha=4, lr=1e-2, steps=2, batch_size=2, checkpoint_every=2
+        lora=LoraSettings(layers=(1,), rank=2, alpha=4),
+        lr=1e-2,
+        steps=2,
+        batch_size=2,
+        checkpoint_every=2,
     )
-    trainer = ConsistencyTrainer(vlm, config, tmp_path / "run")
-    assert lora_layers(trainer.model, vlm.layers_pattern) == [1]
-    lora_before = {n: p.detach().clone() for n, p in trainer.params.items()}
     examples = [
         ConsistencyExample(0, QUESTIONS[0], ("Any edema?",), True),
         ConsistencyExample(1, QUESTIONS[1], ("Is the right angle blunted?",), False),
     ]
-    history = trainer.fit(images, examples)
+    trainer = paraphrase_trainer(
+        "consistency-lora", vlm, images, examples, config, tmp_path / "run"
+    )
+    assert active_layers(trainer.model, lm_lora_site(vlm)) == [1]
+    lora_before = {n: p.detach().clone() for n, (_, p) in trainer.params.items()}
+    history = trainer.fit()
     assert len(history) == 2 and all(np.isfinite(h["loss"]) for h in history)
-    moved = [n for n, p in trainer.params.items() if not torch.equal(p, lora_before[n])]
+    moved = [n for n, (_, p) in trainer.params.items() if not torch.equal(p, lora_before[n])]
     assert moved and all(".layers.1." in n and "lora_" in n for n in moved)
     for name, p in trainer.model.named_parameters():
         if "lora_" in name:
@@ -300,5 +303,6 @@ def test_medgemma_recipe_matches_the_released_adapter():
     lora = dict(recipe["lora"])
     assert tuple(lora.pop("target_modules")) == GEMMA_LORA
     config = ConsistencyConfig.from_dict(lora)
-    assert config.layers == (15, 16, 17, 18, 19)
-    assert (config.rank, config.alpha, config.dropout, config.lr) == (16, 32, 0.05, 2e-4)
+    assert config.lora.layers == (15, 16, 17, 18, 19)
+    assert (config.lora.rank, config.lora.alpha, config.lora.dropout) == (16, 32, 0.05)
+    assert config.lr == 2e-4

@@ -13,9 +13,11 @@ from accelerate import Accelerator
 from safetensors.torch import save_file
 
 from mechtune.models.spec import load_dual_encoder
-from mechtune.train.loop import LoopConfig, Trainer
 from mechtune.train.lora import LoraSettings, lora_parameters
-from tests.train.test_loop import CAPTIONS, CLAIMS
+from mechtune.train.methods import NegationData, negation_trainer
+from mechtune.train.negation import LoopConfig
+from mechtune.train.trainer import Trainer
+from tests.train.test_trainer import CAPTIONS, CLAIMS
 
 
 def build(folder: str, out: str, accelerator: Accelerator | None) -> Trainer:
@@ -30,7 +32,16 @@ def build(folder: str, out: str, accelerator: Accelerator | None) -> Trainer:
         shards=2,
         lora=LoraSettings(rank=2, alpha=4),
     )
-    trainer = Trainer(enc, [0.2, 1.0, 0.5], config, out, accelerator=accelerator)
+    trainer = negation_trainer(
+        "nast",
+        enc,
+        images(),
+        NegationData(CAPTIONS, CLAIMS),
+        [0.2, 1.0, 0.5],
+        config,
+        out,
+        accelerator=accelerator,
+    )
     for _, p in lora_parameters(trainer.model).values():
         torch.nn.init.normal_(p, std=0.05)
     return trainer
@@ -46,7 +57,7 @@ def main() -> None:
     accelerator = Accelerator(cpu=True)
     trainer = build(folder, out, accelerator)
     trainer.model.eval()  # no dropout: ranks must not depend on RNG consumption
-    trainer.fit(images(), CAPTIONS, CLAIMS)
+    trainer.fit()
     if accelerator.is_main_process:
         weights = {
             n: p.detach().contiguous() for n, (_, p) in lora_parameters(trainer.model).items()

@@ -1,3 +1,4 @@
+import json
 import math
 
 import numpy as np
@@ -6,14 +7,14 @@ import torch
 from peft import PeftModel
 
 from mechtune.sim.vqa import PhantomVQA, load_default_vqa
-from mechtune.train.consistency import (
-    ConsistencyConfig,
-    ConsistencyExample,
-    ConsistencyLoss,
-    ConsistencyTrainer,
-    lora_layers,
-    symmetric_kl,
-)
+from mechtune.train.consistency import ConsistencyConfig, ConsistencyExample
+from mechtune.train.lora import LoraSettings, active_layers, lm_lora_site
+from mechtune.train.losses import ConsistencyLoss, symmetric_kl
+from mechtune.train.methods import paraphrase_trainer
+
+
+def _trainer(vlm, config, out):
+    return paraphrase_trainer("consistency-lora", vlm, _images(vlm), EXAMPLES, config, out)
 
 
 def bernoulli_kl(p: float, q: float) -> float:
@@ -63,21 +64,25 @@ def test_config_validates() -> None:
     with pytest.raises(ValueError, match="steps must be >= 1"):
         ConsistencyConfig(steps=0)
     with pytest.raises(ValueError, match="at least one block"):
-        ConsistencyConfig(layers=())
-    assert ConsistencyConfig.from_dict(ConsistencyConfig(layers=(1, 2)).to_dict()).layers == (1, 2)
+        ConsistencyConfig(lora=LoraSettings(layers=()))
+    config = ConsistencyConfig(lora=LoraSettings(layers=(1, 2)))
+    assert ConsistencyConfig.from_dict(config.to_dict()) == config
+
+
+EXAMPLES = [
+    ConsistencyExample(0, "Is there a pleural effusion?", ("Is pleural fluid visible?",), True),
+    ConsistencyExample(
+        1, "Is there a pneumothorax?", ("Is air in the pleural space seen?",), False
+    ),
+    ConsistencyExample(
+        2, "Is there cardiomegaly?", ("Does the image show an enlarged heart?",), True
+    ),
+]
 
 
 @pytest.fixture(scope="module")
 def examples() -> list[ConsistencyExample]:
-    return [
-        ConsistencyExample(0, "Is there a pleural effusion?", ("Is pleural fluid visible?",), True),
-        ConsistencyExample(
-            1, "Is there a pneumothorax?", ("Is air in the pleural space seen?",), False
-        ),
-        ConsistencyExample(
-            2, "Is there cardiomegaly?", ("Does the image show an enlarged heart?",), True
-        ),
-    ]
+    return EXAMPLES
 
 
 def _vqa() -> PhantomVQA:
@@ -93,13 +98,11 @@ def _images(model: PhantomVQA) -> torch.Tensor:
 def test_lora_only_on_chosen_layers_and_nothing_else_changes(tmp_path, examples) -> None:
     model = _vqa()
     before = {k: v.detach().clone() for k, v in model.state_dict().items()}
-    images = _images(model)
-    trainer = ConsistencyTrainer(
-        model, ConsistencyConfig(layers=(1, 2), steps=3, batch_size=4, lr=1e-2), tmp_path
-    )
+    config = ConsistencyConfig(lora=LoraSettings(layers=(1, 2)), steps=3, batch_size=4, lr=1e-2)
+    trainer = _trainer(model, config, tmp_path)
     assert isinstance(trainer.model, PeftModel)
-    assert lora_layers(trainer.model, model.layers_pattern) == [1, 2]
-    trainer.fit(images, examples)
+    assert active_layers(trainer.model, lm_lora_site(model)) == [1, 2]
+    trainer.fit()
     after = trainer.model.get_base_model().state_dict()
     changed = []
     for name, value in after.items():
@@ -114,27 +117,33 @@ def test_lora_only_on_chosen_layers_and_nothing_else_changes(tmp_path, examples)
 
 
 def test_resume_gives_the_same_weights(tmp_path, examples) -> None:
-    config = ConsistencyConfig(layers=(5,), steps=4, batch_size=4, lr=1e-2, checkpoint_every=2)
-    straight = ConsistencyTrainer(_vqa(), config, tmp_path / "a")
-    images = _images(straight.vlm)  # type: ignore[arg-type]
-    straight.fit(images, examples)
+    config = ConsistencyConfig(
+        lora=LoraSettings(layers=(5,), dropout=0.1),
+        steps=4,
+        batch_size=4,
+        lr=1e-2,
+        checkpoint_every=2,
+    )
+    torch.manual_seed(0)
+    straight = _trainer(_vqa(), config, tmp_path / "a")
+    straight.fit()
 
-    first = ConsistencyTrainer(_vqa(), config, tmp_path / "b")
-    first.fit(images, examples, stop_after=2)
-    second = ConsistencyTrainer(_vqa(), config, tmp_path / "b")
-    second.fit(images, examples, resume=True)
+    torch.manual_seed(0)
+    first = _trainer(_vqa(), config, tmp_path / "b")
+    first.fit(stop_after=3)  # killed after step 3; the last checkpoint is step 2
+    torch.manual_seed(0)
+    second = _trainer(_vqa(), config, tmp_path / "b")
+    second.fit(resume=True)
     assert second.step == 4
-    for name, p in straight.params.items():
-        assert torch.equal(p, second.params[name]), name
+    for name, (_, p) in straight.params.items():
+        assert torch.equal(p, second.params[name][1]), name
+    assert [h["step"] for h in second.history] == [1, 2, 3, 4]
     assert (tmp_path / "b" / "step_000004" / "peft" / "adapter_config.json").is_file()
 
 
 # Every ConsistencyConfig field, with a value that must change what a run produces.
 CONSISTENCY_FIELD_CHANGES = {
-    "layers": (4,),
-    "rank": 4,
-    "alpha": 8,
-    "dropout": 0.1,
+    "lora": LoraSettings(layers=(4,), rank=4, alpha=8),
     "lr": 2e-2,
     "weight_decay": 0.5,
     "steps": 3,
@@ -153,15 +162,14 @@ def test_every_consistency_field_has_a_change_test() -> None:
 
 
 def _consistency_run(tmp_path, examples, **kw):
-    config = ConsistencyConfig(
-        **{"layers": (5,), "steps": 2, "batch_size": 4, "lr": 1e-2, "checkpoint_every": 2, **kw}
-    )
-    trainer = ConsistencyTrainer(_vqa(), config, tmp_path)
-    for name, p in trainer.params.items():  # peft starts B at 0: give every factor a value
+    base = {"steps": 2, "batch_size": 4, "lr": 1e-2, "checkpoint_every": 2}
+    config = ConsistencyConfig(**{"lora": LoraSettings(layers=(5,)), **base, **kw})
+    trainer = _trainer(_vqa(), config, tmp_path)
+    for name, (_, p) in trainer.params.items():  # peft starts B at 0: give every factor a value
         if "lora_B" in name:
             torch.nn.init.normal_(p, std=0.05, generator=torch.Generator().manual_seed(2))
-    history = trainer.fit(_images(trainer.vlm), examples)  # type: ignore[arg-type]
-    weights = {n: p.detach().clone() for n, p in trainer.params.items()}
+    history = trainer.fit()
+    weights = {n: p.detach().clone() for n, (_, p) in trainer.params.items()}
     folders = sorted(p.name for p in tmp_path.glob("step_*"))
     return weights, history, folders
 
@@ -184,9 +192,11 @@ def test_changing_a_consistency_field_changes_the_run(tmp_path, examples, field)
 @pytest.mark.parametrize(
     ("kw", "message"),
     [
-        ({"layers": (1, 1)}, r"layers must be distinct block indices >= 0, got \[1, 1\]"),
-        ({"layers": (-1,)}, r"layers must be distinct block indices >= 0"),
-        ({"alpha": 0}, "alpha must be > 0"),
+        ({"lora": {"layers": (1, 1)}}, r"layers must be distinct block indices >= 0, got \[1, 1\]"),
+        ({"lora": {"layers": (-1,)}}, r"layers must be distinct block indices >= 0"),
+        ({"lora": {"alpha": 0}}, "alpha must be > 0"),
+        ({"lora": 8}, "lora must be LoRA settings, got 8"),
+        ({"lr": 0.0}, "lr must be > 0"),
         ({"weight_decay": -1.0}, "weight_decay must be >= 0"),
         ({"consistency_weight": -1.0}, "consistency_weight must be >= 0"),
     ],
@@ -203,3 +213,25 @@ FIELD_TESTS = {
         f: "test_changing_a_consistency_field_changes_the_run" for f in CONSISTENCY_FIELD_CHANGES
     }
 }
+
+
+def test_run_paraphrase_method_saves_an_adapter_that_reloads_exactly(tmp_path) -> None:
+    from mechtune.train.checkpoint import load_trained
+    from mechtune.train.methods import run_paraphrase_method
+
+    config = ConsistencyConfig(lora=LoraSettings(layers=(2,)), steps=2, batch_size=4, lr=1e-2)
+    trained = _vqa()
+    images = _images(trained)
+    run_paraphrase_method("consistency-lora", trained, images, EXAMPLES, config, tmp_path)
+    assert (tmp_path / "adapter" / "adapter_model.safetensors").is_file()
+    info = json.loads((tmp_path / "train.json").read_text())
+    assert info["method"] == "consistency-lora" and info["step"] == 2
+    assert info["config"] == config.to_dict() and len(info["history"]) == 2
+    texts = [e.question for e in EXAMPLES]
+    fresh = load_trained(_vqa(), tmp_path)
+    with torch.no_grad():
+        want = trained.margin(images, texts)
+        got = fresh.margin(images, texts)
+        untrained = _vqa().margin(images, texts)
+    assert torch.equal(got, want)
+    assert not torch.equal(untrained, want)  # the adapter changed the model

@@ -173,21 +173,28 @@ def test_negclip_loss_against_hand_computation():
     assert out["loss"].item() == pytest.approx((i2t + t2i) / 2, rel=1e-6)
 
 
-def test_create_loss_builds_the_configured_loss():
-    from mechtune.train.loop import LoopConfig
-    from mechtune.train.losses import NegCLIPLoss, create_loss
+def test_create_loss_builds_the_named_loss_from_the_config():
+    from mechtune.errors import ConfigError
+    from mechtune.train.consistency import ConsistencyConfig
+    from mechtune.train.losses import ConsistencyLoss, NegCLIPLoss, create_loss
+    from mechtune.train.negation import LoopConfig
 
-    assert isinstance(create_loss(LoopConfig(loss="negclip")), NegCLIPLoss)
-    nast = create_loss(LoopConfig(loss="nast", lam=0.3))
+    assert isinstance(create_loss("negclip", LoopConfig()), NegCLIPLoss)
+    nast = create_loss("nast", LoopConfig(lam=0.3))
     assert isinstance(nast, NASTLoss) and nast.lam == 0.3
-    with pytest.raises(ValueError, match="loss must be one of"):
-        LoopConfig(loss="bogus")
+    consistency = create_loss("consistency", ConsistencyConfig(consistency_weight=2.5))
+    assert isinstance(consistency, ConsistencyLoss) and consistency.weight == 2.5
+    with pytest.raises(
+        ConfigError, match=r"loss must be one of \('nast', 'negclip', 'consistency'\), got 'bogus'"
+    ):
+        create_loss("bogus", LoopConfig())
 
 
 def test_adam_undoes_gradient_scaling_but_not_learning_rate_scaling(clip):
     """Why LoopConfig.scaling exists: with AdamW, multiplying a block's gradients by a
     constant leaves its update (almost) unchanged; per-block learning rates do not."""
-    from mechtune.train.loop import CaptionExample, ClaimExample, LoopConfig, Trainer
+    from mechtune.train.methods import NegationData, negation_trainer
+    from mechtune.train.negation import CaptionExample, ClaimExample, LoopConfig
 
     caps = [CaptionExample("there is no edema .", 0), CaptionExample("no pneumothorax .", 1)]
     claims = [ClaimExample(("there is no edema .", "there is severe edema ."), 0)]
@@ -208,7 +215,7 @@ def test_adam_undoes_gradient_scaling_but_not_learning_rate_scaling(clip):
             scaling=scaling,
             lora=LoraSettings(rank=2, alpha=4),
         )
-        trainer = Trainer(enc, alpha, cfg, tmp)
+        trainer = negation_trainer("nast", enc, images, NegationData(caps, claims), alpha, cfg, tmp)
         for _, p in lora_parameters(trainer.model).values():
             torch.nn.init.normal_(p, std=0.05, generator=torch.Generator().manual_seed(3))
         start = {
@@ -216,7 +223,7 @@ def test_adam_undoes_gradient_scaling_but_not_learning_rate_scaling(clip):
             for n, (blk, p) in lora_parameters(trainer.model).items()
             if blk == 1
         }
-        trainer.fit(images, caps, claims)
+        trainer.fit()
         return sum(
             float((p.detach() - start[n]).norm())
             for n, (blk, p) in lora_parameters(trainer.model).items()

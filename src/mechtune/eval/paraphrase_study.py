@@ -128,10 +128,11 @@ class ParaphraseStudyConfig:
                 raise ConfigError(f"{name} must be >= {low}, got {getattr(self, name)}")
         if not 1 <= self.sae_k <= self.sae_width:
             raise ConfigError(f"sae_k ({self.sae_k}) must be in [1, sae_width ({self.sae_width})]")
-        if self.lora.layers is not None or self.lora.seed != 0:
+        if self.lora.lora.layers is not None or self.lora.seed != 0:
             raise ConfigError(
-                "lora.layers and lora.seed are set per run (the layers by ranges, the seed by "
-                f"seeds); got lora.layers={self.lora.layers}, lora.seed={self.lora.seed}"
+                "lora.lora.layers and lora.seed are set per run (the layers by ranges, the seed "
+                f"by seeds); got lora.lora.layers={self.lora.lora.layers}, "
+                f"lora.seed={self.lora.seed}"
             )
 
     def to_dict(self) -> dict[str, Any]:
@@ -155,7 +156,9 @@ def load_paraphrase_recipe(path: str | Path) -> ParaphraseStudyConfig:
     unknown = sorted(set(raw) - {f.name for f in fields(ParaphraseStudyConfig)})
     lora = raw.get("lora") or {}
     unknown += sorted(f"lora.{k}" for k in set(lora) - {f.name for f in fields(ConsistencyConfig)})
-    unknown += [f"lora.{k} (set per run)" for k in ("layers", "seed") if k in lora]
+    unknown += [f"lora.{k} (set per run)" for k in ("seed",) if k in lora]
+    if "layers" in (lora.get("lora") or {}):
+        unknown.append("lora.lora.layers (set per run)")
     if unknown:
         raise ConfigError(f"{path}: unknown recipe keys {unknown}")
     return ParaphraseStudyConfig(**raw)
@@ -209,7 +212,7 @@ def run_config(
     config: ParaphraseStudyConfig, layers: tuple[int, ...] | None, seed: int
 ) -> ConsistencyConfig:
     """The LoRA settings of one run: ``lora`` on ``layers`` (None: all) with ``seed``."""
-    return replace(config.lora, layers=layers, seed=seed)
+    return replace(config.lora, lora=replace(config.lora.lora, layers=layers), seed=seed)
 
 
 # -- evaluation -----------------------------------------------------------------------------

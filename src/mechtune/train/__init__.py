@@ -1,1 +1,12 @@
-"""Training: LoRA on the text tower, NAST gradient scaling, losses."""
+"""Training, one stack for both tasks.
+
+- :mod:`~mechtune.train.lora`: ``LoraSettings``, ``LoraSite`` and the one ``lora_config``;
+- :mod:`~mechtune.train.losses`: every loss, built by ``create_loss`` only;
+- :mod:`~mechtune.train.trainer`: the one ``Trainer`` (optimiser, NAST scaling, shards/DDP,
+  exact resume, final save); :mod:`~mechtune.train.scaling`: NAST's per-block factors;
+- :mod:`~mechtune.train.checkpoint`: checkpoints, ``save_trained`` / ``load_trained``;
+- tasks: :mod:`~mechtune.train.negation` (dual encoders), :mod:`~mechtune.train.consistency`
+  (yes/no VLMs);
+- :mod:`~mechtune.train.methods`: the method registry, ``negation_examples``,
+  ``run_method`` and ``run_paraphrase_method``.
+"""

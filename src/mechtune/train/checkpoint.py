@@ -1,15 +1,23 @@
-"""Training checkpoints shared by the trainers: exact resume, peft-format adapters.
+"""Training checkpoints (exact resume) and trained results (adapters, weights), for both tasks.
 
 A checkpoint folder ``step_NNNNNN`` holds the trainable weights (``adapter.safetensors``),
 the optimiser state, the random streams (the sampler's generator and torch's global one,
 which dropout draws from), ``state.json`` (step, config, history) and, for LoRA, the
 standard peft layout under ``peft/`` (``PeftModel.from_pretrained(base, folder / "peft")``).
 Every file is written atomically; a folder without ``state.json`` is incomplete and ignored.
+
+The trained result of a run (:func:`save_trained`) sits beside the checkpoints: a peft
+adapter in ``out/adapter/`` (``adapter_config.json`` + ``adapter_model.safetensors``) for
+LoRA, or the trained blocks' weights in ``out/weights.safetensors`` for full fine-tuning,
+and ``out/train.json`` (method, config, final step, loss history).
+:func:`load_trained` applies either to a freshly loaded model. Nothing here unpickles
+arbitrary objects: safetensors, or ``torch.load(weights_only=True)``.
 """
 
 from __future__ import annotations
 
 import json
+import shutil
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -21,6 +29,8 @@ from torch import nn
 
 from mechtune.data.io import atomic_path, write_json
 from mechtune.errors import DataError
+from mechtune.models.dual_encoder import DualEncoder
+from mechtune.train.lora import LoraSite, lm_lora_site, text_lora_site
 
 
 def checkpoint_folders(out: Path) -> list[Path]:
@@ -82,3 +92,87 @@ def load_latest_checkpoint(
     torch.set_rng_state(rng["torch"])
     state: dict[str, Any] = json.loads((folder / "state.json").read_text(encoding="utf-8"))
     return state
+
+
+ADAPTER = "adapter"
+WEIGHTS = "weights.safetensors"
+TRAIN_JSON = "train.json"
+
+
+def save_trained(out: Path, model: nn.Module, site: LoraSite, info: dict[str, Any]) -> None:
+    """Write the trained result of ``model`` to ``out`` (see the module docstring).
+
+    A :class:`~peft.PeftModel` saves its adapter (``save_pretrained``, safetensors);
+    otherwise every trainable parameter, all inside ``site``'s blocks, goes to
+    ``weights.safetensors`` under the model's own parameter names. ``info`` (JSON-able)
+    becomes ``train.json``, written last.
+    """
+    out.mkdir(parents=True, exist_ok=True)
+    if isinstance(model, PeftModel):
+        staging = out / f".{ADAPTER}.tmp"
+        shutil.rmtree(staging, ignore_errors=True)
+        model.save_pretrained(str(staging), safe_serialization=True)
+        shutil.rmtree(out / ADAPTER, ignore_errors=True)
+        staging.rename(out / ADAPTER)
+    else:
+        weights = {
+            n: p.detach().contiguous()
+            for n, p in model.named_parameters()
+            if p.requires_grad and site.layer_index(n) is not None
+        }
+        with atomic_path(out / WEIGHTS) as tmp:
+            save_file(weights, str(tmp))
+    write_json(out / TRAIN_JSON, info)
+
+
+def load_trained(model: Any, folder: str | Path) -> Any:
+    """Apply a trained result to a freshly loaded ``model`` and return it.
+
+    ``model``: a :class:`~mechtune.models.dual_encoder.DualEncoder` (its text tower) or a
+    :class:`~mechtune.models.yes_no.YesNoVLM` (its language model). ``folder``: a run's
+    output (holding ``adapter/`` or ``weights.safetensors``) or a peft adapter folder
+    itself. A peft adapter is injected into the model's own modules
+    (``PeftModel.from_pretrained``); weights replace the same-named block parameters.
+    Raises DataError naming the folder when it holds neither (or both), and naming the
+    file and key for a weight outside the blocks, unknown to the model, or of the wrong
+    shape.
+    """
+    if isinstance(model, DualEncoder):
+        module: nn.Module = model.model
+        site = text_lora_site(module)
+    else:
+        module, site = model.module, lm_lora_site(model)
+    folder = Path(folder)
+    adapter = None
+    for candidate in (folder / ADAPTER, folder):
+        if (candidate / "adapter_config.json").is_file():
+            adapter = candidate
+            break
+    weights = folder / WEIGHTS
+    if adapter is not None and weights.is_file():
+        raise DataError(f"{folder}: holds both a peft adapter and {WEIGHTS}; keep one")
+    if adapter is not None:
+        PeftModel.from_pretrained(module, str(adapter))
+        module.eval()
+        return model
+    if not weights.is_file():
+        raise DataError(
+            f"{folder}: neither a peft adapter ({ADAPTER}/adapter_config.json) nor {WEIGHTS}"
+        )
+    tensors = load_file(str(weights))
+    params = dict(module.named_parameters())
+    for name, value in tensors.items():
+        if name not in params or site.layer_index(name) is None:
+            raise DataError(
+                f"{weights}: {name!r} is not a parameter of the model's blocks "
+                f"({site.layers_pattern})"
+            )
+        if tuple(value.shape) != tuple(params[name].shape):
+            raise DataError(
+                f"{weights}: {name!r} has shape {tuple(value.shape)}, the model "
+                f"{tuple(params[name].shape)}"
+            )
+    with torch.no_grad():
+        for name, value in tensors.items():
+            params[name].copy_(value.to(device=params[name].device, dtype=params[name].dtype))
+    return model

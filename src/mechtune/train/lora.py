@@ -1,11 +1,17 @@
-"""LoRA on a dual encoder's text tower only, through peft.
+"""LoRA settings and where they apply, for both tasks, through peft.
 
-The site table gives the text blocks' dotted path, used as peft's ``layers_pattern``: without
-it, ``layers_to_transform`` would also pick the same indices in the vision tower.
+A :class:`LoraSite` says where a model's trainable blocks are: peft's ``layers_pattern``
+(the dotted path of the block list), the linear layers inside a block that LoRA adapts,
+and the number of blocks. Dual encoders take theirs from the site table's
+:class:`~mechtune.models.sites.TextSite` (:func:`text_lora_site`); yes/no VLMs from their
+``layers_pattern`` / ``lora_targets`` (:func:`lm_lora_site`). One :func:`lora_config`
+builds the peft config from a site and a :class:`LoraSettings`. Without the pattern,
+``layers_to_transform`` would also pick the same indices in the vision tower.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any, cast
@@ -15,13 +21,19 @@ from peft import LoraConfig, PeftModel, get_peft_model
 from peft.tuners.lora import LoraLayer
 from torch import nn
 
-from mechtune.errors import ConfigError, DataError
-from mechtune.models.sites import TextSite, text_site
+from mechtune.errors import ConfigError
+from mechtune.models.sites import text_site
 
 
 @dataclass(frozen=True)
 class LoraSettings:
-    """Rank, alpha, dropout, and which text blocks get adapters (None: all)."""
+    """LoRA's rank r, its alpha (the update is ``(alpha / r) * B @ A``, Hu et al. 2021,
+    eq. 3; peft's ``lora_alpha``), the dropout on the adapter input, and which blocks get
+    adapters (None: all). Used by every method of both tasks.
+
+    Raises ConfigError naming the field for rank < 1, alpha <= 0, dropout outside [0, 1)
+    or a bad ``layers`` list (see :func:`block_indices`).
+    """
 
     rank: int = 8
     alpha: int = 16
@@ -39,7 +51,14 @@ class LoraSettings:
             object.__setattr__(self, "layers", block_indices(self.layers, "layers"))
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        d = asdict(self)
+        d["layers"] = None if self.layers is None else list(self.layers)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> LoraSettings:
+        layers = d.get("layers")
+        return cls(**{**d, "layers": None if layers is None else tuple(layers)})
 
 
 def block_indices(layers: Sequence[int], name: str) -> tuple[int, ...]:
@@ -56,15 +75,51 @@ def block_indices(layers: Sequence[int], name: str) -> tuple[int, ...]:
     return out
 
 
-def lora_config(model: nn.Module, settings: LoraSettings) -> LoraConfig:
-    """A peft config that adapts the text blocks of ``model`` and nothing else."""
-    site = text_site(model)
-    n_layers = len(site.text_layers(model))
+@dataclass(frozen=True)
+class LoraSite:
+    """Where a task trains: the block list's dotted path (peft's ``layers_pattern``), the
+    linear layers inside a block that LoRA adapts, and how many blocks there are."""
+
+    layers_pattern: str
+    lora_targets: tuple[str, ...]
+    n_layers: int
+
+    def layer_index(self, parameter_name: str) -> int | None:
+        """Block index of a parameter (or module) name, None outside the blocks.
+
+        Handles prefixes such as DDP's ``module.`` and peft's ``base_model.model.``.
+        """
+        pattern = rf"(?:^|\.){re.escape(self.layers_pattern)}\.(\d+)(?:\.|$)"
+        match = re.search(pattern, parameter_name)
+        return int(match.group(1)) if match else None
+
+
+def text_lora_site(model: nn.Module) -> LoraSite:
+    """The text-tower site of a dual encoder's model (by the site table; a peft-wrapped
+    model is looked up by its base model). Raises UnsupportedModelError for an unknown
+    class."""
+    base = base_model(model)
+    site = text_site(base)
+    return LoraSite(site.layers_pattern, tuple(site.lora_targets), len(site.text_layers(base)))
+
+
+def lm_lora_site(vlm: Any) -> LoraSite:
+    """The language-model site of a :class:`~mechtune.models.yes_no.YesNoVLM`."""
+    return LoraSite(vlm.layers_pattern, tuple(vlm.lora_targets), len(vlm.layers))
+
+
+def lora_config(site: LoraSite, settings: LoraSettings) -> LoraConfig:
+    """A peft config that adapts ``settings.layers`` of the site's blocks and nothing else.
+
+    Raises ConfigError when a chosen block is outside ``0..site.n_layers - 1``.
+    """
+    n_layers = site.n_layers
     layers = list(range(n_layers)) if settings.layers is None else list(settings.layers)
     bad = [i for i in layers if not 0 <= i < n_layers]
     if bad:
         raise ConfigError(
-            f"LoRA layers {bad} out of range: the text tower has blocks 0..{n_layers - 1}"
+            f"LoRA layers {bad} out of range: the model has blocks 0..{n_layers - 1} "
+            f"at {site.layers_pattern}"
         )
     return LoraConfig(
         r=settings.rank,
@@ -77,9 +132,26 @@ def lora_config(model: nn.Module, settings: LoraSettings) -> LoraConfig:
     )
 
 
+def apply_lora(module: nn.Module, site: LoraSite, settings: LoraSettings) -> PeftModel:
+    """Wrap ``module`` with LoRA adapters on the site's blocks; everything else is frozen.
+
+    peft injects the adapters into ``module``'s own submodules, so code holding the
+    unwrapped module (an adapter's ``encode_tokens``, a VLM's ``margin``) uses them.
+    """
+    return get_peft_model(module, lora_config(site, settings))
+
+
 def apply_text_lora(model: nn.Module, settings: LoraSettings) -> PeftModel:
-    """Wrap ``model`` with LoRA adapters on its text blocks; everything else is frozen."""
-    return get_peft_model(model, lora_config(model, settings))
+    """:func:`apply_lora` on a dual encoder model's text blocks."""
+    return apply_lora(model, text_lora_site(model), settings)
+
+
+def enable_block_finetune(model: nn.Module, site: LoraSite) -> nn.Module:
+    """Full fine-tuning of the site's blocks (as NegCLIP does): their parameters train,
+    every other parameter is frozen."""
+    for name, p in model.named_parameters():
+        p.requires_grad_(site.layer_index(name) is not None)
+    return model
 
 
 def base_model(model: nn.Module) -> nn.Module:
@@ -87,64 +159,57 @@ def base_model(model: nn.Module) -> nn.Module:
     return model.get_base_model() if isinstance(model, PeftModel) else model
 
 
-def trainable_text_parameters(
-    model: nn.Module, site: TextSite | None = None
+def trainable_block_parameters(
+    model: nn.Module, site: LoraSite | None = None
 ) -> dict[str, tuple[int, Any]]:
-    """``{name: (text block index, parameter)}`` for every trainable parameter.
+    """``{name: (block index, parameter)}`` for every trainable parameter of ``model``.
 
-    Every trainable parameter must sit in a text block: anything else is an error, so a
-    method cannot silently train the vision tower.
+    The fence: every trainable parameter must sit in one of the site's blocks (default:
+    the text tower's), so a method cannot silently train the vision tower, embeddings or
+    a head. Raises ConfigError naming the first such parameter.
     """
-    site = site or text_site(base_model(model))
+    site = site or text_lora_site(model)
     out = {}
     for name, param in model.named_parameters():
         if not param.requires_grad:
             continue
         layer = site.layer_index(name)
         if layer is None:
-            raise DataError(
-                f"trainable parameter {name!r} is outside the text blocks ({site.layers})"
+            raise ConfigError(
+                f"trainable parameter {name!r} is outside the blocks ({site.layers_pattern})"
             )
         out[name] = (layer, param)
     return out
 
 
-def lora_parameters(model: nn.Module, site: TextSite | None = None) -> dict[str, tuple[int, Any]]:
-    """``{name: (text block index, parameter)}`` for every trainable LoRA parameter."""
-    return {n: v for n, v in trainable_text_parameters(model, site).items() if "lora_" in n}
+def lora_parameters(model: nn.Module, site: LoraSite | None = None) -> dict[str, tuple[int, Any]]:
+    """``{name: (block index, parameter)}`` for every trainable LoRA parameter."""
+    return {n: v for n, v in trainable_block_parameters(model, site).items() if "lora_" in n}
 
 
-def enable_text_finetune(model: nn.Module) -> nn.Module:
-    """Full fine-tuning of the text blocks (as NegCLIP does): they train, all else frozen."""
-    site = text_site(model)
-    for p in model.parameters():
-        p.requires_grad_(False)
-    for p in site.text_layers(model).parameters():
-        p.requires_grad_(True)
-    return model
+def active_layers(model: nn.Module, site: LoraSite | None = None) -> list[int]:
+    """The blocks that hold trainable LoRA parameters, ascending."""
+    return sorted({layer for layer, _ in lora_parameters(model, site).values()})
 
 
-def active_layers(model: nn.Module) -> Sequence[int]:
-    return sorted({layer for layer, _ in lora_parameters(model).values()})
+def lora_update_norms(model: nn.Module, site: LoraSite | None = None) -> dict[int, float]:
+    """Per block, the summed Frobenius norm of the LoRA weight updates.
 
-
-def lora_update_norms(model: nn.Module) -> dict[int, float]:
-    """Per text block, the summed Frobenius norm of the LoRA weight updates.
-
-    For each adapted linear layer the update is ``delta W = (alpha / r) * B @ A``; the norms
-    of a block's updates are added up. ``{block index: norm}`` for every adapted block.
+    For each adapted linear layer the update is ``delta W = (alpha / r) * B @ A`` (Hu et
+    al. 2021, eq. 3; peft's ``scaling``); the norms of a block's updates are added up.
+    ``{block index: norm}`` for every adapted block (default site: the text tower).
     """
-    site = text_site(base_model(model))
+    site = site or text_lora_site(model)
     norms: dict[int, float] = {}
     for name, module in model.named_modules():
         if not isinstance(module, LoraLayer):
             continue
-        layer = site.layer_index(name + ".")
+        layer = site.layer_index(name)
         if layer is None:
             continue
         for adapter, a in module.lora_A.items():
             a_weight = cast(torch.Tensor, a.weight)
             b_weight = cast(torch.Tensor, module.lora_B[adapter].weight)
-            delta = module.scaling[adapter] * (b_weight @ a_weight)
+            delta = module.scaling[adapter] * (b_weight.float() @ a_weight.float())
             norms[layer] = norms.get(layer, 0.0) + float(delta.detach().norm())
     return norms

@@ -1,8 +1,8 @@
-"""Negation losses as modules returning named terms, built in one place from the config.
+"""The training losses as modules returning named terms, built in one place from the config.
 
-Every loss takes one :class:`NegationBatch` (the step's embeddings) and returns a dict of
-named scalar terms whose ``"loss"`` entry is what the trainer back-propagates, so every
-term is logged. :func:`create_loss` is the only place a trainer gets its loss from: a loss
+Every negation loss takes one :class:`NegationBatch` (the step's embeddings); every loss
+returns a dict of named scalar terms whose ``"loss"`` entry is what the trainer
+back-propagates, so every term is logged. :func:`create_loss` is the only place a trainer gets its loss from: a loss
 that is configured is the loss that runs.
 
 - ``ContrastiveLoss``: the symmetric CLIP loss on (image, caption) rows (Radford et al.,
@@ -12,7 +12,11 @@ that is configured is the loss that runs.
 - ``NASTLoss``: lambda * L_CLIP + (1 - lambda) * L_claim (NAST §4);
 - ``NegCLIPLoss``: the image-text contrastive loss with every image's hard-negative
   captions added to the text side of the batch (Yuksekgonul et al., ICLR 2023, "When and
-  why vision-language models behave like bags-of-words", §5).
+  why vision-language models behave like bags-of-words", §5);
+- ``ConsistencyLoss``: answer cross-entropy on a question and its paraphrase plus a
+  weighted symmetric KL between their yes/no distributions (PSF-Med, arXiv 2602.21428).
+
+The trainers cast embeddings and margins to float32 before calling a loss.
 """
 
 from __future__ import annotations
@@ -118,18 +122,62 @@ class NegCLIPLoss(nn.Module):
         return {"negclip_i2t": i2t, "negclip_t2i": t2i, "loss": (i2t + t2i) / 2}
 
 
+def symmetric_kl(margin_a: torch.Tensor, margin_b: torch.Tensor) -> torch.Tensor:
+    """``[B], [B] -> [B]``: KL(p‖q) + KL(q‖p) for p = sigmoid(a), q = sigmoid(b).
+
+    For two Bernoulli distributions given by their log-odds this is the closed form
+    (p − q)·(a − b) (expand both KLs; the log terms collapse to the log-odds difference).
+    """
+    return (torch.sigmoid(margin_a) - torch.sigmoid(margin_b)) * (margin_a - margin_b)
+
+
+class ConsistencyLoss(nn.Module):
+    """PSF-Med's consistency objective (arXiv 2602.21428, §4): the answer cross-entropy on
+    the original question and one paraphrase, plus ``weight`` times the symmetric KL
+    between their yes/no distributions.
+
+    A yes/no distribution is the softmax over the (yes, no) logits, which depends on the
+    margin m = logit(yes) − logit(no) only: p(yes) = sigmoid(m). Pure consistency training
+    collapses to one answer for every question, which the cross-entropy term prevents.
+    Raises ConfigError for a negative weight.
+    """
+
+    def __init__(self, consistency_weight: float = 1.0) -> None:
+        super().__init__()
+        if consistency_weight < 0:
+            raise ConfigError(f"consistency_weight must be >= 0, got {consistency_weight}")
+        self.weight = consistency_weight
+
+    def forward(
+        self, original: torch.Tensor, paraphrase: torch.Tensor, answer: torch.Tensor
+    ) -> dict[str, torch.Tensor]:
+        """Margins ``[B]`` of the original and one paraphrase; ``answer [B]`` bool ->
+        ``{"answer_ce", "symmetric_kl", "loss"}``."""
+        target = answer.to(original.dtype)
+        bce = F.binary_cross_entropy_with_logits
+        ce = (bce(original, target) + bce(paraphrase, target)) / 2
+        kl = symmetric_kl(original, paraphrase).mean()
+        return {"answer_ce": ce, "symmetric_kl": kl, "loss": ce + self.weight * kl}
+
+
 LOSS_FACTORIES: dict[str, Callable[[Any], nn.Module]] = {
     "nast": lambda config: NASTLoss(config.lam),
     "negclip": lambda config: NegCLIPLoss(),
+    "consistency": lambda config: ConsistencyLoss(config.consistency_weight),
 }
 LOSSES = tuple(LOSS_FACTORIES)
 
 
-def create_loss(config: Any) -> nn.Module:
-    """The loss a :class:`~mechtune.train.loop.LoopConfig` names (``config.loss``), built
-    with the settings it reads (``lam`` for ``"nast"``). Raises ConfigError for an unknown
-    name."""
-    factory = LOSS_FACTORIES.get(config.loss)
+def create_loss(name: str, config: Any) -> nn.Module:
+    """The loss ``name`` built with the settings of ``config`` it reads (``lam`` of a
+    :class:`~mechtune.train.negation.LoopConfig` for ``"nast"``, ``consistency_weight`` of a
+    :class:`~mechtune.train.consistency.ConsistencyConfig` for ``"consistency"``).
+
+    The one place a loss is built: a method names its loss in the registry
+    (:mod:`mechtune.train.methods`), and the trainer back-propagates what this returns.
+    Raises ConfigError for an unknown name.
+    """
+    factory = LOSS_FACTORIES.get(name)
     if factory is None:
-        raise ConfigError(f"loss must be one of {LOSSES}, got {config.loss!r}")
+        raise ConfigError(f"loss must be one of {LOSSES}, got {name!r}")
     return factory(config)

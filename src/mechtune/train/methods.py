@@ -1,81 +1,103 @@
-"""Fine-tuning methods, registered by name with their task and config class.
+"""Fine-tuning methods, registered by name with their task, loss, data and overrides.
 
-Negation (dual encoders, :class:`LoopConfig`), all on the same data and budget:
-``zero-shot`` (no training), ``uniform-lora`` (NAST loss, beta = 0), ``nast`` (gradients
-of block l scaled by alpha_l ** beta), ``negclip`` (hard negatives in the contrastive batch,
-full fine-tuning of the text blocks) and ``negbench`` (contrastive + multiple-choice loss on
-negated multi-condition options, uniform LoRA). Training examples come from the
-contextual builder on a world's train-split patients (train phrasing families only).
+A method is one :func:`register` call: the task it fixes, the loss it trains with (a key
+of :data:`~mechtune.train.losses.LOSS_FACTORIES`, built by
+:func:`~mechtune.train.losses.create_loss` from the run's config, the only place a loss
+is built), the training examples it reads, and the config fields it fixes. Every method
+of a task runs through the same :class:`~mechtune.train.trainer.Trainer`.
 
-Paraphrase (yes/no VLMs, :class:`ConsistencyConfig`): ``consistency-lora``, PSF-Med's
-LoRA on chosen language-model layers with answer CE + symmetric KL.
+Negation (dual encoders, :class:`~mechtune.train.negation.LoopConfig`), all on the same
+data and budget: ``zero-shot`` (no training), ``uniform-lora`` (NAST loss, beta = 0),
+``nast`` (block l weighted by alpha_l ** beta; NAST arXiv 2602.12498 §4), ``negclip``
+(hard negatives in the contrastive batch, full fine-tuning of the text blocks;
+Yuksekgonul et al., ICLR 2023) and ``negbench`` (contrastive + multiple-choice loss on
+negated multi-condition options, uniform LoRA; Alhamoud et al., CVPR 2025, NegBench).
+
+Paraphrase (yes/no VLMs, :class:`~mechtune.train.consistency.ConsistencyConfig`):
+``consistency-lora``, PSF-Med's LoRA on chosen language-model layers with answer CE +
+symmetric KL.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from dataclasses import fields as dataclass_fields
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 import torch
 
 from mechtune.data.builders.contextual import ContextualConfig, study_records
 from mechtune.data.builders.polarity import PolarityConfig, make_mcq, passes_row_filter
+from mechtune.data.schema import SPLITS, Study
 from mechtune.errors import ConfigError, DataError
 from mechtune.models.dual_encoder import DualEncoder
 from mechtune.models.yes_no import YesNoVLM
-from mechtune.sim.world import World
-from mechtune.train.consistency import ConsistencyConfig, ConsistencyExample, ConsistencyTrainer
-from mechtune.train.loop import CaptionExample, ClaimExample, LoopConfig, Trainer
+from mechtune.train.consistency import ConsistencyConfig, ConsistencyExample, ConsistencyTask
+from mechtune.train.lora import lm_lora_site, text_lora_site
+from mechtune.train.losses import LOSSES, create_loss
+from mechtune.train.negation import CaptionExample, ClaimExample, LoopConfig, NegationTask
+from mechtune.train.scaling import block_scales
+from mechtune.train.trainer import Trainer
 
 
 @dataclass(frozen=True)
 class NegationData:
+    """Training examples of the negation task: single negated captions, claim sets and
+    NegBench-style MCQ options (correct option first), each with its image row."""
+
     captions: list[CaptionExample]
     claims: list[ClaimExample]
-    mcq: list[ClaimExample] = field(default_factory=list)  # NegBench-style options
+    mcq: list[ClaimExample] = field(default_factory=list)
 
 
 def negation_examples(
-    world: World,
-    contextual: ContextualConfig | None = None,
+    rows: Sequence[tuple[int, Study]],
     split: str = "train",
+    *,
+    seed: int,
     heldout: bool = False,
     balance_polarity: bool = True,
 ) -> NegationData:
-    """Single negated captions and claim sets of one split, in one family pool.
+    """Single negated captions, claim sets and MCQ options of one split's studies.
+
+    ``rows``: ``(row of the image-embedding tensor, study)`` for the studies of ``split``
+    (the caller's source decides the split). ``seed`` drives the per-study random streams
+    of the contextual and polarity builders (``record_rng``), as their ``seed`` does;
+    ``heldout`` picks the held-out phrasing families instead of the training ones. MCQ
+    options come from studies passing NAST's row filter.
 
     Most conditions are absent in most studies, so about two thirds of the claim sets have
     a negated correct claim; trained on them as drawn, every method learns to prefer "No
     ..." wording and overshoots (the affirmative-negation gap flips sign). With
     ``balance_polarity`` the minority polarity's claim sets are repeated, in order, until
     both polarities are equally many, so uniform sampling sees each half the time.
+    Raises ConfigError for an unknown split.
     """
-    contextual = contextual or ContextualConfig(
-        seed=world.config.seed, split_fractions=world.config.split_fractions
-    )
+    if split not in SPLITS:
+        raise ConfigError(f"split must be one of {SPLITS}, got {split!r}")
+    contextual = ContextualConfig(seed=seed)
+    polarity = PolarityConfig(seed=seed, families="heldout" if heldout else "train")
+
+    def split_of(_study: Study) -> str:
+        return split
+
     captions, mcq = [], []
     by_polarity: dict[str, list[ClaimExample]] = {"affirmative": [], "negated": []}
-    polarity = PolarityConfig(
-        seed=contextual.seed,
-        families="heldout" if heldout else "train",
-        split_fractions=contextual.split_fractions,
-    )
-    for row in world.indices(split):
-        study = world.studies[int(row)]
-        claim_sets, caps = study_records(study, contextual)
-        captions += [CaptionExample(c.text, int(row)) for c in caps if c.heldout_family == heldout]
+    for row, study in rows:
+        row = int(row)
+        claim_sets, caps = study_records(study, contextual, split_of=split_of)
+        captions += [CaptionExample(c.text, row) for c in caps if c.heldout_family == heldout]
         for cs in claim_sets:
             if cs.heldout_family == heldout:
-                by_polarity.setdefault(cs.polarity, []).append(
-                    ClaimExample(cs.candidates, int(row))
-                )
+                by_polarity.setdefault(cs.polarity, []).append(ClaimExample(cs.candidates, row))
         if passes_row_filter(study, polarity):
             q = make_mcq(study, polarity, split)
             options = [q.negated_options[q.correct_index]]
             options += [o for i, o in enumerate(q.negated_options) if i != q.correct_index]
-            mcq.append(ClaimExample(tuple(options), int(row)))
+            mcq.append(ClaimExample(tuple(options), row))
     if balance_polarity:
         claims = _balanced(list(by_polarity.values()))
     else:
@@ -89,97 +111,176 @@ def _balanced(groups: list[list[ClaimExample]]) -> list[ClaimExample]:
     return [g[i % len(g)] for g in groups if g for i in range(size)]
 
 
-Method = Callable[
-    [DualEncoder, torch.Tensor, NegationData, torch.Tensor, LoopConfig, Path], DualEncoder
-]
-ParaphraseMethod = Callable[
-    [YesNoVLM, Any, Sequence[ConsistencyExample], ConsistencyConfig, Path], YesNoVLM
-]
+# -- the registry ---------------------------------------------------------------------------
+
+TASK_CONFIGS: dict[str, type] = {"negation": LoopConfig, "paraphrase": ConsistencyConfig}
+
+# The training examples a method reads, by task.
+NEGATION_DATA: dict[str, Callable[[NegationData], list[ClaimExample]]] = {
+    "claim_sets": lambda data: data.claims,
+    "mcq": lambda data: data.mcq,
+}
+PARAPHRASE_DATA = ("paraphrase_sets",)
 
 
 @dataclass(frozen=True)
 class MethodEntry:
-    """A registered method: the task it fixes, its config class, and how to run it."""
+    """A registered method.
+
+    ``task``: "negation" (dual encoders) or "paraphrase" (yes/no VLMs); ``config``: the
+    task's config class; ``loss``: the loss it trains with (None: no training);
+    ``data``: the examples it reads (negation: "claim_sets" or "mcq", beside the
+    captions; paraphrase: "paraphrase_sets"); ``overrides``: config fields it fixes.
+    """
 
     name: str
-    task: str  # "negation" (dual encoders) or "paraphrase" (yes/no VLMs)
+    task: str
     config: type
-    run: Callable[..., Any]
+    loss: str | None
+    data: str | None
+    overrides: Mapping[str, Any]
+    summary: str
 
 
 METHODS: dict[str, MethodEntry] = {}
-TASK_CONFIGS = {"negation": LoopConfig, "paraphrase": ConsistencyConfig}
 
 
-def register(name: str, task: str = "negation") -> Callable[[Callable[..., Any]], Any]:
+def register(
+    name: str,
+    *,
+    task: str,
+    loss: str | None,
+    data: str | None,
+    overrides: Mapping[str, Any] | None = None,
+    summary: str = "",
+) -> MethodEntry:
+    """Register a method. Raises ConfigError for a taken name, an unknown task, loss or
+    data, or an override that is not a field of the task's config."""
+    if name in METHODS:
+        raise ConfigError(f"method {name!r} is already registered")
     if task not in TASK_CONFIGS:
         raise ConfigError(f"unknown task {task!r}; known: {sorted(TASK_CONFIGS)}")
-
-    def wrap(fn: Callable[..., Any]) -> Callable[..., Any]:
-        if name in METHODS:
-            raise ConfigError(f"method {name!r} is already registered")
-        METHODS[name] = MethodEntry(name, task, TASK_CONFIGS[task], fn)
-        return fn
-
-    return wrap
+    if loss is not None and loss not in LOSSES:
+        raise ConfigError(f"method {name!r}: loss must be one of {LOSSES}, got {loss!r}")
+    known = NEGATION_DATA if task == "negation" else PARAPHRASE_DATA
+    if (loss is None) != (data is None) or (data is not None and data not in known):
+        raise ConfigError(
+            f"method {name!r}: data must be one of {sorted(known)} when it trains "
+            f"(None when it does not), got {data!r}"
+        )
+    config = TASK_CONFIGS[task]
+    fields = {f.name for f in dataclass_fields(config)}
+    bad = sorted(set(overrides or {}) - fields)
+    if bad:
+        raise ConfigError(f"method {name!r}: overrides {bad} are not fields of {config.__name__}")
+    entry = MethodEntry(
+        name, task, config, loss, data, MappingProxyType(dict(overrides or {})), summary
+    )
+    METHODS[name] = entry
+    return entry
 
 
 def methods_for(task: str) -> list[str]:
+    """The registered methods of ``task``, sorted."""
     return sorted(n for n, m in METHODS.items() if m.task == task)
 
 
-@register("zero-shot")
-def zero_shot(
+register("zero-shot", task="negation", loss=None, data=None, summary="the model as loaded")
+register(
+    "uniform-lora",
+    task="negation",
+    loss="nast",
+    data="claim_sets",
+    overrides={"beta": 0.0},
+    summary="the NAST loss with every block weighted 1 (beta = 0)",
+)
+register(
+    "nast",
+    task="negation",
+    loss="nast",
+    data="claim_sets",
+    summary="block l's gradients (or learning rate, config.scaling) weighted by alpha_l ** beta",
+)
+register(
+    "negclip",
+    task="negation",
+    loss="negclip",
+    data="claim_sets",
+    overrides={"beta": 0.0, "lora": None},
+    summary="hard negatives in the contrastive batch, full fine-tuning of the text blocks",
+)
+# NegBench's objective is the CLIP loss plus a cross-entropy over the MCQ options, which
+# is the NAST loss's form (lambda * L_CLIP + (1 - lambda) * CE over candidates).
+register(
+    "negbench",
+    task="negation",
+    loss="nast",
+    data="mcq",
+    overrides={"beta": 0.0},
+    summary="contrastive + multiple-choice loss on negated multi-condition options",
+)
+register(
+    "consistency-lora",
+    task="paraphrase",
+    loss="consistency",
+    data="paraphrase_sets",
+    summary="PSF-Med's LoRA on chosen LM layers: answer CE + w * symmetric KL",
+)
+
+
+def _entry(name: str, task: str) -> MethodEntry:
+    if name not in METHODS or METHODS[name].task != task:
+        known = ", ".join(methods_for(task))
+        raise ConfigError(f"unknown {task} method {name!r}; registered: {known}")
+    return METHODS[name]
+
+
+# -- running --------------------------------------------------------------------------------
+
+
+def negation_trainer(
+    name: str,
     encoder: DualEncoder,
     images: torch.Tensor,
     data: NegationData,
-    alpha: torch.Tensor,
+    alpha: Sequence[float] | torch.Tensor,
     config: LoopConfig,
-    out: Path,
-) -> DualEncoder:
-    return encoder
+    out: str | Path,
+    *,
+    accelerator: Any | None = None,
+) -> Trainer:
+    """The trainer of negation method ``name`` (which must train) on ``encoder``.
 
-
-def _trained(claims_of: Callable[[NegationData], list[ClaimExample]], **overrides: Any) -> Method:
-    """A method that trains with ``config`` changed by ``overrides`` on chosen claims."""
-
-    def method(
-        encoder: DualEncoder,
-        images: torch.Tensor,
-        data: NegationData,
-        alpha: torch.Tensor,
-        config: LoopConfig,
-        out: Path,
-    ) -> DualEncoder:
-        claims = claims_of(data)
-        if not claims:
-            raise DataError(
-                "no training claims for this method (for negbench: no train "
-                "study passes the polarity row filter)"
-            )
-        trainer = Trainer(encoder, alpha, replace(config, **overrides), out)
-        trainer.fit(images, data.captions, claims, resume=True)
-        return encoder
-
-    return method
-
-
-def _claim_sets(data: NegationData) -> list[ClaimExample]:
-    return data.claims
-
-
-def _mcq_options(data: NegationData) -> list[ClaimExample]:
-    return data.mcq
-
-
-# uniform LoRA: the NAST loss with beta = 0 (every block weighted 1)
-register("uniform-lora")(_trained(_claim_sets, beta=0.0))
-# NAST: block l's gradients (or learning rate, config.scaling) weighted by alpha_l ** beta
-register("nast")(_trained(_claim_sets))
-# NegCLIP: hard negatives in the contrastive batch, full fine-tuning of the text blocks
-register("negclip")(_trained(_claim_sets, beta=0.0, lora=None, loss="negclip"))
-# NegBench: contrastive + multiple-choice loss on negated multi-condition options, uniform LoRA
-register("negbench")(_trained(_mcq_options, beta=0.0))
+    ``images``: ``[N, D]`` image embeddings; ``alpha``: ``[n_blocks + 1]`` causal-tracing
+    effects (embedding output, then each block's output); ``config`` with the method's
+    overrides applied. Raises ConfigError for an unknown or non-training method and
+    DataError when the method's examples are empty.
+    """
+    entry = _entry(name, "negation")
+    if entry.loss is None or entry.data is None:
+        raise ConfigError(f"method {name!r} does not train")
+    config = replace(config, **entry.overrides)
+    claims = NEGATION_DATA[entry.data](data)
+    if not claims:
+        raise DataError(
+            f"no training examples ({entry.data}) for {name} (for negbench: no train "
+            "study passes the polarity row filter)"
+        )
+    task = NegationTask(
+        encoder, images, data.captions, claims, create_loss(entry.loss, config), config
+    )
+    site = text_lora_site(encoder.model)
+    scales = block_scales(alpha, config.beta, site.n_layers).float()
+    return Trainer(
+        encoder.model,
+        site,
+        task,
+        config,
+        out,
+        scales=scales,
+        scaling=config.scaling,
+        accelerator=accelerator,
+    )
 
 
 def run_method(
@@ -191,23 +292,39 @@ def run_method(
     config: LoopConfig,
     out: str | Path,
 ) -> DualEncoder:
-    """Train ``encoder`` in place with a registered method (resuming from ``out``)."""
+    """Train ``encoder`` in place with negation method ``name``, resuming from the
+    checkpoints in ``out``, and write the result there (``adapter/`` or
+    ``weights.safetensors``, and ``train.json``; reload with
+    :func:`~mechtune.train.checkpoint.load_trained`). ``zero-shot`` returns ``encoder``
+    untouched and writes nothing. Shapes and errors: :func:`negation_trainer`."""
     entry = _entry(name, "negation")
     torch.manual_seed(config.seed)
-    return entry.run(encoder, images, data, torch.as_tensor(alpha), config, Path(out))
+    if entry.loss is None:
+        return encoder
+    trainer = negation_trainer(name, encoder, images, data, alpha, config, out)
+    trainer.fit(resume=True)
+    trainer.save_result(name)
+    return encoder
 
 
-@register("consistency-lora", task="paraphrase")
-def consistency_lora(
+def paraphrase_trainer(
+    name: str,
     vlm: YesNoVLM,
     images: Any,
     examples: Sequence[ConsistencyExample],
     config: ConsistencyConfig,
-    out: Path,
-) -> YesNoVLM:
-    """PSF-Med's targeted LoRA: CE + w * symmetric KL on ``config.layers``."""
-    ConsistencyTrainer(vlm, config, out).fit(images, examples, resume=True)
-    return vlm
+    out: str | Path,
+) -> Trainer:
+    """The trainer of paraphrase method ``name`` on ``vlm``'s language-model blocks.
+
+    ``images``: whatever ``vlm.margin`` takes, indexed by the examples' ``image`` rows.
+    Raises ConfigError for an unknown method, DataError for empty examples."""
+    entry = _entry(name, "paraphrase")
+    config = replace(config, **entry.overrides)
+    if entry.loss is None:
+        raise ConfigError(f"method {name!r} does not train")
+    task = ConsistencyTask(vlm, images, examples, create_loss(entry.loss, config), config)
+    return Trainer(vlm.module, lm_lora_site(vlm), task, config, out)
 
 
 def run_paraphrase_method(
@@ -218,14 +335,11 @@ def run_paraphrase_method(
     config: ConsistencyConfig,
     out: str | Path,
 ) -> YesNoVLM:
-    """Train ``vlm`` in place with a registered paraphrase method (resuming from ``out``)."""
-    entry = _entry(name, "paraphrase")
+    """Train ``vlm`` in place with paraphrase method ``name`` (resuming from ``out``) and
+    write its adapter and ``train.json`` there (see :func:`run_method`)."""
+    _entry(name, "paraphrase")
     torch.manual_seed(config.seed)
-    return entry.run(vlm, images, examples, config, Path(out))
-
-
-def _entry(name: str, task: str) -> MethodEntry:
-    if name not in METHODS or METHODS[name].task != task:
-        known = ", ".join(methods_for(task))
-        raise ConfigError(f"unknown {task} method {name!r}; registered: {known}")
-    return METHODS[name]
+    trainer = paraphrase_trainer(name, vlm, images, examples, config, out)
+    trainer.fit(resume=True)
+    trainer.save_result(name)
+    return vlm

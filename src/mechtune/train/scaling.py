@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from mechtune.errors import ConfigError
-from mechtune.train.lora import trainable_text_parameters
+from mechtune.train.lora import LoraSite, trainable_block_parameters
 
 
 def block_scales(alpha: Sequence[float] | torch.Tensor, beta: float, n_blocks: int) -> torch.Tensor:
@@ -36,13 +36,17 @@ def block_scales(alpha: Sequence[float] | torch.Tensor, beta: float, n_blocks: i
 
 
 @contextlib.contextmanager
-def scaled_gradients(model: nn.Module, scales: torch.Tensor) -> Iterator[dict[str, float]]:
-    """Within the block, gradients of the trainable parameters of text block l (LoRA, or
-    the block itself under full fine-tuning) are multiplied by ``scales[l]``.
+def scaled_gradients(
+    model: nn.Module, scales: torch.Tensor, site: LoraSite | None = None
+) -> Iterator[dict[str, float]]:
+    """Within the block, gradients of the trainable parameters of block l of ``site``
+    (default: the text tower; LoRA, or the block itself under full fine-tuning) are
+    multiplied by ``scales[l]`` (``scales``: ``[n_blocks]``).
 
-    Yields ``{parameter name: scale}``.
+    Yields ``{parameter name: scale}``. Raises ConfigError for a trainable parameter
+    outside the blocks (:func:`~mechtune.train.lora.trainable_block_parameters`).
     """
-    params = trainable_text_parameters(model)
+    params = trainable_block_parameters(model, site)
     handles = []
     applied: dict[str, float] = {}
     for name, (layer, param) in params.items():

@@ -2,8 +2,9 @@ import pytest
 import torch
 
 from mechtune.models.spec import load_dual_encoder
-from mechtune.train.loop import CaptionExample, ClaimExample, LoopConfig, Trainer
 from mechtune.train.lora import LoraSettings, lora_parameters
+from mechtune.train.methods import NegationData, negation_trainer
+from mechtune.train.negation import CaptionExample, ClaimExample, LoopConfig
 from tests.tiny_models import tiny_clip
 
 CAPTIONS = [
@@ -18,7 +19,7 @@ CLAIMS = [
 ]
 
 
-def _trainer(folder, out, **kw):
+def _trainer(folder, out, method="nast", **kw):
     enc = load_dual_encoder(f"hf:{folder}")
     torch.manual_seed(0)
     settings = dict(
@@ -30,13 +31,17 @@ def _trainer(folder, out, **kw):
         lora=LoraSettings(rank=2, alpha=4, dropout=0.1),
     )
     config = LoopConfig(**{**settings, **kw})
-    trainer = Trainer(enc, [0.2, 1.0, 0.5], config, out)
+    data = NegationData(CAPTIONS, CLAIMS)
+    trainer = negation_trainer(method, enc, _images(), data, [0.2, 1.0, 0.5], config, out)
     for _, p in lora_parameters(trainer.model).values():
         torch.nn.init.normal_(p, std=0.05)
-    images = torch.nn.functional.normalize(
+    return trainer
+
+
+def _images():
+    return torch.nn.functional.normalize(
         torch.randn(3, 16, generator=torch.Generator().manual_seed(1)), dim=-1
     )
-    return trainer, images
 
 
 def _weights(trainer):
@@ -45,14 +50,14 @@ def _weights(trainer):
 
 def test_killed_and_resumed_run_ends_with_the_same_weights(tmp_path):
     folder = tiny_clip(tmp_path / "clip")
-    straight, images = _trainer(folder, tmp_path / "a")
-    straight.fit(images, CAPTIONS, CLAIMS)
+    straight = _trainer(folder, tmp_path / "a")
+    straight.fit()
 
-    first, images = _trainer(folder, tmp_path / "b")
-    first.fit(images, CAPTIONS, CLAIMS, stop_after=4)  # killed after step 4; last ckpt: 3
+    first = _trainer(folder, tmp_path / "b")
+    first.fit(stop_after=4)  # killed after step 4; last ckpt: 3
     assert [p.name for p in first.checkpoints()] == ["step_000003"]
-    resumed, images = _trainer(folder, tmp_path / "b")
-    resumed.fit(images, CAPTIONS, CLAIMS, resume=True)
+    resumed = _trainer(folder, tmp_path / "b")
+    resumed.fit(resume=True)
     assert resumed.step == 6
     a, b = _weights(straight), _weights(resumed)
     assert a.keys() == b.keys()
@@ -61,8 +66,21 @@ def test_killed_and_resumed_run_ends_with_the_same_weights(tmp_path):
     assert [h["step"] for h in resumed.history] == [1, 2, 3, 4, 5, 6]
 
 
+def test_resume_refuses_a_checkpoint_of_other_settings(tmp_path):
+    from mechtune.errors import ConfigError
+
+    folder = tiny_clip(tmp_path / "clip")
+    _trainer(folder, tmp_path / "run", steps=3).fit()
+    longer = _trainer(folder, tmp_path / "run", steps=4, checkpoint_every=2)
+    longer.fit(resume=True)  # more steps on the same settings: fine
+    assert [h["step"] for h in longer.history] == [1, 2, 3, 4]
+    other = _trainer(folder, tmp_path / "run", steps=5, lr=5e-2)
+    with pytest.raises(ConfigError, match=r"step_000004 was written with other settings \(lr\)"):
+        other.fit(resume=True)
+
+
 def test_loss_goes_down_and_terms_are_logged(tmp_path):
-    trainer, images = _trainer(
+    trainer = _trainer(
         tiny_clip(tmp_path / "clip"),
         tmp_path / "run",
         beta=0.0,
@@ -72,7 +90,7 @@ def test_loss_goes_down_and_terms_are_logged(tmp_path):
         checkpoint_every=30,
         lora=LoraSettings(rank=2, alpha=4),
     )
-    history = trainer.fit(images, CAPTIONS, CLAIMS)
+    history = trainer.fit()
     assert set(history[0]) == {"step", "clip", "claim", "loss"}
     first = sum(h["loss"] for h in history[:5]) / 5
     last = sum(h["loss"] for h in history[-5:]) / 5
@@ -80,9 +98,16 @@ def test_loss_goes_down_and_terms_are_logged(tmp_path):
 
 
 def test_empty_data_is_refused(tmp_path):
-    trainer, images = _trainer(tiny_clip(tmp_path / "clip"), tmp_path / "run")
-    with pytest.raises(ValueError, match="at least one caption and one claim set"):
-        trainer.fit(images, [], CLAIMS)
+    from mechtune.errors import DataError
+
+    enc = load_dual_encoder(f"hf:{tiny_clip(tmp_path / 'clip')}")
+    with pytest.raises(DataError, match="at least one caption and one claim set"):
+        negation_trainer(
+            "nast", enc, _images(), NegationData([], CLAIMS), [1.0] * 3, LoopConfig(), tmp_path
+        )
+    bad = NegationData(CAPTIONS, [ClaimExample(("a", "b"), 7)])
+    with pytest.raises(DataError, match=r"image rows \[7\] outside the 3 image embeddings"):
+        negation_trainer("nast", enc, _images(), bad, [1.0] * 3, LoopConfig(), tmp_path)
 
 
 def test_checkpoint_adapter_loads_with_peft(tmp_path):
@@ -90,8 +115,8 @@ def test_checkpoint_adapter_loads_with_peft(tmp_path):
     from transformers import CLIPModel
 
     folder = tiny_clip(tmp_path / "clip")
-    trainer, images = _trainer(folder, tmp_path / "run")
-    trainer.fit(images, CAPTIONS, CLAIMS)
+    trainer = _trainer(folder, tmp_path / "run")
+    trainer.fit()
     last = trainer.checkpoints()[-1]
     loaded = PeftModel.from_pretrained(CLIPModel.from_pretrained(folder), last / "peft")
     ours = dict(trainer.model.named_parameters())
@@ -116,11 +141,11 @@ def test_shards_must_divide_the_batches_at_construction():
 def test_negclip_loss_is_the_one_trained(tmp_path):
     """The NegCLIP baseline once built NegCLIPLoss and trained with the NAST loss."""
     folder = tiny_clip(tmp_path / "clip")
-    neg, images = _trainer(folder, tmp_path / "neg", loss="negclip", steps=2, lora=None)
-    history = neg.fit(images, CAPTIONS, CLAIMS)
+    neg = _trainer(folder, tmp_path / "neg", method="negclip", steps=2)
+    history = neg.fit()
     assert set(history[0]) == {"step", "negclip_i2t", "negclip_t2i", "loss"}
-    nast, images = _trainer(folder, tmp_path / "nast", loss="nast", steps=2, lora=None)
-    nast.fit(images, CAPTIONS, CLAIMS)
+    nast = _trainer(folder, tmp_path / "nast", method="nast", steps=2, lora=None)
+    nast.fit()
     moved = [
         n
         for n, (_, p) in neg.params.items()
@@ -131,10 +156,10 @@ def test_negclip_loss_is_the_one_trained(tmp_path):
 
 def _fingerprint(tmp_path, name, **kw):
     """Weights after a 4-step run, the logged history and the checkpoints written."""
-    trainer, images = _trainer(
+    trainer = _trainer(
         tiny_clip(tmp_path / "clip"), tmp_path / name, **{"steps": 4, "checkpoint_every": 2, **kw}
     )
-    history = trainer.fit(images, CAPTIONS, CLAIMS)
+    history = trainer.fit()
     weights = {n: p.detach().clone() for n, (_, p) in trainer.params.items()}
     return weights, history, [p.name for p in trainer.checkpoints()]
 
@@ -159,7 +184,6 @@ LOOP_FIELD_CHANGES = {
     "seed": 1,
     "checkpoint_every": 3,
     "shards": 2,  # with caption_batch 4 / claim_batch 2 below
-    "loss": "negclip",
     "scaling": "lr",
     "lora": LoraSettings(rank=3, alpha=4, dropout=0.1),
 }
@@ -237,7 +261,7 @@ def test_lora_settings_refuse_bad_values(kw, message):
 
 
 FIELD_TESTS = {
-    "mechtune.train.loop.LoopConfig": {
+    "mechtune.train.negation.LoopConfig": {
         f: "test_changing_a_loop_field_changes_the_run" for f in LOOP_FIELD_CHANGES
     },
     "mechtune.train.lora.LoraSettings": {

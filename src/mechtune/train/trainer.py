@@ -1,0 +1,266 @@
+"""The one trainer of both tasks: optimiser, accumulation/DDP shards, checkpoints, exact
+resume and the final save.
+
+A task (:class:`TrainTask`) says how to draw a global batch from the sampler's generator
+and how to compute the loss terms of one shard of it; the trainer owns everything else:
+
+- the trainable parameters (LoRA on the site's blocks, or the blocks themselves under full
+  fine-tuning), behind the fence of
+  :func:`~mechtune.train.lora.trainable_block_parameters`;
+- AdamW with NAST's per-block scaling (:mod:`mechtune.train.scaling`): gradients scaled by
+  ``scales[l]`` (``scaling="gradient"``) or one parameter group per block with learning
+  rate ``lr * scales[l]`` (``scaling="lr"``);
+- the global batch split into ``task.shards`` shards: accumulated in one process, one per
+  rank under DDP (``accelerate``), gradients averaged either way;
+- checkpoints that resume exactly (weights, optimiser, the sampler's and torch's random
+  streams, step, history; :mod:`mechtune.train.checkpoint`) and the final result
+  (:func:`~mechtune.train.checkpoint.save_trained`).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+from torch import nn
+
+from mechtune.errors import ConfigError
+from mechtune.train.checkpoint import (
+    checkpoint_folders,
+    load_latest_checkpoint,
+    save_checkpoint,
+    save_trained,
+)
+from mechtune.train.lora import (
+    LoraSettings,
+    LoraSite,
+    apply_lora,
+    enable_block_finetune,
+    trainable_block_parameters,
+)
+from mechtune.train.scaling import scaled_gradients
+
+SCALINGS = ("gradient", "lr")
+
+
+class TrainSettings(Protocol):
+    """The settings every task's config gives the trainer."""
+
+    @property
+    def steps(self) -> int: ...
+    @property
+    def lr(self) -> float: ...
+    @property
+    def weight_decay(self) -> float: ...
+    @property
+    def seed(self) -> int: ...
+    @property
+    def checkpoint_every(self) -> int: ...
+    @property
+    def lora(self) -> LoraSettings | None: ...
+
+    def to_dict(self) -> dict[str, Any]: ...
+
+
+class TrainTask(Protocol):
+    """What a task supplies: batches and loss terms.
+
+    ``sample`` draws the global batch from ``generator`` only (so a resumed run replays
+    it); ``loss_terms`` returns the named float32 scalar terms of shard ``shard`` of
+    ``shards`` (``"loss"`` is back-propagated), computed by the task's loss module.
+    """
+
+    shards: int
+
+    def sample(self, generator: torch.Generator) -> Any: ...
+
+    def loss_terms(self, batch: Any, shard: int, shards: int) -> dict[str, torch.Tensor]: ...
+
+
+class Trainer:
+    """Trains ``module`` on ``task``; checkpoints and results go to ``out``.
+
+    ``site``: where the trainable blocks are. ``settings.lora`` None means full
+    fine-tuning of those blocks, else LoRA on them (peft, injected in place).
+    ``scales``: ``[site.n_layers]`` per-block factors (None: all 1), applied as
+    ``scaling`` says. ``accelerator``: an ``accelerate.Accelerator`` with one process per
+    shard for DDP. Raises ConfigError for an unknown scaling, a scale vector of the wrong
+    length, a DDP world size other than ``task.shards``, or a trainable parameter outside
+    the blocks.
+    """
+
+    def __init__(
+        self,
+        module: nn.Module,
+        site: LoraSite,
+        task: TrainTask,
+        settings: TrainSettings,
+        out: str | Path,
+        *,
+        scales: torch.Tensor | None = None,
+        scaling: str = "gradient",
+        accelerator: Any | None = None,
+    ) -> None:
+        if scaling not in SCALINGS:
+            raise ConfigError(f"scaling must be one of {SCALINGS}, got {scaling!r}")
+        if scales is not None and len(scales) != site.n_layers:
+            raise ConfigError(
+                f"scales has {len(scales)} entries; the model has {site.n_layers} blocks"
+            )
+        if accelerator is not None and accelerator.num_processes != task.shards:
+            raise ConfigError(
+                f"under DDP, shards ({task.shards}) must equal the number of "
+                f"processes ({accelerator.num_processes})"
+            )
+        self.site, self.task, self.settings, self.out = site, task, settings, Path(out)
+        self.scaling, self.accelerator = scaling, accelerator
+        if settings.lora is None:
+            self.model: nn.Module = enable_block_finetune(module, site)
+        else:
+            self.model = apply_lora(module, site, settings.lora)
+        self.params = trainable_block_parameters(self.model, site)
+        self.scales = torch.ones(site.n_layers) if scales is None else scales
+        if scaling == "gradient":
+            groups: list[dict[str, Any]] = [{"params": [p for _, p in self.params.values()]}]
+        else:
+            by_block: dict[int, list[Any]] = {}
+            for layer, p in self.params.values():
+                by_block.setdefault(layer, []).append(p)
+            groups = [
+                {"params": ps, "lr": settings.lr * float(self.scales[b])}
+                for b, ps in sorted(by_block.items())
+            ]
+        self.optim = torch.optim.AdamW(groups, lr=settings.lr, weight_decay=settings.weight_decay)
+        self.generator = torch.Generator().manual_seed(settings.seed)
+        self.step = 0
+        self.history: list[dict[str, float]] = []
+
+    # -- checkpoints ---------------------------------------------------------------------------
+
+    def checkpoints(self) -> list[Path]:
+        """Complete checkpoint folders under ``out``, oldest first."""
+        return checkpoint_folders(self.out)
+
+    def save(self) -> Path:
+        """Write ``out/step_{step:06d}`` (see :func:`~mechtune.train.checkpoint.save_checkpoint`)."""
+        params = {n: p for n, (_, p) in self.params.items()}
+        state = {"config": self.settings.to_dict(), "history": self.history}
+        return save_checkpoint(
+            self.out, self.step, params, self.optim, self.generator, state, self.model
+        )
+
+    def resume(self) -> bool:
+        """Load the newest checkpoint, if any. Returns whether one was loaded.
+
+        Raises ConfigError when the checkpoint was written under other settings (any
+        field but ``steps`` and ``checkpoint_every``, which a resumed run may change): its
+        weights and optimiser state would not be the ones this run's settings give.
+        """
+        found = self.checkpoints()
+        if found:
+            saved = json.loads((found[-1] / "state.json").read_text(encoding="utf-8"))
+            ours = self.settings.to_dict()
+            free = {"steps", "checkpoint_every"}
+            changed = sorted(
+                k
+                for k in (set(ours) | set(saved["config"])) - free
+                if ours.get(k) != saved["config"].get(k)
+            )
+            if changed:
+                raise ConfigError(
+                    f"{found[-1]} was written with other settings ({', '.join(changed)}); "
+                    "resume with the same settings or use another output folder"
+                )
+        params = {n: p for n, (_, p) in self.params.items()}
+        state = load_latest_checkpoint(self.out, params, self.optim, self.generator)
+        if state is None:
+            return False
+        self.step, self.history = int(state["step"]), list(state["history"])
+        return True
+
+    def save_result(self, method: str) -> Path:
+        """The trained result: a peft adapter in ``out/adapter/`` (LoRA) or the blocks'
+        weights in ``out/weights.safetensors`` (full fine-tuning), and ``out/train.json``."""
+        main = self.accelerator is None or self.accelerator.is_main_process
+        if main:
+            save_trained(
+                self.out,
+                self.model,
+                self.site,
+                {
+                    "method": method,
+                    "config": self.settings.to_dict(),
+                    "step": self.step,
+                    "history": self.history,
+                },
+            )
+        return self.out
+
+    # -- training ---------------------------------------------------------------------------------
+
+    def train_step(self) -> dict[str, float]:
+        """One optimiser step on a global batch of ``task.shards`` shards.
+
+        One process: every shard's loss is divided by the number of shards and
+        back-propagated (gradient accumulation). Under DDP each rank takes its own shard
+        and the gradients are averaged across ranks: the same mean. Returns the mean of
+        each term over the shards.
+        """
+        batch = self.task.sample(self.generator)
+        n = self.task.shards
+        shards = [self.accelerator.process_index] if self.accelerator is not None else range(n)
+        count = 1 if self.accelerator is not None else n
+        totals: dict[str, float] = {}
+        self.optim.zero_grad(set_to_none=True)
+        scaled = (
+            scaled_gradients(self.model, self.scales, self.site)
+            if self.scaling == "gradient"
+            else nullcontext()
+        )
+        with scaled:
+            for shard in shards:
+                terms = self.task.loss_terms(batch, shard, n)
+                (terms["loss"] / count).backward()
+                for k, v in terms.items():
+                    totals[k] = totals.get(k, 0.0) + float(v.detach()) / count
+        if self.accelerator is not None:
+            for _, p in self.params.values():
+                if p.grad is not None:
+                    p.grad = self.accelerator.reduce(p.grad, reduction="mean")
+        self.optim.step()
+        self.step += 1
+        return totals
+
+    def fit(
+        self,
+        *,
+        resume: bool = False,
+        stop_after: int | None = None,
+        progress: Callable[[int], None] | None = None,
+    ) -> list[dict[str, float]]:
+        """Train to ``settings.steps``, checkpointing every ``checkpoint_every`` steps and
+        at the last. ``resume`` continues from the newest checkpoint in ``out``;
+        ``stop_after`` ends the run after that many steps, as a kill would. Returns the
+        history: one ``{"step", term: value}`` per step."""
+        if resume:
+            self.resume()
+        done = 0
+        self.model.train()
+        main = self.accelerator is None or self.accelerator.is_main_process
+        while self.step < self.settings.steps:
+            terms = self.train_step()
+            self.history.append({"step": self.step, **terms})
+            last = self.step == self.settings.steps
+            if main and (self.step % self.settings.checkpoint_every == 0 or last):
+                self.save()
+            done += 1
+            if progress is not None:
+                progress(1)
+            if stop_after is not None and done >= stop_after:
+                break
+        self.model.eval()
+        return self.history
