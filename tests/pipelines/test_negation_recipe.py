@@ -10,7 +10,7 @@ import pytest
 from mechtune.data.sources import open_source
 from mechtune.errors import ConfigError
 from mechtune.pipelines import negation as neg
-from mechtune.train.loop import LoopConfig
+from mechtune.train.negation import LoopConfig
 
 N = 80  # studies of the small world
 
@@ -114,7 +114,7 @@ def test_study_runs_every_method_with_the_loop_and_writes_its_table(tmp_path, wo
         tmp_path / "runs" / "uniform-lora" / "seed2" / "adapter" / "adapter_config.json"
     ).is_file()
     assert "uniform-lora" in (tmp_path / "table.md").read_text()
-    assert results["data"]["layout"] == "world"
+    assert results["data"]["layout"] == "phantom-world"
     with pytest.raises(Exception, match="bogus"):
         neg.run_negation_study(
             replace(config, model="bogus:x"), open_source(world_dir), tmp_path / "b"

@@ -50,11 +50,11 @@ from mechtune.pipelines.negation_report import (
     paired_comparisons,
     results_table,
 )
-from mechtune.train.loop import LoopConfig
+from mechtune.train.negation import LoopConfig
 from mechtune.train.lora import LoraSettings
+from mechtune.train.checkpoint import load_trained
 from mechtune.train.methods import (
     NegationData,
-    load_trained,
     methods_for,
     negation_examples,
     run_method,
