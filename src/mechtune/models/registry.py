@@ -125,7 +125,9 @@ class SchemeRegistry(Generic[T]):
             raise self.error(f"cannot load {spec!r}: {exc}") from exc
         except (OSError, ValueError, RuntimeError) as exc:
             offline = os.environ.get("HF_HUB_OFFLINE") == "1"
-            hint = " (HF_HUB_OFFLINE=1: only local folders and cached models load)" if offline else ""
+            hint = (
+                " (HF_HUB_OFFLINE=1: only local folders and cached models load)" if offline else ""
+            )
             raise self.error(f"cannot load {spec!r}: {exc}{hint}") from exc
 
 
