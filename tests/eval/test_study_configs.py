@@ -1,4 +1,4 @@
-"""Every field of the two study configs changes what the study does, through the stage
+"""Every field of the negation study config changes what the study does, through the stage
 functions that read it; cross-field constraints are checked at construction."""
 
 from __future__ import annotations
@@ -9,9 +9,7 @@ import pytest
 
 from mechtune.errors import ConfigError
 from mechtune.eval import negation_study as neg
-from mechtune.eval import paraphrase_study as par
 from mechtune.models.spec import load_dual_encoder
-from mechtune.train.consistency import ConsistencyConfig
 from mechtune.train.loop import LoopConfig
 
 N = 80  # studies of the small worlds
@@ -102,104 +100,6 @@ def test_negation_config_refuses_bad_values(change, message):
         neg.NegationStudyConfig(**change)
 
 
-# -- ParaphraseStudyConfig ----------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def par_base():
-    return par.ParaphraseStudyConfig(world_studies=N, sae_reports=30, analysis_sets=10)
-
-
-@pytest.fixture(scope="module")
-def par_world(par_base):
-    return par.study_world(par_base)
-
-
-def _questions(bound):
-    return [(q.record.question_id, q.record.question, q.image) for q in bound]
-
-
-def test_paraphrase_world_fields_change_the_world(par_base, par_world):
-    assert len(par.study_world(replace(par_base, world_studies=N + 10)).studies) == N + 10
-    other = par.study_world(replace(par_base, world_seed=2))
-    assert other.acquisitions != par_world.acquisitions
-    assert [s.findings for s in other.studies] != [s.findings for s in par_world.studies]
-
-
-def test_question_fields_change_the_questions(par_base, par_world):
-    train, evaluation = par.study_questions(par_world, par_base)
-    one_train, _ = par.study_questions(par_world, replace(par_base, questions_per_study=1))
-    assert len(one_train) < len(train)
-    _, val = par.study_questions(par_world, replace(par_base, eval_split="val"))
-    for name in ("in_distribution", "heldout"):
-        assert {q.record.study_id for q in val[name]}.isdisjoint(
-            q.record.study_id for q in evaluation[name]
-        )
-
-
-def test_sae_reports_and_analysis_sets_pick_their_samples(par_base, par_world):
-    assert len(par.sae_corpus(par_world, par_base)) == 30
-    assert len(par.sae_corpus(par_world, replace(par_base, sae_reports=10))) == 10
-    train, _ = par.study_questions(par_world, par_base)
-    assert len(par.analysis_questions(train, par_base)) == 10
-    assert len(par.analysis_questions(train, replace(par_base, analysis_sets=4))) == 4
-
-
-def test_half_width_reaches_the_analysis(par_base):
-    assert par.analysis_config(par_base).half_width == 1
-    assert par.analysis_config(replace(par_base, half_width=2)).half_width == 2
-
-
-def test_lora_and_seeds_reach_each_run(par_base):
-    config = replace(par_base, lora=ConsistencyConfig(rank=4, steps=9), seeds=(2, 3))
-    run = par.run_config(config, (1, 2), seed=3)
-    assert (run.rank, run.steps, run.layers, run.seed) == (4, 9, (1, 2), 3)
-
-
-def test_ranges_pick_the_trained_layer_ranges():
-    assert list(par.layer_ranges([3, 4], 6, ("sae", "early"))) == ["sae", "early"]
-
-
-@pytest.fixture(scope="module")
-def sae_inputs(par_base, par_world):
-    from mechtune.sim.vqa import load_default_vqa
-
-    vqa = load_default_vqa()
-    train, _ = par.study_questions(par_world, par_base)
-    return vqa, vqa.embed_images(par_world.images), train[:6]
-
-
-@pytest.mark.parametrize(("name", "value"), [("sae_width", 24), ("sae_k", 2), ("sae_steps", 3)])
-def test_sae_fields_change_the_saes(par_base, sae_inputs, name, value):
-    vqa, images, train = sae_inputs
-    base = replace(par_base, sae_width=16, sae_k=4, sae_steps=2)
-    before, _ = par.train_layer_saes(vqa, images, train, base)
-    after, _ = par.train_layer_saes(vqa, images, train, replace(base, **{name: value}))
-    assert before[0].config != after[0].config or not all(
-        (a.w_dec.shape == b.w_dec.shape) and bool((a.w_dec == b.w_dec).all())
-        for a, b in zip(before.values(), after.values(), strict=True)
-    )
-
-
-@pytest.mark.parametrize(
-    ("change", "message"),
-    [
-        ({"seeds": ()}, "seeds must be distinct ints"),
-        ({"ranges": ("all", "all")}, "ranges must name distinct layer ranges"),
-        ({"ranges": ("middle",)}, "ranges must name distinct layer ranges"),
-        ({"world_studies": 5}, "world_studies must be >= 50"),
-        ({"analysis_sets": 1}, "analysis_sets must be >= 2"),
-        ({"sae_k": 20, "sae_width": 16}, r"sae_k \(20\) must be in \[1, sae_width \(16\)\]"),
-        ({"lora": ConsistencyConfig(layers=(1,))}, "lora.layers and lora.seed are set per run"),
-        ({"lora": ConsistencyConfig(seed=2)}, "lora.layers and lora.seed are set per run"),
-        ({"eval_split": "train"}, "eval_split must be 'val'"),
-    ],
-)
-def test_paraphrase_config_refuses_bad_values(change, message):
-    with pytest.raises(ConfigError, match=message):
-        par.ParaphraseStudyConfig(**change)
-
-
 NEGATION_FIELDS = {
     "world_studies": "test_world_fields_change_the_world",
     "world_seed": "test_world_fields_change_the_world",
@@ -211,29 +111,10 @@ NEGATION_FIELDS = {
     "loop": "test_loop_reaches_every_run_with_the_run_seed",
     "eval_split": "test_eval_split_picks_the_evaluated_patients",
 }
-PARAPHRASE_FIELDS = {
-    "world_studies": "test_paraphrase_world_fields_change_the_world",
-    "world_seed": "test_paraphrase_world_fields_change_the_world",
-    "questions_per_study": "test_question_fields_change_the_questions",
-    "eval_split": "test_question_fields_change_the_questions",
-    "sae_reports": "test_sae_reports_and_analysis_sets_pick_their_samples",
-    "analysis_sets": "test_sae_reports_and_analysis_sets_pick_their_samples",
-    "half_width": "test_half_width_reaches_the_analysis",
-    "lora": "test_lora_and_seeds_reach_each_run",
-    "seeds": "test_lora_and_seeds_reach_each_run",
-    "ranges": "test_ranges_pick_the_trained_layer_ranges",
-    "sae_width": "test_sae_fields_change_the_saes",
-    "sae_k": "test_sae_fields_change_the_saes",
-    "sae_steps": "test_sae_fields_change_the_saes",
-}
-
-
 def test_tables_cover_every_field():
     assert set(NEGATION_FIELDS) == {f.name for f in fields(neg.NegationStudyConfig)}
-    assert set(PARAPHRASE_FIELDS) == {f.name for f in fields(par.ParaphraseStudyConfig)}
 
 
 FIELD_TESTS = {
     "mechtune.eval.negation_study.NegationStudyConfig": NEGATION_FIELDS,
-    "mechtune.eval.paraphrase_study.ParaphraseStudyConfig": PARAPHRASE_FIELDS,
 }
