@@ -493,7 +493,6 @@ def test_data_is_read_as_a_source_and_question_files_bind_to_its_studies(
     torch.testing.assert_close(  # one image alone: equal up to batch rounding
         loaded.images[3], loaded.vlm.prepare_images([source.load_image(first, "L")])[0]
     )
-    )
     assert loaded.corpus == sorted({s.report for s in train if s.report})
     # a question file names studies of the data by study id or image reference
     path = tmp_path / "q.jsonl"
