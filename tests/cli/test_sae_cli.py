@@ -516,7 +516,7 @@ def test_data_is_read_as_a_source_and_question_files_bind_to_its_studies(
     assert [q.image for q in bound.sets] == [0, 1] and bound.images.shape[0] == 2
     rows[0]["image"] = "images.npy#999"
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    with pytest.raises(DataError, match=r"question 'q0': image 'images.npy#999' is neither"):
+    with pytest.raises(DataError, match=r"question 'q1': image 'images.npy#999' is neither"):
         phantom_questions(questions=path)
 
 
