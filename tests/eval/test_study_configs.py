@@ -111,6 +111,8 @@ NEGATION_FIELDS = {
     "loop": "test_loop_reaches_every_run_with_the_run_seed",
     "eval_split": "test_eval_split_picks_the_evaluated_patients",
 }
+
+
 def test_tables_cover_every_field():
     assert set(NEGATION_FIELDS) == {f.name for f in fields(neg.NegationStudyConfig)}
 

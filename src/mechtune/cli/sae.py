@@ -85,16 +85,16 @@ def _source_rows(
     out = []
     for s in sets:
         ref = s.image_ref or s.study_id
-        study = by_ref.get(ref)
-        if study is None:
+        found = by_ref.get(ref)
+        if found is None:
             raise QuestionFileError(
                 f"{path}, question {s.question_id!r}: image {ref!r} is neither a study id nor "
                 f"an image reference of --data {data}"
             )
-        if study.study_id not in rows:
-            rows[study.study_id] = len(used)
-            used.append(study)
-        out.append(ImageQuestion(s, rows[study.study_id]))
+        if found.study_id not in rows:
+            rows[found.study_id] = len(used)
+            used.append(found)
+        out.append(ImageQuestion(s, rows[found.study_id]))
     return out, used
 
 
@@ -148,7 +148,9 @@ def load_questions(
     (default train) when ``questions`` is None. ``image_root``: where image paths of
     ``questions`` are relative to, without ``data``. An option nothing would read is a
     ConfigError, checked before the model loads."""
-    unread = {"--image-root": image_root} if data is not None else {"--split": split}
+    unread: dict[str, object] = (
+        {"--image-root": image_root} if data is not None else {"--split": split}
+    )
     if data is not None and questions is not None:
         unread["--split"] = split
     given = [option for option, value in unread.items() if value is not None]
@@ -281,7 +283,7 @@ def train(
     from mechtune.interp.sae_saelens import save_saelens
     from mechtune.pipelines.paraphrase import train_question_saes
 
-    data = load_questions(
+    loaded = load_questions(
         model,
         questions,
         data=data,
@@ -294,27 +296,27 @@ def train(
     )
     if k is not None and kind != "topk":
         raise ConfigError(f"--k is for --kind topk, not {kind!r}")
-    chosen = _layers(layers, len(data.vlm.layers))
+    chosen = _layers(layers, len(loaded.vlm.layers))
     k = DEFAULT_K if kind == "topk" and k is None else k
     shape = SAEConfig(d_in=1, d_sae=width, kind=kind, k=k, model=model)
-    texts = list(data.corpus)
+    texts = list(loaded.corpus)
     if corpus is not None:
         if not corpus.is_file():
             raise QuestionFileError(f"--corpus {corpus}: no such file")
         texts = [line.strip() for line in corpus.read_text().splitlines() if line.strip()]
     console.print(
-        f"training {len(chosen)} {kind} SAEs ({width} features) on {len(data.sets)} question "
+        f"training {len(chosen)} {kind} SAEs ({width} features) on {len(loaded.sets)} question "
         f"sets + {len(texts)} corpus texts, {steps} steps each ..."
     )
     saes, reports = train_question_saes(
-        data.vlm,
-        data.images,
-        data.sets,
+        loaded.vlm,
+        loaded.images,
+        loaded.sets,
         chosen,
         shape,
         steps=steps,
         corpus=texts,
-        per_image=data.per_image,
+        per_image=loaded.per_image,
         seed=seed,
     )
     table = Table("layer", "tokens", "R²", "FVU", "L0")
@@ -326,9 +328,9 @@ def train(
         )
     console.print(table)
     report = {
-        **data.source,
+        **loaded.source,
         "sae": {"kind": kind, "width": width, "k": shape.k, "steps": steps, "seed": seed},
-        "question_sets": len(data.sets),
+        "question_sets": len(loaded.sets),
         "corpus_texts": len(texts),
         "layers": {str(layer): r for layer, r in reports.items()},
     }
@@ -430,7 +432,7 @@ def analyze(
     from mechtune.interp.sae_analysis import AnalysisConfig, analyse, paraphrase_pairs
     from mechtune.pipelines.paraphrase import clamped_report, evaluate_sets, swap_rows
 
-    data = load_questions(
+    loaded = load_questions(
         model,
         questions,
         data=data,
@@ -441,9 +443,9 @@ def analyze(
         device=device,
         dtype=dtype,
     )
-    wanted = None if layers is None else _layers(layers, len(data.vlm.layers))
+    wanted = None if layers is None else _layers(layers, len(loaded.vlm.layers))
     dictionaries = load_layer_saes(saes, wanted, sae_variant)
-    sets = data.sets
+    sets = loaded.sets
     if len(sets) > max_questions:
         sets = random.Random(seed).sample(sets, max_questions)
     pairs = paraphrase_pairs(sets)
@@ -452,12 +454,16 @@ def analyze(
         f"{sorted(dictionaries)} ..."
     )
     analysis = analyse(
-        data.vlm, data.images, pairs, dictionaries, AnalysisConfig(half_width=half_width, seed=seed)
+        loaded.vlm,
+        loaded.images,
+        pairs,
+        dictionaries,
+        AnalysisConfig(half_width=half_width, seed=seed),
     )
-    baseline = evaluate_sets(data.vlm, data.images, sets, swap_rows(sets))
-    clamped = clamped_report(data.vlm, data.images, {"questions": sets}, dictionaries, analysis)
+    baseline = evaluate_sets(loaded.vlm, loaded.images, sets, swap_rows(sets))
+    clamped = clamped_report(loaded.vlm, loaded.images, {"questions": sets}, dictionaries, analysis)
     result = {
-        **data.source,
+        **loaded.source,
         "saes": str(saes),
         "sae_variant": sae_variant,
         "analysis": analysis.to_dict(),
