@@ -1,13 +1,15 @@
 """Run the paraphrase study from a recipe, optionally overriding seeds, ranges and split.
 
+    .venv/bin/python -m mechtune.cli.main sim build --n 2000 --seed 0 --out runs/world
     .venv/bin/python experiments/paraphrase_study.py --recipe recipes/consistency-phantom.yaml \\
-        --seeds 0 1 2 --out runs/paraphrase_3seeds
+        --data runs/world --seeds 0 1 2 --out runs/paraphrase_3seeds
 
-Choosing settings uses the validation patients only (``--eval-split val``). ``--set`` overrides
-consistency-LoRA settings, e.g. ``--set steps=100 consistency_weight=2``.
-Writes results.json and table.md into --out; the table's Δ columns are paired differences of
-the per-question flip indicator vs baseline and vs all-layer LoRA (see
-mechtune.eval.paraphrase_study).
+``--data`` is any image-study source folder (a saved phantom world, a MIMIC-CXR-JPG or
+CheXpert folder, a manifest); it overrides the recipe's ``data:``. Choosing settings uses
+the validation patients only (``--eval-split val``). ``--set`` overrides consistency-LoRA
+settings, e.g. ``--set steps=100 consistency_weight=2``. Writes results.json and table.md
+into --out; the table's Δ columns are paired differences of the per-question flip indicator
+vs baseline and vs all-layer LoRA (see mechtune.pipelines.paraphrase_report).
 """
 
 from __future__ import annotations
@@ -18,19 +20,27 @@ from pathlib import Path
 
 import yaml
 
-from mechtune.eval.paraphrase_study import load_paraphrase_recipe, run_paraphrase_study
+from mechtune.data.sources import open_source
+from mechtune.pipelines.paraphrase import load_paraphrase_recipe, run_paraphrase_study
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--recipe", type=Path, default=Path("recipes/consistency-phantom.yaml"))
+    parser.add_argument("--data", type=Path, default=None)
     parser.add_argument("--seeds", type=int, nargs="+", default=None)
     parser.add_argument("--ranges", nargs="+", default=None)
     parser.add_argument("--eval-split", choices=("val", "test"), default=None)
     parser.add_argument("--set", nargs="*", default=[], metavar="LORA_KEY=VALUE")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--dtype", default=None)
     parser.add_argument("--out", type=Path, default=Path("runs/paraphrase_study"))
     args = parser.parse_args()
-    config = load_paraphrase_recipe(args.recipe)
+    recipe = load_paraphrase_recipe(args.recipe)
+    config = recipe.config
+    data = args.data or recipe.data
+    if data is None:
+        parser.error("--data is required when the recipe has no data: key")
     if args.seeds:
         config = replace(config, seeds=tuple(args.seeds))
     if args.ranges:
@@ -40,7 +50,14 @@ def main() -> None:
     if args.set:
         overrides = {k: yaml.safe_load(v) for k, v in (item.split("=", 1) for item in args.set)}
         config = replace(config, lora=replace(config.lora, **overrides))
-    run_paraphrase_study(config, args.out, log=lambda m: print(m, flush=True))
+    run_paraphrase_study(
+        config,
+        open_source(data),
+        args.out,
+        device=args.device,
+        dtype=args.dtype,
+        log=lambda m: print(m, flush=True),
+    )
     print((args.out / "table.md").read_text())
 
 

@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from mechtune.eval.negation_study import load_recipe
-from mechtune.eval.paraphrase_study import load_paraphrase_recipe
+from mechtune.pipelines.paraphrase import load_paraphrase_recipe
 from mechtune.train.consistency import ConsistencyConfig
 
 RECIPES = Path(__file__).parents[1] / "recipes"
@@ -27,7 +27,10 @@ def _leaves(tree: dict, prefix: str = "") -> dict[str, object]:
 
 @pytest.mark.parametrize(
     ("name", "load"),
-    [("nast-phantom.yaml", load_recipe), ("consistency-phantom.yaml", load_paraphrase_recipe)],
+    [
+        ("nast-phantom.yaml", load_recipe),
+        ("consistency-phantom.yaml", lambda path: load_paraphrase_recipe(path).config),
+    ],
 )
 def test_phantom_recipes_reach_every_config_field(name, load):
     raw = yaml.safe_load((RECIPES / name).read_text())
@@ -47,6 +50,7 @@ def test_recipes_refuse_unknown_keys(tmp_path):
     bad.write_text("world_studies: 100\nwolrd_seed: 3\n")
     with pytest.raises(ConfigError, match=r"unknown recipe keys \['wolrd_seed'\]"):
         load_recipe(bad)
+    bad.write_text("seed: 100\nwolrd_seed: 3\n")
     with pytest.raises(ConfigError, match=r"unknown recipe keys \['wolrd_seed'\]"):
         load_paraphrase_recipe(bad)
 

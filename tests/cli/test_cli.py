@@ -267,7 +267,7 @@ def test_demo_options_reach_every_stage(tmp_path, monkeypatch):
     assert negation.data == str(tmp_path / cli_main.MIMIC_DIR)
     assert (negation.data_seed, negation.seeds) == (3, (3,))
     paraphrase = seen["paraphrase"][0][1]
-    assert (paraphrase.world_studies, paraphrase.world_seed, paraphrase.seeds) == (400, 3, (3,))
+    assert (paraphrase.max_studies, paraphrase.seed, paraphrase.seeds) == (400, 3, (3,))
 
 
 def test_demo_plan_quick_is_smaller_and_keeps_equal_budgets():

@@ -1,5 +1,6 @@
 """`mechtune sae train|analyze` on the tiny random Gemma 3 (question files with image paths)
-and on the phantom VQA model (the world's own questions)."""
+and on the phantom VQA model (the questions of a saved world read as an image-study source,
+built here with the sim API)."""
 
 import json
 
@@ -11,7 +12,7 @@ from safetensors.torch import save_file
 from typer.testing import CliRunner
 
 from mechtune.cli.main import app
-from mechtune.errors import ConfigError
+from mechtune.errors import ConfigError, DataError
 from mechtune.interp.sae import load_sae
 from tests.tiny_gemma import TEXT_LAYERS, tiny_gemma
 
@@ -104,32 +105,57 @@ def test_sae_train_names_the_question_and_the_missing_image(gemma_dir, questions
 
 
 def test_sae_train_rejects_a_bad_model_spec_and_bad_layers(gemma_dir, questions, tmp_path):
-    result = _train("nowhere", questions, tmp_path / "saes")
-    assert result.exit_code == 2 and "not a folder" in " ".join(result.output.split())
+    result = _train(tmp_path / "nowhere", questions, tmp_path / "saes")
+    assert result.exit_code == 2 and "is not a folder" in " ".join(result.output.split())
     result = _train(gemma_dir, questions, tmp_path / "saes", "--layers", "0,7")
     assert result.exit_code == 2 and "layers 0..2" in " ".join(result.output.split())
-    args = ["sae", "train", "--model", "clip:x", "--out", str(tmp_path / "s")]
+    args = ["sae", "train", "--model", "clip:x", "--questions", str(questions)]
+    args += ["--out", str(tmp_path / "s")]
     result = runner.invoke(app, args)
-    assert result.exit_code == 2 and "unknown model spec" in result.output
+    assert result.exit_code == 2 and "bad yes/no VLM spec 'clip:x'" in result.output
 
 
-def test_sae_train_and_analyze_on_the_phantom_vqa(tmp_path):
+@pytest.fixture(scope="module")
+def world_dir(tmp_path_factory):
+    from mechtune.sim.world import WorldConfig, make_world, save_world
+
+    folder = tmp_path_factory.mktemp("world") / "world"
+    save_world(make_world(WorldConfig.seeded(60, 1)), folder)
+    return folder
+
+
+def test_sae_train_and_analyze_on_the_phantom_vqa(tmp_path, world_dir):
     torch.manual_seed(0)
     saes, out = tmp_path / "saes", tmp_path / "analysis"
-    world = ["--n", "60", "--seed", "1"]
+    data = ["--data", str(world_dir), "--seed", "1"]
     result = runner.invoke(
         app,
-        ["sae", "train", "--out", str(saes), "--layers", "4,5", "--steps", "5", *world],
+        ["sae", "train", "--out", str(saes), "--layers", "4,5", "--steps", "5", *data],
     )
     assert result.exit_code == 0, result.output
     report = json.loads((saes / "report.json").read_text())
     assert report["model"] == "phantom:vqa" and report["corpus_texts"] > 0
+    assert report["data"] == {"path": str(world_dir), "layout": "phantom-world", "items": 60}
     args = ["sae", "analyze", "--saes", str(saes), "--out", str(out), "--max-questions", "40"]
-    result = runner.invoke(app, [*args, *world])
+    result = runner.invoke(app, [*args, *data])
     assert result.exit_code == 0, result.output
     analysis = json.loads((out / "analysis.json").read_text())["analysis"]
     assert analysis["layers"] == [4, 5] and analysis["peak_layer"] in (4, 5)
     assert analysis["chosen_layers"] == [3, 4, 5]  # peak +- 1, shifted inside 0..5
+
+
+def test_dtype_and_device_reach_the_model_load(gemma_dir, questions, tmp_path):
+    """--dtype loads the weights in that dtype (the states the SAEs read follow); the
+    report says what was loaded."""
+    base = _train_run(gemma_dir, questions, tmp_path / "a", TRAIN_BASE)
+    assert (base["report"]["dtype"], base["report"]["device"]) == ("float32", "cpu")
+    half = _train_run(gemma_dir, questions, tmp_path / "b", [*TRAIN_BASE, "--dtype", "bfloat16"])
+    assert half["report"]["dtype"] == "bfloat16"
+    assert half["weights"] != base["weights"]
+    result = _train(gemma_dir, questions, tmp_path / "c", "--dtype", "float8")
+    assert result.exit_code == 2 and "dtype must be one of" in result.output
+    result = _train(gemma_dir, questions, tmp_path / "d", "--device", "nosuch")
+    assert result.exit_code != 0 and not (tmp_path / "d").exists()
 
 
 # -- Gemma Scope 2 folders -------------------------------------------------------------------
@@ -384,8 +410,9 @@ def test_every_sae_analyze_option_reaches_the_analysis(
 
 
 SHARED = {
-    "--world": ("world_dir", "W"),
-    "--n": ("n", 60),
+    "--data": ("data", "W"),
+    "--device": ("device", "cuda:1"),
+    "--dtype": ("dtype", "bfloat16"),
     "--seed": ("seed", 4),
     "--split": ("split", "test"),
     "--image-root": ("image_root", "R"),
@@ -421,72 +448,100 @@ def test_both_commands_pass_the_question_options_on(monkeypatch, tmp_path, comma
 
 @pytest.fixture(scope="module")
 def phantom():
-    from mechtune.sim.vqa import load_default_vqa
+    from mechtune.models.vlm_spec import load_yes_no_vlm
 
-    return load_default_vqa()
+    return load_yes_no_vlm("phantom:vqa")
 
 
 @pytest.fixture
-def phantom_questions(monkeypatch, phantom):
+def phantom_questions(monkeypatch, phantom, world_dir):
     from mechtune.cli import sae as sae_cli
 
-    monkeypatch.setattr(sae_cli, "load_yes_no_model", lambda spec: (phantom, True))
+    monkeypatch.setattr(
+        "mechtune.models.vlm_spec.load_yes_no_vlm", lambda spec, device, dtype: phantom
+    )
 
     def load(**kwargs):
-        options = {"world_dir": None, "n": 60, "seed": 0, "split": None, "image_root": None}
+        questions = kwargs.pop("questions", None)
+        options = {"data": world_dir, "seed": 0, "split": None, "image_root": None}
         options |= {"skip_bad": False, **kwargs}
-        return sae_cli.load_questions("phantom:vqa", None, **options)
+        return sae_cli.load_questions("phantom:vqa", questions, **options)
 
     return load
 
 
-@pytest.mark.parametrize(("name", "value"), [("n", 80), ("seed", 1), ("split", "test")])
-def test_phantom_world_options_change_the_questions(phantom_questions, name, value):
+@pytest.mark.parametrize(("name", "value"), [("seed", 1), ("split", "test")])
+def test_data_options_change_the_questions(phantom_questions, name, value):
     base = phantom_questions()
     changed = phantom_questions(**{name: value})
     assert [q.record.question for q in changed.sets] != [q.record.question for q in base.sets]
-    assert changed.source != base.source
+    if name == "split":
+        assert changed.source != base.source
 
 
-def test_a_saved_world_is_read_instead_of_rendering_one(phantom_questions, tmp_path):
-    from mechtune.sim.world import WorldConfig, make_world, save_world
+def test_data_is_read_as_a_source_and_question_files_bind_to_its_studies(
+    phantom_questions, world_dir, tmp_path
+):
+    from mechtune.data.sources import open_source
 
-    save_world(make_world(WorldConfig(n_studies=40, seed=7)), tmp_path / "world")
-    loaded = phantom_questions(world_dir=tmp_path / "world", n=None)
-    assert loaded.source["world"] == str(tmp_path / "world")
-    assert [q.record.question for q in loaded.sets] != [
-        q.record.question for q in phantom_questions().sets
+    source = open_source(world_dir)
+    loaded = phantom_questions()
+    train = source.split("train")
+    assert {q.record.study_id for q in loaded.sets} == {s.study_id for s in train}
+    assert loaded.images.shape == (len(train), 384)  # phantom embeddings, one per study
+    first = train[3]
+    torch.testing.assert_close(  # one image alone: equal up to batch rounding
+        loaded.images[3], loaded.vlm.prepare_images([source.load_image(first, "L")])[0]
+    )
+    assert loaded.corpus == sorted({s.report for s in train if s.report})
+    # a question file names studies of the data by study id or image reference
+    path = tmp_path / "q.jsonl"
+    other = source.studies()[7]
+    rows = [
+        {
+            "question": "Is there edema?",
+            "paraphrases": ["Any edema?"],
+            "answer": "no",
+            "image": other.image_ref,
+        },
+        {
+            "question": "Is there an effusion?",
+            "paraphrases": ["Any effusion?"],
+            "answer": "yes",
+            "study_id": first.study_id,
+        },
     ]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    bound = phantom_questions(questions=path)
+    assert [q.image for q in bound.sets] == [0, 1] and bound.images.shape[0] == 2
+    rows[0]["image"] = "images.npy#999"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    with pytest.raises(DataError, match=r"question 'q1': image 'images.npy#999' is neither"):
+        phantom_questions(questions=path)
 
 
 @pytest.mark.parametrize(
     ("options", "message"),
     [
-        ({"image_root": "R"}, "--image-root cannot be used with phantom:vqa"),
-        ({"world_dir": "W", "n": 60}, "--n and --world cannot be used together"),
+        ({"image_root": "R"}, "--image-root cannot be used with --data"),
+        ({"split": "test", "questions": "Q"}, "--split cannot be used with --questions"),
+        ({"data": None, "split": "test", "questions": "Q"}, "--split cannot be used without"),
+        ({"data": None}, "give --data"),
     ],
 )
-def test_options_nothing_would_read_are_refused_for_phantom(
-    phantom_questions, tmp_path, options, message
-):
-    options = {k: tmp_path if v in ("R", "W") else v for k, v in options.items()}
+def test_options_nothing_would_read_are_refused(phantom_questions, tmp_path, options, message):
+    options = {
+        k: {"R": tmp_path, "Q": tmp_path / "q.jsonl"}.get(v, v) if isinstance(v, str) else v
+        for k, v in options.items()
+    }
     with pytest.raises(ConfigError, match=message):
         phantom_questions(**options)
 
 
-@pytest.mark.parametrize(
-    ("extra", "message"),
-    [
-        (["--n", "60"], "--n cannot be used with hf: models"),
-        (["--split", "test"], "--split cannot be used with hf: models"),
-        (["--world", "w"], "--world cannot be used with hf: models"),
-    ],
-)
-def test_options_nothing_would_read_are_refused_for_hf_models(
-    gemma_dir, questions, tmp_path, extra, message
-):
-    result = _train(gemma_dir, questions, tmp_path / "saes", *extra)
-    assert result.exit_code == 2 and message in " ".join(result.output.split())
+def test_split_is_refused_without_data_for_hf_models(gemma_dir, questions, tmp_path):
+    result = _train(gemma_dir, questions, tmp_path / "saes", "--split", "test")
+    assert result.exit_code == 2
+    assert "--split cannot be used without --data" in " ".join(result.output.split())
 
 
 _SHARED_OPTIONS = {option: "test_both_commands_pass_the_question_options_on" for option in SHARED}

@@ -99,6 +99,17 @@ class ToyVLM(nn.Module):
     def blank_images(self, images: Any) -> Any:
         return torch.zeros_like(torch.as_tensor(images))
 
+    @property
+    def image_mode(self) -> str:
+        return "L"
+
+    def prepare_images(self, images: Sequence[Any]) -> torch.Tensor:
+        return torch.as_tensor(np.stack(images), dtype=torch.float32)
+
+    @property
+    def states_depend_on_image(self) -> bool:
+        return True  # images are added to every position
+
 
 def random_sae(seed: int = 0, d_sae: int = 16) -> SAE:
     torch.manual_seed(seed)

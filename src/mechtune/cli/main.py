@@ -125,9 +125,11 @@ def _zero_shot(out: Path, source: Any, recipe: Any, options: Any, quick: bool) -
 
 
 def _paraphrase_study(out: Path, config: Any) -> None:
-    """Baseline flip rate, SAE analysis, clamping, consistency LoRA per layer range."""
+    """Baseline flip rate, SAE analysis, clamping, consistency LoRA per layer range, on the
+    first ``config.max_studies`` studies of the saved world OUT/world."""
+    from mechtune.data.sources import open_source
     from mechtune.eval.figures import auc_by_layer_chart, flip_rate_chart
-    from mechtune.eval.paraphrase_study import run_paraphrase_study
+    from mechtune.pipelines.paraphrase import run_paraphrase_study
 
     folder = out / "paraphrase"
     console.print(
@@ -136,7 +138,7 @@ def _paraphrase_study(out: Path, config: Any) -> None:
         f"{config.lora.batch_size} questions each (a demo budget; the study's is "
         "recipes/consistency-phantom.yaml) ..."
     )
-    results = run_paraphrase_study(config, folder, log=console.print)
+    results = run_paraphrase_study(config, open_source(out / "world"), folder, log=console.print)
     figures = out / "figures"
     analysis = results["analysis"]
     auc_by_layer_chart(
@@ -181,15 +183,16 @@ def demo_plan(n: int, seed: int, quick: bool, out: Path = Path("runs/demo")) -> 
     """The demo's settings from its options.
 
     ``n`` studies for the data build, the zero-shot world and the negation study's world;
-    the paraphrase study renders ``n // 2`` (its cost grows with the test questions).
+    the paraphrase study reads the first ``n // 2`` studies of that world (its cost grows
+    with the test questions; they are the world ``n // 2`` would render).
     ``seed`` seeds every world, sampler and training run. The training budgets are the
     demo's, smaller than the recipes' (80 steps per negation method instead of 150, 80
     steps of 16 questions per consistency range), so the whole demo stays near 10 minutes
     on 2 cores; every method and layer range still gets the same budget.
     ``quick`` (the CI smoke test): at most 600 studies and a few steps of everything.
     """
-    from mechtune.eval.paraphrase_study import ParaphraseStudyConfig
     from mechtune.pipelines.negation import NegationStudyConfig
+    from mechtune.pipelines.paraphrase import ParaphraseStudyConfig
 
     n = min(n, 600) if quick else n
     negation = NegationStudyConfig(
@@ -197,8 +200,8 @@ def demo_plan(n: int, seed: int, quick: bool, out: Path = Path("runs/demo")) -> 
     )
     negation = replace(negation, loop=replace(negation.loop, steps=80))
     paraphrase = ParaphraseStudyConfig(
-        world_studies=n // 2,
-        world_seed=seed,
+        max_studies=n // 2,
+        seed=seed,
         seeds=(seed,),
         sae_steps=150,
         sae_reports=500,

@@ -1,17 +1,26 @@
 """`mechtune sae train|analyze`: sparse autoencoders on a yes/no VLM's residual stream.
 
-Models (``--model``): ``phantom:vqa`` (the shipped phantom VQA model; images are studies
-of a phantom world) or ``hf:DIR`` (a transformers image-text-to-text model such as
-MedGemma saved in DIR, read by :class:`mechtune.models.hf_vqa.HFYesNoVLM`; never remote
-code).
+Models (``--model``): a yes/no VLM spec (:func:`mechtune.models.vlm_spec.load_yes_no_vlm`):
+``phantom:vqa`` (the shipped phantom VQA model) or ``hf:DIR`` / ``hf:HUB_ID`` (a
+transformers image-text-to-text model such as MedGemma, read by
+:class:`mechtune.models.hf_vqa.HFYesNoVLM`; never remote code), loaded on ``--device`` with
+its weights in ``--dtype``.
+
+Images and questions:
+
+- ``--data DIR``: an image-study source (any layout :func:`mechtune.data.sources.open_source`
+  reads: a saved phantom world, ``mechtune sim export`` output, MIMIC-CXR-JPG, CheXpert, a
+  manifest). Without ``--questions``, the questions are the source's own PSF-Med style
+  paraphrase sets of ``--split`` (default train), seeded by ``--seed``; with it, each
+  record's ``image_ref`` (or ``study_id``) must name an item's study id or image reference.
+  The default SAE corpus is the reports of the source's train split.
+- Without ``--data``: ``--questions`` records whose ``image_ref`` is an image file path
+  relative to ``--image-root`` (default: the questions file's folder).
 
 Questions (``--questions``): PSF-Med style records, JSONL or a JSON array
-(:func:`mechtune.data.importers.read_psf_records`). The image of a record is its
-``image_ref`` (or ``study_id``): for ``phantom:vqa`` a study id or row of the world, for
-``hf:`` an image file path relative to ``--image-root`` (default: the questions file's
-folder). Without ``--questions``, ``phantom:vqa`` uses the world's own paraphrase sets of
-``--split``. Options that only one kind of model reads (``--world``, ``--n``, ``--split``
-for ``phantom:vqa``; ``--image-root`` for ``hf:``) are refused for the other.
+(:func:`mechtune.data.importers.read_psf_records`). Options that nothing would read
+(``--image-root`` with ``--data``; ``--split`` without ``--data`` or with ``--questions``)
+are refused.
 
 SAEs (``sae analyze --saes DIR``): one folder per layer in DIR, named ``layer_<L>`` (what
 ``sae train`` writes) or ``layer_<L>_<variant>`` as Gemma Scope 2 names them
@@ -33,15 +42,14 @@ from rich.table import Table
 from mechtune.cli._common import console
 from mechtune.data.importers import DataFormatError, read_psf_records
 from mechtune.data.io import write_json
-from mechtune.data.schema import ImageQuestion, ParaphraseSet
+from mechtune.data.schema import ImageQuestion, ParaphraseSet, Study
 from mechtune.errors import ConfigError, DataError
 from mechtune.models.yes_no import YesNoVLM
 
 app = typer.Typer(help="Sparse autoencoders: train them, find where flips live.")
 
-MODEL_HELP = "phantom:vqa, or hf:DIR (a saved image-text-to-text model such as MedGemma)."
-QUESTIONS_HELP = "PSF-Med style records (JSONL or JSON array); default: the world's own."
-DEFAULT_STUDIES = 2000  # phantom: studies in a rendered world
+MODEL_HELP = "A yes/no VLM spec: phantom:vqa, or hf:DIR (a saved model such as MedGemma)."
+QUESTIONS_HELP = "PSF-Med style records (JSONL or JSON array); default: the data's own."
 DEFAULT_K = 16  # topk: features kept per token
 
 
@@ -61,52 +69,41 @@ class Questions:
     source: dict[str, Any]
 
 
-def load_yes_no_model(spec: str) -> tuple[YesNoVLM, bool]:
-    """``(model, is_phantom)`` for a model spec."""
-    if spec == "phantom:vqa":
-        from mechtune.sim.vqa import load_default_vqa
-
-        return load_default_vqa(), True
-    if spec.startswith("hf:") and len(spec) > 3:
-        import torch
-
-        from mechtune.models.hf_vqa import HFYesNoVLM
-
-        path = spec[3:]
-        if not Path(path).is_dir():
-            raise QuestionFileError(
-                f"model {spec!r}: {path} is not a folder (save the model and processor "
-                "there with save_pretrained; the hub is not reached at run time)"
-            )
-        return HFYesNoVLM.from_pretrained(path, dtype=torch.float32), False
-    raise QuestionFileError(f"unknown model spec {spec!r}: use phantom:vqa or hf:DIR")
-
-
-def _phantom_rows(sets: list[ParaphraseSet], world: Any, path: Path) -> list[ImageQuestion]:
-    """Bind each set to its study's row of the world: its image reference (or, without
-    one, its study id) must be a study id or a row number of the world."""
-    rows = {s.study_id: i for i, s in enumerate(world.studies)}
+def _source_rows(
+    sets: list[ParaphraseSet], items: list[Study], path: Path, data: Path
+) -> tuple[list[ImageQuestion], list[Study]]:
+    """Bind each set to an item of the source: its image reference (or, without one, its
+    study id) must be an item's study id or image reference. Returns the sets with rows
+    into the returned list of distinct items, in first-use order."""
+    by_ref: dict[str, Study] = {}
+    for study in items:
+        by_ref.setdefault(study.study_id, study)
+        if study.image_ref:
+            by_ref.setdefault(study.image_ref, study)
+    rows: dict[str, int] = {}
+    used: list[Study] = []
     out = []
     for s in sets:
         ref = s.image_ref or s.study_id
-        if ref in rows:
-            row = rows[ref]
-        elif ref.isdigit() and int(ref) < len(world.studies):
-            row = int(ref)
-        else:
+        found = by_ref.get(ref)
+        if found is None:
             raise QuestionFileError(
-                f"{path}, question {s.question_id!r}: image {ref!r} is neither a study id "
-                f"nor a row (0..{len(world.studies) - 1}) of the world"
+                f"{path}, question {s.question_id!r}: image {ref!r} is neither a study id nor "
+                f"an image reference of --data {data}"
             )
-        out.append(ImageQuestion(s, row))
-    return out
+        if found.study_id not in rows:
+            rows[found.study_id] = len(used)
+            used.append(found)
+        out.append(ImageQuestion(s, rows[found.study_id]))
+    return out, used
 
 
 def _image_rows(
-    sets: list[ParaphraseSet], root: Path, path: Path
+    sets: list[ParaphraseSet], root: Path, path: Path, mode: str
 ) -> tuple[list[ImageQuestion], list[Any]]:
-    """Read each distinct image file once (RGB) and bind every set to its image's row."""
-    from PIL import Image, UnidentifiedImageError
+    """Read each distinct image file once (``mode``: the model's) and bind every set to its
+    image's row."""
+    from mechtune.data.sources.base import read_image_file
 
     index: dict[str, int] = {}
     images: list[Any] = []
@@ -115,17 +112,16 @@ def _image_rows(
         if not s.image_ref:
             raise QuestionFileError(
                 f"{path}, question {s.question_id!r}: no image reference (image_ref, image, "
-                "image_path or dicom_id); an hf: model needs one per question"
+                "image_path or dicom_id); without --data each question needs one"
             )
         if s.image_ref not in index:
             file = root / s.image_ref
             try:
-                with Image.open(file) as image:
-                    images.append(image.convert("RGB"))
-            except (FileNotFoundError, UnidentifiedImageError, OSError) as exc:
+                images.append(read_image_file(file, mode))
+            except DataError as exc:
                 raise QuestionFileError(
                     f"{path}, question {s.question_id!r}: image {str(file)!r} cannot be read "
-                    f"({type(exc).__name__})"
+                    f"({exc})"
                 ) from None
             index[s.image_ref] = len(images) - 1
         out.append(ImageQuestion(s, index[s.image_ref]))
@@ -136,31 +132,44 @@ def load_questions(
     model: str,
     questions: Path | None,
     *,
-    world_dir: Path | None,
-    n: int | None,
+    data: Path | None,
     seed: int,
     split: str | None,
     heldout: bool = False,
     image_root: Path | None,
     skip_bad: bool,
+    device: str = "cpu",
+    dtype: str | None = None,
 ) -> Questions:
-    """The model, images and paraphrase sets of a command; errors name file and record.
+    """The model (on ``device``, weights in ``dtype``), its images and the paraphrase sets
+    of a command; errors name the file and record.
 
-    ``world_dir``, ``n`` and ``split`` are for ``phantom:vqa`` (defaults: a rendered world
-    of 2000 studies, the train split), ``image_root`` for ``hf:`` models; giving one to
-    the other kind of model is a ConfigError, since nothing would read it."""
-    phantom = model == "phantom:vqa"
-    unread = (
-        {"--image-root": image_root}
-        if phantom
-        else {"--world": world_dir, "--n": n, "--split": split}
+    ``data``: an image-study source folder or file; its own paraphrase sets of ``split``
+    (default train) when ``questions`` is None. ``image_root``: where image paths of
+    ``questions`` are relative to, without ``data``. An option nothing would read is a
+    ConfigError, checked before the model loads."""
+    unread: dict[str, object] = (
+        {"--image-root": image_root} if data is not None else {"--split": split}
     )
+    if data is not None and questions is not None:
+        unread["--split"] = split
     given = [option for option, value in unread.items() if value is not None]
-    if given:  # checked before a large model is loaded
-        kind = "phantom:vqa" if phantom else "hf: models"
-        raise ConfigError(f"{', '.join(given)} cannot be used with {kind} (model {model!r})")
-    vlm, phantom = load_yes_no_model(model)
-    source: dict[str, Any] = {"model": model}
+    if given:
+        why = "with --data" if data is not None else "without --data"
+        if data is not None and questions is not None and given == ["--split"]:
+            why = "with --questions (it picks the data's own questions)"
+        raise ConfigError(f"{', '.join(given)} cannot be used {why}")
+    if data is None and questions is None:
+        raise ConfigError("give --data (an image-study source) or --questions (with images)")
+    from mechtune.models.vlm_spec import load_yes_no_vlm
+
+    vlm = load_yes_no_vlm(model, device=device, dtype=dtype)
+    weights = next(vlm.module.parameters())
+    source: dict[str, Any] = {
+        "model": model,
+        "device": str(weights.device),
+        "dtype": str(weights.dtype).removeprefix("torch."),
+    }
     records: list[ParaphraseSet] = []
     if questions is not None:
         try:
@@ -175,42 +184,37 @@ def load_questions(
         if not records:
             raise QuestionFileError(f"{questions}: no usable question records")
         source["questions"] = report.to_dict()
-    if not phantom:
-        if questions is None:
-            raise QuestionFileError(f"model {model!r} needs --questions (and their images)")
+    if data is None:
+        assert questions is not None
         root = image_root if image_root is not None else questions.parent
-        sets, images = _image_rows(records, root, questions)
-        source["images"] = {"root": str(root), "distinct": len(images)}
-        return Questions(vlm, images, sets, True, [], source)
+        sets, pixels = _image_rows(records, root, questions, vlm.image_mode)
+        source["images"] = {"root": str(root), "distinct": len(pixels)}
+        return Questions(
+            vlm, vlm.prepare_images(pixels), sets, vlm.states_depend_on_image, [], source
+        )
 
-    from mechtune.sim.train_vqa import world_paraphrase_sets
-    from mechtune.sim.vqa import PhantomVQA
-    from mechtune.sim.world import WorldConfig, load_world, make_world
+    from mechtune.data.builders.paraphrase import image_paraphrase_sets
+    from mechtune.data.sources import open_source
 
-    assert isinstance(vlm, PhantomVQA)
-    if world_dir is not None and n is not None:
-        raise ConfigError("--n and --world cannot be used together (a saved world has its size)")
-    if questions is not None and split is not None:
-        raise ConfigError("--split picks the world's own questions; with --questions it is unused")
-    n = DEFAULT_STUDIES if n is None else n
-    split = "train" if split is None else split
-    if world_dir is not None:
-        world = load_world(world_dir)
-        source["world"] = str(world_dir)
-    else:
-        world = make_world(WorldConfig.seeded(n, seed))
-        source["world"] = {"n_studies": n, "seed": seed}
+    study_source = open_source(data)
+    console.print(study_source.report.summary())
+    source["data"] = {"path": str(data), "layout": study_source.layout, "items": len(study_source)}
     if questions is not None:
-        sets = _phantom_rows(records, world, questions)
+        sets, used = _source_rows(records, study_source.studies(), questions, data)
     else:
-        sets = world_paraphrase_sets(world, split, heldout=heldout, seed=seed)
+        split = "train" if split is None else split
+        used = study_source.split(split)
+        sets = image_paraphrase_sets(enumerate(used), split, heldout=heldout, seed=seed)
         source["split"] = {"split": split, "heldout_families": heldout, "sets": len(sets)}
         if not sets:
-            raise QuestionFileError(f"the world has no {split}-split studies; raise --n")
-    train = world.indices("train")
-    corpus = sorted({world.studies[int(i)].report or "" for i in train} - {""})
-    embedded = vlm.embed_images(world.images)
-    return Questions(vlm, embedded, sets, False, corpus, source)
+            raise QuestionFileError(f"--data {data}: no {split}-split studies with definite labels")
+    train = study_source.split("train")
+    corpus = sorted({study_source.report_text(s) or "" for s in train} - {""})
+    pixels = [study_source.load_image(s, vlm.image_mode) for s in used]
+    source["images"] = {"distinct": len(pixels)}
+    return Questions(
+        vlm, vlm.prepare_images(pixels), sets, vlm.states_depend_on_image, corpus, source
+    )
 
 
 def _layers(text: str | None, n_layers: int) -> list[int]:
@@ -229,17 +233,23 @@ def _layers(text: str | None, n_layers: int) -> list[int]:
 # Options shared by both commands.
 ModelOpt = Annotated[str, typer.Option(help=MODEL_HELP)]
 QuestionsOpt = Annotated[Path | None, typer.Option(help=QUESTIONS_HELP)]
-WorldOpt = Annotated[Path | None, typer.Option(help="phantom: a saved world folder.")]
-NOpt = Annotated[
-    int | None,
-    typer.Option("--n", min=2, help=f"phantom: studies if rendered [{DEFAULT_STUDIES}]."),
+DataOpt = Annotated[
+    Path | None,
+    typer.Option(help="An image-study source (world, export, MIMIC-CXR-JPG, CheXpert, manifest)."),
 ]
-SeedOpt = Annotated[int, typer.Option(help="World, sampling and training seed.")]
-RootOpt = Annotated[Path | None, typer.Option(help="hf: folder image paths are relative to.")]
+DeviceOpt = Annotated[str, typer.Option(help="Torch device the model runs on (cpu, cuda:0).")]
+DtypeOpt = Annotated[
+    str | None,
+    typer.Option(help="Weights dtype: float32, bfloat16, float16 or auto [the checkpoint's]."),
+]
+SeedOpt = Annotated[int, typer.Option(help="Question sampling and training seed.")]
+RootOpt = Annotated[
+    Path | None, typer.Option(help="Without --data: folder image paths are relative to.")
+]
 SkipOpt = Annotated[bool, typer.Option(help="Skip bad records (counted) instead of failing.")]
 LayersOpt = Annotated[str | None, typer.Option(help="Comma-separated layers; default all.")]
 SplitOpt = Annotated[
-    str | None, typer.Option(help="phantom: split of the world's questions [train].")
+    str | None, typer.Option(help="With --data: split of the data's own questions [train].")
 ]
 
 
@@ -256,54 +266,57 @@ def train(
     ] = None,
     steps: Annotated[int, typer.Option(min=1, help="Optimiser steps per SAE.")] = 400,
     corpus: Annotated[
-        Path | None, typer.Option(help="Extra texts, one per line (phantom default: reports).")
+        Path | None,
+        typer.Option(help="Extra texts, one per line (default: the data's train reports)."),
     ] = None,
-    world: WorldOpt = None,
-    n: NOpt = None,
+    data: DataOpt = None,
     seed: SeedOpt = 0,
     split: SplitOpt = None,
     image_root: RootOpt = None,
     skip_bad: SkipOpt = False,
+    device: DeviceOpt = "cpu",
+    dtype: DtypeOpt = None,
 ) -> None:
     """Train one SAE per layer on the residual states of the questions and paraphrases,
     saved in SAELens layout (cfg.json + sae_weights.safetensors) with R², FVU and L0."""
-    from mechtune.eval.paraphrase_study import train_question_saes
     from mechtune.interp.sae import SAEConfig
     from mechtune.interp.sae_saelens import save_saelens
+    from mechtune.pipelines.paraphrase import train_question_saes
 
-    data = load_questions(
+    loaded = load_questions(
         model,
         questions,
-        world_dir=world,
-        n=n,
+        data=data,
         seed=seed,
         split=split,
         image_root=image_root,
         skip_bad=skip_bad,
+        device=device,
+        dtype=dtype,
     )
     if k is not None and kind != "topk":
         raise ConfigError(f"--k is for --kind topk, not {kind!r}")
-    chosen = _layers(layers, len(data.vlm.layers))
+    chosen = _layers(layers, len(loaded.vlm.layers))
     k = DEFAULT_K if kind == "topk" and k is None else k
     shape = SAEConfig(d_in=1, d_sae=width, kind=kind, k=k, model=model)
-    texts = list(data.corpus)
+    texts = list(loaded.corpus)
     if corpus is not None:
         if not corpus.is_file():
             raise QuestionFileError(f"--corpus {corpus}: no such file")
         texts = [line.strip() for line in corpus.read_text().splitlines() if line.strip()]
     console.print(
-        f"training {len(chosen)} {kind} SAEs ({width} features) on {len(data.sets)} question "
+        f"training {len(chosen)} {kind} SAEs ({width} features) on {len(loaded.sets)} question "
         f"sets + {len(texts)} corpus texts, {steps} steps each ..."
     )
     saes, reports = train_question_saes(
-        data.vlm,
-        data.images,
-        data.sets,
+        loaded.vlm,
+        loaded.images,
+        loaded.sets,
         chosen,
         shape,
         steps=steps,
         corpus=texts,
-        per_image=data.per_image,
+        per_image=loaded.per_image,
         seed=seed,
     )
     table = Table("layer", "tokens", "R²", "FVU", "L0")
@@ -315,9 +328,9 @@ def train(
         )
     console.print(table)
     report = {
-        **data.source,
+        **loaded.source,
         "sae": {"kind": kind, "width": width, "k": shape.k, "steps": steps, "seed": seed},
-        "question_sets": len(data.sets),
+        "question_sets": len(loaded.sets),
         "corpus_texts": len(texts),
         "layers": {str(layer): r for layer, r in reports.items()},
     }
@@ -405,32 +418,34 @@ def analyze(
         typer.Option(help="Only SAE folders layer_<L>_<VARIANT>, e.g. width_16k_l0_medium."),
     ] = None,
     max_questions: Annotated[int, typer.Option(min=2, help="Question sets sampled.")] = 600,
-    world: WorldOpt = None,
-    n: NOpt = None,
+    data: DataOpt = None,
     seed: SeedOpt = 0,
     split: SplitOpt = None,
     image_root: RootOpt = None,
     skip_bad: SkipOpt = False,
+    device: DeviceOpt = "cpu",
+    dtype: DtypeOpt = None,
 ) -> None:
     """Flip-prediction AUC by layer, feature attribution, a causal patch, and the flip rate
     and accuracy with the top feature clamped: the chosen layer range, with evidence."""
     from mechtune.eval.figures import auc_by_layer_chart
-    from mechtune.eval.paraphrase_study import clamped_report, evaluate_sets, swap_rows
     from mechtune.interp.sae_analysis import AnalysisConfig, analyse, paraphrase_pairs
+    from mechtune.pipelines.paraphrase import clamped_report, evaluate_sets, swap_rows
 
-    data = load_questions(
+    loaded = load_questions(
         model,
         questions,
-        world_dir=world,
-        n=n,
+        data=data,
         seed=seed,
         split=split,
         image_root=image_root,
         skip_bad=skip_bad,
+        device=device,
+        dtype=dtype,
     )
-    wanted = None if layers is None else _layers(layers, len(data.vlm.layers))
+    wanted = None if layers is None else _layers(layers, len(loaded.vlm.layers))
     dictionaries = load_layer_saes(saes, wanted, sae_variant)
-    sets = data.sets
+    sets = loaded.sets
     if len(sets) > max_questions:
         sets = random.Random(seed).sample(sets, max_questions)
     pairs = paraphrase_pairs(sets)
@@ -439,12 +454,16 @@ def analyze(
         f"{sorted(dictionaries)} ..."
     )
     analysis = analyse(
-        data.vlm, data.images, pairs, dictionaries, AnalysisConfig(half_width=half_width, seed=seed)
+        loaded.vlm,
+        loaded.images,
+        pairs,
+        dictionaries,
+        AnalysisConfig(half_width=half_width, seed=seed),
     )
-    baseline = evaluate_sets(data.vlm, data.images, sets, swap_rows(sets))
-    clamped = clamped_report(data.vlm, data.images, {"questions": sets}, dictionaries, analysis)
+    baseline = evaluate_sets(loaded.vlm, loaded.images, sets, swap_rows(sets))
+    clamped = clamped_report(loaded.vlm, loaded.images, {"questions": sets}, dictionaries, analysis)
     result = {
-        **data.source,
+        **loaded.source,
         "saes": str(saes),
         "sae_variant": sae_variant,
         "analysis": analysis.to_dict(),

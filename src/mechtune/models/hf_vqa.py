@@ -280,10 +280,13 @@ class HFYesNoVLM:
         yes_word: str = "yes",
         no_word: str = "no",
     ) -> HFYesNoVLM:
-        """Model + processor from a local folder or hub id (e.g. :data:`MEDGEMMA_4B_ID`).
+        """Model + processor from a local folder or hub id (e.g. :data:`MEDGEMMA_4B_ID`),
+        the weights loaded in ``dtype`` (transformers' ``from_pretrained(dtype=...)``) and
+        moved to ``device``. Inputs follow the model (:meth:`encode`); margins are float32.
 
         ``dtype="auto"`` keeps the checkpoint's dtype (bfloat16 for MedGemma);
-        ``torch.float32`` is the safe choice on CPU.
+        ``torch.float32`` is the safe choice on CPU. Specs (``hf:...``) resolve through
+        :func:`mechtune.models.vlm_spec.load_yes_no_vlm`.
         """
         from transformers import AutoModelForImageTextToText, AutoProcessor
 
@@ -341,6 +344,21 @@ class HFYesNoVLM:
         if isinstance(images, tuple):
             return tuple(_blank(image) for image in images)
         return [_blank(image) for image in images]
+
+    @property
+    def image_mode(self) -> str:
+        """RGB: the processor of an image-text-to-text model takes colour images."""
+        return "RGB"
+
+    def prepare_images(self, images: Sequence[Any]) -> list[Any]:
+        """The images as a list, unchanged: the processor resizes and normalises each batch
+        (:meth:`encode`), so nothing is computed ahead."""
+        return list(images)
+
+    @property
+    def states_depend_on_image(self) -> bool:
+        """True: the language blocks attend to the image tokens."""
+        return True
 
     # -- forward ------------------------------------------------------------------------------
 

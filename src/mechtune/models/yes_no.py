@@ -13,7 +13,15 @@ models in ``mechtune.models.hf_vqa``) implement :class:`YesNoVLM`:
 - ``readout_positions(images, questions)``: ``[B, T]`` bool, the token positions whose
   residual states the SAE analysis reads and patches (the last position for a decoder, all
   real question tokens for a mean-pooled encoder);
-- ``blank_images(images)``: the same batch with every image blanked (text-only agreement).
+- ``blank_images(images)``: the same batch with every image blanked (text-only agreement);
+- ``image_mode``: ``"L"`` or ``"RGB"``, the pixels the model wants from an image-study
+  source (:meth:`mechtune.data.sources.base.ImageStudySource.load_image`);
+- ``prepare_images(images)``: decoded ``uint8`` images, one per row, to the batch that
+  ``margin`` takes by row (the phantom VQA embeds them once, its image tower being frozen;
+  a Hugging Face model keeps the arrays, its processor reads them per batch);
+- ``states_depend_on_image``: whether the residual states at question positions change
+  with the image (False for a question encoder that never sees it, so SAE training reads
+  each distinct text once).
 
 Block outputs follow the transformers convention: a tensor ``[B, T, d]`` or a tuple whose
 first item is. :func:`edit_block_output` rewrites them inside a context manager, so no hook
@@ -73,6 +81,21 @@ class YesNoVLM(Protocol):
 
     def blank_images(self, images: Any) -> Any:
         """The same batch with each image replaced by a blank one."""
+        ...
+
+    @property
+    def image_mode(self) -> str:
+        """``"L"`` (8-bit grey) or ``"RGB"``: the pixels to load for this model."""
+        ...
+
+    def prepare_images(self, images: Sequence[Any]) -> Any:
+        """``uint8`` images (``[H, W]`` or ``[H, W, 3]``, one per row, sizes may differ) to
+        the image batch ``margin`` takes by row (:func:`take_rows`)."""
+        ...
+
+    @property
+    def states_depend_on_image(self) -> bool:
+        """Whether block outputs at the question positions depend on the image."""
         ...
 
 

@@ -18,14 +18,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from mechtune.data.builders.paraphrase import (
-    ParaphraseConfig,
-    balanced_conditions,
-    make_paraphrase_set,
-)
+from mechtune.data.builders.paraphrase import image_paraphrase_sets
 from mechtune.data.ontology import load_ontology
 from mechtune.data.schema import ImageQuestion
-from mechtune.data.splits import record_rng
 from mechtune.data.text import realise_question
 from mechtune.errors import ConfigError, DataError
 from mechtune.models.minilm import MiniLMTower
@@ -234,17 +229,13 @@ def world_paraphrase_sets(
     seed: int = 0,
 ) -> list[ImageQuestion]:
     """PSF-Med style paraphrase sets for a split's studies, balanced yes/no, each bound to
-    its study's row of the world (``ImageQuestion.image``).
+    its study's row of the world (``ImageQuestion.image``):
+    :func:`mechtune.data.builders.paraphrase.image_paraphrase_sets` over the world's rows.
 
     ``heldout`` picks the paraphrase families: held-out ones (never used in training) or
     the training families (in-distribution).
     """
-    config = ParaphraseConfig(seed=seed, questions_per_study=questions_per_study)
-    out = []
-    for i in world.indices(split):
-        study = world.studies[int(i)]
-        rng = record_rng(seed, "vqa-paraphrase", study.study_id, heldout)
-        for condition in balanced_conditions(study, questions_per_study, rng):
-            record = make_paraphrase_set(study, condition, heldout, split, config, rng)
-            out.append(ImageQuestion(record, int(i)))
-    return out
+    rows = [(int(i), world.studies[int(i)]) for i in world.indices(split)]
+    return image_paraphrase_sets(
+        rows, split, heldout=heldout, questions_per_study=questions_per_study, seed=seed
+    )

@@ -167,6 +167,32 @@ class PhantomVQA(nn.Module):
             return self.blank_embedding().expand(len(images), -1).to(images.device)
         return np.zeros_like(np.asarray(images))
 
+    @property
+    def image_mode(self) -> str:
+        """L: the phantom image tower reads 8-bit grey radiographs."""
+        return "L"
+
+    def prepare_images(self, images: Sequence[Any]) -> torch.Tensor:
+        """``uint8 [H, W]`` radiographs (one per row, all of the tower's size) -> their
+        ``[N, D]`` embeddings (:meth:`embed_images`): the tower is frozen, so each image is
+        embedded once. Raises ``DataError`` naming the first image of another shape."""
+        size = self.config.image.image_size
+        for i, image in enumerate(images):
+            array = np.asarray(image)
+            if array.shape != (size, size) or array.dtype != np.uint8:
+                raise DataError(
+                    f"image {i} is {array.dtype} {list(array.shape)} but the phantom image "
+                    f"tower takes uint8 [{size}, {size}] grey radiographs"
+                )
+        if not len(images):
+            return torch.zeros(0, self.config.image.embed_dim)
+        return self.embed_images(np.stack([np.asarray(im) for im in images]))
+
+    @property
+    def states_depend_on_image(self) -> bool:
+        """False: the MiniLM question encoder never sees the image."""
+        return False
+
     # -- images -------------------------------------------------------------------------------
 
     def embed_images(self, images: np.ndarray | torch.Tensor, batch: int = 256) -> torch.Tensor:

@@ -30,7 +30,7 @@ from mechtune.data.builders.common import (
     study_split,
 )
 from mechtune.data.ontology import PARAPHRASE_STRATEGIES, CueFamily, load_ontology
-from mechtune.data.schema import ParaphraseSet, Study
+from mechtune.data.schema import ImageQuestion, ParaphraseSet, Study
 from mechtune.data.splits import DEFAULT_FRACTIONS, check_fractions, record_rng
 from mechtune.data.text import realise_question
 from mechtune.errors import ConfigError
@@ -138,6 +138,35 @@ def make_paraphrase_set(
         heldout_family=tuple(f.heldout for f in families),
         split=split,
     )
+
+
+def image_paraphrase_sets(
+    rows: Iterable[tuple[int, Study]],
+    split: str,
+    *,
+    heldout: bool,
+    questions_per_study: int = 2,
+    seed: int = 0,
+) -> list[ImageQuestion]:
+    """PSF-Med style paraphrase sets bound to image rows, for studies and models in memory.
+
+    ``rows``: ``(row, study)`` pairs, the row of the study's image in the caller's image
+    batch (:class:`~mechtune.data.schema.ImageQuestion`), for the studies of ``split``
+    (recorded on each set). Each study gets ``questions_per_study`` questions, balanced
+    yes/no (:func:`balanced_conditions`), worded as :class:`ParaphraseConfig` words them
+    with paraphrases from the held-out families (``heldout=True``, never used in
+    training) or the training families (in-distribution). A study's questions depend
+    only on ``seed``, the study and ``heldout`` (a per-record stream), not on which other
+    studies are listed. Raises ``ConfigError`` for ``questions_per_study`` < 1.
+    """
+    config = ParaphraseConfig(seed=seed, questions_per_study=questions_per_study)
+    out = []
+    for row, study in rows:
+        rng = record_rng(seed, "vqa-paraphrase", study.study_id, heldout)
+        for condition in balanced_conditions(study, questions_per_study, rng):
+            record = make_paraphrase_set(study, condition, heldout, split, config, rng)
+            out.append(ImageQuestion(record, int(row)))
+    return out
 
 
 def build_paraphrase(

@@ -1,24 +1,33 @@
-"""The paraphrase study on the phantom VQA model: measure, locate with SAEs, fix, compare.
+"""The paraphrase study: measure, locate with SAEs, fix, compare, on any yes/no VLM and any
+image-study source.
 
-1. **Data.** A phantom world; PSF-Med style paraphrase sets for the train-split patients
+A study is a function of (config with the model spec, an image-study source, an output
+folder); it renders nothing. ``mechtune.sim`` is one source and one model among others.
+
+1. **Data.** The first ``max_studies`` items of the source, in its order, with its patient
+   splits; PSF-Med style paraphrase sets (arXiv 2602.21428) for the train-split studies
    (train paraphrase families) and for the evaluation split (``val`` to choose settings,
-   ``test`` to report), once with train families (in-distribution) and once with
-   held-out families.
+   ``test`` to report), once with train families (in-distribution) and once with held-out
+   families (:func:`mechtune.data.builders.paraphrase.image_paraphrase_sets`).
 2. **Baseline.** Flip rate, pairwise flip rate, mean |margin difference|, accuracy,
    text-only agreement (blank image) and swap sensitivity (another patient's image).
-3. **SAE analysis** on train-split pairs: one TopK SAE per question-encoder layer, trained
-   on the residual states of the train-split questions; flip-prediction AUC by layer;
-   feature attribution; a causal patch; the chosen layer range (AUC peak ± half_width).
+3. **SAE analysis** on train-split pairs: one TopK SAE per language block, trained on the
+   residual states of the train-split questions plus train-split reports; flip-prediction
+   AUC by layer; feature attribution; a causal patch; the chosen layer range (AUC peak ±
+   half_width).
 4. **Clamping** the top feature at inference, on the evaluation split.
 5. **Consistency LoRA** with the same budget on each layer range: all layers, the SAE
-   range, the earliest and the latest layers of the same width.
-6. A markdown table (held-out families), ``results.json`` and figures. Each condition is
-   compared with the baseline and with all-layer LoRA by the paired difference of the
-   per-question flip indicator on the same test questions (clustered by patient); every
-   report keeps those indicators with question and patient ids (``items``).
+   range, the earliest and the latest layers of the same width; each run starts from a
+   freshly loaded model.
+6. A markdown table (held-out families; :mod:`mechtune.pipelines.paraphrase_report`),
+   ``results.json`` and the SAEs. Each condition is compared with the baseline and with
+   all-layer LoRA by the paired difference of the per-question flip indicator on the same
+   test questions (clustered by patient); every report keeps those indicators with
+   question and patient ids (``items``).
 
-The phantom VQA's question encoder never sees the image, so a question's residual states
-are the same whatever the image: SAE training data uses each distinct question once.
+A model whose question states do not depend on the image (the phantom VQA's question
+encoder never sees it; ``YesNoVLM.states_depend_on_image``) trains its SAEs on each
+distinct question once.
 """
 
 from __future__ import annotations
@@ -34,8 +43,10 @@ import numpy as np
 import torch
 
 from mechtune.data.answers import answers_from_margins
+from mechtune.data.builders.paraphrase import image_paraphrase_sets
 from mechtune.data.io import atomic_write_text, to_jsonable, write_json
-from mechtune.data.schema import ImageQuestion
+from mechtune.data.schema import ImageQuestion, Study
+from mechtune.data.sources.base import ImageStudySource
 from mechtune.errors import ConfigError, DataError
 from mechtune.eval.consistency import (
     answer_accuracy,
@@ -46,7 +57,6 @@ from mechtune.eval.consistency import (
     swap_sensitivity,
     text_only_agreement,
 )
-from mechtune.eval.metrics import PairedDifference, paired_items
 from mechtune.eval.study_config import MIN_STUDIES, check_seeds
 from mechtune.interp.sae import SAE, SAEConfig
 from mechtune.interp.sae_analysis import (
@@ -61,10 +71,9 @@ from mechtune.interp.sae_analysis import (
 )
 from mechtune.interp.sae_saelens import save_saelens
 from mechtune.interp.sae_train import train_sae
+from mechtune.models.vlm_spec import load_yes_no_vlm, parse_vlm_spec
 from mechtune.models.yes_no import YesNoVLM, take_rows
-from mechtune.sim.train_vqa import world_paraphrase_sets
-from mechtune.sim.vqa import PhantomVQA, load_default_vqa
-from mechtune.sim.world import World, WorldConfig, make_world
+from mechtune.pipelines.paraphrase_report import paired_rows, results_table
 from mechtune.train.consistency import ConsistencyConfig, consistency_examples
 from mechtune.train.methods import run_paraphrase_method
 
@@ -78,21 +87,24 @@ RANGES = ("all", "sae", "early", "late")
 
 @dataclass(frozen=True)
 class ParaphraseStudyConfig:
-    """One paraphrase study on the phantom VQA model; each field is checked at construction.
+    """One paraphrase study; each field is checked at construction.
 
-    ``world_studies`` / ``world_seed``: the phantom world (the seed also seeds the question
-    sampler, the SAE corpus and the analysis sample); ``questions_per_study``: balanced
-    yes/no questions per study; ``eval_split``: "val" to choose settings, "test" to report;
-    ``seeds``: one consistency LoRA run per seed and range; ``sae_width`` / ``sae_k`` /
-    ``sae_steps``: the TopK SAEs on every question-encoder layer, trained with
-    ``sae_reports`` train-patient reports as extra text; ``analysis_sets``: train questions
-    the flip analysis reads; ``half_width``: the chosen range is the AUC peak ± this;
-    ``ranges``: which layer ranges get consistency LoRA; ``lora``: the LoRA settings every
-    range shares (its ``layers`` and ``seed`` are set per run).
+    ``model``: the yes/no VLM spec (:func:`mechtune.models.vlm_spec.load_yes_no_vlm`);
+    ``seed``: the question sampler, the SAE corpus and the analysis sample;
+    ``max_studies``: the first this many items of the source, in its order (None: all);
+    ``questions_per_study``: balanced yes/no questions per study; ``eval_split``: "val"
+    to choose settings, "test" to report; ``seeds``: one consistency LoRA run per seed and
+    range; ``sae_width`` / ``sae_k`` / ``sae_steps``: the TopK SAEs on every language
+    block, trained with ``sae_reports`` train-patient reports as extra text;
+    ``analysis_sets``: train questions the flip analysis reads; ``half_width``: the chosen
+    range is the AUC peak ± this; ``ranges``: which layer ranges get consistency LoRA;
+    ``lora``: the LoRA settings every range shares (its ``layers`` and ``seed`` are set
+    per run). Raises ``ConfigError`` naming the field.
     """
 
-    world_studies: int = 2000
-    world_seed: int = 0
+    model: str = "phantom:vqa"
+    seed: int = 0
+    max_studies: int | None = None
     questions_per_study: int = 2
     eval_split: str = "test"
     seeds: tuple[int, ...] = (0,)
@@ -106,6 +118,8 @@ class ParaphraseStudyConfig:
     lora: ConsistencyConfig = field(default_factory=ConsistencyConfig)
 
     def __post_init__(self) -> None:
+        if not isinstance(self.model, str) or ":" not in self.model:
+            raise ConfigError(f"model must be a VLM spec SCHEME:NAME, got {self.model!r}")
         if self.eval_split not in ("val", "test"):
             raise ConfigError(
                 f"eval_split must be 'val' (choosing settings) or 'test' (reporting), "
@@ -121,8 +135,10 @@ class ParaphraseStudyConfig:
         check_seeds(self.seeds)
         if isinstance(self.lora, dict):
             object.__setattr__(self, "lora", ConsistencyConfig.from_dict(self.lora))
-        least = {"world_studies": MIN_STUDIES, "questions_per_study": 1, "sae_width": 1}
-        least |= {"sae_steps": 1, "analysis_sets": 2, "half_width": 0, "sae_reports": 0}
+        least = {"questions_per_study": 1, "sae_width": 1, "sae_steps": 1}
+        least |= {"analysis_sets": 2, "half_width": 0, "sae_reports": 0}
+        if self.max_studies is not None:
+            least["max_studies"] = MIN_STUDIES
         for name, low in least.items():
             if getattr(self, name) < low:
                 raise ConfigError(f"{name} must be >= {low}, got {getattr(self, name)}")
@@ -141,18 +157,29 @@ class ParaphraseStudyConfig:
         return d
 
 
-def load_paraphrase_recipe(path: str | Path) -> ParaphraseStudyConfig:
-    """A phantom paraphrase study from a recipe YAML (``recipes/consistency-phantom.yaml``).
+@dataclass(frozen=True)
+class ParaphraseRecipe:
+    """A recipe file: the study's ``config`` and, when the recipe names one, the ``data``
+    folder or file of its image-study source (relative to the working directory)."""
 
-    Every key must be a field of :class:`ParaphraseStudyConfig` (``lora`` a
-    ConsistencyConfig); ``model`` may only name the phantom VQA model. Raises ConfigError
-    naming the file and the key."""
+    config: ParaphraseStudyConfig
+    data: Path | None = None
+
+
+def load_paraphrase_recipe(path: str | Path) -> ParaphraseRecipe:
+    """A paraphrase study from a recipe YAML (``recipes/consistency-phantom.yaml``).
+
+    Every key must be a field of :class:`ParaphraseStudyConfig` (``model`` a VLM spec,
+    ``lora`` a ConsistencyConfig) or ``data`` (a path). The model spec's scheme is checked
+    (no weights load). Raises ConfigError naming the file and the key."""
     import yaml
 
     raw = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
-    model = raw.pop("model", "phantom:vqa")
-    if model != "phantom:vqa":
-        raise ConfigError(f"{path}: this runner trains the phantom VQA model, not {model!r}")
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: a recipe is a mapping of keys, got {type(raw).__name__}")
+    data = raw.pop("data", None)
+    if data is not None and not isinstance(data, str):
+        raise ConfigError(f"{path}: data must be a path, got {data!r}")
     unknown = sorted(set(raw) - {f.name for f in fields(ParaphraseStudyConfig)})
     lora = raw.get("lora") or {}
     unknown += sorted(f"lora.{k}" for k in set(lora) - {f.name for f in fields(ConsistencyConfig)})
@@ -161,46 +188,79 @@ def load_paraphrase_recipe(path: str | Path) -> ParaphraseStudyConfig:
         unknown.append("lora.lora.layers (set per run)")
     if unknown:
         raise ConfigError(f"{path}: unknown recipe keys {unknown}")
-    return ParaphraseStudyConfig(**raw)
+    try:
+        config = ParaphraseStudyConfig(**raw)
+        parse_vlm_spec(config.model)
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
+    return ParaphraseRecipe(config, None if data is None else Path(data))
 
 
 # -- the stages, each a function of the config ----------------------------------------------
 
 
-def study_world(config: ParaphraseStudyConfig) -> World:
-    """The phantom world of ``world_studies`` studies and seed ``world_seed``."""
-    return make_world(WorldConfig.seeded(config.world_studies, config.world_seed))
+def study_items(source: ImageStudySource, config: ParaphraseStudyConfig) -> list[Study]:
+    """The first ``max_studies`` items of the source in its order (all when None); row
+    ``i`` of the study's image batch is item ``i``. Raises ``DataError`` when the source
+    has fewer items than ``max_studies``."""
+    items = source.studies()
+    if config.max_studies is not None:
+        if len(items) < config.max_studies:
+            raise DataError(
+                f"{source.root}: max_studies is {config.max_studies} but the source has "
+                f"{len(items)} items"
+            )
+        items = items[: config.max_studies]
+    return items
+
+
+def split_rows(
+    source: ImageStudySource, items: Sequence[Study], split: str
+) -> list[tuple[int, Study]]:
+    """``(row, study)`` for the items of ``split``, in order."""
+    return [(i, s) for i, s in enumerate(items) if source.split_of(s) == split]
 
 
 def study_questions(
-    world: World, config: ParaphraseStudyConfig
+    source: ImageStudySource, items: Sequence[Study], config: ParaphraseStudyConfig
 ) -> tuple[list[ImageQuestion], dict[str, list[ImageQuestion]]]:
     """Training questions (train-split patients, training paraphrase families) and the
     evaluation questions of ``eval_split``: ``in_distribution`` (training families) and
-    ``heldout`` (held-out families), ``questions_per_study`` per study."""
-    kwargs = {"questions_per_study": config.questions_per_study, "seed": config.world_seed}
-    train = world_paraphrase_sets(world, "train", heldout=False, **kwargs)
+    ``heldout`` (held-out families), ``questions_per_study`` per study, seeded by ``seed``.
+    Rows are positions in ``items``."""
+    kwargs = {"questions_per_study": config.questions_per_study, "seed": config.seed}
+    train = image_paraphrase_sets(
+        split_rows(source, items, "train"), "train", heldout=False, **kwargs
+    )
+    rows = split_rows(source, items, config.eval_split)
     evaluation = {
-        "in_distribution": world_paraphrase_sets(world, config.eval_split, heldout=False, **kwargs),
-        "heldout": world_paraphrase_sets(world, config.eval_split, heldout=True, **kwargs),
+        "in_distribution": image_paraphrase_sets(rows, config.eval_split, heldout=False, **kwargs),
+        "heldout": image_paraphrase_sets(rows, config.eval_split, heldout=True, **kwargs),
     }
     return train, evaluation
 
 
-def sae_corpus(world: World, config: ParaphraseStudyConfig) -> list[str]:
-    """``sae_reports`` distinct train-patient reports (seeded by ``world_seed``): in-domain
-    text, since the questions alone have too few distinct tokens for a dictionary."""
-    reports = sorted({world.studies[int(i)].report or "" for i in world.indices("train")} - {""})
-    return random.Random(config.world_seed).sample(reports, min(config.sae_reports, len(reports)))
+def sae_corpus(
+    source: ImageStudySource, items: Sequence[Study], config: ParaphraseStudyConfig
+) -> list[str]:
+    """``sae_reports`` distinct train-patient reports (seeded by ``seed``): in-domain text,
+    since the questions alone have too few distinct tokens for a dictionary."""
+    train = [s for _, s in split_rows(source, items, "train")]
+    reports = sorted({source.report_text(s) or "" for s in train} - {""})
+    return random.Random(config.seed).sample(reports, min(config.sae_reports, len(reports)))
+
+
+def study_images(vlm: YesNoVLM, source: ImageStudySource, items: Sequence[Study]) -> Any:
+    """The items' images in the model's pixel mode, prepared for it
+    (``YesNoVLM.prepare_images``): row ``i`` is item ``i``."""
+    return vlm.prepare_images([source.load_image(s, vlm.image_mode) for s in items])
 
 
 def analysis_questions(
     train: Sequence[ImageQuestion], config: ParaphraseStudyConfig
 ) -> list[ImageQuestion]:
-    """``analysis_sets`` training questions (seeded by ``world_seed``) for the flip analysis."""
-    return random.Random(config.world_seed).sample(
-        list(train), min(config.analysis_sets, len(train))
-    )
+    """``analysis_sets`` training questions (seeded by ``seed``) for the flip analysis."""
+    return random.Random(config.seed).sample(list(train), min(config.analysis_sets, len(train)))
 
 
 def analysis_config(config: ParaphraseStudyConfig) -> AnalysisConfig:
@@ -335,17 +395,19 @@ def train_question_saes(
 
 
 def train_layer_saes(
-    vlm: PhantomVQA,
-    images: torch.Tensor,
+    vlm: YesNoVLM,
+    images: Any,
     questions: Sequence[ImageQuestion],
     config: ParaphraseStudyConfig,
     corpus: Sequence[str] = (),
 ) -> tuple[dict[int, SAE], dict[int, dict[str, Any]]]:
-    """One TopK SAE per question-encoder layer, trained on the residual states of the
-    distinct train-split questions plus ``corpus`` (in-domain text: the question set alone
-    has too few distinct tokens for a dictionary of this width)."""
+    """One TopK SAE (``sae_width``, ``sae_k``, ``sae_steps``) per language block, trained
+    on the residual states of the distinct train-split questions plus ``corpus``
+    (in-domain text: the question set alone has too few distinct tokens for a dictionary
+    of this width); per (image, text) pair when the model's question states depend on the
+    image, else per text."""
     shape = SAEConfig(d_in=1, d_sae=config.sae_width, kind="topk", k=config.sae_k)
-    shape = replace(shape, model="phantom:vqa")
+    shape = replace(shape, model=config.model)
     layers = list(range(len(vlm.layers)))
     return train_question_saes(
         vlm,
@@ -355,7 +417,7 @@ def train_layer_saes(
         shape,
         steps=config.sae_steps,
         corpus=corpus,
-        per_image=False,
+        per_image=vlm.states_depend_on_image,
     )
 
 
@@ -377,16 +439,27 @@ def layer_ranges(chosen: Sequence[int], n_layers: int, names: Sequence[str]) -> 
 
 def run_paraphrase_study(
     config: ParaphraseStudyConfig,
+    source: ImageStudySource,
     out: str | Path,
+    *,
+    device: str | torch.device = "cpu",
+    dtype: str | torch.dtype | None = None,
     log: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
-    """Run every step; write ``results.json``, ``table.md``, the SAEs and the adapters."""
+    """Run every step on ``source`` with the model ``config.model`` (loaded on ``device``
+    in ``dtype``, afresh for each LoRA run); write ``results.json``, ``table.md``, the
+    SAEs (``saes/layer_<L>``, SAELens layout) and the adapters (``runs/<range>/seed<s>``).
+
+    Returns the results dict. Raises ``VLMSpecError`` for a model that cannot be loaded
+    and ``DataError`` for a source with too few items, unreadable images, or an
+    evaluation split with questions of one patient only.
+    """
     out = Path(out)
     say = log or (lambda _msg: None)
-    world = study_world(config)
-    train_sets, eval_sets = study_questions(world, config)
-    vqa = load_default_vqa()
-    images = vqa.embed_images(world.images)
+    items = study_items(source, config)
+    train_sets, eval_sets = study_questions(source, items, config)
+    vqa = load_yes_no_vlm(config.model, device=device, dtype=dtype)
+    images = study_images(vqa, source, items)
     timings: dict[str, float] = {}
 
     start = time.perf_counter()
@@ -396,7 +469,8 @@ def run_paraphrase_study(
 
     start = time.perf_counter()
     say(f"training {len(vqa.layers)} SAEs on train-split questions ...")
-    saes, sae_reports = train_layer_saes(vqa, images, train_sets, config, sae_corpus(world, config))
+    corpus = sae_corpus(source, items, config)
+    saes, sae_reports = train_layer_saes(vqa, images, train_sets, config, corpus)
     pairs = paraphrase_pairs(analysis_questions(train_sets, config))
     analysis = analyse(vqa, images, pairs, saes, analysis_config(config))
     timings["sae"] = time.perf_counter() - start
@@ -424,7 +498,7 @@ def run_paraphrase_study(
         trained[layers] = name
         for seed in config.seeds:
             say(f"consistency LoRA on layers {name} ({layers or 'all'}), seed {seed} ...")
-            model = load_default_vqa(text=None)
+            model = load_yes_no_vlm(config.model, device=device, dtype=dtype)
             start = time.perf_counter()
             lora = run_config(config, layers, seed)
             run_paraphrase_method(
@@ -444,6 +518,7 @@ def run_paraphrase_study(
     results = to_jsonable(
         {
             "config": config.to_dict(),
+            "data": {**source.description, "studies": len(items)},
             "counts": {
                 "train_sets": len(train_sets),
                 **{k: len(v) for k, v in eval_sets.items()},
@@ -485,114 +560,26 @@ def clamped_report(
     return report
 
 
-# -- the table ---------------------------------------------------------------------------------
-
-
-def _cell(values: list[float], scale: float = 100.0, digits: int = 1) -> str:
-    if not values or any(v is None or not np.isfinite(v) for v in values):
-        return "n/a"
-    mean = scale * float(np.mean(values))
-    if len(values) == 1:
-        return f"{mean:.{digits}f}"
-    lo, hi = scale * min(values), scale * max(values)
-    return f"{mean:.{digits}f} ({lo:.{digits}f}–{hi:.{digits}f})"
-
-
-PAIRED_REFERENCES: tuple[tuple[str, str], ...] = (
-    ("baseline", "Δ flip vs baseline"),
-    ("all", "Δ flip vs all-layer LoRA"),
-)
-
-
-def _conditions(results: dict[str, Any]) -> list[tuple[str, str, list[dict[str, Any]]]]:
-    """(row label, reference key, reports) for the baseline, clamping and each LoRA range."""
-    rows: list[tuple[str, str, list[dict[str, Any]]]] = [
-        ("baseline", "baseline", [results["baseline"]])
-    ]
-    if results.get("clamping"):
-        a = results["clamping"]
-        rows.append((f"clamp L{a['layer']} f{a['feature']}", "clamping", [a]))
-    for name, reports in results["runs"].items():
-        layers = reports[0]["layers"]
-        label = f"LoRA {name} ({'all' if layers is None else _span(layers)})"
-        if "same_as" in reports[0]:
-            label += f", same runs as {reports[0]['same_as']}"
-        rows.append((label, name, reports))
-    return rows
-
-
-def paired_rows(
-    results: dict[str, Any], split: str = "heldout"
-) -> list[tuple[str, str, dict[str, PairedDifference | None]]]:
-    """Per condition: (row label, key, ``{reference: PairedDifference or None}``), the
-    paired difference of the per-question flip indicator on ``split`` against the
-    baseline and against all-layer LoRA (:data:`PAIRED_REFERENCES`): per question, flips
-    averaged over each condition's seeds, a patient bootstrap of the mean difference, and
-    McNemar's exact p when both sides have one seed. None for the reference itself, a
-    reference that did not run, or reports without ``items``."""
-    conditions = _conditions(results)
-    by_key = {key: reports for _, key, reports in conditions}
-    out = []
-    for label, key, reports in conditions:
-        cells: dict[str, PairedDifference | None] = {}
-        for ref, _ in PAIRED_REFERENCES:
-            other = by_key.get(ref)
-            if ref == key or other is None:
-                cells[ref] = None
-                continue
-            if not all("items" in r[split] for r in (*reports, *other)):
-                cells[ref] = None
-                continue
-            cells[ref] = paired_items(
-                [r[split]["items"] for r in reports], [r[split]["items"] for r in other], "flip"
-            )
-        out.append((label, key, cells))
-    return out
-
-
-def results_table(results: dict[str, Any]) -> str:
-    """Markdown: held-out paraphrase families (and in-distribution flip rate), mean and
-    range over seeds, and the paired differences of :func:`paired_rows` in percentage
-    points with their 95% intervals."""
-    head = (
-        "| condition | seeds | flip rate | pairwise flip | mean abs margin diff | accuracy | "
-        "flip rate, in-dist | text-only agreement | "
-        + " | ".join(f"{title} [95% interval]" for _, title in PAIRED_REFERENCES)
-        + " |"
-    )
-    lines = [head, "|" + "---|" * (8 + len(PAIRED_REFERENCES))]
-    paired = paired_rows(results)
-    for (label, _, reports), (_, _, cells) in zip(_conditions(results), paired, strict=True):
-
-        def vals(split: str, key: str, reps: list[dict[str, Any]] = reports) -> list[float]:
-            return [r[split][key]["value"] for r in reps]
-
-        deltas = []
-        for ref, _ in PAIRED_REFERENCES:
-            cell = cells[ref]
-            deltas.append("–" if cell is None else cell.pp())
-        lines.append(
-            "| "
-            + " | ".join(
-                [
-                    label,
-                    str(len(reports)),
-                    _cell(vals("heldout", "flip_rate")),
-                    _cell(vals("heldout", "pairwise_flip_rate")),
-                    _cell(vals("heldout", "margin_difference"), scale=1.0, digits=2),
-                    _cell(vals("heldout", "accuracy")),
-                    _cell(vals("in_distribution", "flip_rate")),
-                    _cell(vals("heldout", "text_only_agreement")),
-                    *deltas,
-                ]
-            )
-            + " |"
-        )
-    return "\n".join(lines)
-
-
-def _span(layers: Sequence[int]) -> str:
-    layers = sorted(layers)
-    if layers == list(range(layers[0], layers[-1] + 1)):
-        return f"L{layers[0]}–{layers[-1]}" if len(layers) > 1 else f"L{layers[0]}"
-    return ",".join(f"L{i}" for i in layers)
+__all__ = [
+    "PAPER",
+    "RANGES",
+    "ParaphraseRecipe",
+    "ParaphraseStudyConfig",
+    "analysis_config",
+    "analysis_questions",
+    "clamped_report",
+    "evaluate_both",
+    "evaluate_sets",
+    "layer_ranges",
+    "load_paraphrase_recipe",
+    "run_config",
+    "run_paraphrase_study",
+    "sae_corpus",
+    "split_rows",
+    "study_images",
+    "study_items",
+    "study_questions",
+    "swap_rows",
+    "train_layer_saes",
+    "train_question_saes",
+]

@@ -5,12 +5,8 @@ import pytest
 
 from mechtune.data.schema import ImageQuestion, ParaphraseSet
 from mechtune.eval.metrics import paired_difference
-from mechtune.eval.paraphrase_study import (
-    layer_ranges,
-    paired_rows,
-    results_table,
-    swap_rows,
-)
+from mechtune.pipelines.paraphrase import layer_ranges, swap_rows
+from mechtune.pipelines.paraphrase_report import paired_rows, results_table
 
 
 def test_layer_ranges_have_the_width_of_the_chosen_range():
