@@ -17,7 +17,7 @@ from contextlib import nullcontext
 
 import torch
 
-from mechtune.eval.zero_shot import embed_images
+from mechtune.eval.negation import embed_images
 from mechtune.models.spec import load_dual_encoder
 from mechtune.sim.world import WorldConfig, make_world
 from mechtune.train.lora import LoraSettings, apply_text_lora, lora_parameters

@@ -128,6 +128,8 @@ def test_every_trace_option_changes_the_output(setup, tmp_path):
     assert trace("val", "--split", "val")["counts"]["split"] == "val"
     loose = trace("gap", "--min-gap-share", 0.0)
     assert loose["aggregation"]["min_gap_share"] == 0.0 != first["aggregation"]["min_gap_share"]
+    refused = invoke("trace", *base, "--min-gap-share", 1.5, "--out", tmp_path / "z", code=2)
+    assert "--min-gap-share" in refused
     phantom = trace("phantom", "--model", models["phantom"])
     assert phantom["aggregation"]["pooling"] == "mean"
 

@@ -170,7 +170,10 @@ def test_sae_fields_change_the_saes(par_base, sae_inputs, name, value):
         ({"model": "medgemma"}, "model must be a VLM spec SCHEME:NAME, got 'medgemma'"),
         ({"analysis_sets": 1}, "analysis_sets must be >= 2"),
         ({"sae_k": 20, "sae_width": 16}, r"sae_k \(20\) must be in \[1, sae_width \(16\)\]"),
-        ({"lora": ConsistencyConfig(layers=(1,))}, "lora.layers and lora.seed are set per run"),
+        (
+            {"lora": ConsistencyConfig(lora=LoraSettings(layers=(1,)))},
+            "lora.lora.layers and lora.seed are set per run",
+        ),
         ({"lora": ConsistencyConfig(seed=2)}, "lora.layers and lora.seed are set per run"),
         ({"eval_split": "train"}, "eval_split must be 'val'"),
     ],
@@ -182,7 +185,9 @@ def test_paraphrase_config_refuses_bad_values(change, message):
 
 def test_recipes_take_model_and_data_and_refuse_unknown_keys(tmp_path):
     recipe = tmp_path / "r.yaml"
-    recipe.write_text("model: phantom:vqa\ndata: runs/world\nmax_studies: 100\nlora:\n  lora: {rank: 4}\n")
+    recipe.write_text(
+        "model: phantom:vqa\ndata: runs/world\nmax_studies: 100\nlora:\n  lora: {rank: 4}\n"
+    )
     loaded = par.load_paraphrase_recipe(recipe)
     assert loaded.data is not None and loaded.data.as_posix() == "runs/world"
     assert (loaded.config.max_studies, loaded.config.lora.lora.rank) == (100, 4)

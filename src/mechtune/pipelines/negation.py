@@ -50,15 +50,15 @@ from mechtune.pipelines.negation_report import (
     paired_comparisons,
     results_table,
 )
-from mechtune.train.negation import LoopConfig
-from mechtune.train.lora import LoraSettings
 from mechtune.train.checkpoint import load_trained
+from mechtune.train.lora import LoraSettings
 from mechtune.train.methods import (
     NegationData,
     methods_for,
     negation_examples,
     run_method,
 )
+from mechtune.train.negation import LoopConfig
 
 Log = Callable[[str], None]
 

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from mechtune.eval.metrics import paired_difference
-from mechtune.eval.negation_study import (
+from mechtune.pipelines.negation_report import (
     PAIRED_METRICS,
     paired_comparisons,
     paired_table,
