@@ -104,7 +104,9 @@ def contact_sheet(
 
 
 def blind_spot_chart(claims: dict[str, Any], path: str | Path) -> Path:
-    """Bar chart: zero-shot accuracy by polarity and flipped attribute, with 95% CIs."""
+    """Bar chart: accuracy by polarity and flipped attribute, with 95% CIs. A slice the
+    data cannot support (None, e.g. contralateral without sides) is left out, and named
+    under the axis as n/a."""
     plt = _pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
     for ax, (key, title) in zip(
@@ -115,7 +117,9 @@ def blind_spot_chart(claims: dict[str, Any], path: str | Path) -> Path:
         ),
         strict=True,
     ):
-        names = list(next(iter(claims.values()))[key])
+        every = list(dict.fromkeys(n for r in claims.values() for n in r[key]))
+        names = [n for n in every if all(r[key].get(n) is not None for r in claims.values())]
+        missing = [n for n in every if n not in names]
         width = 0.38
         for j, (family, result) in enumerate(claims.items()):
             est = [result[key][n] for n in names]
@@ -128,6 +132,8 @@ def blind_spot_chart(claims: dict[str, Any], path: str | Path) -> Path:
         if key == "pairwise_by_attribute":
             ax.axhline(0.5, color="grey", lw=0.8, ls=":", label="chance")
         ax.set_title(title, fontsize=9)
+        if missing:
+            ax.set_xlabel(f"n/a (not in the data): {', '.join(missing)}", fontsize=7)
         ax.legend(fontsize=7)
     fig.tight_layout()
     return _save_png(plt, fig, path, dpi=100)

@@ -78,6 +78,9 @@ class RunOptions:
     cache_dir: Path | None = None
 
     def load(self, spec: str) -> DualEncoder:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()  # no per-load progress bars in run logs
         return load_dual_encoder(spec, device=self.device, dtype=self.dtype)
 
 
@@ -504,8 +507,12 @@ def run_negation_study(
         if method != "zero-shot":
             norms = block_update_norms(encoder.model, initial)
             report["update_norms"] = norms
+            # a tower of fewer blocks than k has no top-k share (n/a in the table)
             report["update_share"] = {
-                f"top{k}": update_share(norms, cte_by_block, k) for k in (3, 5)
+                f"top{k}": update_share(norms, cte_by_block, k)
+                if k <= len(cte_by_block)
+                else None
+                for k in (3, 5)
             }
         runs.setdefault(method, []).append(report)
     results: dict[str, Any] = {
