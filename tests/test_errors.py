@@ -69,24 +69,23 @@ def test_library_raises_no_bare_builtin_errors_and_never_exits() -> None:
 
 
 def test_cli_turns_a_mechtune_error_into_one_message_and_exit_2(tmp_path: Path) -> None:
-    claims = tmp_path / "claims.jsonl"
-    claims.write_text('{"image": 0, "candidates": ["a"], "correct": 0}\n')
-    result = CliRunner().invoke(
-        app, ["eval", "negation", "--claims", str(claims), "--n", "20"], catch_exceptions=False
-    )
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text("methods: [nast]\nloop: {stpes: 3}\n")
+    args = ["negation", "study", "--recipe", str(recipe), "--data", str(tmp_path), "--dry-run"]
+    result = CliRunner().invoke(app, args, catch_exceptions=False)
     assert result.exit_code == 2
     out = " ".join(result.output.split())
-    assert "error:" in out and "line 1" in out and "candidates" in out
+    assert "error:" in out and "recipe.yaml" in out and "loop.stpes" in out
     assert "Traceback" not in result.output
 
 
 def test_cli_reports_a_missing_file_by_name(tmp_path: Path) -> None:
-    missing = tmp_path / "nope.jsonl"
+    missing = tmp_path / "nope.yaml"
     result = CliRunner().invoke(
-        app, ["eval", "negation", "--claims", str(missing), "--n", "20"], catch_exceptions=False
+        app, ["negation", "study", "--recipe", str(missing), "--dry-run"], catch_exceptions=False
     )
     assert result.exit_code == 2
-    assert "nope.jsonl" in " ".join(result.output.split())
+    assert "nope.yaml" in " ".join(result.output.split())
 
 
 def test_data_error_is_a_value_error() -> None:

@@ -22,6 +22,7 @@ from mechtune.cli import sae as sae_cli
 from mechtune.cli import sim as sim_cli
 from mechtune.cli._common import MechtuneGroup, console, data_source, progress_bar
 from mechtune.data.check import DEFAULT_MAX_DISAGREEMENT
+from mechtune.data.io import write_json
 from mechtune.data.polarity_check import clinical_available
 
 app = typer.Typer(
@@ -262,12 +263,23 @@ def demo(
     as MIMIC-CXR-JPG lays out its files), OUT/data/{polarity,contextual,paraphrase}
     (benchmarks built from that folder by the MIMIC reader, with manifests, checked by an
     independent negation detector),
-    OUT/zero_shot.json, OUT/negation and OUT/paraphrase (results.json, table.md, adapters,
-    SAEs) and OUT/figures/*.png, and prints the tables.
+    OUT/zero-shot (eval.json, table.md), OUT/negation and OUT/paraphrase (results.json,
+    table.md, adapters, SAEs), OUT/figures/*.png and OUT/timings.json (seconds per stage),
+    and prints the tables.
     """
     start = time.perf_counter()
+    timings: dict[str, float] = {}
+
+    clock = [start]
+
+    def lap(stage: str) -> None:
+        now = time.perf_counter()
+        timings[stage] = round(now - clock[0], 1)
+        clock[0] = now
+
     plan = demo_plan(n, seed, quick, out)
     _world(out, plan.n, plan.seed)
+    lap("world: render, save, export as MIMIC-CXR-JPG")
     # The data build reads the export as a MIMIC-CXR-JPG user's data is read: labels,
     # official splits, and side and size from the reports (when medspacy is installed).
     source = data_source(out / MIMIC_DIR, "skip", False, report_facts=clinical_available())
@@ -282,13 +294,22 @@ def demo(
         nested=True,
     )
     console.print(_examples(out / "data"))
+    lap("data: read the export (report facts), build and check")
     # The negation part runs as `negation eval` and `negation study --model phantom:default
     # --data OUT/mimic-cxr-jpg` do, on the source just read (image embeddings cached in
     # OUT/cache).
     options = negation_cli.pipeline.RunOptions(cache_dir=out / "cache")
     _zero_shot(out, source, plan.negation, options, quick)
+    lap("zero-shot evaluation")
     negation_cli.run_study(plan.negation, source, out / "negation", options)
+    lap("negation study")
     _paraphrase_study(out, plan.paraphrase)
+    lap("paraphrase study")
+    write_json(out / "timings.json", {**timings, "total": round(sum(timings.values()), 1)})
+    console.print(
+        "stage seconds: " + ", ".join(f"{k.split(':')[0]} {v}" for k, v in timings.items()),
+        highlight=False,
+    )
     ctx = results["contextual"].counts
     console.print(
         f"[bold]done[/] in {time.perf_counter() - start:.1f} s: {plan.n} studies -> "

@@ -509,9 +509,7 @@ def run_negation_study(
             report["update_norms"] = norms
             # a tower of fewer blocks than k has no top-k share (n/a in the table)
             report["update_share"] = {
-                f"top{k}": update_share(norms, cte_by_block, k)
-                if k <= len(cte_by_block)
-                else None
+                f"top{k}": update_share(norms, cte_by_block, k) if k <= len(cte_by_block) else None
                 for k in (3, 5)
             }
         runs.setdefault(method, []).append(report)
