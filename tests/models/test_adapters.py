@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from mechtune.errors import UnsupportedModelError
+from mechtune.errors import MissingExtraError, UnsupportedModelError
 from mechtune.models.dual_encoder import PhantomDualEncoder
 from mechtune.models.hf_dual import HFCLIPDualEncoder
 from mechtune.models.sites import text_site
@@ -93,7 +93,7 @@ def test_openclip_missing_extra_is_a_clear_error():
     try:
         import open_clip  # noqa: F401
     except Exception:
-        with pytest.raises(ModelSpecError, match=r"mechtune\[openclip\]"):
+        with pytest.raises(MissingExtraError, match=r"mechtune\[openclip\]"):
             load_dual_encoder(
                 "openclip:hf-hub:microsoft/BiomedCLIP-PubMedBERT_256-vit_base_patch16_224"
             )

@@ -36,7 +36,9 @@ def test_the_phantom_scheme_is_an_entry_point_of_sim():
 
 
 def test_a_registered_scheme_loads_and_is_named_in_errors(monkeypatch):
-    monkeypatch.setattr(spec, "_REGISTRY", dict(spec._REGISTRY))
+    registry = spec.SchemeRegistry("model", spec.ENTRY_POINT_GROUP, ModelSpecError)
+    registry._schemes = dict(spec._REGISTRY._schemes)
+    monkeypatch.setattr(spec, "_REGISTRY", registry)
     seen = []
 
     def load(name, *, device, dtype):

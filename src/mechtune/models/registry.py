@@ -9,8 +9,8 @@ that own a scheme (``mechtune.sim`` registers ``phantom:``), as in TransformerLe
 registry keyed by architecture or importlib-metadata plugin groups.
 
 Loaders are called ``load(name, device=..., dtype=...)``: ``device`` a torch device or its
-name, ``dtype`` a ``torch.dtype`` or None (the checkpoint's own), as :func:`resolve_dtype`
-returns it.
+name, ``dtype`` a ``torch.dtype`` or None (the checkpoint's own), as
+:func:`mechtune.models.precision.resolve_dtype` returns it.
 """
 
 from __future__ import annotations
@@ -24,28 +24,9 @@ from typing import Any, Generic, TypeVar
 import torch
 
 from mechtune.errors import ConfigError, MechtuneError
+from mechtune.models.precision import resolve_device, resolve_dtype
 
 T = TypeVar("T")
-
-DTYPES: dict[str, torch.dtype | None] = {
-    "float32": torch.float32,
-    "bfloat16": torch.bfloat16,
-    "float16": torch.float16,
-    "auto": None,
-}
-
-
-def resolve_dtype(dtype: str | torch.dtype | None) -> torch.dtype | None:
-    """``"float32" | "bfloat16" | "float16"`` or a ``torch.dtype`` -> that dtype;
-    ``"auto"`` or None -> None (keep the checkpoint's). Raises ``ConfigError`` naming the
-    value and the accepted names otherwise."""
-    if dtype is None or isinstance(dtype, torch.dtype):
-        if dtype is not None and dtype not in DTYPES.values():
-            raise ConfigError(f"dtype must be one of {list(DTYPES)}, got {dtype}")
-        return dtype
-    if dtype not in DTYPES:
-        raise ConfigError(f"dtype must be one of {list(DTYPES)}, got {dtype!r}")
-    return DTYPES[dtype]
 
 
 @dataclass(frozen=True)
@@ -109,16 +90,17 @@ class SchemeRegistry(Generic[T]):
     def load(
         self, spec: str, *, device: str | torch.device = "cpu", dtype: str | torch.dtype | None
     ) -> T:
-        """Load the model a spec names on ``device`` in ``dtype`` (:func:`resolve_dtype`).
+        """Load the model a spec names on ``device`` in ``dtype`` (both resolved by
+        :mod:`mechtune.models.precision`).
 
         Raises ``error`` for a malformed spec, an unknown scheme, a missing extra, or a
         model that cannot be read (offline hub ids say so); ``ConfigError`` for a bad dtype.
         """
-        resolved = resolve_dtype(dtype)
         scheme, name = self.parse(spec)
+        where, resolved = resolve_device(device), resolve_dtype(dtype)
         loader = self._schemes[scheme].load
         try:
-            return loader(name, device=torch.device(device), dtype=resolved)
+            return loader(name, device=where, dtype=resolved)
         except MechtuneError:
             raise
         except ImportError as exc:
@@ -131,4 +113,4 @@ class SchemeRegistry(Generic[T]):
             raise self.error(f"cannot load {spec!r}: {exc}{hint}") from exc
 
 
-__all__ = ["DTYPES", "Scheme", "SchemeRegistry", "resolve_dtype"]
+__all__ = ["Scheme", "SchemeRegistry"]

@@ -26,18 +26,15 @@ Remote code is never trusted. Hub ids need network access unless cached; with
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
-from dataclasses import dataclass
-from importlib.metadata import entry_points
 
 import torch
 
-from mechtune.errors import ConfigError, UnsupportedModelError
+from mechtune.errors import ConfigError
 from mechtune.models.dual_encoder import DualEncoder
 from mechtune.models.hf_dual import load_hf
 from mechtune.models.open_clip_adapter import OpenCLIPDualEncoder
-from mechtune.models.precision import resolve_device, resolve_dtype
+from mechtune.models.registry import SchemeRegistry
 
 # load(name, *, device: torch.device, dtype: torch.dtype | None) -> DualEncoder
 Loader = Callable[..., DualEncoder]
@@ -49,17 +46,7 @@ class ModelSpecError(ConfigError):
     """A model spec is malformed or names a model that cannot be loaded."""
 
 
-@dataclass(frozen=True)
-class Scheme:
-    """How one spec scheme loads a dual encoder: ``load(name, device=, dtype=)`` gets the
-    text after ``scheme:``; ``examples`` are full specs shown in error messages."""
-
-    name: str
-    load: Loader
-    examples: tuple[str, ...] = ()
-
-
-_REGISTRY: dict[str, Scheme] = {}
+_REGISTRY: SchemeRegistry[DualEncoder] = SchemeRegistry("model", ENTRY_POINT_GROUP, ModelSpecError)
 
 
 def register_scheme(name: str, load: Loader, examples: tuple[str, ...] = ()) -> None:
@@ -68,47 +55,18 @@ def register_scheme(name: str, load: Loader, examples: tuple[str, ...] = ()) -> 
 
     Raises ``ConfigError`` for a name that is empty or contains ``:``.
     """
-    if not name or ":" in name:
-        raise ConfigError(f"a model-spec scheme is a non-empty name without ':', got {name!r}")
-    _REGISTRY[name] = Scheme(name, load, tuple(examples))
-
-
-def _plugins() -> dict[str, object]:
-    return {ep.name: ep for ep in entry_points(group=ENTRY_POINT_GROUP)}
+    _REGISTRY.register(name, load, examples)
 
 
 def schemes() -> tuple[str, ...]:
     """Every scheme a spec may use: registered ones and those of installed entry points."""
-    return tuple(sorted(set(_REGISTRY) | set(_plugins())))
-
-
-def _scheme(name: str) -> Scheme | None:
-    if name not in _REGISTRY:
-        plugin = _plugins().get(name)
-        if plugin is not None:
-            plugin.load()()  # type: ignore[attr-defined]
-    return _REGISTRY.get(name)
-
-
-def _examples() -> str:
-    shown = [e for name in schemes() for e in (_scheme(name) or Scheme(name, _none)).examples]
-    return " | ".join(shown)
-
-
-def _none(name: str, **kw: object) -> DualEncoder:  # pragma: no cover - never called
-    raise ModelSpecError(name)
+    return _REGISTRY.schemes()
 
 
 def parse_spec(spec: str) -> tuple[str, str]:
     """``"scheme:name"`` -> ``(scheme, name)``. Raises ``ModelSpecError`` naming the known
     schemes when the spec is malformed or its scheme is not registered."""
-    scheme, sep, rest = (spec or "").partition(":")
-    if not sep or _scheme(scheme) is None or not rest:
-        raise ModelSpecError(
-            f"bad model spec {spec!r}: expected SCHEME:NAME with SCHEME one of "
-            f"{', '.join(schemes())}, e.g. {_examples()}"
-        )
-    return scheme, rest
+    return _REGISTRY.parse(spec)
 
 
 def load_dual_encoder(
@@ -126,19 +84,7 @@ def load_dual_encoder(
     model that cannot be read (offline hub ids say so), ``UnsupportedModelError`` for an
     architecture no adapter supports.
     """
-    scheme, name = parse_spec(spec)
-    where, torch_dtype = resolve_device(device), resolve_dtype(dtype)
-    loader = _REGISTRY[scheme].load
-    try:
-        return loader(name, device=where, dtype=torch_dtype)
-    except (ModelSpecError, UnsupportedModelError):
-        raise
-    except ImportError as exc:
-        raise ModelSpecError(f"cannot load {spec!r}: {exc}") from exc
-    except (OSError, FileNotFoundError, ValueError) as exc:
-        offline = os.environ.get("HF_HUB_OFFLINE") == "1"
-        hint = " (HF_HUB_OFFLINE=1: only local folders and cached models load)" if offline else ""
-        raise ModelSpecError(f"cannot load {spec!r}: {exc}{hint}") from exc
+    return _REGISTRY.load(spec, device=device, dtype=dtype)
 
 
 register_scheme(
