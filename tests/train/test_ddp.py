@@ -12,6 +12,15 @@ from tests.tiny_models import tiny_clip
 from tests.train import ddp_worker
 
 
+def free_port() -> int:
+    """A TCP port nothing listens on now (a fixed port fails when another run holds it)."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
 def test_two_process_cpu_ddp_matches_single_process(tmp_path):
     folder = tiny_clip(tmp_path / "clip")
     out = tmp_path / "ddp"
@@ -26,7 +35,7 @@ def test_two_process_cpu_ddp_matches_single_process(tmp_path):
         "--nproc_per_node",
         "2",
         "--master_port",
-        "29533",
+        str(free_port()),
         str(Path(ddp_worker.__file__)),
         str(folder),
         str(out),
