@@ -64,3 +64,13 @@ def test_a_registered_scheme_loads_and_is_named_in_errors(monkeypatch):
 def test_bad_scheme_names_are_refused(name):
     with pytest.raises(ConfigError, match="non-empty name without ':'"):
         register_scheme(name, lambda n: None)
+
+
+def test_adapters_are_reachable_from_the_interface_module():
+    from mechtune.models import dual_encoder, hf_dual, open_clip_adapter
+
+    assert dual_encoder.HFCLIPDualEncoder is hf_dual.HFCLIPDualEncoder
+    assert dual_encoder.SiglipDualEncoder is hf_dual.SiglipDualEncoder
+    assert dual_encoder.OpenCLIPDualEncoder is open_clip_adapter.OpenCLIPDualEncoder
+    with pytest.raises(AttributeError, match="no attribute 'Nope'"):
+        dual_encoder.Nope  # noqa: B018

@@ -436,3 +436,22 @@ class PhantomDualEncoder(DualEncoder):
     @property
     def logit_scale(self) -> float:
         return float(self.model.logit_scale.detach().float().exp())
+
+
+# The adapters of other libraries' classes live in their own modules (hf_dual,
+# open_clip_adapter), which import this one; they are also reachable from here, where the
+# adapter interface is, without an import cycle.
+_ADAPTERS = {
+    "HFCLIPDualEncoder": "mechtune.models.hf_dual",
+    "SiglipDualEncoder": "mechtune.models.hf_dual",
+    "VisionTextDualEncoder": "mechtune.models.hf_dual",
+    "OpenCLIPDualEncoder": "mechtune.models.open_clip_adapter",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _ADAPTERS:
+        import importlib
+
+        return getattr(importlib.import_module(_ADAPTERS[name]), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
