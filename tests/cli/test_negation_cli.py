@@ -317,7 +317,8 @@ def test_study_dry_run_checks_the_mimic_recipe_without_loading(setup, tmp_path):
         "--out",
         tmp_path / "never",
     )
-    assert "mimic-cxr-jpg source" in out and "openclip" in out and "all checks passed" in out
+    assert "mimic-cxr-jpg source" in out and "mechtune[openclip]" in out
+    assert "lacks 2 thing(s) the run needs" in out  # open_clip, and the hub offline
     assert not (tmp_path / "never").exists()
     bad = tmp_path / "bad.yaml"
     bad.write_text("methods: [nast]\nloop: {scalling: lr}\n")
@@ -376,3 +377,125 @@ OPTION_TESTS = {
         "--dry-run": "test_study_dry_run_checks_the_mimic_recipe_without_loading",
     },
 }
+
+
+def test_adapters_are_checked_against_the_model_dtype_and_split(setup, tmp_path):
+    """What a review found: an adapter is refused for another model before anything
+    loads, accepted at another dtype within bf16 rounding; user pairs may not come from
+    another split; a resumed run must keep its method and alpha and cannot go backwards;
+    cheap checks fail before the data is read; error text is printed as written."""
+    _, data, models = setup
+    base = ["--model", models["clip"], *common(data, tmp_path / "cache")]
+    invoke("trace", *base, "--max-pairs", 10, "--out", tmp_path / "trace")
+    run = tmp_path / "run"
+    invoke(
+        "train",
+        *base,
+        "--method",
+        "nast",
+        "--alpha",
+        tmp_path / "trace",
+        "--steps",
+        2,
+        "--out",
+        run,
+    )
+    identity = json.loads((run / "run.json").read_text())
+    assert identity["method"] == "nast" and identity["model"] == models["clip"]
+
+    other = ["--model", models["siglip"], *common(data, tmp_path / "cache")]
+    refused = invoke("eval", *other, "--adapter", run, "--out", tmp_path / "e1", code=2)
+    assert f"trained on --model {models['clip']}" in refused
+    invoke("eval", *base, "--adapter", run, "--dtype", "bfloat16", "--out", tmp_path / "e2")
+    check = json.loads((tmp_path / "e2" / "eval.json").read_text())["adapter_check"]
+    assert check["trained_dtype"] == "float32" and check["dtype"] == "bfloat16"
+    assert 0 < check["max_abs_diff"] <= check["tolerance"] == 2e-2
+
+    # a resumed run keeps its method and alpha, and never goes back in steps
+    out = invoke(
+        "train", *base, "--method", "uniform-lora", "--steps", 3, "--resume", "--out", run, code=2
+    )
+    assert "method 'nast' -> 'uniform-lora'" in out
+    assert "beyond the 1 steps" in invoke(
+        "train",
+        *base,
+        "--method",
+        "nast",
+        "--alpha",
+        tmp_path / "trace",
+        "--steps",
+        1,
+        "--resume",
+        "--out",
+        run,
+        code=2,
+    )
+    invoke("trace", *base, "--max-pairs", 5, "--seed", 3, "--out", tmp_path / "trace2")
+    moved = invoke(
+        "train",
+        *base,
+        "--method",
+        "nast",
+        "--alpha",
+        tmp_path / "trace2",
+        "--steps",
+        3,
+        "--resume",
+        "--out",
+        run,
+        code=2,
+    )
+    assert "alpha" in moved and "other settings" in moved
+
+    # user pairs from test patients are refused for the default --split train
+    meta = json.loads((tmp_path / "trace" / "trace.json").read_text())
+    from mechtune.data.sources import open_source
+
+    source = open_source(data)
+    test_id = next(s.study_id for s in source if source.split_of(s) == "test")
+    pairs = tmp_path / "pairs.jsonl"
+    pair = meta["pairs"][0]
+    pairs.write_text(
+        json.dumps({"correct": pair["correct"], "foil": pair["foil"], "image": test_id}) + "\n"
+    )
+    out = invoke("trace", *base, "--pairs", pairs, "--out", tmp_path / "t3", code=2)
+    assert "line 1" in out and "test-split study" in out and "--split train" in out
+    invoke("trace", *base, "--pairs", pairs, "--split", "test", "--out", tmp_path / "t4")
+
+    # cheap checks fail before the data is read (the data folder does not even exist)
+    nowhere = ["--data", tmp_path / "nowhere", "--no-cache"]
+    assert "bad model spec" in invoke("eval", "--model", "nope:x", *nowhere, code=2)
+    assert "cuda:3" in invoke(
+        "eval", "--model", models["clip"], "--device", "cuda:3", *nowhere, code=2
+    )
+    assert "--split must be one of" in invoke("trace", "--split", "foo", *nowhere, code=2)
+    # messages are text, not markup: the extra's name survives
+    missing = invoke(
+        "eval",
+        "--model",
+        "openclip:hf-hub:x/y",
+        *common(data, tmp_path / "c"),
+        "--out",
+        tmp_path / "e3",
+        code=2,
+    )
+    assert "mechtune[openclip]" in missing
+
+
+def test_eval_report_names_patients_seed_and_version(setup, tmp_path):
+    import mechtune
+
+    _, data, models = setup
+    out = invoke(
+        "eval",
+        "--model",
+        models["phantom"],
+        *common(data, tmp_path / "cache"),
+        "--out",
+        tmp_path / "e",
+    )
+    report = json.loads((tmp_path / "e" / "eval.json").read_text())
+    patients = len(set(report["items"]["retrieval"]["patient"]))
+    assert f"{report['studies']} studies of {patients} patients" in out
+    assert report["seed"] == 0 and report["mechtune"] == mechtune.__version__
+    assert "needs --adapter" in report["not_available"]["retention"]

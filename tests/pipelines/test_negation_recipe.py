@@ -151,6 +151,12 @@ def test_recipes_refuse_unknown_keys_naming_the_file(tmp_path):
     bad.write_text("loop: {steps: {a: 1}}\n")
     with pytest.raises(ConfigError, match=r"r\.yaml"):
         neg.load_recipe(bad)
+    bad.write_text("loop: {steps: abc, lora: {rank: 2}}\n")
+    with pytest.raises(ConfigError, match=r"r\.yaml: loop\.steps must be an integer, got 'abc'"):
+        neg.load_recipe(bad)
+    bad.write_text("trace_max_pairs: 2.5\n")
+    with pytest.raises(ConfigError, match=r"trace_max_pairs must be an integer, got 2\.5"):
+        neg.load_recipe(bad)
     bad.write_text("- a list\n")
     with pytest.raises(ConfigError, match="a recipe is a mapping"):
         neg.load_recipe(bad)

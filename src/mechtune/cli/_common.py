@@ -10,6 +10,7 @@ from typing import Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -52,7 +53,8 @@ def report_error(exc: BaseException) -> None:
     message = str(exc)
     if isinstance(exc, FileNotFoundError) and exc.filename is not None:
         message = f"{exc.filename}: no such file or folder"
-    console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    # the message is text, not markup: "mechtune[openclip]" must print as written
+    console.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
 
 
 class MechtuneGroup(TyperGroup):

@@ -10,14 +10,17 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
+from mechtune import __version__
 from mechtune.cli._common import console, data_source, progress_bar
 from mechtune.data.io import atomic_write_text, to_jsonable, write_json
 from mechtune.errors import ConfigError
 from mechtune.eval.negation import summary_rows
 from mechtune.interp.ratios import MIN_GAP_SHARE
 from mechtune.interp.result import TraceConfig, TraceResult
+from mechtune.models.spec import parse_spec
 from mechtune.pipelines import negation as pipeline
 
 app = typer.Typer(
@@ -111,9 +114,23 @@ def _data_path(recipe: pipeline.NegationStudyConfig) -> Path:
     return Path(recipe.data)
 
 
-def _options(device: str, dtype: str | None, cache_dir: Path | None, no_cache: bool) -> Any:
+def _options(
+    settings: pipeline.NegationStudyConfig,
+    device: str,
+    dtype: str | None,
+    cache_dir: Path | None,
+    no_cache: bool,
+) -> Any:
+    """The run options, after the checks that need no data: the model spec's scheme, the
+    device and the dtype (``ConfigError`` before anything is read or loaded)."""
+    parse_spec(settings.model)
     cache = None if no_cache else (cache_dir or default_cache_dir())
     return pipeline.RunOptions(device=device, dtype=dtype, cache_dir=cache)
+
+
+def _check_split(split: str, allowed: tuple[str, ...]) -> None:
+    if split not in allowed:
+        raise ConfigError(f"--split must be one of {', '.join(allowed)}, got {split!r}")
 
 
 def _open(recipe: pipeline.NegationStudyConfig, uncertain: str, report_facts: bool) -> Any:
@@ -216,8 +233,12 @@ def trace_command(
 ) -> None:
     """Trace where negation is processed: CTE per layer and token role, and alpha_l."""
     settings = _recipe(recipe, model, data)
-    options = _options(device, dtype, cache_dir, no_cache)
+    _check_split(split, ("train", "val", "test"))
+    options = _options(settings, device, dtype, cache_dir, no_cache)
     source = _open(settings, uncertain, report_facts)
+    if pairs is not None:  # a bad line fails before any image is embedded
+        studies = source.studies()
+        pipeline.pairs_file_rows(pairs, studies, [source.split_of(s) for s in studies], split)
     encoder = options.load(settings.model)
     study = _embedded(encoder, source, settings, options)
     data_seed = settings.data_seed if seed is None else seed
@@ -302,15 +323,23 @@ def train_command(
         )
     loop = settings.loop if steps is None else replace(settings.loop, steps=steps)
     loop = replace(loop, seed=settings.seeds[0] if seed is None else seed)
+    traced_model = "another model"
     if alpha is not None:
-        alpha_values = TraceResult.load(alpha).alpha
+        traced = TraceResult.load(alpha)
+        alpha_values, traced_model = traced.alpha, traced.counts.get("model", traced_model)
     elif method == "nast" and loop.beta != 0:
         raise ConfigError("--method nast needs --alpha TRACE_DIR (from `mechtune negation trace`)")
     else:
         alpha_values = None
-    options = _options(device, dtype, cache_dir, no_cache)
+    options = _options(settings, device, dtype, cache_dir, no_cache)
     source = _open(settings, uncertain, report_facts)
     encoder = options.load(settings.model)
+    if alpha_values is not None and len(alpha_values) != len(encoder.text_layers) + 1:
+        raise ConfigError(
+            f"--alpha {alpha}: {len(alpha_values)} values (a trace of {traced_model}), but "
+            f"{settings.model} has {len(encoder.text_layers)} text blocks, so "
+            f"{len(encoder.text_layers) + 1} are needed; trace this model first"
+        )
     study = _embedded(encoder, source, settings, options)
     examples = pipeline.training_data(study, settings)
     if alpha_values is None:
@@ -321,7 +350,7 @@ def train_command(
         f"{method}: {loop.steps} steps on {len(examples.captions)} captions and "
         f"{len(examples.claims)} claim sets of train-split patients ..."
     )
-    pipeline.train_model(encoder, method, study, examples, alpha_values, loop, out)
+    pipeline.train_model(encoder, method, study, examples, alpha_values, loop, out, settings.model)
     console.print(f"wrote {out}")
 
 
@@ -340,7 +369,7 @@ def print_report(report: dict[str, Any], title: str) -> None:
         table.add_row(*row)
     console.print(table)
     for metric, reason in report.get("not_available", {}).items():
-        console.print(f"n/a {metric}: {reason}", highlight=False)
+        console.print(f"n/a {metric}: {escape(reason)}", highlight=False)
 
 
 def report_markdown(report: dict[str, Any], title: str) -> str:
@@ -373,20 +402,30 @@ def evaluate(
     base, check = None, None
     if adapter is not None:
         base = encoder
-        encoder, check = pipeline.apply_adapter(options.load(settings.model), adapter)
+        encoder, check = pipeline.apply_adapter(
+            options.load(settings.model), adapter, spec=settings.model
+        )
     report = pipeline.evaluate_model(
         encoder, study, split=split, seed=settings.data_seed, probes=probes, base=base
     )
     if check is not None:
         report["adapter_check"] = check
+    else:
+        report["not_available"]["retention"] = (
+            "retention needs --adapter: it is the drift of everyday-sentence embeddings "
+            "from the base model's"
+        )
     report.update(pipeline.weights_info(encoder))
+    report["seed"] = settings.data_seed
+    report["mechtune"] = __version__
     report["model"] = settings.model
     report["adapter"] = None if adapter is None else str(adapter)
     report["data"] = to_jsonable(source.description)
     write_json(out / "eval.json", report, sort_keys=True)
     title = (
-        f"{settings.model}{' + ' + str(adapter) if adapter else ''}: {split} patients, "
-        f"95% intervals by patient ({report['studies']} studies)"
+        f"{settings.model}{' + ' + str(adapter) if adapter else ''}: {split} split, "
+        f"{report['studies']} studies of {len(set(study.eval_set(split).patients))} "
+        "patients, 95% intervals clustered by patient"
     )
     atomic_write_text(out / "table.md", report_markdown(report, title))
     if report["claims"]:
@@ -404,7 +443,9 @@ def eval_command(
         Path | None,
         typer.Option(help="What `negation train` wrote: a run folder or its adapter folder."),
     ] = None,
-    split: Annotated[str, typer.Option(help="Patient split to evaluate: val or test.")] = "test",
+    split: Annotated[
+        str, typer.Option(help="Patient split to evaluate: test (report), val (choose), train.")
+    ] = "test",
     probes: Annotated[
         bool, typer.Option("--probes/--no-probes", help="Linear probes on image embeddings.")
     ] = False,
@@ -423,12 +464,11 @@ def eval_command(
 ) -> None:
     """R@1/R@5, claim accuracy by attribute and polarity, the gap, polarity MCQ,
     contralateral negation and retention (with --adapter), each with a 95% interval."""
-    if split not in ("val", "test", "train"):
-        raise ConfigError(f"--split must be train, val or test, got {split!r}")
+    _check_split(split, ("val", "test", "train"))
     settings = _recipe(recipe, model, data)
     if seed is not None:
         settings = replace(settings, data_seed=seed)
-    options = _options(device, dtype, cache_dir, no_cache)
+    options = _options(settings, device, dtype, cache_dir, no_cache)
     source = _open(settings, uncertain, report_facts)
     evaluate(settings, source, out, options, adapter=adapter, split=split, probes=probes)
     console.print(f"wrote {out}")
@@ -499,10 +539,10 @@ def study_command(
 
     settings = _recipe(recipe, model, data)
     if dry_run:
-        lines = dry_run_report(settings, _data_path(settings), dtype=dtype)
+        lines = dry_run_report(settings, _data_path(settings), dtype=dtype, device=device)
         for line in lines:
-            console.print(line, highlight=False, soft_wrap=True)
+            console.print(escape(line), highlight=False, soft_wrap=True)
         return
-    options = _options(device, dtype, cache_dir, no_cache)
+    options = _options(settings, device, dtype, cache_dir, no_cache)
     source = _open(settings, uncertain, report_facts)
     run_study(settings, source, out, options)

@@ -9,8 +9,9 @@ naming the key, file or value):
    split and in the evaluation split;
 3. the model spec: its scheme is registered and, for a local ``hf:`` folder, its
    ``config.json`` names a supported ``model_type``; a hub id or an optional extra that is
-   missing here is reported as a note (it would need the network or the extra at run time);
-4. the dtype name.
+   missing here is reported as a ``needs:`` line (the run needs the network or the extra),
+   and the summary line counts them;
+4. the dtype name and the device (a CUDA device this machine lacks fails).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from mechtune.errors import ConfigError, DataError
+from mechtune.models.precision import resolve_device, resolve_dtype
 from mechtune.models.spec import parse_spec
 
 
@@ -60,18 +62,18 @@ def check_model(spec: str) -> list[str]:
             lines.append(f"model: local folder, model_type {model_type!r}")
         else:
             lines.append(
-                f"model: note: {name!r} is not a local folder; it is a hub id and loads only "
+                f"model: needs: {name!r} is not a local folder; it is a hub id and loads only "
                 "with network access or from the Hugging Face cache"
             )
     elif scheme == "openclip":
         if importlib.util.find_spec("open_clip") is None:
             lines.append(
-                "model: note: open_clip is not installed here; the run needs "
+                "model: needs: open_clip is not installed here; the run needs "
                 "pip install 'mechtune[openclip]' (with a working torchvision)"
             )
         if name.startswith("hf-hub:"):
             lines.append(
-                "model: note: an hf-hub: model loads with network access or from the cache"
+                "model: needs: an hf-hub: model loads with network access or from the cache"
             )
     return lines
 
@@ -82,18 +84,27 @@ def _hf_model_types() -> set[str]:
     return set(HF_ADAPTERS)
 
 
-DTYPES = ("float32", "bfloat16", "float16", "auto")
-
-
-def dry_run_report(recipe: Any, data: Path, *, dtype: str | None = None) -> list[str]:
-    """Every check of a dry run, as lines for the console; raises at the first failure."""
+def dry_run_report(
+    recipe: Any, data: Path, *, dtype: str | None = None, device: str = "cpu"
+) -> list[str]:
+    """Every check of a dry run, as lines for the console; raises at the first failure.
+    Lines with ``needs:`` name what this machine lacks to run the study (an extra, the
+    network); the last line counts them."""
     lines = [
         f"recipe: every key known; methods {list(recipe.methods)}, seeds {list(recipe.seeds)}, "
         f"{recipe.loop.steps} steps, scaling {recipe.loop.scaling!r}, beta {recipe.loop.beta}"
     ]
     lines += check_data(Path(data), recipe.eval_split)
     lines += check_model(recipe.model)
-    if dtype is not None and dtype not in DTYPES:
-        raise ConfigError(f"--dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
-    lines.append("dry run: all checks passed; nothing was loaded or trained")
+    resolve_dtype(dtype)
+    resolve_device(device)
+    lines.append(f"device {device}, dtype {dtype or 'auto'}: available")
+    needs = sum(": needs: " in line for line in lines)
+    if needs:
+        lines.append(
+            f"dry run: recipe, data and model spec check out, but this machine lacks {needs} "
+            "thing(s) the run needs (the 'needs:' lines); nothing was loaded or trained"
+        )
+    else:
+        lines.append("dry run: all checks passed; nothing was loaded or trained")
     return lines

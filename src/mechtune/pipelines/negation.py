@@ -22,6 +22,7 @@ The study (:func:`run_negation_study`):
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, fields, replace
@@ -30,7 +31,7 @@ from typing import Any
 
 import torch
 
-from mechtune.data.io import atomic_write_text, to_jsonable, write_json
+from mechtune.data.io import atomic_write_text, read_jsonl_records, to_jsonable, write_json
 from mechtune.data.schema import SPLITS, Study
 from mechtune.data.sources.base import ImageStudySource
 from mechtune.errors import ConfigError, DataError
@@ -38,11 +39,12 @@ from mechtune.eval.negation import EvalStudies, evaluate_negation
 from mechtune.eval.retention import embedding_drift, general_sentences
 from mechtune.eval.study_config import check_seeds
 from mechtune.eval.update_share import update_share
-from mechtune.interp.pairs import PairBuild, build_trace_pairs, pairs_from_records, read_pairs_file
+from mechtune.interp.pairs import PairBuild, build_trace_pairs, pairs_from_records
 from mechtune.interp.result import TraceConfig, TraceResult, trace
 from mechtune.interp.tracing import TraceError
 from mechtune.models.dual_encoder import DualEncoder
 from mechtune.models.image_cache import CacheStats, embed_study_images
+from mechtune.models.precision import resolve_device, resolve_dtype
 from mechtune.models.spec import load_dual_encoder
 from mechtune.pipelines.negation_report import (
     block_update_norms,
@@ -76,6 +78,11 @@ class RunOptions:
     device: str = "cpu"
     dtype: str | None = None
     cache_dir: Path | None = None
+
+    def __post_init__(self) -> None:
+        # fail before any data is read: a device this machine lacks, a dtype name typo
+        resolve_device(self.device)
+        resolve_dtype(self.dtype)
 
     def load(self, spec: str) -> DualEncoder:
         from transformers.utils import logging as hf_logging
@@ -173,6 +180,10 @@ def recipe_from_dict(raw: dict[str, Any], where: str) -> NegationStudyConfig:
     if unknown:
         raise ConfigError(f"{where}: unknown recipe keys {unknown}")
     values: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v for k, v in raw.items()}
+    _check_numbers(values, NegationStudyConfig(), "", where)
+    _check_numbers(loop, LoopConfig(), "loop.", where)
+    if isinstance(lora, dict):
+        _check_numbers(lora, LoraSettings(), "loop.lora.", where)
     try:
         settings = LoraSettings(**lora) if lora is not None else None
         return NegationStudyConfig(**values, loop=LoopConfig(**loop, lora=settings))
@@ -180,6 +191,23 @@ def recipe_from_dict(raw: dict[str, Any], where: str) -> NegationStudyConfig:
         raise ConfigError(f"{where}: {exc}") from None
     except ConfigError as exc:
         raise ConfigError(f"{where}: {exc}") from None
+
+
+def _check_numbers(values: dict[str, Any], defaults: Any, prefix: str, where: str) -> None:
+    """A key whose default is a number must be given a number (``ConfigError`` naming the
+    file, the dotted key and the value; YAML reads ``steps: abc`` as a string)."""
+    for key, value in values.items():
+        default = getattr(defaults, key, None)
+        if isinstance(default, bool) or not isinstance(default, (int, float)):
+            continue
+        wrong = isinstance(value, bool) or not isinstance(value, (int, float))
+        if wrong or (
+            isinstance(default, int)
+            and not isinstance(default, float)
+            and not isinstance(value, int)
+        ):
+            kind = "an integer" if isinstance(default, int) else "a number"
+            raise ConfigError(f"{where}: {prefix}{key} must be {kind}, got {value!r}")
 
 
 def load_recipe(path: str | Path) -> NegationStudyConfig:
@@ -264,6 +292,39 @@ def study_data(
     return StudyData(source, studies, images, [source.split_of(s) for s in studies], counts)
 
 
+def pairs_file_rows(
+    path: Path, studies: Sequence[Study], splits: Sequence[str], split: str
+) -> list[tuple[int, dict[str, Any]]]:
+    """``(row, record)`` of each line of a JSONL pairs file ``{"correct", "foil", "image"}``,
+    ``image`` a study id of the source or a row (item index). Every image must belong to
+    ``split``: alpha is chosen on train patients, and a pair of a test patient would let
+    the test split choose it. Raises ``TraceError`` naming the file, line and value."""
+    if split not in SPLITS:
+        raise ConfigError(f"split must be one of {', '.join(SPLITS)}, got {split!r}")
+    ids = {s.study_id: i for i, s in enumerate(studies)}
+    out = []
+    for number, record in read_jsonl_records(path, ("correct", "foil", "image"), TraceError):
+        value = record["image"]
+        row = None
+        if isinstance(value, int) and not isinstance(value, bool) and 0 <= value < len(studies):
+            row = value
+        elif isinstance(value, str):
+            row = ids.get(value)
+        if row is None:
+            raise TraceError(
+                f"{path}, line {number}: image {value!r} is neither a study id nor a row "
+                f"(0..{len(studies) - 1}) of the data"
+            )
+        if splits[row] != split:
+            raise TraceError(
+                f"{path}, line {number}: image {value!r} is a {splits[row]}-split study, not "
+                f"{split}; pairs must come from the --split {split} patients (pass --split "
+                f"{splits[row]} to trace those patients on purpose)"
+            )
+        out.append((row, record))
+    return out
+
+
 def trace_pairs(
     encoder: DualEncoder,
     data: StudyData,
@@ -275,28 +336,21 @@ def trace_pairs(
     pairs_file: Path | None = None,
 ) -> PairBuild:
     """The pairs to trace: length-matched pairs of ``split``'s studies (``per_study`` facts
-    of each polarity per study, seeded by ``seed``), or a JSONL pairs file whose ``image``
-    is a study id of the source or a row (item index); cut to ``max_pairs``.
+    of each polarity per study, seeded by ``seed``), or a JSONL pairs file
+    (:func:`pairs_file_rows`: every image a study of ``split``); cut to ``max_pairs``.
 
-    Raises ``TraceError`` naming the file and value for an image the source does not have.
+    Raises ``TraceError`` naming the file, line and value for an image the source does not
+    have or that belongs to another split.
     """
     if pairs_file is None:
         build = build_trace_pairs(data.rows(split), encoder, seed=seed, per_study=per_study)
     else:
-        ids = {s.study_id: i for i, s in enumerate(data.studies)}
-
-        def image_row(value: Any) -> int:
-            if isinstance(value, int) and not isinstance(value, bool):
-                if 0 <= value < len(data.studies):
-                    return value
-            elif isinstance(value, str) and value in ids:
-                return ids[value]
-            raise TraceError(
-                f"{pairs_file}: image {value!r} is neither a study id nor a row "
-                f"(0..{len(data.studies) - 1}) of {data.source.root}"
-            )
-
-        build = pairs_from_records(read_pairs_file(pairs_file), encoder, image_row)
+        records = pairs_file_rows(pairs_file, data.studies, data.splits, split)
+        # every image value was checked above; the same value always names the same row
+        row_of = {(type(r["image"]), r["image"]): row for row, r in records}
+        build = pairs_from_records(
+            [r for _, r in records], encoder, lambda image: row_of[(type(image), image)]
+        )
     if max_pairs is not None:
         build.pairs = build.pairs[:max_pairs]
     if not build.pairs:
@@ -381,6 +435,50 @@ PROBE_FILE = "probe_embeddings.safetensors"
 PROBE_SENTENCES = 16  # everyday sentences whose embeddings fingerprint a trained text tower
 
 
+RUN_FILE = "run.json"  # what a training run was: method, model, dtype, data, alpha
+
+
+def run_identity(
+    method: str, spec: str, encoder: DualEncoder, data: StudyData, alpha: Any
+) -> dict[str, Any]:
+    """What a resumed run must share with the run that wrote its checkpoints."""
+    return {
+        "method": method,
+        "model": spec,
+        "dtype": weights_info(encoder)["dtype"],
+        "data": str(data.source.root),
+        "alpha": [round(float(a), 6) for a in torch.as_tensor(alpha).reshape(-1).tolist()],
+    }
+
+
+def check_resume(out: Path, identity: dict[str, Any], steps: int) -> None:
+    """Refuse to continue ``out``'s checkpoints under another method, model, dtype, data
+    or alpha, or to a step count below the one they reached (``ConfigError`` naming each
+    difference)."""
+    previous_file = out / RUN_FILE
+    if not previous_file.is_file():
+        return
+    previous = json.loads(previous_file.read_text(encoding="utf-8"))
+    changed = [
+        f"{key} {previous.get(key)!r} -> {value!r}"
+        for key, value in identity.items()
+        if previous.get(key) != value
+    ]
+    if changed:
+        raise ConfigError(
+            f"{out} holds a run of other settings ({'; '.join(changed)}); resume it with "
+            "its own settings, or train into another --out"
+        )
+    done = out / "train.json"
+    if done.is_file():
+        reached = int(json.loads(done.read_text(encoding="utf-8")).get("step", 0))
+        if reached > steps:
+            raise ConfigError(
+                f"{out} is already at step {reached}, beyond the {steps} steps asked for; "
+                "ask for more steps to continue it"
+            )
+
+
 def train_model(
     encoder: DualEncoder,
     method: str,
@@ -389,53 +487,86 @@ def train_model(
     alpha: Sequence[float] | torch.Tensor,
     loop: LoopConfig,
     out: Path,
+    spec: str,
 ) -> DualEncoder:
-    """Train ``encoder`` in place with a registered method (resuming from ``out``), and
-    write ``out/probe_embeddings.safetensors``: the trained text tower's embeddings of
-    :data:`PROBE_SENTENCES` everyday sentences, which :func:`apply_adapter` compares with
-    the reloaded model's."""
+    """Train ``encoder`` (loaded from ``spec``) in place with a registered method,
+    resuming from ``out`` (:func:`check_resume` first), and write ``out/run.json``
+    (:func:`run_identity`) and ``out/probe_embeddings.safetensors``: the trained text
+    tower's embeddings of :data:`PROBE_SENTENCES` everyday sentences, which
+    :func:`apply_adapter` compares with the reloaded model's."""
     from safetensors.torch import save_file
 
     from mechtune.data.io import atomic_path
 
+    identity = run_identity(method, spec, encoder, data, alpha)
+    check_resume(out, identity, loop.steps)
+    write_json(out / RUN_FILE, identity)
     run_method(method, encoder, data.images, examples, alpha, loop, out)
     probes = encoder.encode_texts(general_sentences()[:PROBE_SENTENCES]).float().cpu()
     with atomic_path(out / PROBE_FILE) as tmp:
-        save_file({"embeddings": probes.contiguous()}, str(tmp))
+        save_file({"embeddings": probes.contiguous()}, str(tmp), metadata=identity_meta(identity))
     return encoder
 
 
+def identity_meta(identity: dict[str, Any]) -> dict[str, str]:
+    return {"model": identity["model"], "dtype": identity["dtype"]}
+
+
+# float32 reloads reproduce to ~1e-7; a bf16 or fp16 side rounds each entry by ~2**-9
+# relative, observed up to 4e-3 on unit-norm embeddings
+TOLERANCE = {"float32": 1e-4, "half": 2e-2}
+
+
 def apply_adapter(
-    encoder: DualEncoder, folder: Path, tolerance: float = 1e-4
+    encoder: DualEncoder, folder: Path, spec: str | None = None
 ) -> tuple[DualEncoder, dict[str, Any]]:
     """Apply what ``negation train`` wrote (a run folder, or its ``adapter/`` folder: a
-    peft adapter or text-block weights) to a freshly loaded ``encoder``, and check that
-    it reproduces the trained model: the max |difference| of the probe sentences'
-    embeddings from those saved at the end of training (``{"max_abs_diff": float}``, or
-    ``{"max_abs_diff": None}`` when the run saved none).
+    peft adapter or text-block weights) to a freshly loaded ``encoder`` (loaded from
+    ``spec``), and check that it reproduces the trained model: the max |difference| of the
+    probe sentences' embeddings from those saved at the end of training
+    (``{"max_abs_diff", "tolerance", "trained_dtype", "dtype"}``; ``max_abs_diff`` None
+    when the run saved none).
 
-    Raises ``DataError`` naming the folder when the difference exceeds ``tolerance``
-    (an adapter applied to another base model, or a changed checkpoint). The tolerance
-    covers reduced-precision weights; in float32 the difference is ~1e-7.
+    Raises ``DataError`` naming the folder when the run was trained on another model spec
+    (before loading anything), when the adapter does not fit the model's architecture, or
+    when the difference exceeds the tolerance: 1e-4 when both sides are float32, 2e-2
+    when either is bf16/fp16 (their rounding; the message names both dtypes).
     """
+    from safetensors import safe_open
     from safetensors.torch import load_file
 
     folder = Path(folder)
     run = folder.parent if folder.name == "adapter" else folder
-    trained = load_trained(encoder, run)
     probe = run / PROBE_FILE
+    meta: dict[str, str] = {}
+    if probe.is_file():
+        with safe_open(str(probe), framework="pt") as f:
+            meta = dict(f.metadata() or {})
+    trained_on = meta.get("model")
+    if spec is not None and trained_on is not None and trained_on != spec:
+        raise DataError(
+            f"{folder}: trained on --model {trained_on}, not {spec}; evaluate it with "
+            f"--model {trained_on}"
+        )
+    trained = load_trained(encoder, run)
+    dtype = weights_info(trained)["dtype"]
+    check: dict[str, Any] = {"max_abs_diff": None, "dtype": dtype}
     if not probe.is_file():
-        return trained, {"max_abs_diff": None}
+        return trained, check
+    trained_dtype = meta.get("dtype", "float32")
+    both_full = {dtype, trained_dtype} == {"float32"}
+    tolerance = TOLERANCE["float32" if both_full else "half"]
     saved = load_file(str(probe))["embeddings"]
     now = trained.encode_texts(general_sentences()[: len(saved)]).float().cpu()
     diff = float((now - saved).abs().max())
+    check.update(max_abs_diff=diff, tolerance=tolerance, trained_dtype=trained_dtype)
     if diff > tolerance:
         raise DataError(
             f"{folder}: the reloaded model does not reproduce the trained model's text "
-            f"embeddings (max |difference| {diff:.3g} > {tolerance:g}); was it trained on "
-            "another base model or checkpoint?"
+            f"embeddings (max |difference| {diff:.3g} > {tolerance:g}; trained in "
+            f"{trained_dtype}, loaded in {dtype}); was it trained on another checkpoint?"
         )
-    return trained, {"max_abs_diff": diff}
+    return trained, check
 
 
 # -- the study ---------------------------------------------------------------------------
@@ -490,6 +621,7 @@ def run_negation_study(
             traced.alpha,
             loop,
             out / "runs" / method / f"seed{seed}",
+            recipe.model,
         )
         seconds = time.perf_counter() - start
         report = to_jsonable(

@@ -24,6 +24,7 @@ from typing import Any
 
 import torch
 from peft import PeftModel
+from peft.utils.error import PeftError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
@@ -152,7 +153,14 @@ def load_trained(model: Any, folder: str | Path) -> Any:
     if adapter is not None and weights.is_file():
         raise DataError(f"{folder}: holds both a peft adapter and {WEIGHTS}; keep one")
     if adapter is not None:
-        PeftModel.from_pretrained(module, str(adapter))
+        try:
+            PeftModel.from_pretrained(module, str(adapter))
+        except (PeftError, ValueError, KeyError, RuntimeError) as exc:
+            raise DataError(
+                f"{adapter}: this peft adapter does not fit the model "
+                f"({type(module).__name__}): {str(exc)[:300]}; was it trained on another "
+                "architecture?"
+            ) from None
         module.eval()
         return model
     if not weights.is_file():
