@@ -149,7 +149,7 @@ def test_demo_quick(tmp_path):
     assert result.exit_code == 0, result.output
     assert (tmp_path / "data" / "contextual" / "claims.parquet").is_file()
     assert "Example claim sets" in result.output
-    assert "phantom:default: test patients" in " ".join(result.output.split())
+    assert "phantom:default: test split" in " ".join(result.output.split())
     report = json.loads((tmp_path / "zero-shot" / "eval.json").read_text())
     assert 0 <= report["claims"]["heldout"]["claim_accuracy"]["value"] <= 1
     assert report["data"]["layout"] == "mimic-cxr-jpg"  # read from the export's files

@@ -66,8 +66,8 @@ DtypeOpt = Annotated[
     str | None,
     typer.Option(
         "--dtype",
-        help="Weights' dtype: float32, bfloat16, float16, auto (the checkpoint's). "
-        "Similarities, CTE ratios and losses stay float32.",
+        help="Weights' dtype: float32, bfloat16, float16, auto (the checkpoint's; the "
+        "default). Similarities, CTE ratios and losses stay float32.",
     ),
 ]
 CacheOpt = Annotated[
@@ -281,7 +281,15 @@ def trace_command(
 
 @app.command("train")
 def train_command(
-    method: Annotated[str, typer.Option("--method", help="A registered negation method.")],
+    method: Annotated[
+        str,
+        typer.Option(
+            "--method",
+            help="A registered negation method: "
+            + ", ".join(m for m in pipeline.methods_for("negation") if m != "zero-shot")
+            + " (negclip: full fine-tuning of the text blocks).",
+        ),
+    ],
     model: ModelOpt = None,
     data: DataOpt = None,
     recipe: RecipeOpt = None,
