@@ -499,3 +499,14 @@ def test_eval_report_names_patients_seed_and_version(setup, tmp_path):
     assert f"{report['studies']} studies of {patients} patients" in out
     assert report["seed"] == 0 and report["mechtune"] == mechtune.__version__
     assert "needs --adapter" in report["not_available"]["retention"]
+
+
+def test_the_default_cache_follows_mechtune_cache(monkeypatch, tmp_path):
+    from pathlib import Path
+
+    from mechtune.cli.negation import default_cache_dir
+
+    monkeypatch.setenv("MECHTUNE_CACHE", str(tmp_path))
+    assert default_cache_dir() == tmp_path / "image-embeddings"
+    monkeypatch.delenv("MECHTUNE_CACHE")
+    assert default_cache_dir() == Path.home() / ".cache" / "mechtune" / "image-embeddings"
