@@ -25,7 +25,8 @@ import yaml
 
 from mechtune.data.polarity_check import clinical_available
 from mechtune.data.sources import open_source
-from mechtune.pipelines.negation import RunOptions, load_recipe, run_negation_study
+from mechtune.pipelines.negation import RunOptions, run_negation_study
+from mechtune.pipelines.negation_config import load_recipe
 
 
 def main() -> None:

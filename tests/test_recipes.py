@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from mechtune.pipelines.negation import load_recipe
+from mechtune.pipelines.negation_config import load_recipe
 from mechtune.pipelines.paraphrase import load_paraphrase_recipe
 from mechtune.train.consistency import ConsistencyConfig
 

@@ -43,6 +43,11 @@ def common(data, cache):
     return ["--data", data, "--no-report-facts", "--cache-dir", cache]
 
 
+def train_nast(opts, trace, out, steps=2):
+    """``negation train --method nast --alpha TRACE --steps N --out OUT``."""
+    invoke("train", *opts, "--method", "nast", "--alpha", trace, "--steps", steps, "--out", out)
+
+
 POOLING = {"clip": "eos", "siglip": "last", "phantom": "mean"}
 
 
@@ -60,18 +65,7 @@ def test_trace_train_eval_study_end_to_end(setup, tmp_path, name):
 
     # 2. train NAST with the traced alpha; checkpoints and a peft adapter
     run = tmp_path / "run"
-    invoke(
-        "train",
-        *opts,
-        "--method",
-        "nast",
-        "--alpha",
-        tmp_path / "trace",
-        "--steps",
-        2,
-        "--out",
-        run,
-    )
+    train_nast(opts, tmp_path / "trace", run)
     assert (run / "adapter" / "adapter_config.json").is_file()
     assert (run / "adapter" / "adapter_model.safetensors").is_file()
 
@@ -388,18 +382,7 @@ def test_adapters_are_checked_against_the_model_dtype_and_split(setup, tmp_path)
     base = ["--model", models["clip"], *common(data, tmp_path / "cache")]
     invoke("trace", *base, "--max-pairs", 10, "--out", tmp_path / "trace")
     run = tmp_path / "run"
-    invoke(
-        "train",
-        *base,
-        "--method",
-        "nast",
-        "--alpha",
-        tmp_path / "trace",
-        "--steps",
-        2,
-        "--out",
-        run,
-    )
+    train_nast(base, tmp_path / "trace", run)
     identity = json.loads((run / "run.json").read_text())
     assert identity["method"] == "nast" and identity["model"] == models["clip"]
 

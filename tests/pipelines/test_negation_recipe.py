@@ -10,6 +10,7 @@ import pytest
 from mechtune.data.sources import open_source
 from mechtune.errors import ConfigError
 from mechtune.pipelines import negation as neg
+from mechtune.pipelines.negation_config import load_recipe
 from mechtune.train.negation import LoopConfig
 
 N = 80  # studies of the small world
@@ -145,24 +146,24 @@ def test_recipes_refuse_unknown_keys_naming_the_file(tmp_path):
     bad = tmp_path / "r.yaml"
     bad.write_text("model: phantom:default\nwolrd_seed: 3\nloop: {stpes: 2, lora: {rnak: 2}}\n")
     with pytest.raises(ConfigError, match=r"r\.yaml: unknown recipe keys") as err:
-        neg.load_recipe(bad)
+        load_recipe(bad)
     for key in ("wolrd_seed", "loop.stpes", "loop.lora.rnak"):
         assert key in str(err.value)
     bad.write_text("loop: {steps: {a: 1}}\n")
     with pytest.raises(ConfigError, match=r"r\.yaml"):
-        neg.load_recipe(bad)
+        load_recipe(bad)
     bad.write_text("loop: {steps: abc, lora: {rank: 2}}\n")
     with pytest.raises(ConfigError, match=r"r\.yaml: loop\.steps must be an integer, got 'abc'"):
-        neg.load_recipe(bad)
+        load_recipe(bad)
     bad.write_text("trace_max_pairs: 2.5\n")
     with pytest.raises(ConfigError, match=r"trace_max_pairs must be an integer, got 2\.5"):
-        neg.load_recipe(bad)
+        load_recipe(bad)
     bad.write_text("- a list\n")
     with pytest.raises(ConfigError, match="a recipe is a mapping"):
-        neg.load_recipe(bad)
+        load_recipe(bad)
     full = tmp_path / "full.yaml"
     full.write_text("model: hf:/m\ndata: some/folder\nloop: {lora: null}\n")
-    recipe = neg.load_recipe(full)
+    recipe = load_recipe(full)
     assert (recipe.model, recipe.data, recipe.loop.lora) == ("hf:/m", "some/folder", None)
 
 
@@ -201,4 +202,4 @@ def test_table_covers_every_field():
     assert set(NEGATION_FIELDS) == {f.name for f in fields(neg.NegationStudyConfig)}
 
 
-FIELD_TESTS = {"mechtune.pipelines.negation.NegationStudyConfig": NEGATION_FIELDS}
+FIELD_TESTS = {"mechtune.pipelines.negation_config.NegationStudyConfig": NEGATION_FIELDS}

@@ -352,7 +352,7 @@ def test_a_bf16_model_trains_with_float32_losses(tmp_path, monkeypatch):
 def test_phantom_recipe_matches_the_code_defaults():
     from dataclasses import replace
 
-    from mechtune.pipelines.negation import NegationStudyConfig, load_recipe
+    from mechtune.pipelines.negation_config import NegationStudyConfig, load_recipe
 
     root = Path(__file__).resolve().parents[2]
     recipe = load_recipe(root / "recipes" / "nast-phantom.yaml")

@@ -22,6 +22,8 @@ from mechtune.interp.ratios import MIN_GAP_SHARE
 from mechtune.interp.result import TraceConfig, TraceResult
 from mechtune.models.spec import parse_spec
 from mechtune.pipelines import negation as pipeline
+from mechtune.pipelines.negation_config import load_recipe
+from mechtune.train.methods import methods_for
 
 app = typer.Typer(
     help="The negation half: trace, train, evaluate, or run the whole study.",
@@ -99,7 +101,7 @@ FactsOpt = Annotated[
 def _recipe(
     recipe: Path | None, model: str | None, data: Path | None
 ) -> pipeline.NegationStudyConfig:
-    base = pipeline.load_recipe(recipe) if recipe is not None else pipeline.NegationStudyConfig()
+    base = load_recipe(recipe) if recipe is not None else pipeline.NegationStudyConfig()
     changes: dict[str, Any] = {}
     if model is not None:
         changes["model"] = model
@@ -286,7 +288,7 @@ def train_command(
         typer.Option(
             "--method",
             help="A registered negation method: "
-            + ", ".join(m for m in pipeline.methods_for("negation") if m != "zero-shot")
+            + ", ".join(m for m in methods_for("negation") if m != "zero-shot")
             + " (negclip: full fine-tuning of the text blocks).",
         ),
     ],
@@ -321,8 +323,8 @@ def train_command(
     from mechtune.train.checkpoint import checkpoint_folders
 
     settings = _recipe(recipe, model, data)
-    if method not in pipeline.methods_for("negation") or method == "zero-shot":
-        trainable = [m for m in pipeline.methods_for("negation") if m != "zero-shot"]
+    if method not in methods_for("negation") or method == "zero-shot":
+        trainable = [m for m in methods_for("negation") if m != "zero-shot"]
         raise ConfigError(f"--method must be one of {', '.join(trainable)}, got {method!r}")
     if checkpoint_folders(out) and not resume:
         raise ConfigError(

@@ -1,0 +1,175 @@
+"""The settings of the negation pipeline: how a run runs (:class:`RunOptions`: device,
+dtype, image cache) and what a study computes (:class:`NegationStudyConfig`, read from a
+recipe YAML by :func:`load_recipe`, every key checked)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from mechtune.errors import ConfigError
+from mechtune.eval.study_config import check_seeds
+from mechtune.models.dual_encoder import DualEncoder
+from mechtune.models.precision import resolve_device, resolve_dtype
+from mechtune.models.spec import load_dual_encoder
+from mechtune.train.lora import LoraSettings
+from mechtune.train.methods import methods_for
+from mechtune.train.negation import LoopConfig
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """How a pipeline runs, not what it computes: ``device`` and ``dtype`` of the model's
+    weights (:func:`~mechtune.models.spec.load_dual_encoder`), and ``cache_dir`` for image
+    embeddings (None: no cache)."""
+
+    device: str = "cpu"
+    dtype: str | None = None
+    cache_dir: Path | None = None
+
+    def __post_init__(self) -> None:
+        # fail before any data is read: a device this machine lacks, a dtype name typo
+        resolve_device(self.device)
+        resolve_dtype(self.dtype)
+
+    def load(self, spec: str) -> DualEncoder:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()  # no per-load progress bars in run logs
+        return load_dual_encoder(spec, device=self.device, dtype=self.dtype)
+
+
+@dataclass(frozen=True)
+class NegationStudyConfig:
+    """A negation study; each field is checked at construction.
+
+    ``model``: the model spec; ``data``: the image-study source (a folder or manifest
+    :func:`~mechtune.data.sources.open_source` reads), or None when the command names it;
+    ``methods``: registered negation methods, each trained once per seed of ``seeds``
+    (zero-shot, which does not train, once); ``data_seed``: the seed of the claim sets'
+    wording, the MCQs and the trace pairs (per study, so every model sees the same items);
+    ``trace_per_study`` present and absent facts traced per train-split study, at most
+    ``trace_max_pairs`` pairs; ``eval_split``: "val" to choose settings, "test" to report;
+    ``balance_polarity``: repeat the minority polarity's claim sets; ``probes``: linear
+    probes on image embeddings beside the text metrics; ``loop``: the training settings
+    every method shares (its ``seed`` is each of ``seeds`` in turn).
+    """
+
+    model: str = "phantom:default"
+    data: str | None = None
+    methods: tuple[str, ...] = ("zero-shot", "uniform-lora", "nast")
+    seeds: tuple[int, ...] = (0,)
+    data_seed: int = 0
+    trace_per_study: int = 1
+    trace_max_pairs: int = 300
+    eval_split: str = "test"
+    balance_polarity: bool = True
+    probes: bool = False
+    loop: LoopConfig = field(
+        default_factory=lambda: LoopConfig(
+            steps=150,
+            lr=5e-4,
+            beta=1.0,
+            scaling="lr",
+            checkpoint_every=50,
+            lora=LoraSettings(rank=8, alpha=16),
+        )
+    )
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "methods", tuple(self.methods))
+        object.__setattr__(self, "seeds", tuple(self.seeds))
+        if self.eval_split not in ("val", "test"):
+            raise ConfigError(
+                f"eval_split must be 'val' (choosing settings) or 'test' (reporting), "
+                f"got {self.eval_split!r}"
+            )
+        known = methods_for("negation")
+        unknown = [m for m in self.methods if m not in known]
+        if not self.methods or unknown or len(set(self.methods)) != len(self.methods):
+            raise ConfigError(
+                f"methods must name distinct registered negation methods ({', '.join(known)}), "
+                f"got {list(self.methods)}"
+            )
+        check_seeds(self.seeds)
+        if self.data_seed < 0:
+            raise ConfigError(f"data_seed must be >= 0, got {self.data_seed}")
+        if self.trace_per_study < 1:
+            raise ConfigError(f"trace_per_study must be >= 1, got {self.trace_per_study}")
+        if self.trace_max_pairs < 1:
+            raise ConfigError(f"trace_max_pairs must be >= 1, got {self.trace_max_pairs}")
+        if self.loop.seed != 0:
+            raise ConfigError(
+                f"loop.seed ({self.loop.seed}) is not read: each run's seed is one of "
+                f"seeds {list(self.seeds)}; set seeds instead"
+            )
+
+    def to_dict(self) -> dict[str, Any]:
+        out = {f.name: getattr(self, f.name) for f in fields(self)}
+        out.update(methods=list(self.methods), seeds=list(self.seeds), loop=self.loop.to_dict())
+        return out
+
+
+def recipe_from_dict(raw: dict[str, Any], where: str) -> NegationStudyConfig:
+    """A :class:`NegationStudyConfig` from parsed YAML. Every key must be a field (``loop`` a
+    :class:`LoopConfig`, its ``lora`` a :class:`LoraSettings`, or null for full
+    fine-tuning). Raises ``ConfigError`` naming ``where`` and every unknown key."""
+    raw = dict(raw)
+    loop = dict(raw.pop("loop", None) or {})
+    lora = loop.pop("lora", {})
+    unknown = sorted(set(raw) - {f.name for f in fields(NegationStudyConfig)} - {"loop"})
+    unknown += sorted(f"loop.{k}" for k in set(loop) - {f.name for f in fields(LoopConfig)})
+    if isinstance(lora, dict):
+        unknown += sorted(
+            f"loop.lora.{k}" for k in set(lora) - {f.name for f in fields(LoraSettings)}
+        )
+    if "seed" in loop:
+        unknown.append("loop.seed (use seeds)")
+    if unknown:
+        raise ConfigError(f"{where}: unknown recipe keys {unknown}")
+    values: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v for k, v in raw.items()}
+    _check_numbers(values, NegationStudyConfig(), "", where)
+    _check_numbers(loop, LoopConfig(), "loop.", where)
+    if isinstance(lora, dict):
+        _check_numbers(lora, LoraSettings(), "loop.lora.", where)
+    try:
+        settings = LoraSettings(**lora) if lora is not None else None
+        return NegationStudyConfig(**values, loop=LoopConfig(**loop, lora=settings))
+    except TypeError as exc:  # a value of the wrong kind (e.g. a mapping for a number)
+        raise ConfigError(f"{where}: {exc}") from None
+    except ConfigError as exc:
+        raise ConfigError(f"{where}: {exc}") from None
+
+
+def _check_numbers(values: dict[str, Any], defaults: Any, prefix: str, where: str) -> None:
+    """A key whose default is a number must be given a number (``ConfigError`` naming the
+    file, the dotted key and the value; YAML reads ``steps: abc`` as a string)."""
+    for key, value in values.items():
+        default = getattr(defaults, key, None)
+        if isinstance(default, bool) or not isinstance(default, (int, float)):
+            continue
+        wrong = isinstance(value, bool) or not isinstance(value, (int, float))
+        if wrong or (
+            isinstance(default, int)
+            and not isinstance(default, float)
+            and not isinstance(value, int)
+        ):
+            kind = "an integer" if isinstance(default, int) else "a number"
+            raise ConfigError(f"{where}: {prefix}{key} must be {kind}, got {value!r}")
+
+
+def load_recipe(path: str | Path) -> NegationStudyConfig:
+    """A negation study from a recipe YAML (see ``recipes/nast-phantom.yaml``); a relative
+    ``data:`` path is relative to the working directory, as on the command line. Raises
+    ``ConfigError`` naming the file and the key."""
+    import yaml
+
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML ({exc})") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: a recipe is a mapping of keys, got {type(raw).__name__}")
+    return recipe_from_dict(raw, str(path))
