@@ -18,6 +18,7 @@ from rich.table import Table
 from mechtune import __version__
 from mechtune.cli import data as data_cli
 from mechtune.cli import negation as negation_cli
+from mechtune.cli import paraphrase as paraphrase_cli
 from mechtune.cli import sae as sae_cli
 from mechtune.cli import sim as sim_cli
 from mechtune.cli._common import MechtuneGroup, console, data_source, progress_bar
@@ -38,6 +39,7 @@ app = typer.Typer(
 app.add_typer(data_cli.app, name="data")
 app.add_typer(sim_cli.app, name="sim")
 app.add_typer(negation_cli.app, name="negation")
+app.add_typer(paraphrase_cli.app, name="paraphrase")
 app.add_typer(sae_cli.app, name="sae")
 
 
@@ -79,6 +81,7 @@ def _examples(out: Path) -> Table:
 
 
 MIMIC_DIR = "mimic-cxr-jpg"  # the demo's world, exported as a MIMIC-CXR-JPG user has it
+QUESTIONS_FILE = "questions.jsonl"  # the PSF-Med style questions `sim export` writes beside it
 
 
 def _world(out: Path, n: int, seed: int) -> Any:
@@ -126,47 +129,19 @@ def _zero_shot(out: Path, source: Any, recipe: Any, options: Any, quick: bool) -
 
 
 def _paraphrase_study(out: Path, config: Any) -> None:
-    """Baseline flip rate, SAE analysis, clamping, consistency LoRA per layer range, on the
-    first ``config.max_studies`` studies of the saved world OUT/world."""
-    from mechtune.data.sources import open_source
-    from mechtune.eval.figures import auc_by_layer_chart, flip_rate_chart
-    from mechtune.pipelines.paraphrase import run_paraphrase_study
-
+    """The paraphrase study as `mechtune paraphrase study --model phantom:vqa --questions
+    OUT/mimic-cxr-jpg/questions.jsonl --data OUT/mimic-cxr-jpg` runs it: the questions the
+    export wrote beside its images, read as a user's PSF-Med file is."""
+    export = out / MIMIC_DIR
     folder = out / "paraphrase"
-    console.print(
-        f"paraphrase study: SAEs on {config.sae_width} features, consistency LoRA on "
-        f"{', '.join(config.ranges)} layers, {config.lora.steps} steps of "
-        f"{config.lora.batch_size} questions each (a demo budget; the study's is "
-        "recipes/consistency-phantom.yaml) ..."
-    )
-    results = run_paraphrase_study(config, open_source(out / "world"), folder, log=console.print)
-    figures = out / "figures"
-    analysis = results["analysis"]
-    auc_by_layer_chart(
-        {int(k): v for k, v in analysis["auc_by_layer"].items()},
-        {int(k): tuple(v) for k, v in analysis["auc_ci_by_layer"].items()},
-        analysis["chosen_layers"],
-        figures / "flip_auc_by_layer.png",
-    )
-    rows = {"baseline": results["baseline"]}
-    if results.get("clamping"):
-        rows["clamping"] = results["clamping"]
-    for name, reports in results["runs"].items():
-        rows[f"LoRA {name}"] = reports[0]
-    flip_rate_chart(
-        {
-            name: {
-                split: r[split]["flip_rate"]["value"] for split in ("heldout", "in_distribution")
-            }
-            for name, r in rows.items()
-        },
-        figures / "flip_rate.png",
-    )
+    paraphrase_cli.run_study(config, export / QUESTIONS_FILE, export, folder)
+    for name in ("flip_auc_by_layer.png", "flip_rate.png"):
+        shutil.copyfile(folder / "figures" / name, out / "figures" / name)
     console.print(
         "[bold]Paraphrase consistency on held-out paraphrase families, test patients[/] "
         f"(also in {folder / 'table.md'}):"
     )
-    console.print((folder / "table.md").read_text())
+    console.print((folder / "table.md").read_text(), highlight=False, soft_wrap=True, markup=False)
 
 
 @dataclass(frozen=True)
@@ -184,8 +159,8 @@ def demo_plan(n: int, seed: int, quick: bool, out: Path = Path("runs/demo")) -> 
     """The demo's settings from its options.
 
     ``n`` studies for the data build, the zero-shot world and the negation study's world;
-    the paraphrase study reads the first ``n // 2`` studies of that world (its cost grows
-    with the test questions; they are the world ``n // 2`` would render).
+    the paraphrase study reads the first ``n // 3`` train and ``n // 3`` test questions of
+    the questions file the export writes (its cost grows with the test questions).
     ``seed`` seeds every world, sampler and training run. The training budgets are the
     demo's, smaller than the recipes' (80 steps per negation method instead of 150, 80
     steps of 16 questions per consistency range), so the whole demo stays near 10 minutes
@@ -201,7 +176,7 @@ def demo_plan(n: int, seed: int, quick: bool, out: Path = Path("runs/demo")) -> 
     )
     negation = replace(negation, loop=replace(negation.loop, steps=80))
     paraphrase = ParaphraseStudyConfig(
-        max_studies=n // 2,
+        max_questions=n // 3,
         seed=seed,
         seeds=(seed,),
         sae_steps=150,
@@ -244,7 +219,7 @@ def demo(
         typer.Option(
             "--n",
             help="Synthetic studies of the data, the zero-shot and the negation worlds; "
-            "the paraphrase world has half as many.",
+            "the paraphrase study reads n // 3 train and test questions of its export.",
             min=200,
         ),
     ] = 2000,

@@ -108,3 +108,122 @@ def dry_run_report(
     else:
         lines.append("dry run: all checks passed; nothing was loaded or trained")
     return lines
+
+
+# -- the paraphrase study ------------------------------------------------------------------
+
+
+def _vlm_depth(folder: Path, spec: str) -> tuple[str, int | None]:
+    """(architecture, language-block count) from a local hf folder's config.json."""
+    from mechtune.models.hf_vqa import VLM_SITES
+
+    config_file = folder / "config.json"
+    if not config_file.is_file():
+        raise ConfigError(f"model {spec}: {config_file} is missing")
+    config = json.loads(config_file.read_text(encoding="utf-8"))
+    architectures = config.get("architectures") or []
+    known = [a for a in architectures if a in VLM_SITES]
+    if not known:
+        raise ConfigError(
+            f"model {spec}: architectures {architectures} has no supported yes/no VLM class; "
+            f"supported: {', '.join(sorted(VLM_SITES))}"
+        )
+    text = config.get("text_config") or config
+    depth = text.get("num_hidden_layers")
+    return known[0], None if depth is None else int(depth)
+
+
+def check_vlm_model(spec: str, layers: list[int]) -> list[str]:
+    """The VLM spec's scheme is registered; a local hf folder's class is supported and has
+    the blocks ``layers`` name."""
+    from mechtune.models.vlm_spec import parse_vlm_spec
+
+    scheme, name = parse_vlm_spec(spec)
+    lines = [f"model: {spec} (scheme {scheme!r} is registered)"]
+    if scheme != "hf":
+        return lines
+    folder = Path(name).expanduser()
+    if not folder.is_dir():
+        lines.append(
+            f"model: needs: {name!r} is not a local folder; it is a hub id and loads only "
+            "with network access or from the Hugging Face cache (block indices are checked "
+            "when it loads)"
+        )
+        return lines
+    architecture, depth = _vlm_depth(folder, spec)
+    lines.append(f"model: local folder, {architecture} with {depth} language blocks")
+    bad = [i for i in layers if depth is not None and i >= depth]
+    if bad:
+        raise ConfigError(f"model {spec}: layers {bad} out of range (it has {depth} blocks)")
+    return lines
+
+
+def check_questions(questions: Path | None, data: Path | None, eval_split: str) -> list[str]:
+    """Read every question record (no images) and count them per split; a path this
+    machine lacks is a ``needs:`` line."""
+    from mechtune.pipelines.questions import read_question_file
+
+    lines = []
+    if questions is None and data is None:
+        raise ConfigError("give --questions FILE and --data DIR (or name them in the recipe)")
+    if data is not None:
+        if Path(data).exists():
+            lines.append(f"data: {data} exists")
+        else:
+            lines.append(f"data: needs: {data} (the images) is not on this machine")
+    if questions is None:
+        lines.append("questions: the data's own (built from its labels at run time)")
+        return lines
+    if not Path(questions).is_file():
+        lines.append(f"questions: needs: {questions} is not on this machine")
+        return lines
+    records, report = read_question_file(Path(questions), skip_bad=False)
+    counts: dict[str, int] = {}
+    for r in records:
+        counts[r.split] = counts.get(r.split, 0) + 1
+    if not report.get("split_labels", False):
+        raise DataError(f"{questions}: the study needs records labelled with a split")
+    for split in ("train", eval_split):
+        if not counts.get(split):
+            raise DataError(f"{questions}: no record of the {split!r} split (counts {counts})")
+    lines.append(f"questions: {len(records)} records of {questions}; per split {counts}")
+    return lines
+
+
+def paraphrase_dry_run(
+    config: Any,
+    questions: Path | None,
+    data: Path | None,
+    *,
+    device: str = "cpu",
+    dtype: str | None = None,
+) -> list[str]:
+    """Every check of a paraphrase study's dry run (recipe, questions, data, model spec,
+    SAE folder, device, dtype), as lines; raises at the first failure. ``needs:`` lines
+    name what this machine lacks; the last line counts them."""
+    lora = config.lora
+    lines = [
+        f"recipe: every key known; model {config.model}, ranges {list(config.ranges)}, seeds "
+        f"{list(config.seeds)}, {lora.steps} steps of {lora.batch_size} x {lora.grad_accum} "
+        f"questions, LoRA r {lora.lora.rank} alpha {lora.lora.alpha}, answer loss "
+        f"{lora.answer_loss!r}"
+    ]
+    lines += check_questions(questions, data, config.eval_split)
+    lines += check_vlm_model(config.model, list(config.sae_layers or ()))
+    if config.saes is not None:
+        if Path(config.saes).is_dir():
+            lines.append(f"saes: {config.saes} exists")
+        else:
+            lines.append(f"saes: needs: {config.saes} (the SAE folders) is not on this machine")
+    resolve_dtype(dtype)
+    resolve_device(device)
+    lines.append(f"device {device}, dtype {dtype or 'auto'}: available")
+    needs = sum(": needs: " in line for line in lines)
+    if needs:
+        lines.append(
+            f"dry run: recipe and settings check out, but this machine lacks {needs} "
+            "thing(s) the run needs (the 'needs:' lines); nothing was loaded or trained"
+        )
+    else:
+        lines.append("dry run: all checks passed; nothing was loaded or trained")
+    return lines

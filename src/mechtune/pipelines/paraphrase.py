@@ -1,33 +1,31 @@
-"""The paraphrase study: measure, locate with SAEs, fix, compare, on any yes/no VLM and any
-image-study source.
+"""The paraphrase study: measure, locate with SAEs, clamp, fix, compare, on any yes/no VLM
+and any questions file bound to images (:mod:`mechtune.pipelines.questions`).
 
-A study is a function of (config with the model spec, an image-study source, an output
-folder); it renders nothing. ``mechtune.sim`` is one source and one model among others.
+A study is a function of (config with the model spec, bound questions, an output folder);
+it renders nothing. ``mechtune.sim`` is one source of questions and images among others:
+``mechtune sim export`` writes ``questions.jsonl`` beside its images, as a user's PSF-Med
+style file sits beside MIMIC-CXR-JPG.
 
-1. **Data.** The first ``max_studies`` items of the source, in its order, with its patient
-   splits; PSF-Med style paraphrase sets (arXiv 2602.21428) for the train-split studies
-   (train paraphrase families) and for the evaluation split (``val`` to choose settings,
-   ``test`` to report), once with train families (in-distribution) and once with held-out
-   families (:func:`mechtune.data.builders.paraphrase.image_paraphrase_sets`).
-2. **Baseline.** Flip rate, pairwise flip rate, mean |margin difference|, accuracy,
-   text-only agreement (blank image) and swap sensitivity (another patient's image).
-3. **SAE analysis** on train-split pairs: one TopK SAE per language block, trained on the
-   residual states of the train-split questions plus train-split reports; flip-prediction
-   AUC by layer; feature attribution; a causal patch; the chosen layer range (AUC peak ±
-   half_width).
-4. **Clamping** the top feature at inference, on the evaluation split.
+1. **Data.** The questions file's ``train`` records (SAEs, the flip analysis, LoRA) and
+   its ``eval_split`` records (``val`` to choose settings, ``test`` to report); at most
+   ``max_questions`` of each, in file order.
+2. **Baseline.** PSF-Med's metrics (:mod:`mechtune.pipelines.paraphrase_eval`) on the
+   evaluation questions: all, held-out and in-distribution paraphrase families where the
+   file labels them, and per strategy.
+3. **SAE analysis** on train pairs: SAEs at ``sae_layers`` (trained here, or loaded from
+   ``saes``: ``mechtune sae train`` output or Gemma Scope 2 folders as downloaded);
+   flip-prediction AUC by layer; feature attribution; a causal patch; the chosen layer
+   range (AUC peak ± ``half_width``).
+4. **Clamping** the causal candidate feature at inference, on the evaluation questions.
 5. **Consistency LoRA** with the same budget on each layer range: all layers, the SAE
    range, the earliest and the latest layers of the same width; each run starts from a
-   freshly loaded model.
-6. A markdown table (held-out families; :mod:`mechtune.pipelines.paraphrase_report`),
-   ``results.json`` and the SAEs. Each condition is compared with the baseline and with
-   all-layer LoRA by the paired difference of the per-question flip indicator on the same
-   test questions (clustered by patient); every report keeps those indicators with
-   question and patient ids (``items``).
+   freshly loaded model and resumes from its own checkpoints.
+6. ``results.json``, ``table.md`` (:mod:`mechtune.pipelines.paraphrase_report`; paired
+   differences of the per-question flip indicator, clustered by patient), the baseline's
+   per-question margins (``margins.csv``) and the SAEs trained here.
 
-A model whose question states do not depend on the image (the phantom VQA's question
-encoder never sees it; ``YesNoVLM.states_depend_on_image``) trains its SAEs on each
-distinct question once.
+The prepared image batch is reused by every freshly loaded copy of the model: LoRA adapts
+language blocks only, never what ``YesNoVLM.prepare_images`` computes.
 """
 
 from __future__ import annotations
@@ -39,25 +37,12 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
-from mechtune.data.answers import answers_from_margins
-from mechtune.data.builders.paraphrase import image_paraphrase_sets
 from mechtune.data.io import atomic_write_text, to_jsonable, write_json
-from mechtune.data.schema import ImageQuestion, Study
-from mechtune.data.sources.base import ImageStudySource
+from mechtune.data.schema import ImageQuestion
 from mechtune.errors import ConfigError, DataError
-from mechtune.eval.consistency import (
-    answer_accuracy,
-    flip_rate,
-    group_flips,
-    margin_difference,
-    pairwise_flip_rate,
-    swap_sensitivity,
-    text_only_agreement,
-)
-from mechtune.eval.study_config import MIN_STUDIES, check_seeds
+from mechtune.eval.study_config import check_seeds
 from mechtune.interp.sae import SAE, SAEConfig
 from mechtune.interp.sae_analysis import (
     AnalysisConfig,
@@ -65,15 +50,17 @@ from mechtune.interp.sae_analysis import (
     SAEAnalysis,
     analyse,
     feature_edit,
-    margins,
     paraphrase_pairs,
     token_states,
 )
+from mechtune.interp.sae_folders import load_layer_saes
 from mechtune.interp.sae_saelens import save_saelens
 from mechtune.interp.sae_train import train_sae
 from mechtune.models.vlm_spec import load_yes_no_vlm, parse_vlm_spec
-from mechtune.models.yes_no import YesNoVLM, take_rows
+from mechtune.models.yes_no import YesNoVLM
+from mechtune.pipelines.paraphrase_eval import evaluate_questions, write_margins
 from mechtune.pipelines.paraphrase_report import paired_rows, results_table
+from mechtune.pipelines.questions import BoundQuestions, split_sets
 from mechtune.train.consistency import ConsistencyConfig, consistency_examples
 from mechtune.train.methods import run_paraphrase_method
 
@@ -83,6 +70,7 @@ PAPER = {  # PSF-Med (arXiv 2602.21428), MedGemma-4B on MIMIC binary questions, 
     "targeted LoRA (L15-19)": {"flip": 4.4, "margin_diff": 0.33, "accuracy": 82.3},
 }
 RANGES = ("all", "sae", "early", "late")
+_TRAINED_SAE_FIELDS = ("sae_width", "sae_k", "sae_steps", "sae_reports")
 
 
 @dataclass(frozen=True)
@@ -90,24 +78,30 @@ class ParaphraseStudyConfig:
     """One paraphrase study; each field is checked at construction.
 
     ``model``: the yes/no VLM spec (:func:`mechtune.models.vlm_spec.load_yes_no_vlm`);
-    ``seed``: the question sampler, the SAE corpus and the analysis sample;
-    ``max_studies``: the first this many items of the source, in its order (None: all);
-    ``questions_per_study``: balanced yes/no questions per study; ``eval_split``: "val"
-    to choose settings, "test" to report; ``seeds``: one consistency LoRA run per seed and
-    range; ``sae_width`` / ``sae_k`` / ``sae_steps``: the TopK SAEs on every language
-    block, trained with ``sae_reports`` train-patient reports as extra text;
+    ``seed``: the SAE corpus, the analysis sample and the SAE training;
+    ``max_questions``: at most this many train and this many evaluation questions, the
+    first in file order (None: all); ``eval_split``: "val" to choose settings, "test" to
+    report; ``seeds``: one consistency LoRA run per seed and range;
+    ``sae_layers``: the blocks that get SAEs and enter the flip analysis (None: all);
+    ``saes``: a folder of per-layer SAEs to analyse (``layer_<L>`` or Gemma Scope 2's
+    ``layer_<L>_<variant>``) instead of training them, with ``sae_variant`` picking one
+    variant; ``sae_width`` / ``sae_k`` / ``sae_steps``: the TopK SAEs trained here (when
+    ``saes`` is None), with ``sae_reports`` train-split reports as extra text;
     ``analysis_sets``: train questions the flip analysis reads; ``half_width``: the chosen
     range is the AUC peak ± this; ``ranges``: which layer ranges get consistency LoRA;
-    ``lora``: the LoRA settings every range shares (its ``layers`` and ``seed`` are set
-    per run). Raises ``ConfigError`` naming the field.
+    ``lora``: the training settings every range shares, which ``mechtune paraphrase
+    train`` also reads (its ``lora.layers`` and ``seed`` are set per run). Raises
+    ``ConfigError`` naming the field.
     """
 
     model: str = "phantom:vqa"
     seed: int = 0
-    max_studies: int | None = None
-    questions_per_study: int = 2
+    max_questions: int | None = None
     eval_split: str = "test"
     seeds: tuple[int, ...] = (0,)
+    sae_layers: tuple[int, ...] | None = None
+    saes: str | None = None
+    sae_variant: str | None = None
     sae_width: int = 768
     sae_k: int = 16
     sae_steps: int = 400
@@ -133,17 +127,34 @@ class ParaphraseStudyConfig:
                 f"ranges must name distinct layer ranges of {list(RANGES)}, got {list(self.ranges)}"
             )
         check_seeds(self.seeds)
+        if self.sae_layers is not None:
+            layers = tuple(int(i) for i in self.sae_layers)
+            if not layers or len(set(layers)) != len(layers) or min(layers) < 0:
+                raise ConfigError(
+                    f"sae_layers must be distinct block indices >= 0, got {list(layers)}"
+                )
+            object.__setattr__(self, "sae_layers", tuple(sorted(layers)))
         if isinstance(self.lora, dict):
             object.__setattr__(self, "lora", ConsistencyConfig.from_dict(self.lora))
-        least = {"questions_per_study": 1, "sae_width": 1, "sae_steps": 1}
-        least |= {"analysis_sets": 2, "half_width": 0, "sae_reports": 0}
-        if self.max_studies is not None:
-            least["max_studies"] = MIN_STUDIES
+        least = {"sae_width": 1, "sae_steps": 1, "analysis_sets": 2, "half_width": 0}
+        least |= {"sae_reports": 0}
+        if self.max_questions is not None:
+            least["max_questions"] = 2
         for name, low in least.items():
             if getattr(self, name) < low:
                 raise ConfigError(f"{name} must be >= {low}, got {getattr(self, name)}")
         if not 1 <= self.sae_k <= self.sae_width:
             raise ConfigError(f"sae_k ({self.sae_k}) must be in [1, sae_width ({self.sae_width})]")
+        if self.saes is not None:
+            default = ParaphraseStudyConfig.__dataclass_fields__
+            unread = [n for n in _TRAINED_SAE_FIELDS if getattr(self, n) != default[n].default]
+            if unread:
+                raise ConfigError(
+                    f"{', '.join(unread)} set the SAEs the study trains; with saes "
+                    f"({self.saes}) it trains none"
+                )
+        elif self.sae_variant is not None:
+            raise ConfigError("sae_variant picks among the folders of saes; saes is not set")
         if self.lora.lora.layers is not None or self.lora.seed != 0:
             raise ConfigError(
                 "lora.lora.layers and lora.seed are set per run (the layers by ranges, the seed "
@@ -154,32 +165,38 @@ class ParaphraseStudyConfig:
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d.update(seeds=list(self.seeds), ranges=list(self.ranges), lora=self.lora.to_dict())
+        d["sae_layers"] = None if self.sae_layers is None else list(self.sae_layers)
         return d
 
 
 @dataclass(frozen=True)
 class ParaphraseRecipe:
-    """A recipe file: the study's ``config`` and, when the recipe names one, the ``data``
-    folder or file of its image-study source (relative to the working directory)."""
+    """A recipe file: the study's ``config`` and, when the recipe names them, the
+    ``data`` folder and the ``questions`` file (relative to the working directory)."""
 
     config: ParaphraseStudyConfig
     data: Path | None = None
+    questions: Path | None = None
 
 
 def load_paraphrase_recipe(path: str | Path) -> ParaphraseRecipe:
     """A paraphrase study from a recipe YAML (``recipes/consistency-phantom.yaml``).
 
     Every key must be a field of :class:`ParaphraseStudyConfig` (``model`` a VLM spec,
-    ``lora`` a ConsistencyConfig) or ``data`` (a path). The model spec's scheme is checked
+    ``lora`` a :class:`~mechtune.train.consistency.ConsistencyConfig`, its ``lora`` the
+    LoRA settings) or ``data`` / ``questions`` (paths). The model spec's scheme is checked
     (no weights load). Raises ConfigError naming the file and the key."""
     import yaml
 
     raw = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: a recipe is a mapping of keys, got {type(raw).__name__}")
-    data = raw.pop("data", None)
-    if data is not None and not isinstance(data, str):
-        raise ConfigError(f"{path}: data must be a path, got {data!r}")
+    paths: dict[str, Path | None] = {}
+    for key in ("data", "questions"):
+        value = raw.pop(key, None)
+        if value is not None and not isinstance(value, str):
+            raise ConfigError(f"{path}: {key} must be a path, got {value!r}")
+        paths[key] = None if value is None else Path(value)
     unknown = sorted(set(raw) - {f.name for f in fields(ParaphraseStudyConfig)})
     lora = raw.get("lora") or {}
     unknown += sorted(f"lora.{k}" for k in set(lora) - {f.name for f in fields(ConsistencyConfig)})
@@ -188,72 +205,49 @@ def load_paraphrase_recipe(path: str | Path) -> ParaphraseRecipe:
         unknown.append("lora.lora.layers (set per run)")
     if unknown:
         raise ConfigError(f"{path}: unknown recipe keys {unknown}")
+    for key in ("seeds", "ranges", "sae_layers"):
+        if isinstance(raw.get(key), list):
+            raw[key] = tuple(raw[key])
     try:
         config = ParaphraseStudyConfig(**raw)
         parse_vlm_spec(config.model)
     except ConfigError as exc:
         raise ConfigError(f"{path}: {exc}") from None
-    return ParaphraseRecipe(config, None if data is None else Path(data))
+    except TypeError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
+    return ParaphraseRecipe(config, paths["data"], paths["questions"])
 
 
 # -- the stages, each a function of the config ----------------------------------------------
 
 
-def study_items(source: ImageStudySource, config: ParaphraseStudyConfig) -> list[Study]:
-    """The first ``max_studies`` items of the source in its order (all when None); row
-    ``i`` of the study's image batch is item ``i``. Raises ``DataError`` when the source
-    has fewer items than ``max_studies``."""
-    items = source.studies()
-    if config.max_studies is not None:
-        if len(items) < config.max_studies:
-            raise DataError(
-                f"{source.root}: max_studies is {config.max_studies} but the source has "
-                f"{len(items)} items"
-            )
-        items = items[: config.max_studies]
-    return items
+def study_sets(
+    bound: BoundQuestions, config: ParaphraseStudyConfig
+) -> tuple[list[ImageQuestion], list[ImageQuestion]]:
+    """The train questions and the ``eval_split`` questions, at most ``max_questions`` of
+    each in file order. Raises DataError when the questions carry no split labels or a
+    split has fewer than two questions."""
+    if not bound.split_labels:
+        raise DataError(
+            "the study needs questions labelled with splits (a 'split' of train / val / test "
+            "per record): train questions to train on, and evaluation questions apart"
+        )
+    out = []
+    for split in ("train", config.eval_split):
+        sets = split_sets(bound.sets, split)
+        if config.max_questions is not None:
+            sets = sets[: config.max_questions]
+        if len(sets) < 2:
+            raise DataError(f"the questions hold {len(sets)} {split}-split record(s); need >= 2")
+        out.append(sets)
+    return out[0], out[1]
 
 
-def split_rows(
-    source: ImageStudySource, items: Sequence[Study], split: str
-) -> list[tuple[int, Study]]:
-    """``(row, study)`` for the items of ``split``, in order."""
-    return [(i, s) for i, s in enumerate(items) if source.split_of(s) == split]
-
-
-def study_questions(
-    source: ImageStudySource, items: Sequence[Study], config: ParaphraseStudyConfig
-) -> tuple[list[ImageQuestion], dict[str, list[ImageQuestion]]]:
-    """Training questions (train-split patients, training paraphrase families) and the
-    evaluation questions of ``eval_split``: ``in_distribution`` (training families) and
-    ``heldout`` (held-out families), ``questions_per_study`` per study, seeded by ``seed``.
-    Rows are positions in ``items``."""
-    kwargs = {"questions_per_study": config.questions_per_study, "seed": config.seed}
-    train = image_paraphrase_sets(
-        split_rows(source, items, "train"), "train", heldout=False, **kwargs
-    )
-    rows = split_rows(source, items, config.eval_split)
-    evaluation = {
-        "in_distribution": image_paraphrase_sets(rows, config.eval_split, heldout=False, **kwargs),
-        "heldout": image_paraphrase_sets(rows, config.eval_split, heldout=True, **kwargs),
-    }
-    return train, evaluation
-
-
-def sae_corpus(
-    source: ImageStudySource, items: Sequence[Study], config: ParaphraseStudyConfig
-) -> list[str]:
+def sae_corpus(bound: BoundQuestions, config: ParaphraseStudyConfig) -> list[str]:
     """``sae_reports`` distinct train-patient reports (seeded by ``seed``): in-domain text,
     since the questions alone have too few distinct tokens for a dictionary."""
-    train = [s for _, s in split_rows(source, items, "train")]
-    reports = sorted({source.report_text(s) or "" for s in train} - {""})
+    reports = sorted(set(bound.corpus))
     return random.Random(config.seed).sample(reports, min(config.sae_reports, len(reports)))
-
-
-def study_images(vlm: YesNoVLM, source: ImageStudySource, items: Sequence[Study]) -> Any:
-    """The items' images in the model's pixel mode, prepared for it
-    (``YesNoVLM.prepare_images``): row ``i`` is item ``i``."""
-    return vlm.prepare_images([source.load_image(s, vlm.image_mode) for s in items])
 
 
 def analysis_questions(
@@ -275,79 +269,14 @@ def run_config(
     return replace(config.lora, lora=replace(config.lora.lora, layers=layers), seed=seed)
 
 
-# -- evaluation -----------------------------------------------------------------------------
-
-
-def swap_rows(questions: Sequence[ImageQuestion]) -> list[int]:
-    """For each question, the image row of another patient's study in the same list (the
-    next question whose patient differs, cyclically): deterministic and never the same
-    patient. Raises ``DataError`` when the list has one patient only."""
-    out = []
-    for i, q in enumerate(questions):
-        for step in range(1, len(questions)):
-            other = questions[(i + step) % len(questions)]
-            if other.record.patient_id != q.record.patient_id:
-                out.append(other.image)
-                break
-        else:
-            raise DataError("swap sensitivity needs questions from at least two patients")
-    return out
-
-
-@torch.no_grad()
-def evaluate_sets(
-    vlm: YesNoVLM,
-    images: Any,
-    questions: Sequence[ImageQuestion],
-    swapped: Sequence[int],
-) -> dict[str, Any]:
-    """PSF-Med metrics of one list of paraphrase sets bound to their images, with 95%
-    intervals clustered by patient (a patient's questions share anatomy, and here two
-    share each study), and ``items``: per question, ``id``, ``patient`` and ``flip`` (any
-    paraphrase's answer differs from the original's), for paired comparisons. ``swapped``
-    ``[N]``: the image row each question is asked again with (swap sensitivity). Raises
-    ``DataError`` when a question id repeats."""
-    sets = [q.record for q in questions]
-    ids = [s.question_id for s in sets]
-    if len(set(ids)) != len(ids):
-        repeated = next(q for q in ids if ids.count(q) > 1)
-        raise DataError(f"question id {repeated!r} repeats; per-question results need unique ids")
-    patients = [s.patient_id for s in sets]
-    by_group = dict(zip(ids, patients, strict=True))
-    rows = [q.image for q in questions for _ in range(1 + len(q.record.paraphrases))]
-    texts = [t for s in sets for t in (s.question, *s.paraphrases)]
-    flat = margins(vlm, images, rows, texts)
-    per_set, at = [], 0
-    for s in sets:
-        n = 1 + len(s.paraphrases)
-        per_set.append(flat[at : at + n])
-        at += n
-    groups = answers_from_margins(sets, per_set)
-    originals = [s.question for s in sets]
-    base = np.array([g.original_answer for g in groups])
-    blank = vlm.blank_images(take_rows(images, [q.image for q in questions]))
-    blank_answers = margins(vlm, blank, list(range(len(sets))), originals) > 0
-    swap_answers = margins(vlm, images, list(swapped), originals) > 0
-    flips = [group_flips(g) for g in groups]
-    return {
-        "groups": len(groups),
-        "flips": int(sum(flips)),
-        "flip_rate": flip_rate(groups, clusters=by_group),
-        "pairwise_flip_rate": pairwise_flip_rate(groups, clusters=by_group),
-        "margin_difference": margin_difference(groups, clusters=by_group),
-        "accuracy": answer_accuracy(groups, clusters=by_group),
-        "text_only_agreement": text_only_agreement(base, blank_answers, clusters=patients),
-        "swap_sensitivity": swap_sensitivity(base, swap_answers, clusters=patients),
-        "items": {"id": ids, "patient": patients, "flip": flips},
-    }
-
-
-def evaluate_both(
-    vlm: YesNoVLM, images: Any, eval_sets: dict[str, list[ImageQuestion]]
-) -> dict[str, Any]:
-    return {
-        name: evaluate_sets(vlm, images, sets, swap_rows(sets)) for name, sets in eval_sets.items()
-    }
+def analysis_layers(config: ParaphraseStudyConfig, n_layers: int) -> list[int]:
+    """``sae_layers`` (all blocks when None); raises ConfigError for a block the model
+    lacks."""
+    layers = list(range(n_layers)) if config.sae_layers is None else list(config.sae_layers)
+    bad = [i for i in layers if i >= n_layers]
+    if bad:
+        raise ConfigError(f"sae_layers {bad}: the model has blocks 0..{n_layers - 1}")
+    return layers
 
 
 # -- SAEs ------------------------------------------------------------------------------------
@@ -394,31 +323,37 @@ def train_question_saes(
     return saes, reports
 
 
-def train_layer_saes(
+def study_saes(
     vlm: YesNoVLM,
-    images: Any,
-    questions: Sequence[ImageQuestion],
+    bound: BoundQuestions,
+    train: Sequence[ImageQuestion],
     config: ParaphraseStudyConfig,
-    corpus: Sequence[str] = (),
-) -> tuple[dict[int, SAE], dict[int, dict[str, Any]]]:
-    """One TopK SAE (``sae_width``, ``sae_k``, ``sae_steps``) per language block, trained
-    on the residual states of the distinct train-split questions plus ``corpus``
-    (in-domain text: the question set alone has too few distinct tokens for a dictionary
-    of this width); per (image, text) pair when the model's question states depend on the
-    image, else per text."""
+) -> tuple[dict[int, Any], dict[int, dict[str, Any]], bool]:
+    """The SAEs the analysis reads: loaded from ``saes`` (only the ``sae_layers``), or one
+    TopK SAE (``sae_width``, ``sae_k``, ``sae_steps``) per ``sae_layers`` block trained on
+    the residual states of the train questions plus :func:`sae_corpus`. Returns the SAEs,
+    their training reports (empty when loaded) and whether they were trained here."""
+    layers = analysis_layers(config, len(vlm.layers))
+    if config.saes is not None:
+        wanted = None if config.sae_layers is None else layers
+        loaded = load_layer_saes(Path(config.saes), wanted, config.sae_variant)
+        bad = [layer for layer in loaded if layer >= len(vlm.layers)]
+        if bad:
+            raise ConfigError(f"saes {config.saes}: SAEs for layers {bad} the model lacks")
+        return loaded, {}, False
     shape = SAEConfig(d_in=1, d_sae=config.sae_width, kind="topk", k=config.sae_k)
-    shape = replace(shape, model=config.model)
-    layers = list(range(len(vlm.layers)))
-    return train_question_saes(
+    saes, reports = train_question_saes(
         vlm,
-        images,
-        questions,
+        bound.images,
+        train,
         layers,
-        shape,
+        replace(shape, model=config.model),
         steps=config.sae_steps,
-        corpus=corpus,
+        corpus=sae_corpus(bound, config),
         per_image=vlm.states_depend_on_image,
+        seed=config.seed,
     )
+    return saes, reports, True
 
 
 def layer_ranges(chosen: Sequence[int], n_layers: int, names: Sequence[str]) -> dict[str, Any]:
@@ -434,45 +369,71 @@ def layer_ranges(chosen: Sequence[int], n_layers: int, names: Sequence[str]) -> 
     return {name: table[name] for name in names}
 
 
+def clamped_report(
+    vlm: YesNoVLM,
+    images: Any,
+    questions: Sequence[ImageQuestion],
+    saes: Mapping[int, Dictionary],
+    analysis: SAEAnalysis,
+) -> dict[str, Any] | None:
+    """The metrics of ``questions`` with the analysis's causal candidate (the patched
+    feature that recovered most margin) clamped at the peak layer (None when no feature
+    was attributed)."""
+    if not analysis.patch:
+        return None
+    feature = int(analysis.patch["feature"])
+    layer = analysis.peak_layer
+    with feature_edit(vlm, saes[layer], layer, feature, analysis.clamp_value):
+        report, _ = evaluate_questions(vlm, images, questions)
+    report.update(layer=layer, feature=feature, value=analysis.clamp_value)
+    return report
+
+
 # -- the study ---------------------------------------------------------------------------------
 
 
 def run_paraphrase_study(
     config: ParaphraseStudyConfig,
-    source: ImageStudySource,
+    bound: BoundQuestions,
     out: str | Path,
     *,
+    vlm: YesNoVLM | None = None,
     device: str | torch.device = "cpu",
     dtype: str | torch.dtype | None = None,
     log: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
-    """Run every step on ``source`` with the model ``config.model`` (loaded on ``device``
-    in ``dtype``, afresh for each LoRA run); write ``results.json``, ``table.md``, the
-    SAEs (``saes/layer_<L>``, SAELens layout) and the adapters (``runs/<range>/seed<s>``).
+    """Run every step on ``bound`` (questions bound to images prepared for
+    ``config.model``) with ``vlm`` (loaded from ``config.model`` on ``device`` in ``dtype``
+    when None; afresh for each LoRA run); write ``results.json``, ``table.md``,
+    ``margins.csv`` (baseline), the SAEs trained here (``saes/layer_<L>``, SAELens layout)
+    and the runs (``runs/<range>/seed<s>``: checkpoints, adapter, train.json).
 
-    Returns the results dict. Raises ``VLMSpecError`` for a model that cannot be loaded
-    and ``DataError`` for a source with too few items, unreadable images, or an
-    evaluation split with questions of one patient only.
+    Returns the results dict. Raises ``VLMSpecError`` for a model that cannot be loaded,
+    ``DataError`` for questions without split labels or too few of a split, and
+    ``ConfigError`` for SAE layers the model lacks.
     """
     out = Path(out)
     say = log or (lambda _msg: None)
-    items = study_items(source, config)
-    train_sets, eval_sets = study_questions(source, items, config)
-    vqa = load_yes_no_vlm(config.model, device=device, dtype=dtype)
-    images = study_images(vqa, source, items)
+    train_sets, eval_sets = study_sets(bound, config)
+    if vlm is None:
+        vlm = load_yes_no_vlm(config.model, device=device, dtype=dtype)
+    images = bound.images
     timings: dict[str, float] = {}
 
     start = time.perf_counter()
-    say(f"baseline on {len(eval_sets['heldout'])} {config.eval_split}-split questions ...")
-    baseline = evaluate_both(vqa, images, eval_sets)
+    say(f"baseline on {len(eval_sets)} {config.eval_split}-split questions ...")
+    baseline, margin_table = evaluate_questions(vlm, images, eval_sets, seed=config.seed)
+    write_margins(margin_table, out / "margins.csv")
     timings["baseline"] = time.perf_counter() - start
 
     start = time.perf_counter()
-    say(f"training {len(vqa.layers)} SAEs on train-split questions ...")
-    corpus = sae_corpus(source, items, config)
-    saes, sae_reports = train_layer_saes(vqa, images, train_sets, config, corpus)
+    saes, sae_reports, trained_here = study_saes(vlm, bound, train_sets, config)
+    say(
+        f"{'trained' if trained_here else 'loaded'} SAEs at layers {sorted(saes)}; "
+        "analysing flips ..."
+    )
     pairs = paraphrase_pairs(analysis_questions(train_sets, config))
-    analysis = analyse(vqa, images, pairs, saes, analysis_config(config))
+    analysis = analyse(vlm, images, pairs, saes, analysis_config(config))
     timings["sae"] = time.perf_counter() - start
     say(
         f"flip-prediction AUC peaks at layer {analysis.peak_layer}; "
@@ -480,11 +441,11 @@ def run_paraphrase_study(
     )
 
     start = time.perf_counter()
-    clamped = clamped_report(vqa, images, eval_sets, saes, analysis)
+    clamped = clamped_report(vlm, images, eval_sets, saes, analysis)
     timings["clamping"] = time.perf_counter() - start
 
     runs: dict[str, list[dict[str, Any]]] = {}
-    ranges = layer_ranges(analysis.chosen_layers, len(vqa.layers), config.ranges)
+    ranges = layer_ranges(analysis.chosen_layers, len(vlm.layers), config.ranges)
     examples = consistency_examples(train_sets)
     trained: dict[Any, str] = {}
     for name, layers in ranges.items():
@@ -500,17 +461,16 @@ def run_paraphrase_study(
             say(f"consistency LoRA on layers {name} ({layers or 'all'}), seed {seed} ...")
             model = load_yes_no_vlm(config.model, device=device, dtype=dtype)
             start = time.perf_counter()
-            lora = run_config(config, layers, seed)
             run_paraphrase_method(
                 "consistency-lora",
                 model,
                 images,
                 examples,
-                lora,
+                run_config(config, layers, seed),
                 out / "runs" / name / f"seed{seed}",
             )
             seconds = time.perf_counter() - start
-            report = evaluate_both(model, images, eval_sets)
+            report, _ = evaluate_questions(model, images, eval_sets, seed=config.seed)
             report.update(seed=seed, layers=None if layers is None else list(layers))
             report["train_seconds"] = round(seconds, 1)
             runs.setdefault(name, []).append(report)
@@ -518,14 +478,17 @@ def run_paraphrase_study(
     results = to_jsonable(
         {
             "config": config.to_dict(),
-            "data": {**source.description, "studies": len(items)},
+            "data": bound.info,
             "counts": {
                 "train_sets": len(train_sets),
-                **{k: len(v) for k, v in eval_sets.items()},
+                "eval_sets": len(eval_sets),
                 "analysis_pairs": len(pairs),
             },
             "baseline": baseline,
-            "sae": {"layers": {str(k): v for k, v in sae_reports.items()}},
+            "sae": {
+                "source": "trained" if trained_here else str(config.saes),
+                "layers": {str(k): v for k, v in sae_reports.items()},
+            },
             "analysis": analysis.to_dict(),
             "clamping": clamped,
             "runs": runs,
@@ -533,31 +496,12 @@ def run_paraphrase_study(
         }
     )
     results["paired"] = to_jsonable({label: cells for label, _, cells in paired_rows(results)})
-    for layer, sae in saes.items():
-        save_saelens(sae, out / "saes" / f"layer_{layer}")
+    if trained_here:
+        for layer, sae in saes.items():
+            save_saelens(sae, out / "saes" / f"layer_{layer}")
     write_json(out / "results.json", results)
     atomic_write_text(out / "table.md", results_table(results) + "\n")
     return results
-
-
-def clamped_report(
-    vqa: YesNoVLM,
-    images: Any,
-    eval_sets: dict[str, list[ImageQuestion]],
-    saes: Mapping[int, Dictionary],
-    analysis: SAEAnalysis,
-) -> dict[str, Any] | None:
-    """The metrics of ``eval_sets`` with the analysis's causal candidate (the patched
-    feature that recovered most margin) clamped at the peak layer (None when no feature was
-    attributed)."""
-    if not analysis.patch:
-        return None
-    feature = int(analysis.patch["feature"])
-    layer = analysis.peak_layer
-    with feature_edit(vqa, saes[layer], layer, feature, analysis.clamp_value):
-        report = evaluate_both(vqa, images, eval_sets)
-    report.update(layer=layer, feature=feature, value=analysis.clamp_value)
-    return report
 
 
 __all__ = [
@@ -566,20 +510,15 @@ __all__ = [
     "ParaphraseRecipe",
     "ParaphraseStudyConfig",
     "analysis_config",
+    "analysis_layers",
     "analysis_questions",
     "clamped_report",
-    "evaluate_both",
-    "evaluate_sets",
     "layer_ranges",
     "load_paraphrase_recipe",
     "run_config",
     "run_paraphrase_study",
     "sae_corpus",
-    "split_rows",
-    "study_images",
-    "study_items",
-    "study_questions",
-    "swap_rows",
-    "train_layer_saes",
+    "study_saes",
+    "study_sets",
     "train_question_saes",
 ]

@@ -48,8 +48,14 @@ def _conditions(results: dict[str, Any]) -> list[tuple[str, str, list[dict[str, 
     return rows
 
 
+def primary_view(results: dict[str, Any]) -> str:
+    """The view the table reports: held-out paraphrase families where the questions label
+    them, else all questions."""
+    return "heldout" if "heldout" in results["baseline"] else "all"
+
+
 def paired_rows(
-    results: dict[str, Any], split: str = "heldout"
+    results: dict[str, Any], split: str | None = None
 ) -> list[tuple[str, str, dict[str, PairedDifference | None]]]:
     """Per condition: (row label, key, ``{reference: PairedDifference or None}``), the
     paired difference of the per-question flip indicator on ``split`` against the
@@ -57,6 +63,7 @@ def paired_rows(
     averaged over each condition's seeds, a patient bootstrap of the mean difference, and
     McNemar's exact p when both sides have one seed. None for the reference itself, a
     reference that did not run, or reports without ``items``."""
+    split = split or primary_view(results)
     conditions = _conditions(results)
     by_key = {key: reports for _, key, reports in conditions}
     out = []
@@ -67,7 +74,7 @@ def paired_rows(
             if ref == key or other is None:
                 cells[ref] = None
                 continue
-            if not all("items" in r[split] for r in (*reports, *other)):
+            if not all(split in r and "items" in r[split] for r in (*reports, *other)):
                 cells[ref] = None
                 continue
             cells[ref] = paired_items(
@@ -78,9 +85,11 @@ def paired_rows(
 
 
 def results_table(results: dict[str, Any]) -> str:
-    """Markdown: held-out paraphrase families (and in-distribution flip rate), mean and
-    range over seeds, and the paired differences of :func:`paired_rows` in percentage
-    points with their 95% intervals."""
+    """Markdown: held-out paraphrase families (all questions when the file labels no
+    families; :func:`primary_view`) and the in-distribution flip rate, mean and range over
+    seeds, and the paired differences of :func:`paired_rows` in percentage points with
+    their 95% intervals."""
+    view = primary_view(results)
     head = (
         "| condition | seeds | flip rate | pairwise flip | mean abs margin diff | accuracy | "
         "flip rate, in-dist | text-only agreement | "
@@ -92,7 +101,10 @@ def results_table(results: dict[str, Any]) -> str:
     for (label, _, reports), (_, _, cells) in zip(_conditions(results), paired, strict=True):
 
         def vals(split: str, key: str, reps: list[dict[str, Any]] = reports) -> list[float]:
-            return [r[split][key]["value"] for r in reps]
+            return [
+                r[split][key]["value"] if split in r and r[split].get(key) else float("nan")
+                for r in reps
+            ]
 
         deltas = []
         for ref, _ in PAIRED_REFERENCES:
@@ -104,12 +116,12 @@ def results_table(results: dict[str, Any]) -> str:
                 [
                     label,
                     str(len(reports)),
-                    _cell(vals("heldout", "flip_rate")),
-                    _cell(vals("heldout", "pairwise_flip_rate")),
-                    _cell(vals("heldout", "margin_difference"), scale=1.0, digits=2),
-                    _cell(vals("heldout", "accuracy")),
+                    _cell(vals(view, "flip_rate")),
+                    _cell(vals(view, "pairwise_flip_rate")),
+                    _cell(vals(view, "margin_difference"), scale=1.0, digits=2),
+                    _cell(vals(view, "accuracy")),
                     _cell(vals("in_distribution", "flip_rate")),
-                    _cell(vals("heldout", "text_only_agreement")),
+                    _cell(vals(view, "text_only_agreement")),
                     *deltas,
                 ]
             )
@@ -125,4 +137,4 @@ def _span(layers: Sequence[int]) -> str:
     return ",".join(f"L{i}" for i in layers)
 
 
-__all__ = ["PAIRED_REFERENCES", "paired_rows", "results_table"]
+__all__ = ["PAIRED_REFERENCES", "paired_rows", "primary_view", "results_table"]
