@@ -1,11 +1,13 @@
 """Run the paraphrase study from a recipe, optionally overriding seeds, ranges and split.
 
-    .venv/bin/python -m mechtune.cli.main sim build --n 2000 --seed 0 --out runs/world
+    .venv/bin/python -m mechtune.cli.main sim export --n 2000 --seed 0 --out runs/export
     .venv/bin/python experiments/paraphrase_study.py --recipe recipes/consistency-phantom.yaml \\
-        --data runs/world --seeds 0 1 2 --out runs/paraphrase_3seeds
+        --questions runs/export/questions.jsonl --data runs/export --seeds 0 1 2 \\
+        --out runs/paraphrase_3seeds
 
-``--data`` is any image-study source folder (a saved phantom world, a MIMIC-CXR-JPG or
-CheXpert folder, a manifest); it overrides the recipe's ``data:``. Choosing settings uses
+``--questions`` is a PSF-Med style file with split labels and ``--data`` the image-study
+source (or plain folder) its images are in, as ``mechtune paraphrase study`` takes them;
+they override the recipe's ``questions:`` / ``data:``. Choosing settings uses
 the validation patients only (``--eval-split val``). ``--set`` overrides consistency-LoRA
 settings, e.g. ``--set steps=100 consistency_weight=2``. Writes results.json and table.md
 into --out; the table's Δ columns are paired differences of the per-question flip indicator
@@ -20,14 +22,15 @@ from pathlib import Path
 
 import yaml
 
-from mechtune.data.sources import open_source
-from mechtune.pipelines.paraphrase import load_paraphrase_recipe, run_paraphrase_study
+from mechtune.cli.paraphrase import run_study
+from mechtune.pipelines.paraphrase import load_paraphrase_recipe
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--recipe", type=Path, default=Path("recipes/consistency-phantom.yaml"))
     parser.add_argument("--data", type=Path, default=None)
+    parser.add_argument("--questions", type=Path, default=None)
     parser.add_argument("--seeds", type=int, nargs="+", default=None)
     parser.add_argument("--ranges", nargs="+", default=None)
     parser.add_argument("--eval-split", choices=("val", "test"), default=None)
@@ -39,8 +42,9 @@ def main() -> None:
     recipe = load_paraphrase_recipe(args.recipe)
     config = recipe.config
     data = args.data or recipe.data
-    if data is None:
-        parser.error("--data is required when the recipe has no data: key")
+    questions = args.questions or recipe.questions
+    if data is None or questions is None:
+        parser.error("--data and --questions are required when the recipe names none")
     if args.seeds:
         config = replace(config, seeds=tuple(args.seeds))
     if args.ranges:
@@ -50,14 +54,7 @@ def main() -> None:
     if args.set:
         overrides = {k: yaml.safe_load(v) for k, v in (item.split("=", 1) for item in args.set)}
         config = replace(config, lora=replace(config.lora, **overrides))
-    run_paraphrase_study(
-        config,
-        open_source(data),
-        args.out,
-        device=args.device,
-        dtype=args.dtype,
-        log=lambda m: print(m, flush=True),
-    )
+    run_study(config, questions, data, args.out, device=args.device, dtype=args.dtype)
     print((args.out / "table.md").read_text())
 
 

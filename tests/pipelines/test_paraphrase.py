@@ -5,8 +5,9 @@ import pytest
 
 from mechtune.data.schema import ImageQuestion, ParaphraseSet
 from mechtune.eval.metrics import paired_difference
-from mechtune.pipelines.paraphrase import layer_ranges, swap_rows
-from mechtune.pipelines.paraphrase_report import paired_rows, results_table
+from mechtune.pipelines.paraphrase import layer_ranges
+from mechtune.pipelines.paraphrase_eval import swap_rows
+from mechtune.pipelines.paraphrase_report import paired_rows, primary_view, results_table
 
 
 def test_layer_ranges_have_the_width_of_the_chosen_range():
@@ -34,8 +35,7 @@ def _set(i: int, patient: str) -> ImageQuestion:
 def test_swap_rows_take_the_next_other_patient_cyclically():
     sets = [_set(0, "a"), _set(1, "a"), _set(2, "b"), _set(3, "c")]
     assert swap_rows(sets) == [12, 12, 13, 10]
-    with pytest.raises(ValueError, match="two patients"):
-        swap_rows([_set(0, "a"), _set(1, "a")])
+    assert swap_rows([_set(0, "a"), _set(1, "a")]) is None  # one patient: no swap
 
 
 def test_an_image_row_must_be_a_typed_index():
@@ -143,3 +143,27 @@ def test_paired_rows_report_the_differences_and_refuse_mismatched_items():
     results["runs"]["late"][0]["heldout"]["items"]["id"][0] = "q99"
     with pytest.raises(ValueError, match="'q0' is missing"):
         paired_rows(results)
+
+
+def test_the_table_reports_all_questions_when_the_file_labels_no_families():
+    """A questions file without heldout_family flags has only the "all" view: the table
+    and the paired differences use it instead of showing n/a everywhere."""
+    results = _table_results()
+
+    def only_all(report: dict) -> dict:
+        rest = {k: v for k, v in report.items() if k not in ("heldout", "in_distribution")}
+        return {**rest, "all": report["heldout"]}
+
+    plain = {
+        "baseline": only_all(results["baseline"]),
+        "clamping": only_all(results["clamping"]),
+        "runs": {k: [only_all(r) for r in v] for k, v in results["runs"].items()},
+    }
+    assert primary_view(plain) == "all" and primary_view(results) == "heldout"
+    assert [c for _, _, c in paired_rows(plain)] == [c for _, _, c in paired_rows(results)]
+    lines = {
+        line.split(" | ")[0].lstrip("| "): line.split(" | ")
+        for line in results_table(plain).splitlines()[2:]
+    }
+    assert lines["baseline"][2] == "50.0"
+    assert lines["baseline"][6] == "n/a"  # no in-distribution view
