@@ -19,13 +19,18 @@ this order; :func:`read_psf_records` needs only ``question``, ``paraphrases`` an
                     image_path, dicom_id), or null
     split           train, val or test (default test)
 
-An example line (as :func:`write_psf_records` writes it)::
+An example line (from ``mechtune sim export``; two of its five paraphrases shown)::
 
-    {"question_id": "50000003-edema-h", "study_id": "50000003", "subject_id": "10000002",
-     "condition": "edema", "question": "Is there pulmonary edema?",
-     "paraphrases": ["Is pulmonary edema seen?", ...], "strategies": ["voice", ...],
-     "families": ["p.voice_seen", ...], "heldout_family": [true, ...], "answer": "no",
-     "image": "files/p10/p10000002/s50000003/1b2c...jpg", "split": "test"}
+    {"question_id": "50000004-pneumothorax-h", "study_id": "50000004",
+     "subject_id": "10000002", "condition": "pneumothorax",
+     "question": "Is there a pneumothorax?",
+     "paraphrases": ["Is there any pneumothorax visible?",
+                     "Would you say there is a pneumothorax?"],
+     "strategies": ["lexical", "syntactic"],
+     "families": ["lex.any_visible", "syn.would_you_say"],
+     "heldout_family": [true, true], "answer": "no",
+     "image": "files/p10/p10000002/s50000004/87c7f55d-3371631f-dcecf4d1-dbc0f089-5089ca02.jpg",
+     "split": "test"}
 """
 
 from __future__ import annotations
