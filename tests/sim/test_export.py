@@ -12,6 +12,7 @@ import gzip
 import hashlib
 import json
 import re
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -23,7 +24,12 @@ from mechtune.data.importers import read_label_csv
 from mechtune.data.ontology import load_ontology
 from mechtune.data.sources.base import read_image_file
 from mechtune.errors import ConfigError, DataError
-from mechtune.sim.export import MimicExportConfig, export_mimic, lateral_only_extras
+from mechtune.sim.export import (
+    QUESTIONS_FILE,
+    MimicExportConfig,
+    export_mimic,
+    lateral_only_extras,
+)
 from mechtune.sim.mimic_layout import (
     CHEXPERT_TABLE,
     LABEL_COLUMNS,
@@ -127,6 +133,7 @@ def test_mimic_ids_follow_the_offsets():
 def test_the_tree_and_file_names_follow_mimic_rules(world, exported):
     files = set(tree(exported))
     tables = {CHEXPERT_TABLE, NEGBIO_TABLE, METADATA_TABLE, SPLIT_TABLE, "manifest.json"}
+    tables.add(QUESTIONS_FILE)
     assert tables <= files
     images, reports = set(), set()
     for rel in files - tables:
@@ -380,6 +387,8 @@ FIELD_CHANGES = {
     "second_frontal_rate": 1.0,
     "lateral_only_studies": 1,
     "seed": 6,
+    "questions": False,
+    "questions_per_study": 3,
 }
 
 
@@ -417,6 +426,49 @@ def test_changing_an_export_option_changes_the_export(world, exported, tmp_path,
         assert {r["dicom_id"] for r in meta}.isdisjoint(
             r["dicom_id"] for r in table(exported, METADATA_TABLE)[1]
         )
+        # the questions are drawn from the seed too (the same studies, other conditions)
+        assert questions_of(out) != questions_of(exported)
+    elif field == "questions":
+        assert QUESTIONS_FILE not in after and "questions" not in counts
+        assert {p for p in before if p != QUESTIONS_FILE} == set(after)
+        assert QUESTIONS_FILE not in json.loads((out / "manifest.json").read_text())["files"]
+    elif field == "questions_per_study":
+        # only the questions change: at most 3 per study and family pool, more of them
+        assert {p for p in before if after[p] != before[p]} == {QUESTIONS_FILE, "manifest.json"}
+        per_pool = Counter((q["study_id"], q["question_id"][-1]) for q in questions_of(out))
+        assert max(per_pool.values()) == 3
+        assert counts["questions"]["records"] > len(questions_of(exported))
+
+
+def questions_of(root: Path) -> list[dict]:
+    """The records of an export's questions file, as plain JSON."""
+    lines = (root / QUESTIONS_FILE).read_text(encoding="utf-8").splitlines()
+    return [json.loads(line) for line in lines]
+
+
+def test_the_manifest_records_the_questions_file_and_its_counts(world, exported):
+    manifest = json.loads((exported / "manifest.json").read_text())
+    records = questions_of(exported)
+    assert QUESTIONS_FILE in manifest["files"]
+    assert (
+        manifest["files"][QUESTIONS_FILE]
+        == hashlib.sha256((exported / QUESTIONS_FILE).read_bytes()).hexdigest()
+    )
+    counts = manifest["counts"]["questions"]
+    assert counts["file"] == QUESTIONS_FILE and counts["records"] == len(records)
+    assert (counts["questions_per_study"], counts["seed"]) == (2, 5)
+    assert manifest["config"]["export"]["questions_per_study"] == 2
+    by_split = Counter(r["split"] for r in records)
+    assert counts["records_by_split"] == {s: by_split[s] for s in ("train", "val", "test")}
+    held = sum(all(r["heldout_family"]) for r in records)
+    assert counts["records_by_family_pool"] == {
+        "in_distribution": len(records) - held,
+        "heldout": held,
+    }
+    assert counts["studies"] == counts["studies_with_questions"] == len(world.studies)
+    # each world study: 2 questions (train) or 2 + 2 (val, test: held-out families too)
+    n_eval = sum(world.split_of(s) != "train" for s in world.studies)
+    assert len(records) == 2 * len(world.studies) + 2 * n_eval
 
 
 def test_every_export_field_has_a_change_test_and_one_default():
@@ -436,6 +488,7 @@ def test_every_export_field_has_a_change_test_and_one_default():
         ({"lateral_rate": 1.5}, r"lateral_rate must be in \[0, 1\]"),
         ({"second_frontal_rate": -0.1}, r"second_frontal_rate must be in \[0, 1\]"),
         ({"lateral_only_studies": -1}, "lateral_only_studies must be >= 0"),
+        ({"questions_per_study": 0}, "questions_per_study must be >= 1, got 0"),
     ],
 )
 def test_bad_export_options_are_refused_by_name(kw, message):
@@ -483,6 +536,8 @@ CLI_CHANGES: dict[str, list[str] | None] = {
     "--from-world": None,
     "--quality": None,
     "--layout": None,
+    "--questions": [*CLI_BASE, "--no-questions"],
+    "--questions-per-study": [*CLI_BASE, "--questions-per-study", "3"],
 }
 
 
@@ -534,6 +589,30 @@ def test_every_sim_export_option_changes_the_output(tmp_path, cli_base, option):
         if option == "--size":
             _, meta = table(tmp_path / "changed", METADATA_TABLE)
             assert {r["Rows"] for r in meta} == {"64"}
+        if option == "--questions":  # the questions file goes; images and tables stay
+            assert QUESTIONS_FILE in before and QUESTIONS_FILE not in after
+            assert {p for p in before if p != QUESTIONS_FILE} == set(after)
+            assert all(after[p] == before[p] for p in after if p != "manifest.json")
+        if option == "--questions-per-study":  # the questions change, nothing else
+            assert {p for p in after if after[p] != before[p]} == {QUESTIONS_FILE, "manifest.json"}
+            records = questions_of(tmp_path / "changed")
+            per_pool = Counter((q["study_id"], q["question_id"][-1]) for q in records)
+            assert max(per_pool.values()) == 3
+            refused = runner.invoke(
+                app,
+                [
+                    "sim",
+                    "export",
+                    *CLI_BASE,
+                    "--no-questions",
+                    "--questions-per-study",
+                    "3",
+                    "--out",
+                    str(tmp_path / "z"),
+                ],
+            )
+            assert refused.exit_code == 2 and "--no-questions omits it" in refused.output
+            assert not (tmp_path / "z").exists()
 
 
 OPTION_TESTS = {

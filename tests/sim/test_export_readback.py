@@ -6,9 +6,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from mechtune.data.psf import read_psf_records
 from mechtune.data.sources import open_source
 from mechtune.data.sources.mimic import MimicCxrJpg
-from mechtune.sim.export import export_mimic
+from mechtune.sim.export import QUESTIONS_FILE, export_mimic
 from mechtune.sim.mimic_layout import mimic_study_id, mimic_subject_id
 from mechtune.sim.render import RenderConfig
 from mechtune.sim.reports import ReportConfig
@@ -80,3 +81,34 @@ def test_report_facts_restore_side_zone_and_size(exported):
         attributed += item.findings != labels_only[item.study_id]
     facts = source.report.notes["report_facts"]
     assert facts["reports"] == len(world.studies) and facts["changed"] == attributed > 10
+
+
+def test_exported_questions_resolve_to_the_sources_studies_and_images(exported):
+    """questions.jsonl, read as a user reads it, names for every record an image file under
+    the export root and the source study whose image_ref it is, in that study's split."""
+    world, export, root = exported
+    source = open_source(root / "mimic")
+    sets, report = read_psf_records(root / "mimic" / QUESTIONS_FILE)
+    assert export.questions == root / "mimic" / QUESTIONS_FILE
+    assert report.rows_kept == len(sets) == export.counts["questions"]["records"] > 0
+    assert report.labels_splits and report.labels_heldout_families and not report.skipped
+    by_ref = {s.image_ref: s for s in source}
+    assert len(by_ref) == len(source)
+    truth = {str(mimic_study_id(s.study_id)): s for s in world.studies}
+    pools: dict[str, set[bool]] = {}
+    for q in sets:
+        assert q.image_ref is not None and not q.image_ref.startswith("/")
+        path = root / "mimic" / q.image_ref
+        assert path.is_file() and path.resolve().is_relative_to((root / "mimic").resolve())
+        study = by_ref[q.image_ref]
+        assert source.image_file(study) == path
+        assert (q.study_id, q.patient_id) == (study.study_id, study.patient_id)
+        assert q.split == source.split_of(study) == world.split_of(truth[q.study_id])
+        assert q.condition is not None and q.answer is truth[q.study_id].label(q.condition)
+        pools.setdefault(q.study_id, set()).add(all(q.heldout_family))
+    # every study is asked about; train studies with training families only, val and test
+    # studies with both (the lateral-only extras have no frontal image, so no questions)
+    assert set(pools) == set(truth)
+    for study_id, held in pools.items():
+        expected = {False} if world.split_of(truth[study_id]) == "train" else {False, True}
+        assert held == expected, study_id

@@ -114,9 +114,28 @@ def export(
         Path | None,
         typer.Option(help="Export this saved world folder instead of building one."),
     ] = None,
+    questions: Annotated[
+        bool,
+        typer.Option(
+            "--questions/--no-questions",
+            help="Write questions.jsonl: PSF-Med paraphrase sets for every study, images "
+            "relative to --out (the file `paraphrase` commands take with --questions).",
+        ),
+    ] = EXPORT_DEFAULTS.questions,
+    questions_per_study: Annotated[
+        int | None,
+        typer.Option(
+            help="Yes/no questions per study in questions.jsonl (validation and test "
+            "studies get each twice: training and held-out paraphrase families).",
+            min=1,
+            show_default=str(EXPORT_DEFAULTS.questions_per_study),
+        ),
+    ] = None,
 ) -> None:
     """Write a phantom world as MIMIC-CXR-JPG lays out its files: images, gzipped label,
-    metadata and split tables, and reports (see mechtune.sim.export)."""
+    metadata and split tables, reports, and the questions file (see mechtune.sim.export)."""
+    if not questions and questions_per_study is not None:
+        raise ConfigError("--questions-per-study sets the questions file; --no-questions omits it")
     if from_world is not None:
         if n is not None or size is not None:
             raise ConfigError(
@@ -139,12 +158,26 @@ def export(
         image_format=image_format.value,
         jpeg_quality=quality,
         seed=world.config.seed if seed is None else seed,
+        questions=questions,
+        questions_per_study=(
+            EXPORT_DEFAULTS.questions_per_study
+            if questions_per_study is None
+            else questions_per_study
+        ),
     )
     c = result.counts
     console.print(
         f"wrote {c['studies']} studies ({c['images']} images, {c['lateral_only_studies']} "
         f"lateral-only studies) in {layout.value} layout to {out}"
     )
+    if result.questions is not None:
+        q = c["questions"]
+        by_split = ", ".join(f"{k} {v}" for k, v in q["records_by_split"].items())
+        console.print(
+            f"wrote {q['records']} questions ({by_split}; {q['records_by_family_pool']['heldout']} "
+            f"with held-out paraphrase families) for {q['studies_with_questions']} studies "
+            f"to {result.questions}"
+        )
 
 
 @app.command("train-clip")

@@ -9,6 +9,7 @@ MIMIC-CXR-JPG 2.0.0, PhysioNet 2019)::
     out/mimic-cxr-2.0.0-negbio.csv.gz                       the same columns
     out/mimic-cxr-2.0.0-metadata.csv.gz                     one row per image, ViewPosition ...
     out/mimic-cxr-2.0.0-split.csv.gz                        dicom_id, study_id, subject_id, split
+    out/questions.jsonl                                     PSF-Med paraphrase sets (optional)
     out/manifest.json                                       kind "mimic-export": config, ids
 
 Ids: ``subject_id = 10000000 + patient index`` (phantom ``p0000007`` -> ``10000007``),
@@ -42,6 +43,14 @@ report's sentences (whitespace-normalised, FINDINGS equals the world report exac
 IMPRESSION is "No acute cardiopulmonary process." for a study without pathology, else the
 report's first sentence (its first present finding). Nothing contradicts the truth.
 
+Questions (``questions=True``, the default): ``questions.jsonl``, PSF-Med paraphrase sets
+(:mod:`mechtune.data.psf`) written by
+:func:`~mechtune.data.builders.paraphrase.write_source_questions` from the export opened as
+a user opens it (:func:`~mechtune.data.sources.open_source`): ``questions_per_study``
+yes/no questions per study (seeded by ``seed``), train patients with training families,
+validation and test patients also with held-out ones; ``image`` is the reader's
+``image_ref`` (relative to ``out``), ``split`` the patient split.
+
 Format: JPEG at quality 95 by default, MIMIC-CXR-JPG's own, chosen by measurement
 (``experiments/export_format.py``): on the 945 test studies of the shipped CLIP's world,
 no zero-shot figure moves by more than the half-width of its 95% interval (the largest
@@ -71,9 +80,11 @@ from typing import Any
 
 import numpy as np
 
+from mechtune.data.builders.paraphrase import write_source_questions
 from mechtune.data.io import atomic_path, sha256_file, write_manifest
 from mechtune.data.ontology import load_ontology
 from mechtune.data.schema import SPLITS, Study
+from mechtune.data.sources import open_source
 from mechtune.data.splits import record_rng
 from mechtune.data.synthetic import SyntheticConfig, sample_studies
 from mechtune.errors import ConfigError, DataError
@@ -106,6 +117,8 @@ from mechtune.sim.render import Acquisition, Renderer, sample_acquisition
 from mechtune.sim.reports import write_report
 from mechtune.sim.world import World
 
+QUESTIONS_FILE = "questions.jsonl"
+
 
 @dataclass(frozen=True)
 class MimicExportConfig:
@@ -118,8 +131,10 @@ class MimicExportConfig:
     ``jpeg_quality``: Pillow's JPEG quality, 1..100 (95, as MIMIC-CXR-JPG);
     ``lateral_rate`` / ``second_frontal_rate``: the chance that a study also has a lateral
     view / a second (AP) frontal image; ``lateral_only_studies``: extra studies with only a
-    lateral image; ``seed``: draws those choices, the dicom ids, dates and report preambles.
-    Raises ``ConfigError`` naming the field for a value outside its range.
+    lateral image; ``seed``: draws those choices, the dicom ids, dates, report preambles and
+    questions; ``questions``: write ``questions.jsonl``; ``questions_per_study``: questions
+    per study in it (>= 1). Raises ``ConfigError`` naming the field for a value outside its
+    range.
     """
 
     image_format: str = "jpeg"
@@ -128,6 +143,8 @@ class MimicExportConfig:
     second_frontal_rate: float = 0.1
     lateral_only_studies: int = 3
     seed: int = 0
+    questions: bool = True
+    questions_per_study: int = 2
 
     def __post_init__(self) -> None:
         if self.image_format not in IMAGE_FORMATS:
@@ -142,6 +159,8 @@ class MimicExportConfig:
                 raise ConfigError(f"{name} must be in [0, 1], got {value}")
         if self.lateral_only_studies < 0:
             raise ConfigError(f"lateral_only_studies must be >= 0, got {self.lateral_only_studies}")
+        if self.questions_per_study < 1:
+            raise ConfigError(f"questions_per_study must be >= 1, got {self.questions_per_study}")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -182,11 +201,13 @@ class MimicStudy:
 @dataclass(frozen=True)
 class MimicExport:
     """What :func:`export_mimic` wrote: the root, the studies (world order, then the
-    lateral-only extras) and the counts recorded in the manifest."""
+    lateral-only extras), the counts recorded in the manifest (with ``questions``, the
+    questions file's counts, when one was written) and the questions file, or None."""
 
     root: Path
     studies: tuple[MimicStudy, ...]
     counts: dict[str, Any]
+    questions: Path | None = None
 
 
 # -- the plan: which images each study gets ------------------------------------------------
@@ -420,13 +441,17 @@ def export_mimic(
     second_frontal_rate: float = 0.1,
     lateral_only_studies: int = 3,
     seed: int = 0,
+    questions: bool = True,
+    questions_per_study: int = 2,
     workers: int = 2,
 ) -> MimicExport:
     """Write ``world`` to ``out`` in MIMIC-CXR-JPG layout (see the module docstring).
 
     ``world.images``: ``uint8 [N, S, S]``; every exported image is ``S x S`` (metadata
-    ``Rows``/``Columns``). ``workers`` threads encode and write the images (the bytes do
-    not depend on it). Raises ``ConfigError`` for a bad option or when ``out`` exists and
+    ``Rows``/``Columns``). The options are :class:`MimicExportConfig`'s; with ``questions``
+    the export also holds ``questions.jsonl`` (the module docstring), and the manifest
+    lists it and its counts (``counts["questions"]``). ``workers`` threads encode and write
+    the images (the bytes do not depend on it). Raises ``ConfigError`` for a bad option or when ``out`` exists and
     is not empty (a stale tree would mix two exports), ``DataError`` for a world whose ids,
     views or truth cannot be written.
     """
@@ -437,6 +462,8 @@ def export_mimic(
         second_frontal_rate=second_frontal_rate,
         lateral_only_studies=lateral_only_studies,
         seed=seed,
+        questions=questions,
+        questions_per_study=questions_per_study,
     )
     if workers < 1:
         raise ConfigError(f"workers must be >= 1, got {workers}")
@@ -493,13 +520,24 @@ def export_mimic(
     _write_gz_csv(root, METADATA_TABLE, METADATA_COLUMNS, _metadata_rows(items, size, seed))
     _write_gz_csv(root, SPLIT_TABLE, SPLIT_COLUMNS, _split_rows(items))
     counts = _counts(items)
+    files = list(TABLES)
+    questions_file = None
+    if config.questions:  # the tables are written: open the export as a user does
+        questions_file = root / QUESTIONS_FILE
+        counts["questions"] = write_source_questions(
+            open_source(root),
+            questions_file,
+            questions_per_study=config.questions_per_study,
+            seed=config.seed,
+        )
+        files.append(QUESTIONS_FILE)
     extras = [it for it in items if it.lateral_only]
     write_manifest(
         root,
         kind="mimic-export",
         config={"world": world.config.to_dict(), "export": config.to_dict()},
         counts=counts,
-        files=list(TABLES),
+        files=files,
         extra={
             "ids": {
                 "subject_id": f"{SUBJECT_OFFSET} + phantom patient index (p0000007 -> 10000007)",
@@ -522,7 +560,7 @@ def export_mimic(
             "tree_sha256": _tree_hash(root, relpaths),
         },
     )
-    return MimicExport(root, tuple(items), counts)
+    return MimicExport(root, tuple(items), counts, questions_file)
 
 
 def _counts(items: Sequence[MimicStudy]) -> dict[str, Any]:
@@ -550,6 +588,7 @@ def _counts(items: Sequence[MimicStudy]) -> dict[str, Any]:
 
 
 __all__ = [
+    "QUESTIONS_FILE",
     "MimicExport",
     "MimicExportConfig",
     "MimicImage",

@@ -30,7 +30,9 @@ from mechtune.data.builders.common import (
     study_split,
 )
 from mechtune.data.ontology import PARAPHRASE_STRATEGIES, CueFamily, load_ontology
-from mechtune.data.schema import ImageQuestion, ParaphraseSet, Study
+from mechtune.data.psf import write_psf_records
+from mechtune.data.schema import SPLITS, ImageQuestion, ParaphraseSet, Study
+from mechtune.data.sources.base import ImageStudySource
 from mechtune.data.splits import DEFAULT_FRACTIONS, check_fractions, record_rng
 from mechtune.data.text import realise_question
 from mechtune.errors import ConfigError
@@ -140,6 +142,16 @@ def make_paraphrase_set(
     )
 
 
+def _study_sets(
+    study: Study, split: str, heldout: bool, config: ParaphraseConfig
+) -> list[ParaphraseSet]:
+    """A study's questions: its own random stream (``config.seed``, the study, ``heldout``),
+    so they do not depend on which other studies are asked about."""
+    rng = record_rng(config.seed, "vqa-paraphrase", study.study_id, heldout)
+    conditions = balanced_conditions(study, config.questions_per_study, rng)
+    return [make_paraphrase_set(study, c, heldout, split, config, rng) for c in conditions]
+
+
 def image_paraphrase_sets(
     rows: Iterable[tuple[int, Study]],
     split: str,
@@ -153,20 +165,85 @@ def image_paraphrase_sets(
     ``rows``: ``(row, study)`` pairs, the row of the study's image in the caller's image
     batch (:class:`~mechtune.data.schema.ImageQuestion`), for the studies of ``split``
     (recorded on each set). Each study gets ``questions_per_study`` questions, balanced
-    yes/no (:func:`balanced_conditions`), worded as :class:`ParaphraseConfig` words them
-    with paraphrases from the held-out families (``heldout=True``, never used in
-    training) or the training families (in-distribution). A study's questions depend
-    only on ``seed``, the study and ``heldout`` (a per-record stream), not on which other
-    studies are listed. Raises ``ConfigError`` for ``questions_per_study`` < 1.
+    yes/no (:func:`balanced_conditions`; fewer when the study has fewer definite labels),
+    worded as :class:`ParaphraseConfig` words them with paraphrases from the held-out
+    families (``heldout=True``, never used in training) or the training families
+    (in-distribution). A study's questions depend only on ``seed``, the study and
+    ``heldout`` (a per-record stream), not on which other studies are listed; the
+    held-out copy of a study draws its own conditions. Raises ``ConfigError`` for
+    ``questions_per_study`` < 1.
     """
     config = ParaphraseConfig(seed=seed, questions_per_study=questions_per_study)
-    out = []
-    for row, study in rows:
-        rng = record_rng(seed, "vqa-paraphrase", study.study_id, heldout)
-        for condition in balanced_conditions(study, questions_per_study, rng):
-            record = make_paraphrase_set(study, condition, heldout, split, config, rng)
-            out.append(ImageQuestion(record, int(row)))
+    return [
+        ImageQuestion(record, int(row))
+        for row, study in rows
+        for record in _study_sets(study, split, heldout, config)
+    ]
+
+
+def source_paraphrase_sets(
+    source: ImageStudySource, *, questions_per_study: int = 2, seed: int = 0
+) -> list[ParaphraseSet]:
+    """The PSF-Med style questions of every item of an image-study source, in its order.
+
+    A train-split item (``source.split_of``) gets ``questions_per_study`` questions with
+    training families; a validation or test item gets them twice, in-distribution
+    (training families) and held-out (held-out families; question ids end in ``-i`` and
+    ``-h``). Each set keeps the item's ``study_id``, ``patient_id``, ``image_ref`` and
+    split. These are the records :func:`image_paraphrase_sets` gives for the same items,
+    split, ``heldout``, ``questions_per_study`` and ``seed``, so a questions file and the
+    in-memory path ask the same questions. Items without a definite (present or absent)
+    label get none. Raises ``ConfigError`` for ``questions_per_study`` < 1.
+    """
+    config = ParaphraseConfig(seed=seed, questions_per_study=questions_per_study)
+    out: list[ParaphraseSet] = []
+    for study in source.studies():
+        split = source.split_of(study)
+        for heldout in (False,) if split == "train" else (False, True):
+            out.extend(_study_sets(study, split, heldout, config))
     return out
+
+
+def write_source_questions(
+    source: ImageStudySource,
+    path: str | Path,
+    *,
+    questions_per_study: int = 2,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Write :func:`source_paraphrase_sets` of ``source`` to ``path`` as PSF-Med JSONL.
+
+    Each record's ``image`` is the item's ``image_ref`` (for the table readers, the image
+    file relative to the source's root: pass that root as the data folder) and its
+    ``split`` the item's split; see :mod:`mechtune.data.psf` for the record format. The
+    file is written atomically, and the same source, ``questions_per_study`` and ``seed``
+    give the same bytes. Returns the counts a manifest records: ``file`` (the file name),
+    ``questions_per_study``, ``seed``, ``studies`` (items), ``studies_with_questions``,
+    ``studies_without_definite_label``, ``records``, ``records_by_split``,
+    ``records_by_family_pool`` (``in_distribution``, ``heldout``), ``answers`` (yes, no),
+    ``paraphrases`` and ``paraphrases_by_strategy``. Raises ``ConfigError`` for
+    ``questions_per_study`` < 1 and ``DataError`` when a record would not read back.
+    """
+    sets = source_paraphrase_sets(source, questions_per_study=questions_per_study, seed=seed)
+    write_psf_records(sets, path)
+    asked = {s.study_id for s in sets}
+    by_split = Counter(s.split for s in sets)
+    strategies = Counter(x for s in sets for x in s.strategies)
+    heldout = sum(bool(s.heldout_family) and all(s.heldout_family) for s in sets)
+    return {
+        "file": Path(path).name,
+        "questions_per_study": questions_per_study,
+        "seed": seed,
+        "studies": len(source),
+        "studies_with_questions": len(asked),
+        "studies_without_definite_label": sum(s.study_id not in asked for s in source.studies()),
+        "records": len(sets),
+        "records_by_split": {name: by_split[name] for name in SPLITS},
+        "records_by_family_pool": {"in_distribution": len(sets) - heldout, "heldout": heldout},
+        "answers": {"no": sum(not s.answer for s in sets), "yes": sum(s.answer for s in sets)},
+        "paraphrases": sum(len(s.paraphrases) for s in sets),
+        "paraphrases_by_strategy": dict(sorted(strategies.items())),
+    }
 
 
 def build_paraphrase(
