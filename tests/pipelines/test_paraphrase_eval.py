@@ -181,6 +181,11 @@ def test_the_model_is_asked_every_variant_and_each_control_on_the_right_image(ev
 
 def test_swap_pairs_each_question_with_another_patients_image():
     assert swap_rows(QUESTIONS) == [1, 2, 0, 1]
+    cyclic = [
+        ImageQuestion(_set(f"c{i}", p, "Is it?", ["It is?"], True, ["lexical"]), 10 + i)
+        for i, p in enumerate(["a", "a", "b", "c"])
+    ]
+    assert swap_rows(cyclic) == [12, 12, 13, 10]  # the next other patient, wrapping round
     alone = [ImageQuestion(_set(q.record.question_id, "P", "Is it?", ["It is?"], True,
                                 ["lexical"]), q.image) for q in QUESTIONS]  # fmt: skip
     assert swap_rows(alone) is None
