@@ -14,6 +14,7 @@ from typer.testing import CliRunner
 from mechtune.cli.main import app
 from mechtune.errors import ConfigError, DataError
 from mechtune.interp.sae import load_sae
+from tests.pipelines.test_questions import needs_split_field
 from tests.tiny_gemma import TEXT_LAYERS, tiny_gemma
 
 runner = CliRunner()
@@ -89,7 +90,10 @@ def test_sae_analyze_on_gemma_reports_auc_per_layer_and_a_range(gemma_dir, quest
     assert analysis["layers"] == list(range(TEXT_LAYERS))
     assert analysis["pairs"] == sum(len(p) for _, p, _, _ in RECORDS)
     assert len(analysis["chosen_layers"]) == 3  # peak +- 1 in a 3-layer model
-    assert data["baseline"]["groups"] == len(RECORDS)
+    baseline = data["baseline"]["all"]
+    assert baseline["groups"] == len(RECORDS)
+    assert baseline["pairs"] == analysis["pairs"]
+    assert 0 <= baseline["flip_rate"]["value"] <= 1 and baseline["na"] == {}
     assert (out / "auc_by_layer.png").stat().st_size > 0
 
 
@@ -367,18 +371,21 @@ def test_sae_train_question_options_change_the_training_data(
     skipped = _train_run(gemma_dir, bad, tmp_path / "d", [*TRAIN_BASE, "--skip-bad"])
     assert skipped["report"]["questions"]["rows_read"] == 5
     assert skipped["report"]["question_sets"] == 4
-    # --image-root: image paths are relative to it, not to the questions file's folder
+    # --data a plain folder: image paths are relative to it, not to the questions' folder
     moved = tmp_path / "elsewhere"
     moved.mkdir()
     (moved / "q.jsonl").write_text(questions.read_text())
-    assert _train(gemma_dir, moved / "q.jsonl", tmp_path / "e").exit_code == 2
+    result = _train(gemma_dir, moved / "q.jsonl", tmp_path / "e")
+    assert result.exit_code == 2 and "is not a file in the questions file's folder" in " ".join(
+        result.output.split()
+    )
     rooted = _train_run(
         gemma_dir,
         moved / "q.jsonl",
         tmp_path / "f",
-        [*TRAIN_BASE, "--image-root", str(questions.parent)],
+        [*TRAIN_BASE, "--data", str(questions.parent)],
     )
-    assert rooted["report"]["images"]["root"] == str(questions.parent)
+    assert rooted["report"]["data"] == {"path": str(questions.parent), "layout": "image folder"}
     assert rooted["weights"] == base["weights"]
 
 
@@ -415,7 +422,6 @@ SHARED = {
     "--dtype": ("dtype", "bfloat16"),
     "--seed": ("seed", 4),
     "--split": ("split", "test"),
-    "--image-root": ("image_root", "R"),
     "--skip-bad": ("skip_bad", True),
     "--questions": ("questions", "Q"),
     "--model": ("model", "M"),
@@ -434,9 +440,7 @@ def test_both_commands_pass_the_question_options_on(monkeypatch, tmp_path, comma
 
     monkeypatch.setattr("mechtune.cli.sae.load_questions", record)
     name, value = SHARED[option]
-    value = {"W": tmp_path / "w", "R": tmp_path / "r", "Q": tmp_path / "q.jsonl", "M": "hf:x"}.get(
-        value, value
-    )
+    value = {"W": tmp_path / "w", "Q": tmp_path / "q.jsonl", "M": "hf:x"}.get(value, value)
     args = ["sae", command, "--out", str(tmp_path / "out")]
     if command == "analyze":
         args += ["--saes", str(tmp_path)]
@@ -463,8 +467,7 @@ def phantom_questions(monkeypatch, phantom, world_dir):
 
     def load(**kwargs):
         questions = kwargs.pop("questions", None)
-        options = {"data": world_dir, "seed": 0, "split": None, "image_root": None}
-        options |= {"skip_bad": False, **kwargs}
+        options = {"data": world_dir, "seed": 0, "split": None, "skip_bad": False, **kwargs}
         return sae_cli.load_questions("phantom:vqa", questions, **options)
 
     return load
@@ -472,11 +475,13 @@ def phantom_questions(monkeypatch, phantom, world_dir):
 
 @pytest.mark.parametrize(("name", "value"), [("seed", 1), ("split", "test")])
 def test_data_options_change_the_questions(phantom_questions, name, value):
-    base = phantom_questions()
-    changed = phantom_questions(**{name: value})
+    _, base, base_info = phantom_questions()
+    _, changed, info = phantom_questions(**{name: value})
     assert [q.record.question for q in changed.sets] != [q.record.question for q in base.sets]
+    assert base_info["own_questions"]["split"] == "train"  # the commands' default
     if name == "split":
-        assert changed.source != base.source
+        assert info["own_questions"]["split"] == "test"
+        assert {q.record.split for q in changed.sets} == {"test"}
 
 
 def test_data_is_read_as_a_source_and_question_files_bind_to_its_studies(
@@ -485,15 +490,18 @@ def test_data_is_read_as_a_source_and_question_files_bind_to_its_studies(
     from mechtune.data.sources import open_source
 
     source = open_source(world_dir)
-    loaded = phantom_questions()
+    vlm, loaded, info = phantom_questions()
     train = source.split("train")
     assert {q.record.study_id for q in loaded.sets} == {s.study_id for s in train}
     assert loaded.images.shape == (len(train), 384)  # phantom embeddings, one per study
     first = train[3]
     torch.testing.assert_close(  # one image alone: equal up to batch rounding
-        loaded.images[3], loaded.vlm.prepare_images([source.load_image(first, "L")])[0]
+        loaded.images[3], vlm.prepare_images([source.load_image(first, "L")])[0]
     )
     assert loaded.corpus == sorted({s.report for s in train if s.report})
+    assert (info["model"], info["device"], info["dtype"]) == ("phantom:vqa", "cpu", "float32")
+    assert info["data"] == {"path": str(world_dir), "layout": "phantom-world", "items": 60}
+    assert info["images"] == {"distinct": len(train)}
     # a question file names studies of the data by study id or image reference
     path = tmp_path / "q.jsonl"
     other = source.studies()[7]
@@ -512,8 +520,9 @@ def test_data_is_read_as_a_source_and_question_files_bind_to_its_studies(
         },
     ]
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    bound = phantom_questions(questions=path)
+    _, bound, info = phantom_questions(questions=path)
     assert [q.image for q in bound.sets] == [0, 1] and bound.images.shape[0] == 2
+    assert info["questions"]["path"] == str(path) and info["questions"]["rows_kept"] == 2
     rows[0]["image"] = "images.npy#999"
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     with pytest.raises(DataError, match=r"question 'q1': image 'images.npy#999' is neither"):
@@ -523,25 +532,42 @@ def test_data_is_read_as_a_source_and_question_files_bind_to_its_studies(
 @pytest.mark.parametrize(
     ("options", "message"),
     [
-        ({"image_root": "R"}, "--image-root cannot be used with --data"),
-        ({"split": "test", "questions": "Q"}, "--split cannot be used with --questions"),
-        ({"data": None, "split": "test", "questions": "Q"}, "--split cannot be used without"),
-        ({"data": None}, "give --data"),
+        ({"data": None}, "give --questions FILE"),
+        ({"split": "dev"}, "--split must be one of train, val, test, got 'dev'"),
     ],
 )
-def test_options_nothing_would_read_are_refused(phantom_questions, tmp_path, options, message):
-    options = {
-        k: {"R": tmp_path, "Q": tmp_path / "q.jsonl"}.get(v, v) if isinstance(v, str) else v
-        for k, v in options.items()
-    }
+def test_question_options_that_cannot_work_are_refused(phantom_questions, options, message):
     with pytest.raises(ConfigError, match=message):
         phantom_questions(**options)
 
 
-def test_split_is_refused_without_data_for_hf_models(gemma_dir, questions, tmp_path):
-    result = _train(gemma_dir, questions, tmp_path / "saes", "--split", "test")
-    assert result.exit_code == 2
-    assert "--split cannot be used without --data" in " ".join(result.output.split())
+def test_split_of_a_questions_file_without_split_labels_uses_it_whole(
+    gemma_dir, questions, tmp_path
+):
+    result = _train(gemma_dir, questions, tmp_path / "saes", "--layers", "0", "--split", "test")
+    assert result.exit_code == 0, result.output
+    assert "has no split labels: using all 4 records" in " ".join(result.output.split())
+    report = json.loads((tmp_path / "saes" / "report.json").read_text())
+    assert report["question_sets"] == len(RECORDS)
+
+
+@needs_split_field
+def test_split_keeps_a_labelled_questions_files_split(gemma_dir, questions, tmp_path):
+    """The commands read the train split of a labelled file unless --split says another."""
+    lines = questions.read_text().splitlines()
+    splits = ["train", "test", "train", "val"]
+    labelled = questions.parent / "labelled.jsonl"
+    labelled.write_text(
+        "".join(
+            json.dumps({**json.loads(line), "split": split}) + "\n"
+            for line, split in zip(lines, splits, strict=True)
+        )
+    )
+    base = _train_run(gemma_dir, labelled, tmp_path / "a", TRAIN_BASE)
+    assert base["report"]["question_sets"] == 2
+    test = _train_run(gemma_dir, labelled, tmp_path / "b", [*TRAIN_BASE, "--split", "test"])
+    assert test["report"]["question_sets"] == 1
+    assert test["report"]["images"]["distinct"] == 1  # only b.png is read
 
 
 _SHARED_OPTIONS = {option: "test_both_commands_pass_the_question_options_on" for option in SHARED}

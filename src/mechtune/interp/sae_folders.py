@@ -58,18 +58,8 @@ def load_layer_saes(
         chosen[layer] = child
     saes: dict[int, Any] = {}
     for layer, child in chosen.items():
-        sae = load_sae(child)
-        own, hook = sae.config.layer, sae.config.hook
-        if own is None and hook is not None:
-            raise SAEFolderError(
-                f"{child}: the SAE reads {hook!r}, which is not the output of block "
-                f"{layer}; sae analyze reads block outputs"
-            )
-        if own is not None and own != layer:
-            raise SAEFolderError(
-                f"{child}: the folder name says layer {layer} but the SAE's own "
-                f"metadata says layer {own} (hook {hook!r})"
-            )
+        sae = _load(child, str(folder))
+        sae_layer(child, sae)  # the folder's layer, agreeing with the SAE's own
         saes[layer] = sae.eval()
     if not saes:
         wanted = "" if variant is None else f" of variant {variant!r}"
@@ -100,15 +90,32 @@ class Clamp:
         }
 
 
+def _load(path: Path, what: str) -> SAE:
+    """:func:`load_sae`, with a missing folder or SAE as an SAEFolderError naming ``what``."""
+    try:
+        return load_sae(path)
+    except FileNotFoundError as exc:
+        raise SAEFolderError(f"{what}: {exc}") from None
+
+
 def sae_layer(folder: Path, sae: SAE) -> int:
-    """The block an SAE folder reads: its name's layer (``layer_<L>[_<variant>]``) and its
-    metadata's must agree; one of them must be known. Raises SAEFolderError otherwise."""
+    """The block whose output an SAE folder reads: its name's layer (``layer_<L>[_<variant>]``)
+    and its metadata's must agree, and one of them must be known. Raises SAEFolderError for
+    a disagreement, for neither, and for an SAE whose metadata places it at a site that is
+    not a block output (an attention input, say: clamping or analysing it at the block's
+    output would read another space)."""
     parsed = layer_folder(folder.name)
-    own = sae.config.layer
+    own, hook = sae.config.layer, sae.config.hook
+    if own is None and hook is not None:
+        block = f"block {parsed[0]}" if parsed is not None else "a block"
+        raise SAEFolderError(
+            f"{folder}: the SAE reads {hook!r}, which is not the output of {block}; "
+            "mechtune reads and edits block outputs"
+        )
     if parsed is not None and own is not None and parsed[0] != own:
         raise SAEFolderError(
             f"{folder}: the folder name says layer {parsed[0]} but the SAE's own metadata "
-            f"says layer {own} (hook {sae.config.hook!r})"
+            f"says layer {own} (hook {hook!r})"
         )
     if parsed is not None:
         return parsed[0]
@@ -123,8 +130,10 @@ def sae_layer(folder: Path, sae: SAE) -> int:
 def parse_clamp(text: str) -> Clamp:
     """``SAE_DIR:FEATURE:VALUE`` (e.g. ``saes/layer_17:3818:0``) -> a loaded :class:`Clamp`.
 
-    Raises ConfigError for a malformed value or a feature outside the SAE's width, and
-    SAEFolderError / FileNotFoundError for a folder that holds no usable SAE."""
+    Raises ConfigError for a malformed value (checked before any SAE loads) or a feature
+    outside the SAE's width, SAEFolderError for a folder that holds no SAE or whose layer
+    is unknown or disagrees with the SAE's (:func:`sae_layer`), and SAEFormatError for an
+    SAE file that cannot be read exactly."""
     parts = text.rsplit(":", 2)
     if len(parts) != 3 or not parts[0]:
         raise ConfigError(f"--clamp {text!r}: expected SAE_DIR:FEATURE:VALUE")
@@ -137,7 +146,7 @@ def parse_clamp(text: str) -> Clamp:
     if value != value or value in (float("inf"), float("-inf")):
         raise ConfigError(f"--clamp {text!r}: VALUE must be finite")
     folder = Path(parts[0])
-    sae = load_sae(folder).eval()
+    sae = _load(folder, f"--clamp {text!r}").eval()
     if not 0 <= feature < sae.config.d_sae:
         raise ConfigError(
             f"--clamp {text!r}: feature {feature} is outside the SAE's {sae.config.d_sae} features"

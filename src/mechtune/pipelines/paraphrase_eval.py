@@ -50,20 +50,21 @@ from mechtune.models.yes_no import YesNoVLM, take_rows
 VIEWS = ("all", "heldout", "in_distribution")
 _VIEW_LABEL = {"heldout": HELD_OUT, "in_distribution": IN_DISTRIBUTION}
 NO_IMAGES = "recorded answers: no images to blank or swap"
-ONE_PATIENT = "swap sensitivity needs questions from at least two patients"
+ONE_PATIENT = "swap sensitivity needs questions on the images of at least two patients"
 NO_MARGINS = "the answers carry no margins"
 NO_TRUTH = "no ground truth for some groups"
 
 
 def swap_rows(questions: Sequence[ImageQuestion]) -> list[int] | None:
     """For each question, the image row of another patient's question in the list (the
-    next one whose patient differs, cyclically): deterministic and never the same patient.
-    None when the list has one patient only."""
+    next one whose patient and image both differ, cyclically): deterministic, never the
+    same patient nor the same image. None when some question has no such partner (one
+    patient, or every other patient's questions on its own image)."""
     out = []
     for i, q in enumerate(questions):
         for step in range(1, len(questions)):
             other = questions[(i + step) % len(questions)]
-            if other.record.patient_id != q.record.patient_id:
+            if other.record.patient_id != q.record.patient_id and other.image != q.image:
                 out.append(other.image)
                 break
         else:
@@ -215,7 +216,10 @@ def evaluate_groups(
         for view, vg in views(groups, heldout).items()
     }
     rows = consistency_summary(groups, "strategy", clusters=patients, n_boot=n_boot, seed=seed)
-    out["by_strategy"] = [dataclasses.asdict(r) for r in rows[1:]]
+    # one dict per strategy, its metrics kept as Estimates (as the views keep them)
+    out["by_strategy"] = [
+        {f.name: getattr(r, f.name) for f in dataclasses.fields(r)} for r in rows[1:]
+    ]
     return out
 
 
@@ -246,7 +250,8 @@ def margin_rows(
     rows = []
     for i, (q, g) in enumerate(zip(questions, groups, strict=True)):
         r = q.record
-        flags = r.heldout_family or (None,) * len(r.paraphrases)
+        flags: Sequence[bool | None] = r.heldout_family or (None,) * len(r.paraphrases)
+        variants: list[tuple[str, str, bool | None, float | None]]
         variants = [(r.question, "original", None, g.original_margin)]
         variants += [
             (v.question, v.strategy, f, v.margin) for v, f in zip(g.variants, flags, strict=True)

@@ -8,9 +8,12 @@ record to the image it asks about:
   reads: a saved phantom world, ``mechtune sim export`` output, MIMIC-CXR-JPG, CheXpert, a
   manifest): a record's image reference (or, without one, its study id) names an item's
   study id or image reference; a reference that names neither, but is a file below the
-  folder, is read from the file;
+  folder (a manifest file's folder), is read from the file;
 - ``--data`` **any other folder**: a record's image reference is a file path relative to it;
 - no ``--data``: image paths are relative to the questions file's folder.
+
+An image is one row however it is named: an item's study id, its image reference and its
+file's path (in any spelling) share the row.
 
 Without ``--questions``, a source's own PSF-Med style paraphrase sets of a split are built
 (:func:`mechtune.data.builders.paraphrase.image_paraphrase_sets`, seeded).
@@ -18,7 +21,9 @@ Without ``--questions``, a source's own PSF-Med style paraphrase sets of a split
 Records may carry a ``split`` (train / val / test). :func:`select_split` keeps one; a file
 without split labels is used whole, and the caller says so. Every image is read once
 (in the model's pixel mode) and prepared once (``YesNoVLM.prepare_images``): row ``i`` of
-``BoundQuestions.images`` is the ``i``-th distinct image.
+``BoundQuestions.images`` is the ``i``-th distinct image. An image that cannot be found,
+read or prepared for the model is a :class:`QuestionFileError` naming the questions file,
+the question id and the image.
 """
 
 from __future__ import annotations
@@ -102,63 +107,109 @@ def _open_folder(data: Path) -> ImageStudySource | None:
 
 
 class _Images:
-    """Distinct images read once, in first-use order."""
+    """Distinct images read once, in first-use order, each with the question and image that
+    first asked for it (``where``), so that a later error can name them."""
 
     def __init__(self, mode: str) -> None:
         self.mode, self.rows, self.pixels = mode, dict[str, int](), list[Any]()
+        self.where: list[str] = []
 
-    def row(self, key: str, read: Callable[[], Any]) -> int:
+    def row(self, key: str, read: Callable[[], Any], where: str) -> int:
         if key not in self.rows:
             self.pixels.append(read())
+            self.where.append(where)
             self.rows[key] = len(self.pixels) - 1
         return self.rows[key]
+
+    def prepare(self, vlm: YesNoVLM) -> Any:
+        """``vlm.prepare_images`` of every image. When the model refuses the batch, each
+        image is tried alone and the first it refuses is named by its question and file;
+        a refusal no single image causes is re-raised as it is."""
+        try:
+            return vlm.prepare_images(self.pixels)
+        except DataError as exc:
+            for i, pixels in enumerate(self.pixels):
+                try:
+                    vlm.prepare_images([pixels])
+                except DataError as one:
+                    raise QuestionFileError(
+                        f"{self.where[i]} cannot be used by the model ({one})"
+                    ) from None
+            raise exc from None
+
+
+def _study_key(source: ImageStudySource, study: Study) -> str:
+    """The identity of an item's image: its file when it has one of its own (so a record
+    that names the same file by path shares the row), else the item."""
+    file = source.image_file(study)
+    return f"file:{file.resolve()}" if file is not None else f"study:{study.study_id}"
+
+
+def _source_loader(
+    source: ImageStudySource, study: Study, mode: str, where: str
+) -> Callable[[], Any]:
+    def read() -> Any:
+        try:
+            return source.load_image(study, mode)
+        except DataError as exc:
+            raise QuestionFileError(f"{where} cannot be read ({exc})") from None
+
+    return read
 
 
 def _bind_records(
     records: Sequence[ParaphraseSet],
     path: Path,
-    root: Path,
+    data: Path | None,
     source: ImageStudySource | None,
     images: _Images,
 ) -> list[ImageQuestion]:
+    """Bind each record to a row of ``images`` (see :func:`bind_questions` for the rules);
+    ``data`` None means paths relative to the questions file's folder."""
+    # A manifest is a file: the paths of its records are relative to its folder.
+    root = path.parent if data is None else data if data.is_dir() else data.parent
+    named = f"--data {data}" if data is not None else f"the questions file's folder {root}"
     by_ref: dict[str, Study] = {}
     if source is not None:
-        for study in source.studies():
-            by_ref.setdefault(study.study_id, study)
-            if study.image_ref:
-                by_ref.setdefault(study.image_ref, study)
+        for item in source.studies():
+            by_ref.setdefault(item.study_id, item)
+            if item.image_ref:
+                by_ref.setdefault(item.image_ref, item)
     out = []
     for s in records:
+        asked = f"{path}, question {s.question_id!r}"
         ref = s.image_ref or s.study_id
         study = by_ref.get(ref)
         if study is not None:
             assert source is not None
-            row = images.row(f"study:{study.study_id}", _loader(source, study, images.mode))
-            out.append(ImageQuestion(s, row))
+            where = f"{asked}: image {ref!r} (study {study.study_id!r} of --data {data})"
+            read = _source_loader(source, study, images.mode, where)
+            out.append(ImageQuestion(s, images.row(_study_key(source, study), read, where)))
             continue
         if not s.image_ref:
+            why = (
+                f"and its study id {s.study_id!r} is not an item of --data {data}"
+                if source is not None
+                else f"which a question needs to find its image in {named}"
+            )
             raise QuestionFileError(
-                f"{path}, question {s.question_id!r}: no image reference (image_ref, image, "
-                "image_path or dicom_id) and its study id is not an item of the data"
+                f"{asked}: no image reference (image_ref, image, image_path or dicom_id) {why}"
             )
         file = root / s.image_ref
         if not file.is_file():
             what = "neither a study id nor an image reference of" if source else "not a file in"
             raise QuestionFileError(
-                f"{path}, question {s.question_id!r}: image {s.image_ref!r} is {what} "
-                f"--data {root} (looked for {file})"
+                f"{asked}: image {s.image_ref!r} is {what} {named} (looked for {file})"
             )
+        where = f"{asked}: image {str(file)!r}"
 
-        def read(file: Path = file, s: ParaphraseSet = s) -> Any:
+        def read_file(file: Path = file, where: str = where) -> Any:
             try:
                 return read_image_file(file, images.mode)
             except DataError as exc:
-                raise QuestionFileError(
-                    f"{path}, question {s.question_id!r}: image {str(file)!r} cannot be read "
-                    f"({exc})"
-                ) from None
+                raise QuestionFileError(f"{where} cannot be read ({exc})") from None
 
-        out.append(ImageQuestion(s, images.row(f"file:{file.resolve()}", read)))
+        out.append(ImageQuestion(s, images.row(f"file:{file.resolve()}", read_file, where)))
     return out
 
 
@@ -180,7 +231,7 @@ def bind_questions(
     without one, it picks which of the data's own sets are built (default train), with
     ``heldout`` paraphrase families or not. Raises ConfigError when neither questions nor
     data is given, and QuestionFileError (a DataError) naming the file and record for a
-    record whose image cannot be found or read.
+    record whose image cannot be found, read or prepared for ``vlm``.
     """
     say = log or (lambda _m: None)
     if questions is None and data is None:
@@ -199,17 +250,18 @@ def bind_questions(
         labelled = bool(report.get("split_labels", False))
         if split is not None:
             records = select_split(records, split, labelled, questions, say)
-        root = data if data is not None else questions.parent
-        sets = _bind_records(records, questions, root, source, images)
+        sets = _bind_records(records, questions, data, source, images)
     else:
         assert source is not None and data is not None
         from mechtune.data.builders.paraphrase import image_paraphrase_sets
 
         split = "train" if split is None else split
         used = source.split(split)
-        rows = [
-            (images.row(f"study:{s.study_id}", _loader(source, s, images.mode)), s) for s in used
-        ]
+        rows = []
+        for study in used:
+            where = f"--data {data}, study {study.study_id!r}"
+            read = _source_loader(source, study, images.mode, where)
+            rows.append((images.row(_study_key(source, study), read, where), study))
         sets = image_paraphrase_sets(rows, split, heldout=heldout, seed=seed)
         labelled = True
         info["own_questions"] = {"split": split, "heldout_families": heldout, "sets": len(sets)}
@@ -224,7 +276,7 @@ def bind_questions(
         info["data"] = {"path": str(data), "layout": "image folder"}
     info["images"] = {"distinct": len(images.pixels)}
     return BoundQuestions(
-        images=vlm.prepare_images(images.pixels),
+        images=images.prepare(vlm),
         sets=sets,
         pixels=images.pixels,
         corpus=corpus,
@@ -232,10 +284,6 @@ def bind_questions(
         source=source,
         info=info,
     )
-
-
-def _loader(source: ImageStudySource, study: Study, mode: str) -> Callable[[], Any]:
-    return lambda: source.load_image(study, mode)
 
 
 def select_split(
