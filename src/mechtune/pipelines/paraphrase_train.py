@@ -11,7 +11,6 @@ trained model's margins, which :func:`apply_paraphrase_adapter` recomputes on re
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -20,7 +19,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from mechtune.data.io import atomic_path, atomic_write_text, to_jsonable, write_json
+from mechtune.data.io import (
+    atomic_path,
+    atomic_write_text,
+    dumps_json,
+    sha256_file,
+    to_jsonable,
+    write_json,
+)
 from mechtune.data.schema import ImageQuestion
 from mechtune.errors import DataError
 from mechtune.interp.sae_analysis import feature_edit, margins
@@ -51,14 +57,6 @@ def weights_dtype(vlm: YesNoVLM) -> str:
     return str(next(vlm.module.parameters()).dtype).removeprefix("torch.")
 
 
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def run_identity(
     spec: str, vlm: YesNoVLM, questions: Path | None, data: Path | None
 ) -> dict[str, Any]:
@@ -67,7 +65,7 @@ def run_identity(
         "method": METHOD,
         "model": spec,
         "dtype": weights_dtype(vlm),
-        "questions": None if questions is None else file_sha256(questions),
+        "questions": None if questions is None else sha256_file(questions),
         "data": None if data is None else str(data),
     }
 
@@ -123,7 +121,7 @@ def save_probe(
     values = margins(vlm, vlm.prepare_images(pixels), rows, texts)
     tensors = {f"image_{i}": torch.from_numpy(p) for i, p in enumerate(pixels)}
     tensors["margins"] = torch.from_numpy(np.asarray(values, dtype=np.float32))
-    meta = {"model": identity["model"], "dtype": identity["dtype"], "texts": json.dumps(texts)}
+    meta = {"model": identity["model"], "dtype": identity["dtype"], "texts": dumps_json(texts)}
     with atomic_path(path) as tmp:
         save_file(tensors, str(tmp), metadata=meta)
 
@@ -255,7 +253,6 @@ __all__ = [
     "apply_paraphrase_adapter",
     "evaluate_answers_file",
     "evaluate_paraphrase",
-    "file_sha256",
     "run_identity",
     "save_probe",
     "train_consistency",
