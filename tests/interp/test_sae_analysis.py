@@ -93,6 +93,18 @@ class ToyVLM(nn.Module):
         x, mask = self.states(images, questions)
         return self.head(x, mask)
 
+    def first_token_logits(self, images: Any, questions: Sequence[str]) -> torch.Tensor:
+        """``[B, 2]``: (margin, 0) as (yes, no) logits."""
+        margin = self.margin(images, questions)
+        return torch.stack([margin, torch.zeros_like(margin)], dim=-1)
+
+    @property
+    def answer_ids(self) -> tuple[int, int]:
+        return 0, 1
+
+    def margin_from_logits(self, logits: torch.Tensor) -> torch.Tensor:
+        return logits[:, 0] - logits[:, 1]
+
     def readout_positions(self, images: Any, questions: Sequence[str]) -> torch.Tensor:
         return self.tokens(questions)[1]
 

@@ -127,6 +127,47 @@ def test_first_reduce_uses_the_canonical_tokens(vlm, images):
         HFYesNoVLM(vlm.model, vlm.processor, reduce="mean")  # type: ignore[arg-type]
 
 
+def test_first_token_logits_give_the_margin_in_one_pass(gemma_dir, images):
+    """margin == margin_from_logits(first_token_logits): the full-vocabulary logits at the
+    answer position, reduced as ``reduce`` says (logsumexp over the spellings, or the
+    canonical tokens), from the model loaded through its spec."""
+    from mechtune.models.vlm_spec import load_yes_no_vlm
+
+    vlm = load_yes_no_vlm(f"hf:{gemma_dir}")
+    tokenizer = vlm.processor.tokenizer
+    vocab = vlm.model.config.text_config.vocab_size
+    with torch.no_grad():
+        logits = vlm.first_token_logits(images, QUESTIONS)
+        margins = vlm.margin(images, QUESTIONS)
+        manual = [
+            _manual_margin(vlm, image, q, ["Yes", "yes", "▁yes"], ["No", "no", "▁No", "▁no"])
+            for image, q in zip(images, QUESTIONS, strict=True)
+        ]
+    assert logits.shape == (3, vocab) and logits.dtype == torch.float32
+    assert torch.equal(vlm.margin_from_logits(logits), margins)
+    assert torch.allclose(margins, torch.tensor(manual), atol=1e-4, rtol=0)
+    yes, no = tokenizer.convert_tokens_to_ids("Yes"), tokenizer.convert_tokens_to_ids("No")
+    assert vlm.answer_ids == (yes, no)
+    first = HFYesNoVLM(vlm.model, vlm.processor, reduce="first")
+    assert first.answer_ids == (yes, no)
+    assert torch.equal(first.margin_from_logits(logits), logits[:, yes] - logits[:, no])
+    with torch.no_grad():
+        assert torch.equal(first.margin(images, QUESTIONS), logits[:, yes] - logits[:, no])
+    assert vlm.first_token_logits([], []).shape == (0, vocab)
+    # differentiable: the cross-entropy over the vocabulary reaches the language blocks
+    vlm.model.zero_grad(set_to_none=True)
+    try:
+        target = torch.tensor([yes, no])
+        loss = torch.nn.functional.cross_entropy(
+            vlm.first_token_logits(images[:2], QUESTIONS[:2]), target
+        )
+        loss.backward()
+        grads = [p.grad for p in vlm.layers[-1].parameters()]
+        assert all(g is not None for g in grads) and sum(float(g.abs().sum()) for g in grads) > 0
+    finally:
+        vlm.model.zero_grad(set_to_none=True)
+
+
 def test_answer_tokens_keep_only_single_token_spellings(vlm):
     tokenizer = vlm.processor.tokenizer
     assert answer_variants("yes") == ("Yes", "yes", "YES", " Yes", " yes", " YES")

@@ -47,6 +47,48 @@ def test_margin_from_pixels_equals_margin_from_embeddings(vqa, world) -> None:
     torch.testing.assert_close(direct, logits[:, 0] - logits[:, 1])
 
 
+def test_first_token_logits_are_the_answer_head_and_vocab_ce_is_binary_ce(world) -> None:
+    """phantom:vqa's answer vocabulary is its 2-way head (V = 2, ids (0, 1)): the margin
+    is margin_from_logits(first_token_logits), and the vocabulary cross-entropy towards
+    the answer equals the binary cross-entropy on the margin, in value and gradient."""
+    from mechtune.models.vlm_spec import load_yes_no_vlm
+    from mechtune.train.losses import (
+        BinaryConsistencyLoss,
+        ConsistencyBatch,
+        VocabConsistencyLoss,
+    )
+
+    vqa = load_yes_no_vlm("phantom:vqa")
+    questions = ["Is there a pleural effusion?", "Is there edema?", "Any pneumothorax?"]
+    paraphrases = ["Is pleural fluid seen?", "Is edema visible?", "Is there air outside the lung?"]
+    emb = vqa.prepare_images(list(world.images[:3]))
+    with torch.no_grad():
+        logits = vqa.first_token_logits(emb, questions)
+        margins = vqa.margin(emb, questions)
+    assert logits.shape == (3, 2) and logits.dtype == torch.float32
+    assert vqa.answer_ids == (0, 1)
+    assert torch.equal(vqa.margin_from_logits(logits), margins)
+
+    head = vqa.head.logits.weight
+    answer = torch.tensor([True, False, True])
+    values, grads = [], []
+    for loss in (VocabConsistencyLoss(0.5), BinaryConsistencyLoss(0.5)):
+        head.grad = None
+        lo, lp = vqa.first_token_logits(emb, questions), vqa.first_token_logits(emb, paraphrases)
+        batch = ConsistencyBatch(
+            lo, lp, vqa.margin_from_logits(lo), vqa.margin_from_logits(lp), answer, vqa.answer_ids
+        )
+        terms = loss(batch)
+        terms["loss"].backward()
+        values.append(terms)
+        grads.append(head.grad.clone())
+    head.grad = None
+    for key in ("answer_ce", "symmetric_kl", "loss"):
+        assert values[0][key].item() == pytest.approx(values[1][key].item(), rel=1e-6), key
+    assert float(grads[0].abs().sum()) > 0
+    torch.testing.assert_close(grads[0], grads[1], rtol=1e-5, atol=1e-7)
+
+
 def test_margin_is_independent_of_batch_padding(vqa, world) -> None:
     short, long = "Is there edema?", "On this radiograph, is there a pleural effusion?"
     emb = vqa.embed_images(world.images[:2])

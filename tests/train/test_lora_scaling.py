@@ -176,14 +176,14 @@ def test_negclip_loss_against_hand_computation():
 def test_create_loss_builds_the_named_loss_from_the_config():
     from mechtune.errors import ConfigError
     from mechtune.train.consistency import ConsistencyConfig
-    from mechtune.train.losses import ConsistencyLoss, NegCLIPLoss, create_loss
+    from mechtune.train.losses import NegCLIPLoss, VocabConsistencyLoss, create_loss
     from mechtune.train.negation import LoopConfig
 
     assert isinstance(create_loss("negclip", LoopConfig()), NegCLIPLoss)
     nast = create_loss("nast", LoopConfig(lam=0.3))
     assert isinstance(nast, NASTLoss) and nast.lam == 0.3
     consistency = create_loss("consistency", ConsistencyConfig(consistency_weight=2.5))
-    assert isinstance(consistency, ConsistencyLoss) and consistency.weight == 2.5
+    assert isinstance(consistency, VocabConsistencyLoss) and consistency.weight == 2.5
     with pytest.raises(
         ConfigError, match=r"loss must be one of \('nast', 'negclip', 'consistency'\), got 'bogus'"
     ):

@@ -11,7 +11,12 @@ from mechtune.sim.world import WorldConfig, make_world
 from mechtune.train.checkpoint import load_trained
 from mechtune.train.consistency import ConsistencyConfig
 from mechtune.train.lora import LoraSettings, lora_parameters
-from mechtune.train.losses import ConsistencyLoss, NASTLoss, NegCLIPLoss
+from mechtune.train.losses import (
+    BinaryConsistencyLoss,
+    NASTLoss,
+    NegCLIPLoss,
+    VocabConsistencyLoss,
+)
 from mechtune.train.methods import (
     METHODS,
     NegationData,
@@ -136,9 +141,9 @@ EXPECTED_LOSS = {
     "nast": (NASTLoss, {2, 3}),
     "negclip": (NegCLIPLoss, {2, 3}),
     "negbench": (NASTLoss, {4}),
-    "consistency-lora": (ConsistencyLoss, None),
+    "consistency-lora": (VocabConsistencyLoss, None),  # the default answer_loss, "vocab"
 }
-SPIED = (NASTLoss, NegCLIPLoss, ConsistencyLoss)
+SPIED = (NASTLoss, NegCLIPLoss, VocabConsistencyLoss, BinaryConsistencyLoss)
 
 
 def test_every_training_method_calls_its_registered_loss(tmp_path, monkeypatch):
@@ -173,13 +178,24 @@ def test_every_training_method_calls_its_registered_loss(tmp_path, monkeypatch):
     from mechtune.train.methods import run_paraphrase_method
     from tests.train.test_consistency import EXAMPLES, _images
 
-    calls.clear()
-    vqa = load_default_vqa()
-    pconfig = ConsistencyConfig(lora=LoraSettings(layers=(5,)), steps=2, batch_size=2)
-    run_paraphrase_method(
-        "consistency-lora", vqa, _images(vqa), EXAMPLES, pconfig, tmp_path / "consistency"
-    )
-    assert calls == [("ConsistencyLoss", None)] * 2
+    # consistency-lora calls the loss of its config's answer_loss, once per micro-batch
+    for answer_loss, cls, grad_accum in (
+        ("vocab", VocabConsistencyLoss, 1),
+        ("binary", BinaryConsistencyLoss, 2),
+    ):
+        calls.clear()
+        vqa = load_default_vqa()
+        pconfig = ConsistencyConfig(
+            lora=LoraSettings(layers=(5,)),
+            steps=2,
+            batch_size=2,
+            grad_accum=grad_accum,
+            answer_loss=answer_loss,
+        )
+        run_paraphrase_method(
+            "consistency-lora", vqa, _images(vqa), EXAMPLES, pconfig, tmp_path / answer_loss
+        )
+        assert calls == [(cls.__name__, None)] * 2 * grad_accum, answer_loss
 
 
 def test_zero_shot_changes_nothing_and_nast_trains_only_weighted_blocks(world, tmp_path):

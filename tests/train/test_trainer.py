@@ -187,7 +187,13 @@ LOOP_FIELD_CHANGES = {
     "scaling": "lr",
     "lora": LoraSettings(rank=3, alpha=4, dropout=0.1),
 }
-LORA_FIELD_CHANGES = {"rank": 3, "alpha": 8, "dropout": 0.0, "layers": (1,)}
+LORA_FIELD_CHANGES = {
+    "rank": 3,
+    "alpha": 8,
+    "dropout": 0.0,
+    "layers": (1,),
+    "target_modules": ("q_proj", "fc2"),
+}
 
 
 def test_every_loop_field_has_a_change_test():
@@ -251,6 +257,9 @@ def test_loop_config_refuses_bad_values_at_construction(kw, message):
         ({"layers": (0, 0)}, r"distinct block indices >= 0, got \[0, 0\]"),
         ({"alpha": 0}, "alpha must be > 0"),
         ({"rank": 0}, "rank must be >= 1"),
+        ({"target_modules": ()}, r"target_modules must be None .* got \[\]"),
+        ({"target_modules": ("fc1", "fc1")}, r"distinct module names, got \['fc1', 'fc1'\]"),
+        ({"target_modules": "q_proj"}, "target_modules must be a list of module names"),
     ],
 )
 def test_lora_settings_refuse_bad_values(kw, message):
@@ -268,3 +277,46 @@ FIELD_TESTS = {
         f: "test_changing_a_lora_field_changes_the_run" for f in LORA_FIELD_CHANGES
     },
 }
+
+
+def _adapted(model) -> set[str]:
+    """The names (last part) of the linear layers that hold LoRA factors."""
+    return {
+        n.split(".lora_")[0].rsplit(".", 1)[-1]
+        for n, _ in model.named_parameters()
+        if ".lora_A." in n
+    }
+
+
+def test_target_modules_choose_which_linears_get_adapters(tmp_path):
+    from mechtune.errors import ConfigError
+    from mechtune.models.sites import CLIP_LORA
+    from mechtune.train.lora import apply_text_lora
+
+    folder = tiny_clip(tmp_path / "clip")
+    every = apply_text_lora(load_dual_encoder(f"hf:{folder}").model, LoraSettings())
+    assert _adapted(every) == set(CLIP_LORA)
+    chosen = LoraSettings(layers=(1,), target_modules=("q_proj", "fc2"))
+    some = apply_text_lora(load_dual_encoder(f"hf:{folder}").model, chosen)
+    assert _adapted(some) == {"q_proj", "fc2"}
+    assert {
+        n.split(".layers.")[1].split(".")[0] for n, _ in some.named_parameters() if "lora_" in n
+    } == {"1"}
+    with pytest.raises(
+        ConfigError,
+        match=r"target_modules \['o_proj'\] are not LoRA targets .*allowed: "
+        r"\['q_proj', 'k_proj', 'v_proj', 'out_proj', 'fc1', 'fc2'\]",
+    ):
+        apply_text_lora(
+            load_dual_encoder(f"hf:{folder}").model,
+            LoraSettings(target_modules=("q_proj", "o_proj")),
+        )
+
+
+def test_lora_settings_round_trip_through_dicts_and_yaml_lists():
+    settings = LoraSettings(rank=4, layers=(2, 0), target_modules=("fc1", "q_proj"))
+    d = settings.to_dict()
+    assert d["target_modules"] == ["fc1", "q_proj"] and d["layers"] == [2, 0]
+    assert LoraSettings.from_dict(d) == settings
+    assert LoraSettings(target_modules=["fc1", "q_proj"]).target_modules == ("fc1", "q_proj")
+    assert LoraSettings.from_dict(LoraSettings().to_dict()) == LoraSettings()

@@ -28,6 +28,12 @@ normaliser cancels), and reduces to PSF-Med's definition when one variant each e
 in :func:`answer_variants` order: "Yes", then "yes", ...). Logits are read at the last
 position only (``logits_to_keep=1``) and reduced in float32.
 
+**First-token logits.** :meth:`HFYesNoVLM.first_token_logits` returns that position's
+logits over the whole vocabulary (``[B, V]``, float32); :meth:`~HFYesNoVLM.margin_from_logits`
+reduces them as above and ``answer_ids`` names the canonical (yes, no) tokens, so
+consistency training takes the vocabulary cross-entropy (the released MedGemma adapter's
+answer loss) and the margins of the KL term from one forward pass.
+
 **Sites.** The language blocks are ``model.model.language_model.layers`` (transformers
 5); peft addresses them with ``layers_pattern="language_model.layers"``. Because the
 SigLIP tower also has ``q_proj``/``k_proj``/``v_proj``, always pair ``lora_targets`` with
@@ -321,8 +327,40 @@ class HFYesNoVLM:
     def margin(self, images: Any, questions: Sequence[str]) -> torch.Tensor:
         """``[B]`` yes-minus-no margin (float32) at the answer position; see the module
         docstring for the reduction over spellings."""
-        logits = self.answer_logits(images, questions)
-        return logits[:, 0] - logits[:, 1]
+        return self.margin_from_logits(self.first_token_logits(images, questions))
+
+    def first_token_logits(self, images: Any, questions: Sequence[str]) -> torch.Tensor:
+        """``[B, V]`` float32 next-token logits at the answer position over the whole
+        vocabulary (``V`` = the language model's output size, 262,208 for MedGemma-4B);
+        differentiable when grad is enabled. An empty batch gives ``[0, V]``."""
+        if len(questions) == 0:
+            vocab = self.model.get_output_embeddings().weight.shape[0]
+            return torch.zeros(0, vocab, device=self.device)
+        return self.last_logits(images, questions)
+
+    @property
+    def answer_ids(self) -> tuple[int, int]:
+        """The canonical (yes, no) token ids: the first single-token spelling of each
+        (:func:`answer_variants` order, "Yes" before "yes"), the tokens the vocabulary
+        cross-entropy of consistency training aims at."""
+        return self.yes.canonical, self.no.canonical
+
+    def margin_from_logits(self, logits: torch.Tensor) -> torch.Tensor:
+        """``[B, V]`` first-token logits -> ``[B]`` float32 margin, reduced over the
+        spellings as ``reduce`` says (module docstring)."""
+        pair = self.answer_from_logits(logits)
+        return pair[:, 0] - pair[:, 1]
+
+    def answer_from_logits(self, logits: torch.Tensor) -> torch.Tensor:
+        """``[B, V]`` -> ``[B, 2]`` (yes, no) logits, each reduced over its spellings:
+        the canonical token's logit (``reduce="first"``) or the logsumexp over every
+        single-token spelling."""
+        logits = logits.float()
+        if self.reduce == "first":
+            return logits[:, list(self.answer_ids)]
+        yes = logits[:, list(self.yes.ids)].logsumexp(-1)
+        no = logits[:, list(self.no.ids)].logsumexp(-1)
+        return torch.stack([yes, no], dim=-1)
 
     def readout_positions(self, images: Any, questions: Sequence[str]) -> torch.Tensor:
         """``[B, T]`` bool, True only at the last (answer) position; ``T`` is the padded
@@ -411,14 +449,7 @@ class HFYesNoVLM:
 
     def answer_logits(self, images: Any, questions: Sequence[str]) -> torch.Tensor:
         """``[B, 2]`` (yes, no) answer logits, each reduced over its spellings."""
-        if len(questions) == 0:
-            return torch.zeros(0, 2, device=self.device)
-        logits = self.last_logits(images, questions)
-        if self.reduce == "first":
-            return logits[:, [self.yes.canonical, self.no.canonical]]
-        yes = logits[:, list(self.yes.ids)].logsumexp(-1)
-        no = logits[:, list(self.no.ids)].logsumexp(-1)
-        return torch.stack([yes, no], dim=-1)
+        return self.answer_from_logits(self.first_token_logits(images, questions))
 
 
 __all__ = [

@@ -8,6 +8,14 @@ Adapters (the phantom VQA model in ``mechtune.sim.vqa``, Hugging Face image-text
 models in ``mechtune.models.hf_vqa``) implement :class:`YesNoVLM`:
 
 - ``margin(images, questions)``: ``[B]`` margins, differentiable when grad is enabled;
+- ``first_token_logits(images, questions)``: ``[B, V]`` float32 next-token logits at the
+  first answer position over the model's whole answer vocabulary (``V`` tokens: the
+  language model's vocabulary for a generative VLM, the 2-way answer head for a
+  classifier), differentiable when grad is enabled; ``answer_ids``: the canonical
+  (yes, no) token ids in that vocabulary; ``margin_from_logits(logits)``: the margin
+  from those logits, so ``margin(x, q) == margin_from_logits(first_token_logits(x, q))``
+  and a trainer gets the answer cross-entropy over the vocabulary and the margins from
+  ONE forward pass;
 - ``layers``: the language-model blocks, in order (hooks, SAEs, LoRA);
 - ``layers_pattern`` / ``lora_targets``: what peft needs to put LoRA on those blocks only;
 - ``readout_positions(images, questions)``: ``[B, T]`` bool, the token positions whose
@@ -73,6 +81,19 @@ class YesNoVLM(Protocol):
 
     def margin(self, images: Any, questions: Sequence[str]) -> torch.Tensor:
         """``[B]`` logit(yes) − logit(no) for each (image, question) pair."""
+        ...
+
+    def first_token_logits(self, images: Any, questions: Sequence[str]) -> torch.Tensor:
+        """``[B, V]`` float32 next-token logits at the first answer position."""
+        ...
+
+    @property
+    def answer_ids(self) -> tuple[int, int]:
+        """The canonical (yes, no) token ids, columns of :meth:`first_token_logits`."""
+        ...
+
+    def margin_from_logits(self, logits: torch.Tensor) -> torch.Tensor:
+        """``[B, V] -> [B]``: the margin :meth:`margin` gives, from those logits."""
         ...
 
     def readout_positions(self, images: Any, questions: Sequence[str]) -> torch.Tensor:

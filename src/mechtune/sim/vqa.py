@@ -141,7 +141,25 @@ class PhantomVQA(nn.Module):
 
     def margin(self, images: Any, questions: Sequence[str]) -> torch.Tensor:
         """``[B]`` logit(yes) − logit(no)."""
-        logits = self.answer_logits(images, questions)
+        return self.margin_from_logits(self.first_token_logits(images, questions))
+
+    def first_token_logits(self, images: Any, questions: Sequence[str]) -> torch.Tensor:
+        """``[B, 2]`` float32: the answer head's (yes, no) logits. The phantom model has
+        no language-model head, so its answer "vocabulary" is the 2-way head (``V = 2``,
+        ``answer_ids = (0, 1)``). Over two classes the vocabulary cross-entropy towards
+        the answer equals the binary cross-entropy on the margin m = yes − no:
+        −log softmax(yes, no)[yes] = −log sigmoid(m), so ``answer_loss="vocab"`` and
+        ``"binary"`` train it on the same objective."""
+        return self.answer_logits(images, questions).float()
+
+    @property
+    def answer_ids(self) -> tuple[int, int]:
+        """``(0, 1)``: the answer head's yes and no columns."""
+        return 0, 1
+
+    def margin_from_logits(self, logits: torch.Tensor) -> torch.Tensor:
+        """``[B, 2] -> [B]`` logit(yes) − logit(no), float32."""
+        logits = logits.float()
         return logits[:, 0] - logits[:, 1]
 
     def answer_logits(self, images: Any, questions: Sequence[str]) -> torch.Tensor:

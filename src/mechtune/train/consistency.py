@@ -3,8 +3,14 @@ chosen language-model layers, trained with answer cross-entropy plus a symmetric
 between a question and one of its paraphrases
 (:class:`~mechtune.train.losses.ConsistencyLoss`).
 
-Works on any :class:`~mechtune.models.yes_no.YesNoVLM`; the trainer is the one
-:class:`~mechtune.train.trainer.Trainer` of both tasks.
+The defaults of the answer term and the batch follow the released adapter
+``saillab/medgemma-4b-targeted-lora-mimic-mt-12k`` (its model card): cross-entropy over
+the vocabulary of the first answer token (``answer_loss="vocab"``), and an effective batch
+of ``batch_size`` × ``grad_accum`` questions (there 1 × 8), accumulated over
+``grad_accum`` micro-batches, one per shard of the
+:class:`~mechtune.train.trainer.Trainer` (under DDP the micro-batches are spread over the
+ranks). Works on any :class:`~mechtune.models.yes_no.YesNoVLM`; the trainer is the one
+of both tasks.
 """
 
 from __future__ import annotations
@@ -21,14 +27,23 @@ from mechtune.data.schema import ImageQuestion
 from mechtune.errors import ConfigError, DataError
 from mechtune.models.yes_no import YesNoVLM, take_rows
 from mechtune.train.lora import LoraSettings
+from mechtune.train.losses import ANSWER_LOSSES, ConsistencyBatch
 
 
 @dataclass(frozen=True)
 class ConsistencyConfig:
-    """Settings of a consistency run: ``lora`` (its ``layers`` are LM blocks; None: all),
-    AdamW's ``lr`` / ``weight_decay``, ``steps`` of ``batch_size`` questions, the KL
-    weight ``consistency_weight``, the sampler ``seed`` and ``checkpoint_every``.
-    Defaults match the phantom recipe. Raises ConfigError naming the field."""
+    """Settings of a consistency run.
+
+    ``lora`` (its ``layers`` are LM blocks; None: all); AdamW's ``lr`` / ``weight_decay``;
+    ``steps`` optimiser steps, each on ``batch_size`` × ``grad_accum`` questions (the
+    effective batch) in ``grad_accum`` micro-batches of ``batch_size`` whose gradients are
+    averaged (accumulation; under DDP spread over the ranks, so ``grad_accum`` must be a
+    multiple of the number of processes); the KL weight ``consistency_weight``;
+    ``answer_loss``: ``"vocab"`` (cross-entropy over the vocabulary of the first answer
+    token towards the correct answer's canonical token, as the released adapter) or
+    ``"binary"`` (binary cross-entropy on the yes/no margin); the sampler ``seed`` and
+    ``checkpoint_every``. Other defaults match the phantom recipe. Raises ConfigError
+    naming the field."""
 
     lora: LoraSettings = field(default_factory=LoraSettings)
     lr: float = 5e-4
@@ -38,13 +53,15 @@ class ConsistencyConfig:
     consistency_weight: float = 1.0
     seed: int = 0
     checkpoint_every: int = 50
+    grad_accum: int = 1
+    answer_loss: str = "vocab"
 
     def __post_init__(self) -> None:
         if isinstance(self.lora, dict):
             object.__setattr__(self, "lora", LoraSettings.from_dict(self.lora))
         if not isinstance(self.lora, LoraSettings):
             raise ConfigError(f"lora must be LoRA settings, got {self.lora!r}")
-        for name in ("steps", "batch_size", "checkpoint_every"):
+        for name in ("steps", "batch_size", "checkpoint_every", "grad_accum"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.lr <= 0:
@@ -53,6 +70,10 @@ class ConsistencyConfig:
             raise ConfigError(f"weight_decay must be >= 0, got {self.weight_decay}")
         if self.consistency_weight < 0:
             raise ConfigError(f"consistency_weight must be >= 0, got {self.consistency_weight}")
+        if self.answer_loss not in ANSWER_LOSSES:
+            raise ConfigError(
+                f"answer_loss must be one of {ANSWER_LOSSES}, got {self.answer_loss!r}"
+            )
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -86,13 +107,15 @@ def consistency_examples(questions: Sequence[ImageQuestion]) -> list[Consistency
 class ConsistencyTask:
     """Batches of the consistency task for :class:`~mechtune.train.trainer.Trainer`.
 
-    Each step draws ``batch_size`` questions and, from the sampler's own stream (so a
-    resumed run replays it), one paraphrase of each; ``loss`` gets the float32 margins
-    ``[B]`` of the originals and the paraphrases and the answers. Raises DataError for no
-    questions or a question without paraphrases.
+    Each step draws ``batch_size × grad_accum`` questions and, from the sampler's own
+    stream (so a resumed run replays it), one paraphrase of each. The trainer splits them
+    into ``shards = grad_accum`` micro-batches of ``batch_size``; for each, one forward
+    pass over the originals and the paraphrases gives the float32 first-token logits
+    ``[2b, V]`` and, from them, the margins ``[2b]``
+    (:meth:`~mechtune.models.yes_no.YesNoVLM.margin_from_logits`), which ``loss`` gets as
+    a :class:`~mechtune.train.losses.ConsistencyBatch`. Raises DataError for no questions
+    or a question without paraphrases.
     """
-
-    shards = 1
 
     def __init__(
         self,
@@ -109,10 +132,12 @@ class ConsistencyTask:
             raise DataError(f"questions without paraphrases: {empty[:3]}")
         self.vlm, self.images, self.loss, self.config = vlm, images, loss, config
         self.examples = list(examples)
+        self.shards = config.grad_accum
 
     def sample(self, generator: torch.Generator) -> list[tuple[ConsistencyExample, str]]:
-        """``batch_size`` (question, chosen paraphrase) pairs."""
-        picks = torch.randint(len(self.examples), (self.config.batch_size,), generator=generator)
+        """``batch_size × grad_accum`` (question, chosen paraphrase) pairs."""
+        size = self.config.batch_size * self.config.grad_accum
+        picks = torch.randint(len(self.examples), (size,), generator=generator)
         batch = [self.examples[i] for i in picks.tolist()]
         seed = int(torch.randint(2**31 - 1, (1,), generator=generator))
         chooser = random.Random(seed)
@@ -121,12 +146,22 @@ class ConsistencyTask:
     def loss_terms(
         self, batch: list[tuple[ConsistencyExample, str]], shard: int, shards: int
     ) -> dict[str, torch.Tensor]:
-        """The loss terms of the batch's shard ``shard`` of ``shards``."""
+        """The loss terms of micro-batch ``shard`` of ``shards`` (equal consecutive parts)."""
         part = batch[shard * len(batch) // shards : (shard + 1) * len(batch) // shards]
         rows = [e.image for e, _ in part]
         texts = [e.question for e, _ in part] + [p for _, p in part]
-        margins = self.vlm.margin(take_rows(self.images, rows + rows), texts).float()
+        logits = self.vlm.first_token_logits(take_rows(self.images, rows + rows), texts).float()
+        margins = self.vlm.margin_from_logits(logits).float()
         n = len(part)
-        answer = torch.tensor([e.answer for e, _ in part], device=margins.device)
-        terms: dict[str, torch.Tensor] = self.loss(margins[:n], margins[n:], answer)
+        answer = torch.tensor([e.answer for e, _ in part], device=logits.device)
+        terms: dict[str, torch.Tensor] = self.loss(
+            ConsistencyBatch(
+                original=logits[:n],
+                paraphrase=logits[n:],
+                original_margin=margins[:n],
+                paraphrase_margin=margins[n:],
+                answer=answer,
+                answer_ids=self.vlm.answer_ids,
+            )
+        )
         return terms

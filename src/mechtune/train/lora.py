@@ -28,17 +28,23 @@ from mechtune.models.sites import text_site
 @dataclass(frozen=True)
 class LoraSettings:
     """LoRA's rank r, its alpha (the update is ``(alpha / r) * B @ A``, Hu et al. 2021,
-    eq. 3; peft's ``lora_alpha``), the dropout on the adapter input, and which blocks get
-    adapters (None: all). Used by every method of both tasks.
+    eq. 3; peft's ``lora_alpha``), the dropout on the adapter input, which blocks get
+    adapters (None: all) and which linear layers inside them (``target_modules``, peft's
+    names; None: every one of the site's ``lora_targets``, e.g. the seven Gemma
+    projections q/k/v/o/gate/up/down, as the released MedGemma adapter). Used by every
+    method of both tasks.
 
-    Raises ConfigError naming the field for rank < 1, alpha <= 0, dropout outside [0, 1)
-    or a bad ``layers`` list (see :func:`block_indices`).
+    Raises ConfigError naming the field for rank < 1, alpha <= 0, dropout outside [0, 1),
+    a bad ``layers`` list (see :func:`block_indices`) or an empty or repeating
+    ``target_modules``; a name the model's site does not adapt is refused by
+    :func:`lora_config`, which knows the site.
     """
 
     rank: int = 8
     alpha: int = 16
     dropout: float = 0.0
     layers: tuple[int, ...] | None = None
+    target_modules: tuple[str, ...] | None = None
 
     def __post_init__(self) -> None:
         if self.rank < 1:
@@ -49,16 +55,35 @@ class LoraSettings:
             raise ConfigError(f"alpha must be > 0, got {self.alpha}")
         if self.layers is not None:
             object.__setattr__(self, "layers", block_indices(self.layers, "layers"))
+        if self.target_modules is not None:
+            names = self.target_modules
+            if isinstance(names, str) or not all(isinstance(n, str) and n for n in names):
+                raise ConfigError(f"target_modules must be a list of module names, got {names!r}")
+            names = tuple(names)
+            if not names or len(set(names)) != len(names):
+                raise ConfigError(
+                    "target_modules must be None (the site's LoRA targets) or distinct "
+                    f"module names, got {list(names)}"
+                )
+            object.__setattr__(self, "target_modules", names)
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["layers"] = None if self.layers is None else list(self.layers)
+        d["target_modules"] = None if self.target_modules is None else list(self.target_modules)
         return d
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> LoraSettings:
-        layers = d.get("layers")
-        return cls(**{**d, "layers": None if layers is None else tuple(layers)})
+        """Inverse of :meth:`to_dict` (lists become tuples)."""
+        layers, targets = d.get("layers"), d.get("target_modules")
+        return cls(
+            **{
+                **d,
+                "layers": None if layers is None else tuple(layers),
+                "target_modules": None if targets is None else tuple(targets),
+            }
+        )
 
 
 def block_indices(layers: Sequence[int], name: str) -> tuple[int, ...]:
@@ -109,9 +134,13 @@ def lm_lora_site(vlm: Any) -> LoraSite:
 
 
 def lora_config(site: LoraSite, settings: LoraSettings) -> LoraConfig:
-    """A peft config that adapts ``settings.layers`` of the site's blocks and nothing else.
+    """A peft config that adapts ``settings.target_modules`` (None: all the site's
+    ``lora_targets``) in ``settings.layers`` of the site's blocks, and nothing else.
 
-    Raises ConfigError when a chosen block is outside ``0..site.n_layers - 1``.
+    Raises ConfigError when a chosen block is outside ``0..site.n_layers - 1`` or a target
+    module is not one of the site's ``lora_targets`` (the message lists them): peft
+    matches names by suffix anywhere in the model, so only the site's names are known to
+    stay inside the blocks' linear layers.
     """
     n_layers = site.n_layers
     layers = list(range(n_layers)) if settings.layers is None else list(settings.layers)
@@ -121,11 +150,18 @@ def lora_config(site: LoraSite, settings: LoraSettings) -> LoraConfig:
             f"LoRA layers {bad} out of range: the model has blocks 0..{n_layers - 1} "
             f"at {site.layers_pattern}"
         )
+    targets = site.lora_targets if settings.target_modules is None else settings.target_modules
+    unknown = [t for t in targets if t not in site.lora_targets]
+    if unknown:
+        raise ConfigError(
+            f"LoRA target_modules {unknown} are not LoRA targets of this model's blocks "
+            f"({site.layers_pattern}); allowed: {list(site.lora_targets)}"
+        )
     return LoraConfig(
         r=settings.rank,
         lora_alpha=settings.alpha,
         lora_dropout=settings.dropout,
-        target_modules=list(site.lora_targets),
+        target_modules=list(targets),
         layers_to_transform=layers,
         layers_pattern=site.layers_pattern,
         bias="none",

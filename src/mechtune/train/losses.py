@@ -2,8 +2,8 @@
 
 Every negation loss takes one :class:`NegationBatch` (the step's embeddings); every loss
 returns a dict of named scalar terms whose ``"loss"`` entry is what the trainer
-back-propagates, so every term is logged. :func:`create_loss` is the only place a trainer gets its loss from: a loss
-that is configured is the loss that runs.
+back-propagates, so every term is logged. :func:`create_loss` is the only place a trainer
+gets its loss from: a loss that is configured is the loss that runs.
 
 - ``ContrastiveLoss``: the symmetric CLIP loss on (image, caption) rows (Radford et al.,
   2021, eq. in §2.3; NAST arXiv 2602.12498 §4 "L_CLIP");
@@ -14,13 +14,17 @@ that is configured is the loss that runs.
   captions added to the text side of the batch (Yuksekgonul et al., ICLR 2023, "When and
   why vision-language models behave like bags-of-words", §5);
 - ``ConsistencyLoss``: answer cross-entropy on a question and its paraphrase plus a
-  weighted symmetric KL between their yes/no distributions (PSF-Med, arXiv 2602.21428).
+  weighted symmetric KL between their yes/no distributions (PSF-Med, arXiv 2602.21428),
+  on one :class:`ConsistencyBatch`; the cross-entropy is over the whole vocabulary of the
+  first answer token (``VocabConsistencyLoss``, the released adapter's) or binary on the
+  margin (``BinaryConsistencyLoss``), as ``ConsistencyConfig.answer_loss`` picks.
 
-The trainers cast embeddings and margins to float32 before calling a loss.
+The trainers cast embeddings, logits and margins to float32 before calling a loss.
 """
 
 from __future__ import annotations
 
+import abc
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -131,15 +135,36 @@ def symmetric_kl(margin_a: torch.Tensor, margin_b: torch.Tensor) -> torch.Tensor
     return (torch.sigmoid(margin_a) - torch.sigmoid(margin_b)) * (margin_a - margin_b)
 
 
-class ConsistencyLoss(nn.Module):
-    """PSF-Med's consistency objective (arXiv 2602.21428, §4): the answer cross-entropy on
-    the original question and one paraphrase, plus ``weight`` times the symmetric KL
-    between their yes/no distributions.
+@dataclass
+class ConsistencyBatch:
+    """The model's answers on one (micro-)batch of B paraphrase pairs (float32).
+
+    ``original [B, V]`` and ``paraphrase [B, V]``: next-token logits at the first answer
+    position for the original question and its paraphrase (``V``: the model's answer
+    vocabulary, :meth:`~mechtune.models.yes_no.YesNoVLM.first_token_logits`);
+    ``original_margin [B]`` / ``paraphrase_margin [B]``: the model's yes-minus-no margins
+    from those logits (``margin_from_logits``); ``answer [B]`` bool, True for "yes";
+    ``answer_ids``: the canonical (yes, no) token ids, columns of the logits.
+    """
+
+    original: torch.Tensor
+    paraphrase: torch.Tensor
+    original_margin: torch.Tensor
+    paraphrase_margin: torch.Tensor
+    answer: torch.Tensor
+    answer_ids: tuple[int, int]
+
+
+class ConsistencyLoss(nn.Module, abc.ABC):
+    """PSF-Med's consistency objective (arXiv 2602.21428, §4): an answer cross-entropy,
+    averaged over the original question and one paraphrase, plus ``consistency_weight``
+    times the symmetric KL between their yes/no distributions.
 
     A yes/no distribution is the softmax over the (yes, no) logits, which depends on the
     margin m = logit(yes) − logit(no) only: p(yes) = sigmoid(m). Pure consistency training
     collapses to one answer for every question, which the cross-entropy term prevents.
-    Raises ConfigError for a negative weight.
+    Subclasses say which cross-entropy (:data:`CONSISTENCY_LOSSES`). Raises ConfigError
+    for a negative weight.
     """
 
     def __init__(self, consistency_weight: float = 1.0) -> None:
@@ -148,34 +173,82 @@ class ConsistencyLoss(nn.Module):
             raise ConfigError(f"consistency_weight must be >= 0, got {consistency_weight}")
         self.weight = consistency_weight
 
-    def forward(
-        self, original: torch.Tensor, paraphrase: torch.Tensor, answer: torch.Tensor
-    ) -> dict[str, torch.Tensor]:
-        """Margins ``[B]`` of the original and one paraphrase; ``answer [B]`` bool ->
-        ``{"answer_ce", "symmetric_kl", "loss"}``."""
-        target = answer.to(original.dtype)
-        bce = F.binary_cross_entropy_with_logits
-        ce = (bce(original, target) + bce(paraphrase, target)) / 2
-        kl = symmetric_kl(original, paraphrase).mean()
+    @abc.abstractmethod
+    def answer_ce(
+        self, logits: torch.Tensor, margin: torch.Tensor, batch: ConsistencyBatch
+    ) -> torch.Tensor:
+        """The mean answer cross-entropy of one side (``logits [B, V]``, ``margin [B]``)."""
+
+    def forward(self, batch: ConsistencyBatch) -> dict[str, torch.Tensor]:
+        """-> ``{"answer_ce", "symmetric_kl", "loss"}`` (scalars; loss = ce + w * kl)."""
+        ce = (
+            self.answer_ce(batch.original, batch.original_margin, batch)
+            + self.answer_ce(batch.paraphrase, batch.paraphrase_margin, batch)
+        ) / 2
+        kl = symmetric_kl(batch.original_margin, batch.paraphrase_margin).mean()
         return {"answer_ce": ce, "symmetric_kl": kl, "loss": ce + self.weight * kl}
+
+
+class VocabConsistencyLoss(ConsistencyLoss):
+    """The answer term of the released adapter ``saillab/medgemma-4b-targeted-lora-mimic-
+    mt-12k`` (its model card: "cross-entropy on the first answer token + symmetric KL"):
+    cross-entropy over the whole vocabulary of the first answer token towards the correct
+    answer's canonical token, ``F.cross_entropy(logits [B, V], yes_id if answer else
+    no_id)``. Unlike the binary form it also pushes down every other token (" Yes",
+    "Maybe", an explanation's first word), so the answer becomes the model's next token.
+    For a 2-way answer head (``V = 2``) it equals :class:`BinaryConsistencyLoss`."""
+
+    def answer_ce(
+        self, logits: torch.Tensor, margin: torch.Tensor, batch: ConsistencyBatch
+    ) -> torch.Tensor:
+        yes, no = batch.answer_ids
+        target = torch.where(batch.answer.to(logits.device), yes, no)
+        return F.cross_entropy(logits, target)
+
+
+class BinaryConsistencyLoss(ConsistencyLoss):
+    """The answer term as a binary cross-entropy on the margin: −log sigmoid(±m), the
+    cross-entropy of the yes/no distribution alone (the rest of the vocabulary is free)."""
+
+    def answer_ce(
+        self, logits: torch.Tensor, margin: torch.Tensor, batch: ConsistencyBatch
+    ) -> torch.Tensor:
+        target = batch.answer.to(device=margin.device, dtype=margin.dtype)
+        return F.binary_cross_entropy_with_logits(margin, target)
+
+
+# ConsistencyConfig.answer_loss -> the loss "consistency" builds.
+CONSISTENCY_LOSSES: dict[str, type[ConsistencyLoss]] = {
+    "vocab": VocabConsistencyLoss,
+    "binary": BinaryConsistencyLoss,
+}
+ANSWER_LOSSES = tuple(CONSISTENCY_LOSSES)
+
+
+def _consistency_loss(config: Any) -> nn.Module:
+    answer_loss = config.answer_loss
+    if answer_loss not in CONSISTENCY_LOSSES:
+        raise ConfigError(f"answer_loss must be one of {ANSWER_LOSSES}, got {answer_loss!r}")
+    return CONSISTENCY_LOSSES[answer_loss](config.consistency_weight)
 
 
 LOSS_FACTORIES: dict[str, Callable[[Any], nn.Module]] = {
     "nast": lambda config: NASTLoss(config.lam),
     "negclip": lambda config: NegCLIPLoss(),
-    "consistency": lambda config: ConsistencyLoss(config.consistency_weight),
+    "consistency": _consistency_loss,
 }
 LOSSES = tuple(LOSS_FACTORIES)
 
 
 def create_loss(name: str, config: Any) -> nn.Module:
     """The loss ``name`` built with the settings of ``config`` it reads (``lam`` of a
-    :class:`~mechtune.train.negation.LoopConfig` for ``"nast"``, ``consistency_weight`` of a
+    :class:`~mechtune.train.negation.LoopConfig` for ``"nast"``; ``answer_loss`` (a key of
+    :data:`CONSISTENCY_LOSSES`) and ``consistency_weight`` of a
     :class:`~mechtune.train.consistency.ConsistencyConfig` for ``"consistency"``).
 
     The one place a loss is built: a method names its loss in the registry
     (:mod:`mechtune.train.methods`), and the trainer back-propagates what this returns.
-    Raises ConfigError for an unknown name.
+    Raises ConfigError for an unknown name or answer loss.
     """
     factory = LOSS_FACTORIES.get(name)
     if factory is None:

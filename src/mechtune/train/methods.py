@@ -14,8 +14,9 @@ Yuksekgonul et al., ICLR 2023) and ``negbench`` (contrastive + multiple-choice l
 negated multi-condition options, uniform LoRA; Alhamoud et al., CVPR 2025, NegBench).
 
 Paraphrase (yes/no VLMs, :class:`~mechtune.train.consistency.ConsistencyConfig`):
-``consistency-lora``, PSF-Med's LoRA on chosen language-model layers with answer CE +
-symmetric KL.
+``consistency-lora``, PSF-Med's LoRA on chosen language-model layers with answer CE
+(over the vocabulary of the first answer token, or binary on the margin:
+``ConsistencyConfig.answer_loss``) + symmetric KL.
 """
 
 from __future__ import annotations
@@ -314,17 +315,22 @@ def paraphrase_trainer(
     examples: Sequence[ConsistencyExample],
     config: ConsistencyConfig,
     out: str | Path,
+    *,
+    accelerator: Any | None = None,
 ) -> Trainer:
     """The trainer of paraphrase method ``name`` on ``vlm``'s language-model blocks.
 
     ``images``: whatever ``vlm.margin`` takes, indexed by the examples' ``image`` rows.
-    Raises ConfigError for an unknown method, DataError for empty examples."""
+    ``accelerator``: an ``accelerate.Accelerator`` for DDP; its number of processes must
+    divide ``config.grad_accum`` (each rank takes as many micro-batches). Raises
+    ConfigError for an unknown method or micro-batches the ranks cannot share, DataError
+    for empty examples."""
     entry = _entry(name, "paraphrase")
     config = replace(config, **entry.overrides)
     if entry.loss is None:
         raise ConfigError(f"method {name!r} does not train")
     task = ConsistencyTask(vlm, images, examples, create_loss(entry.loss, config), config)
-    return Trainer(vlm.module, lm_lora_site(vlm), task, config, out)
+    return Trainer(vlm.module, lm_lora_site(vlm), task, config, out, accelerator=accelerator)
 
 
 def run_paraphrase_method(
@@ -334,12 +340,15 @@ def run_paraphrase_method(
     examples: Sequence[ConsistencyExample],
     config: ConsistencyConfig,
     out: str | Path,
+    *,
+    accelerator: Any | None = None,
 ) -> YesNoVLM:
     """Train ``vlm`` in place with paraphrase method ``name`` (resuming from ``out``) and
-    write its adapter and ``train.json`` there (see :func:`run_method`)."""
+    write its adapter and ``train.json`` there (see :func:`run_method`; under DDP the main
+    process writes). Shapes and errors: :func:`paraphrase_trainer`."""
     _entry(name, "paraphrase")
     torch.manual_seed(config.seed)
-    trainer = paraphrase_trainer(name, vlm, images, examples, config, out)
+    trainer = paraphrase_trainer(name, vlm, images, examples, config, out, accelerator=accelerator)
     trainer.fit(resume=True)
     trainer.save_result(name)
     return vlm

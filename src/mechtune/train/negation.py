@@ -46,8 +46,8 @@ class LoopConfig:
 
     ``caption_batch`` / ``claim_batch``: captions and claim sets per step; ``lam``: the
     weight of L_CLIP in the NAST loss; ``beta``: the NAST exponent of the per-block factor
-    alpha_l ** beta; ``shards``: the global batch is split into this many shards (DDP: one
-    per rank); ``scaling``: "gradient" (NAST as specified: block l's gradients times its
+    alpha_l ** beta; ``shards``: the global batch is split into this many shards (accumulated
+    in one process; under DDP a multiple of the number of ranks, spread evenly); ``scaling``: "gradient" (NAST as specified: block l's gradients times its
     factor; Adam divides each parameter's step by its own gradient scale, so this only
     matters where the factor is 0 or tiny) or "lr" (per-block learning rates, which Adam
     keeps); ``lora``: LoRA settings, None for full fine-tuning of the text blocks.
@@ -90,7 +90,7 @@ class LoopConfig:
             if getattr(self, name) % self.shards:
                 raise ConfigError(
                     f"{name} ({getattr(self, name)}) must be a multiple of shards "
-                    f"({self.shards}): each shard (DDP rank) takes an equal part of the batch"
+                    f"({self.shards}): each shard takes an equal part of the batch"
                 )
 
     def to_dict(self) -> dict[str, Any]:

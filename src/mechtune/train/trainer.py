@@ -10,8 +10,9 @@ and how to compute the loss terms of one shard of it; the trainer owns everythin
 - AdamW with NAST's per-block scaling (:mod:`mechtune.train.scaling`): gradients scaled by
   ``scales[l]`` (``scaling="gradient"``) or one parameter group per block with learning
   rate ``lr * scales[l]`` (``scaling="lr"``);
-- the global batch split into ``task.shards`` shards: accumulated in one process, one per
-  rank under DDP (``accelerate``), gradients averaged either way;
+- the global batch split into ``task.shards`` shards: accumulated in one process, spread
+  evenly over the ranks under DDP (``accelerate``; ``task.shards`` a multiple of the number
+  of processes), gradients averaged either way;
 - checkpoints that resume exactly (weights, optimiser, the sampler's and torch's random
   streams, step, history; :mod:`mechtune.train.checkpoint`) and the final result
   (:func:`~mechtune.train.checkpoint.save_trained`).
@@ -20,7 +21,7 @@ and how to compute the loss terms of one shard of it; the trainer owns everythin
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from contextlib import nullcontext
 from pathlib import Path
 from typing import Any, Protocol
@@ -69,9 +70,12 @@ class TrainSettings(Protocol):
 class TrainTask(Protocol):
     """What a task supplies: batches and loss terms.
 
+    ``shards``: how many equal shards (micro-batches) a global batch splits into: the
+    negation task's ``LoopConfig.shards``, the consistency task's ``grad_accum``.
     ``sample`` draws the global batch from ``generator`` only (so a resumed run replays
     it); ``loss_terms`` returns the named float32 scalar terms of shard ``shard`` of
-    ``shards`` (``"loss"`` is back-propagated), computed by the task's loss module.
+    ``shards`` (``"loss"`` is back-propagated, each shard's a mean over its examples),
+    computed by the task's loss module.
     """
 
     shards: int
@@ -81,16 +85,31 @@ class TrainTask(Protocol):
     def loss_terms(self, batch: Any, shard: int, shards: int) -> dict[str, torch.Tensor]: ...
 
 
+def check_shards(shards: int, processes: int) -> None:
+    """Under DDP each of ``processes`` ranks must take the same number (at least one) of
+    the global batch's ``shards``: an empty rank has no loss to back-propagate, and
+    unequal counts would weight examples unequally in the averaged gradient. Raises
+    ConfigError naming both numbers otherwise (for the consistency task the shards are
+    ``grad_accum`` micro-batches, for the negation task ``LoopConfig.shards``)."""
+    if processes < 1 or shards < processes or shards % processes:
+        raise ConfigError(
+            f"under DDP the global batch's shards ({shards}: the consistency task's "
+            f"grad_accum micro-batches, the negation task's shards) must be a multiple of "
+            f"the number of processes ({processes}), so that every process takes the same "
+            "number of shards, at least one"
+        )
+
+
 class Trainer:
     """Trains ``module`` on ``task``; checkpoints and results go to ``out``.
 
     ``site``: where the trainable blocks are. ``settings.lora`` None means full
     fine-tuning of those blocks, else LoRA on them (peft, injected in place).
     ``scales``: ``[site.n_layers]`` per-block factors (None: all 1), applied as
-    ``scaling`` says. ``accelerator``: an ``accelerate.Accelerator`` with one process per
-    shard for DDP. Raises ConfigError for an unknown scaling, a scale vector of the wrong
-    length, a DDP world size other than ``task.shards``, or a trainable parameter outside
-    the blocks.
+    ``scaling`` says. ``accelerator``: an ``accelerate.Accelerator`` for DDP, whose
+    number of processes must divide ``task.shards`` (:func:`check_shards`). Raises
+    ConfigError for an unknown scaling, a scale vector of the wrong length, shards that
+    the processes cannot share equally, or a trainable parameter outside the blocks.
     """
 
     def __init__(
@@ -111,11 +130,8 @@ class Trainer:
             raise ConfigError(
                 f"scales has {len(scales)} entries; the model has {site.n_layers} blocks"
             )
-        if accelerator is not None and accelerator.num_processes != task.shards:
-            raise ConfigError(
-                f"under DDP, shards ({task.shards}) must equal the number of "
-                f"processes ({accelerator.num_processes})"
-            )
+        if accelerator is not None:
+            check_shards(task.shards, accelerator.num_processes)
         self.site, self.task, self.settings, self.out = site, task, settings, Path(out)
         self.scaling, self.accelerator = scaling, accelerator
         if settings.lora is None:
@@ -206,14 +222,20 @@ class Trainer:
         """One optimiser step on a global batch of ``task.shards`` shards.
 
         One process: every shard's loss is divided by the number of shards and
-        back-propagated (gradient accumulation). Under DDP each rank takes its own shard
-        and the gradients are averaged across ranks: the same mean. Returns the mean of
-        each term over the shards.
+        back-propagated (gradient accumulation), so the gradient is the mean over shards.
+        Under DDP with ``P`` processes, rank ``r`` takes shards ``r, r + P, r + 2P, ...``
+        (``task.shards / P`` of them), accumulates their losses divided by that count, and
+        the gradients are averaged across ranks: (1/P) Σ_r (P/S) Σ_{s of r} g_s
+        = (1/S) Σ_s g_s, the single process's mean. Returns the mean of each term over the
+        shards (under DDP, averaged over the ranks too).
         """
         batch = self.task.sample(self.generator)
         n = self.task.shards
-        shards = [self.accelerator.process_index] if self.accelerator is not None else range(n)
-        count = 1 if self.accelerator is not None else n
+        if self.accelerator is None:
+            shards: Sequence[int] = range(n)
+        else:
+            shards = range(self.accelerator.process_index, n, self.accelerator.num_processes)
+        count = len(shards)
         totals: dict[str, float] = {}
         self.optim.zero_grad(set_to_none=True)
         scaled = (
@@ -231,6 +253,11 @@ class Trainer:
             for _, p in self.params.values():
                 if p.grad is not None:
                     p.grad = self.accelerator.reduce(p.grad, reduction="mean")
+            # every rank logs the global mean, as one process would
+            names = sorted(totals)
+            local = torch.tensor([totals[k] for k in names], dtype=torch.float64)
+            mean = self.accelerator.reduce(local.to(self.accelerator.device), reduction="mean")
+            totals = {k: float(v) for k, v in zip(names, mean.tolist(), strict=True)}
         self.optim.step()
         self.step += 1
         return totals
