@@ -1,8 +1,6 @@
 """SAE analysis on a toy yes/no model whose every step can be recomputed by hand."""
 
-from collections.abc import Sequence
 from dataclasses import fields, replace
-from typing import Any
 
 import numpy as np
 import pytest
@@ -26,101 +24,7 @@ from mechtune.interp.sae_analysis import (
     token_states,
 )
 from mechtune.models.yes_no import YesNoVLM, capture_block_outputs
-
-D = 8
-
-
-class Block(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.proj = nn.Linear(D, D)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x + torch.tanh(self.proj(x))
-
-
-class ToyVLM(nn.Module):
-    """Word embeddings -> 3 residual blocks -> mean over words -> margin; images are
-    vectors added to every position."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        torch.manual_seed(0)
-        self.vocab: dict[str, int] = {}
-        self.embed = nn.Embedding(64, D)
-        self.blocks = nn.ModuleList([Block() for _ in range(3)])
-        self.readout = nn.Linear(D, 1)
-
-    @property
-    def layers(self) -> nn.ModuleList:
-        return self.blocks
-
-    @property
-    def layers_pattern(self) -> str:
-        return "blocks"
-
-    @property
-    def lora_targets(self) -> tuple[str, ...]:
-        return ("proj",)
-
-    @property
-    def module(self) -> nn.Module:
-        return self
-
-    def tokens(self, questions: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
-        words = [q.lower().rstrip("?").split() for q in questions]
-        width = max(len(w) for w in words)
-        ids = torch.zeros(len(words), width, dtype=torch.long)
-        mask = torch.zeros(len(words), width, dtype=torch.bool)
-        for i, ws in enumerate(words):
-            for j, w in enumerate(ws):
-                ids[i, j] = self.vocab.setdefault(w, len(self.vocab) + 1)
-                mask[i, j] = True
-        return ids, mask
-
-    def states(self, images: Any, questions: Sequence[str], upto: int | None = None):
-        ids, mask = self.tokens(questions)
-        x = self.embed(ids) + torch.as_tensor(images, dtype=torch.float32)[:, None, :]
-        for block in self.blocks[:upto]:
-            x = block(x)
-        return x, mask
-
-    def head(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        m = mask.float().unsqueeze(-1)
-        return self.readout((x * m).sum(1) / m.sum(1)).squeeze(-1)
-
-    def margin(self, images: Any, questions: Sequence[str]) -> torch.Tensor:
-        x, mask = self.states(images, questions)
-        return self.head(x, mask)
-
-    def first_token_logits(self, images: Any, questions: Sequence[str]) -> torch.Tensor:
-        """``[B, 2]``: (margin, 0) as (yes, no) logits."""
-        margin = self.margin(images, questions)
-        return torch.stack([margin, torch.zeros_like(margin)], dim=-1)
-
-    @property
-    def answer_ids(self) -> tuple[int, int]:
-        return 0, 1
-
-    def margin_from_logits(self, logits: torch.Tensor) -> torch.Tensor:
-        return logits[:, 0] - logits[:, 1]
-
-    def readout_positions(self, images: Any, questions: Sequence[str]) -> torch.Tensor:
-        return self.tokens(questions)[1]
-
-    def blank_images(self, images: Any) -> Any:
-        return torch.zeros_like(torch.as_tensor(images))
-
-    @property
-    def image_mode(self) -> str:
-        return "L"
-
-    def prepare_images(self, images: Sequence[Any]) -> torch.Tensor:
-        return torch.as_tensor(np.stack(images), dtype=torch.float32)
-
-    @property
-    def states_depend_on_image(self) -> bool:
-        return True  # images are added to every position
+from tests.interp.toy_vlm import D, ToyVLM
 
 
 def random_sae(seed: int = 0, d_sae: int = 16) -> SAE:
@@ -222,6 +126,38 @@ def test_readout_features_and_token_states_follow_the_mask(toy) -> None:
         f = sae.encode(x)
         want = torch.stack([f[i][mask[i]].mean(0) for i in range(2)])
     torch.testing.assert_close(feats, want)
+
+
+class Recording(SAE):
+    """An SAE that records the shape of every input it encodes."""
+
+    def __init__(self, sae: SAE) -> None:
+        super().__init__(sae.config)
+        self.load_state_dict(sae.state_dict())
+        self.shapes: list[tuple[int, ...]] = []
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        self.shapes.append(tuple(x.shape))
+        return super().encode(x)
+
+
+def test_only_readout_positions_are_encoded(toy) -> None:
+    """Features of the readout positions alone, one row per text: the SAE never sees
+    ``[B, T, d]`` states (a decoder reads 1 of hundreds of positions)."""
+    sae = Recording(random_sae())
+    qs = ["is there effusion", "effusion present", "any lump visible here"]
+    imgs = images()[:3]
+    feats = readout_features(toy, imgs, [0, 1, 2], qs, {1: sae}, batch=2)[1]
+    assert sae.shapes == [(3 + 2, D), (4, D)]  # readout tokens of each batch, as rows
+    x, mask = toy.states(imgs, qs, upto=2)
+    want = torch.stack([sae.encode(x[i][mask[i]]).mean(0) for i in range(3)])
+    torch.testing.assert_close(feats, want.detach())
+    sae.shapes.clear()
+    mask = toy.readout_positions(imgs, qs)
+    mask[:, 1:] = False  # one position per text, as a decoder's last token
+    with torch.no_grad(), feature_edit(toy, sae, 1, 3, None, mask):
+        toy.margin(imgs, qs)
+    assert sae.shapes == [(3, D)]
 
 
 def test_feature_patch_equals_manual_edit(toy) -> None:

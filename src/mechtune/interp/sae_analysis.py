@@ -92,9 +92,16 @@ def margins(
     return torch.cat(out).numpy() if out else np.zeros(0, dtype=np.float32)
 
 
-def _masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    m = mask.to(x.dtype).unsqueeze(-1)
-    return (x * m).sum(1) / m.sum(1).clamp(min=1)
+def _readout_means(sae: Dictionary, state: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """``[B, d_sae]``: features of ``state [B, T, d]`` averaged over the positions of
+    ``mask [B, T]`` (0 where a row has none). Only those positions are encoded: a decoder
+    reads one position of hundreds, and ``[B, T, d_sae]`` features of a 16k-wide SAE would
+    be the largest tensor of the batch."""
+    mask = mask.to(state.device)
+    features = sae.encode(state[mask].float())  # [n_readout, d_sae]
+    example = mask.nonzero()[:, 0]
+    sums = features.new_zeros(state.shape[0], features.shape[-1]).index_add_(0, example, features)
+    return sums / mask.sum(1, keepdim=True).clamp(min=1).to(sums.dtype)
 
 
 @torch.no_grad()
@@ -107,7 +114,8 @@ def readout_features(
     batch: int = 64,
 ) -> dict[int, torch.Tensor]:
     """``{layer: [N, d_sae]}``: SAE features averaged over each question's readout
-    positions (features are encoded per token, then averaged)."""
+    positions (features are encoded per token, then averaged). Works ``batch`` texts at
+    a time, encoding only the readout positions; what is kept is one row per text."""
     out: dict[int, list[torch.Tensor]] = {layer: [] for layer in saes}
     for i in range(0, len(texts), batch):
         imgs, qs = take_rows(images, rows[i : i + batch]), list(texts[i : i + batch])
@@ -115,8 +123,7 @@ def readout_features(
         with capture_block_outputs(vlm, list(saes)) as states:
             vlm.margin(imgs, qs)
         for layer, sae in saes.items():
-            state = states[layer].float()
-            out[layer].append(_masked_mean(sae.encode(state), mask.to(state.device)).cpu())
+            out[layer].append(_readout_means(sae, states[layer], mask).cpu())
     return {layer: torch.cat(parts) for layer, parts in out.items()}
 
 
@@ -129,8 +136,9 @@ def token_states(
     layers: Sequence[int],
     batch: int = 64,
 ) -> dict[int, torch.Tensor]:
-    """``{layer: [n_tokens, d]}``: residual states at every readout position (SAE
-    training data)."""
+    """``{layer: [n_tokens, d]}``: residual states at every readout position, all held in
+    memory at once; :func:`mechtune.interp.sae_stream.stream_and_train` writes them to a
+    disk store chunk by chunk instead, for SAE training on a large model."""
     out: dict[int, list[torch.Tensor]] = {layer: [] for layer in layers}
     for i in range(0, len(texts), batch):
         imgs, qs = take_rows(images, rows[i : i + batch]), list(texts[i : i + batch])
@@ -380,12 +388,17 @@ def feature_edit(
     direction = sae.w_dec[feature].detach()
 
     def edit(state: torch.Tensor) -> torch.Tensor:
-        f = sae.encode(state.float())[..., feature]
+        # With a mask only its positions are encoded (and changed).
+        where = None if mask is None else mask.to(state.device)
+        x = state if where is None else state[where]
+        f = sae.encode(x.float())[..., feature]
         target = torch.zeros_like(f) if value is None else torch.full_like(f, value)
-        change = (target - f).unsqueeze(-1) * direction.to(state.device)
-        if mask is not None:
-            change = change * mask.to(state.device).unsqueeze(-1).to(change.dtype)
-        return state + change.to(state.dtype)
+        change = ((target - f).unsqueeze(-1) * direction.to(state.device)).to(state.dtype)
+        if where is None:
+            return state + change
+        edited = state.clone()
+        edited[where] = x + change
+        return edited
 
     with edit_block_output(vlm.layers[layer], edit):
         yield

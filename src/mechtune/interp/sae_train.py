@@ -18,6 +18,10 @@ into b_enc, b_dec and the threshold, so the returned SAE works on **raw** activa
 
 Randomness (initialisation, batch order) comes from one ``torch.Generator`` seeded with
 ``seed``: on CPU the same seed and data give bit-identical weights.
+
+:func:`train_sae` holds all N rows; :mod:`mechtune.interp.sae_stream` trains from a disk
+store through a fixed-size buffer with the same pieces (:func:`init_weights`, :func:`fit`,
+:func:`finish`), so the two differ only in where batches come from.
 """
 
 from __future__ import annotations
@@ -105,6 +109,9 @@ class TrainReport:
     final: ReconstructionStats  # on (up to stats_rows of) the training activations
     config: dict[str, Any] = field(default_factory=dict)
     training: dict[str, Any] = field(default_factory=dict)
+    # activation rows held in memory: "tokens" (N), "peak_tokens" and "peak_bytes" at most at
+    # once (all N for train_sae; a fixed buffer when streamed); more keys when streamed
+    memory: dict[str, int] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -116,6 +123,7 @@ class TrainReport:
             "final": self.final.to_dict(),
             "config": self.config,
             "training": self.training,
+            "memory": self.memory,
         }
 
 
@@ -210,14 +218,23 @@ def _input_scale(x: torch.Tensor, chunk_rows: int = 65536) -> float:
 
 
 @torch.no_grad()
-def _initialise(
-    sae: SAE, x: torch.Tensor, scale: float, training: SAETrainConfig, generator: torch.Generator
-) -> None:
+def init_weights(sae: SAE, training: SAETrainConfig, generator: torch.Generator) -> None:
+    """Everything but b_dec: random unit decoder rows (drawn first from ``generator``),
+    ``w_enc = w_decᵀ``, ``b_enc = 0``, the threshold at ``init_threshold``."""
     w_dec = torch.randn(sae.d_sae, sae.d_in, generator=generator, dtype=torch.float32)
     w_dec /= w_dec.norm(dim=1, keepdim=True)
     sae.w_dec.copy_(w_dec)
     sae.w_enc.copy_(w_dec.T)
     sae.b_enc.zero_()
+    if sae.threshold is not None:
+        sae.threshold.fill_(training.init_threshold)
+
+
+@torch.no_grad()
+def _initialise(
+    sae: SAE, x: torch.Tensor, scale: float, training: SAETrainConfig, generator: torch.Generator
+) -> None:
+    init_weights(sae, training, generator)
     if training.b_dec_init == "mean":
         total = torch.zeros(sae.d_in, dtype=torch.float64)
         for start in range(0, x.shape[0], 65536):
@@ -228,8 +245,6 @@ def _initialise(
         sae.b_dec.copy_(sample.median(dim=0).values * scale)
     else:
         sae.b_dec.zero_()
-    if sae.threshold is not None:
-        sae.threshold.fill_(training.init_threshold)
 
 
 @torch.no_grad()
@@ -249,21 +264,14 @@ def _fold_scale(sae: SAE, scale: float) -> None:
         sae.threshold /= scale
 
 
-def train_sae(
-    activations: torch.Tensor,
-    config: SAEConfig,
-    training: SAETrainConfig | None = None,
-    *,
-    progress: Callable[[int, dict[str, float]], None] | None = None,
-    **overrides: Any,
-) -> tuple[SAE, TrainReport]:
-    """Train an SAE of ``config`` on activations ``[N, d_in]`` (kept on their device).
+Progress = Callable[[int, dict[str, float]], None]
 
-    ``overrides`` replace fields of ``training`` (e.g. ``steps=500, seed=1``); setting a
-    field of ``JUMPRELU_ONLY`` for another kind is a ConfigError.
-    ``progress(step, terms)`` is called at each log interval. Returns the SAE (float32,
-    raw activation space, eval mode) and a ``TrainReport``.
-    """
+
+def resolve_training(
+    config: SAEConfig, training: SAETrainConfig | None, overrides: dict[str, Any]
+) -> SAETrainConfig:
+    """``training`` (default: ``SAETrainConfig()``) with ``overrides`` applied; ConfigError
+    for an unknown field, or for a jumprelu-only setting changed on another kind."""
     unknown = sorted(set(overrides) - {f.name for f in fields(SAETrainConfig)})
     if unknown:
         raise ConfigError(f"unknown SAETrainConfig field(s) {unknown}")
@@ -273,39 +281,29 @@ def train_sae(
         unread = [n for n in JUMPRELU_ONLY if getattr(training, n) != getattr(default, n)]
         if unread:
             raise ConfigError(f"{', '.join(unread)} only act on jumprelu SAEs, not {config.kind!r}")
-    if activations.ndim != 2 or activations.shape[1] != config.d_in:
-        raise DataError(
-            f"activations must be [N, d_in={config.d_in}], got {tuple(activations.shape)}"
-        )
-    if activations.shape[0] == 0:
-        raise DataError("activations have no rows")
-    if not torch.isfinite(activations).all():
-        raise DataError("activations contain NaN or inf")
-    started = time.perf_counter()
-    device = activations.device
-    generator = torch.Generator().manual_seed(training.seed)
-    scale = _input_scale(activations) if training.normalize else 1.0
+    return training
 
-    sae = SAE(config)
-    _initialise(sae, activations, scale, training, generator)
-    sae.to(device).train()
+
+def fit(
+    sae: SAE,
+    next_batch: Callable[[], torch.Tensor],
+    scale: float,
+    training: SAETrainConfig,
+    progress: Progress | None = None,
+) -> tuple[dict[str, list[float]], list[int]]:
+    """``training.steps`` Adam steps of ``sae`` (in train mode, on its device) on raw
+    batches ``next_batch() -> [B, d_in]`` scaled by ``scale``, each step followed by
+    :func:`_project`. Returns the loss terms' means per log interval and the last step of
+    each interval; ``progress(step, means)`` is called at each."""
+    sae.train()
     optimiser = torch.optim.Adam(sae.parameters(), lr=training.lr, betas=training.betas)
-    terms_of = _TERMS[config.kind]
-
-    n = activations.shape[0]
-    batch_size = min(training.batch_size, n)
-    order = torch.randperm(n, generator=generator)
-    cursor = 0
+    terms_of = _TERMS[sae.config.kind]
     history: dict[str, list[float]] = {}
     logged_steps: list[int] = []
     running: dict[str, float] = {}
     since_log = 0
     for step in range(training.steps):
-        if cursor + batch_size > n:
-            order, cursor = torch.randperm(n, generator=generator), 0
-        rows = order[cursor : cursor + batch_size]
-        cursor += batch_size
-        x = activations[rows.to(device)].to(torch.float32) * scale
+        x = next_batch().to(torch.float32) * scale
         terms = terms_of(sae, x, training, step)
         optimiser.zero_grad(set_to_none=True)
         terms["loss"].backward()
@@ -323,18 +321,89 @@ def train_sae(
             if progress is not None:
                 progress(step, means)
             running, since_log = {}, 0
+    return history, logged_steps
 
+
+def train_sae(
+    activations: torch.Tensor,
+    config: SAEConfig,
+    training: SAETrainConfig | None = None,
+    *,
+    progress: Progress | None = None,
+    **overrides: Any,
+) -> tuple[SAE, TrainReport]:
+    """Train an SAE of ``config`` on activations ``[N, d_in]`` (kept on their device).
+
+    ``overrides`` replace fields of ``training`` (e.g. ``steps=500, seed=1``); setting a
+    field of ``JUMPRELU_ONLY`` for another kind is a ConfigError.
+    ``progress(step, terms)`` is called at each log interval. Returns the SAE (float32,
+    raw activation space, eval mode) and a ``TrainReport``. All N rows are held at once
+    (``report.memory``); :mod:`mechtune.interp.sae_stream` trains from a disk store
+    through a fixed-size buffer instead.
+    """
+    training = resolve_training(config, training, overrides)
+    if activations.ndim != 2 or activations.shape[1] != config.d_in:
+        raise DataError(
+            f"activations must be [N, d_in={config.d_in}], got {tuple(activations.shape)}"
+        )
+    if activations.shape[0] == 0:
+        raise DataError("activations have no rows")
+    if not torch.isfinite(activations).all():
+        raise DataError("activations contain NaN or inf")
+    started = time.perf_counter()
+    device = activations.device
+    generator = torch.Generator().manual_seed(training.seed)
+    scale = _input_scale(activations) if training.normalize else 1.0
+
+    sae = SAE(config)
+    _initialise(sae, activations, scale, training, generator)
+    sae.to(device)
+
+    n = activations.shape[0]
+    batch_size = min(training.batch_size, n)
+    order = torch.randperm(n, generator=generator)
+    cursor = 0
+
+    def next_batch() -> torch.Tensor:
+        nonlocal order, cursor
+        if cursor + batch_size > n:
+            order, cursor = torch.randperm(n, generator=generator), 0
+        rows = order[cursor : cursor + batch_size]
+        cursor += batch_size
+        return activations[rows.to(device)]
+
+    history, logged_steps = fit(sae, next_batch, scale, training, progress)
+    sample = _row_sample(activations, training.stats_rows, generator)
+    memory = {
+        "tokens": n,
+        "peak_tokens": n,
+        "peak_bytes": n * activations.shape[1] * activations.element_size(),
+    }
+    return sae, finish(sae, scale, sample, training, started, history, logged_steps, memory)
+
+
+def finish(
+    sae: SAE,
+    scale: float,
+    sample: torch.Tensor,
+    training: SAETrainConfig,
+    started: float,
+    history: dict[str, list[float]],
+    logged_steps: list[int],
+    memory: dict[str, int],
+) -> TrainReport:
+    """Fold the input scale into ``sae`` (now in eval mode) and report, with the final
+    reconstruction statistics on ``sample [n, d_in]`` (raw activations)."""
     _fold_scale(sae, scale)
     sae.eval()
-    final = reconstruction_stats(sae, _row_sample(activations, training.stats_rows, generator))
-    report = TrainReport(
+    return TrainReport(
         steps=training.steps,
         seconds=time.perf_counter() - started,
         scale=scale,
         history=history,
         logged_steps=logged_steps,
-        final=final,
-        config=config.to_dict(),
+        final=reconstruction_stats(sae, sample),
+        config=sae.config.to_dict(),
         training=training.to_dict(),
+        memory=memory,
     )
-    return sae, report
