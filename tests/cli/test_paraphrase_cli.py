@@ -154,7 +154,7 @@ def test_eval_options_change_the_report(export_dir, tmp_path, monkeypatch):
     bad.write_text("\n".join([json.dumps(broken), *lines[1:]]) + "\n")
     args = ["paraphrase", "eval", "--model", "phantom:vqa", "--questions", bad]
     message = fails([*args, "--data", export_dir, "--out", tmp_path / "bad"])
-    assert "row 1" in message and "maybe" in message
+    assert "bad.jsonl, line 1" in message and "maybe" in message
     out = ok([*args, "--data", export_dir, "--skip-bad", "--out", tmp_path / "skip"])
     assert "skipped 1" in out
     # --device / --dtype reach the model load
@@ -317,6 +317,8 @@ def test_study_options_reach_the_study(export_dir, tmp_path, monkeypatch):
 
     def record(config, questions, data, out, **kwargs):
         seen.update(config=config, questions=questions, data=data, out=out, **kwargs)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "table.md").write_text("| condition |\n")
         return {}
 
     monkeypatch.setattr(cli, "run_study", record)

@@ -350,6 +350,21 @@ def test_every_sae_train_option_changes_the_saes(
     assert expect[option](changed)
 
 
+def test_buffer_tokens_reach_the_streaming_trainer(gemma_dir, questions, tmp_path):
+    """--buffer-tokens sizes the shuffle buffer the SAEs train from (the bound on rows held
+    at once; tests/interp/test_sae_stream.py shows the peak stays put as tokens double):
+    below the SAE batch it is refused by the trainer, and the report records it."""
+    result = _train(gemma_dir, questions, tmp_path / "small", "--buffer-tokens", "100")
+    assert result.exit_code == 2
+    assert "buffer_tokens (100) must be >= the SAE batch_size" in " ".join(result.output.split())
+    result = _train(gemma_dir, questions, tmp_path / "ok", "--buffer-tokens", "2048")
+    assert result.exit_code == 0, result.output
+    report = json.loads((tmp_path / "ok" / "report.json").read_text())
+    assert report["sae"]["buffer_tokens"] == 2048
+    memory = report["layers"]["0"]["memory"]
+    assert memory["peak_tokens"] <= 2048 and memory["tokens"] == report["layers"]["0"]["tokens"]
+
+
 def test_sae_train_refuses_k_for_jumprelu(gemma_dir, questions, tmp_path):
     result = _train(gemma_dir, questions, tmp_path / "saes", "--kind", "jumprelu")
     assert result.exit_code == 2 and "--k is for --kind topk" in " ".join(result.output.split())
@@ -575,6 +590,7 @@ OPTION_TESTS = {
     "mechtune sae train": {
         **_SHARED_OPTIONS,
         "--out": "test_sae_train_on_gemma_writes_saelens_saes_and_stats",
+        "--buffer-tokens": "test_buffer_tokens_reach_the_streaming_trainer",
         **{
             option: "test_every_sae_train_option_changes_the_saes"
             for option in ("--layers", "--kind", "--width", "--k", "--steps", "--seed", "--corpus")

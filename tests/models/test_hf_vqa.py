@@ -330,20 +330,21 @@ def test_consistency_lora_trains_only_the_chosen_gemma_block(gemma_dir, images, 
 
 def test_medgemma_recipe_matches_the_released_adapter():
     """recipes/consistency-medgemma-mimic.yaml: rank 16, alpha 32, dropout 0.05, lr 2e-4,
-    layers 15-19 and the seven Gemma projections, as a valid ConsistencyConfig."""
+    batch 1 x 8 accumulation steps, the first-token vocabulary loss and the seven Gemma
+    projections, read whole as a study recipe (``paraphrase train --layers 15-19`` sets the
+    layers, and the study its ranges around the SAE peak 17 +- half_width 2)."""
     from pathlib import Path
 
-    import yaml
-
     from mechtune.models.hf_vqa import MEDGEMMA_4B_ID
-    from mechtune.train.consistency import ConsistencyConfig
+    from mechtune.pipelines.paraphrase import load_paraphrase_recipe
 
     recipe_path = Path(__file__).parents[2] / "recipes" / "consistency-medgemma-mimic.yaml"
-    recipe = yaml.safe_load(recipe_path.read_text())
-    assert recipe["model"] == f"hf:{MEDGEMMA_4B_ID}"
-    lora = dict(recipe["lora"])
-    assert tuple(lora.pop("target_modules")) == GEMMA_LORA
-    config = ConsistencyConfig.from_dict(lora)
-    assert config.lora.layers == (15, 16, 17, 18, 19)
+    study = load_paraphrase_recipe(recipe_path).config
+    assert study.model == f"hf:{MEDGEMMA_4B_ID}"
+    assert study.half_width == 2 and 17 in (study.sae_layers or ())
+    config = study.lora
+    assert config.lora.target_modules == GEMMA_LORA
+    assert config.lora.layers is None
     assert (config.lora.rank, config.lora.alpha, config.lora.dropout) == (16, 32, 0.05)
+    assert (config.batch_size, config.grad_accum, config.answer_loss) == (1, 8, "vocab")
     assert config.lr == 2e-4

@@ -526,7 +526,7 @@ def test_a_labelled_questions_file_is_split_end_to_end(tmp_path, images):
     questions = _write(tmp_path / "q.jsonl", records)
     bound = bind_questions(FakeVLM(), questions=questions, data=folder, split="train")
     assert [q.record.question_id for q in bound.sets] == ["q1", "q3"] and bound.split_labels
-    assert bound.info["questions"]["split_labels"] is True
+    assert bound.info["questions"]["split_labels"] == 4  # records that carry a split
     assert len(bound.pixels) == 2  # images of other splits are not read
     with pytest.raises(
         QuestionFileError, match=r"no records of split 'val' \(splits: \['train'\]\)"

@@ -131,6 +131,14 @@ def train(
         int | None, typer.Option(min=1, help=f"topk: features kept per token [{DEFAULT_K}].")
     ] = None,
     steps: Annotated[int, typer.Option(min=1, help="Optimiser steps per SAE.")] = 400,
+    buffer_tokens: Annotated[
+        int,
+        typer.Option(
+            min=1,
+            help="Activation rows held at once per SAE (the shuffle buffer); memory does "
+            "not grow with the token count.",
+        ),
+    ] = 65536,
     corpus: Annotated[
         Path | None,
         typer.Option(help="Extra texts, one per line (default: the data's train reports)."),
@@ -182,6 +190,7 @@ def train(
         corpus=texts,
         per_image=vlm.states_depend_on_image,
         seed=seed,
+        buffer_tokens=buffer_tokens,
     )
     table = Table("layer", "tokens", "R²", "FVU", "L0")
     for layer, sae in saes.items():
@@ -193,7 +202,14 @@ def train(
     console.print(table)
     report = {
         **source,
-        "sae": {"kind": kind, "width": width, "k": shape.k, "steps": steps, "seed": seed},
+        "sae": {
+            "kind": kind,
+            "width": width,
+            "k": shape.k,
+            "steps": steps,
+            "seed": seed,
+            "buffer_tokens": buffer_tokens,
+        },
         "question_sets": len(bound.sets),
         "corpus_texts": len(texts),
         "layers": {str(layer): r for layer, r in reports.items()},

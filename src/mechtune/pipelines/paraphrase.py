@@ -51,11 +51,11 @@ from mechtune.interp.sae_analysis import (
     analyse,
     feature_edit,
     paraphrase_pairs,
-    token_states,
 )
 from mechtune.interp.sae_folders import load_layer_saes
 from mechtune.interp.sae_saelens import save_saelens
-from mechtune.interp.sae_train import train_sae
+from mechtune.interp.sae_stream import stream_and_train
+from mechtune.interp.sae_train import SAETrainConfig
 from mechtune.models.vlm_spec import load_yes_no_vlm, parse_vlm_spec
 from mechtune.models.yes_no import YesNoVLM
 from mechtune.pipelines.paraphrase_eval import evaluate_questions, write_margins
@@ -293,10 +293,16 @@ def train_question_saes(
     corpus: Sequence[str] = (),
     per_image: bool = True,
     seed: int = 0,
+    **streaming: Any,
 ) -> tuple[dict[int, SAE], dict[int, dict[str, Any]]]:
     """One SAE per layer (shape and kind from ``sae``; ``d_in`` and ``layer`` are filled in),
     trained on the residual states at the readout positions of every question and
     paraphrase of ``questions`` plus the ``corpus`` texts (read with image row 0).
+
+    The states stream (:func:`mechtune.interp.sae_stream.stream_and_train`): the model
+    runs once into an on-disk store of shards, and each SAE trains from a fixed-size
+    shuffle buffer, so memory does not grow with the token count; ``streaming`` passes
+    ``batch``, ``chunk_tokens``, ``buffer_tokens`` and ``store_dir`` on.
 
     ``per_image=False`` reads each distinct text once, for models whose question states do
     not depend on the image (the phantom VQA's question encoder); otherwise each distinct
@@ -311,16 +317,16 @@ def train_question_saes(
     keys = sorted(first_row)
     if not keys:
         raise DataError("no questions to train SAEs on")
-    states = token_states(vlm, images, [first_row[k] for k in keys], [t for _, t in keys], layers)
-    saes, reports = {}, {}
-    for layer in layers:
-        config = replace(
-            sae, d_in=int(states[layer].shape[1]), layer=layer, hook=f"{vlm.layers_pattern}.{layer}"
-        )
-        trained, report = train_sae(states[layer], config, steps=steps, seed=seed)
-        saes[layer] = trained.eval()
-        reports[layer] = {"tokens": int(states[layer].shape[0]), **report.final.to_dict()}
-    return saes, reports
+    return stream_and_train(
+        vlm,
+        images,
+        [first_row[k] for k in keys],
+        [t for _, t in keys],
+        layers,
+        sae,
+        SAETrainConfig(steps=steps, seed=seed),
+        **streaming,
+    )
 
 
 def study_saes(

@@ -119,7 +119,8 @@ def save_probe(
     pixels = [np.ascontiguousarray(bound.pixels[q.image]) for q in chosen]
     rows = list(range(len(chosen)))
     values = margins(vlm, vlm.prepare_images(pixels), rows, texts)
-    tensors = {f"image_{i}": torch.from_numpy(p) for i, p in enumerate(pixels)}
+    # one tensor per question, copied: two questions may share an image array
+    tensors = {f"image_{i}": torch.from_numpy(p.copy()) for i, p in enumerate(pixels)}
     tensors["margins"] = torch.from_numpy(np.asarray(values, dtype=np.float32))
     meta = {"model": identity["model"], "dtype": identity["dtype"], "texts": dumps_json(texts)}
     with atomic_path(path) as tmp:
