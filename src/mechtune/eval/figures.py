@@ -214,22 +214,35 @@ def auc_by_layer_chart(
     chosen: Sequence[int],
     path: str | Path,
 ) -> Path:
-    """Flip-prediction AUC per layer with 95% CIs; the chosen range highlighted."""
+    """Flip-prediction AUC per layer with 95% CIs; the chosen range highlighted. An
+    undefined AUC (None or NaN: no flip, or no non-flip, among the pairs) gets no bar and
+    an "n/a" mark."""
     plt = _pyplot()
     layers = sorted(auc)
-    values = np.array([auc[i] for i in layers])
-    low = np.array([ci[i][0] for i in layers])
-    high = np.array([ci[i][1] for i in layers])
+
+    def number(value: float | None) -> float:
+        return float("nan") if value is None else float(value)
+
+    values = np.array([number(auc[i]) for i in layers])
+    low = np.array([number(ci[i][0]) for i in layers])
+    high = np.array([number(ci[i][1]) for i in layers])
+    defined = np.isfinite(values)
     colors = ["tab:orange" if i in chosen else "tab:blue" for i in layers]
     fig, ax = plt.subplots(figsize=(6, 3.2))
-    err = np.vstack([values - low, high - values])
-    ax.bar(layers, values, yerr=err, capsize=3, color=colors)
+    err = np.nan_to_num(np.vstack([values - low, high - values]), nan=0.0)
+    ax.bar(layers, np.where(defined, values, 0.0), yerr=err, capsize=3, color=colors)
+    for layer, ok in zip(layers, defined, strict=True):
+        if not ok:
+            ax.text(layer, 0.42, "n/a", ha="center", fontsize=8)
     ax.axhline(0.5, color="grey", lw=0.8, ls="--")
     ax.set_ylim(0.4, 1.0)
     ax.set_xticks(layers)
-    ax.set_xlabel("question-encoder layer (block output)")
+    ax.set_xlabel("language-model layer (block output)")
     ax.set_ylabel("flip-prediction AUC")
-    ax.set_title("Where phrasing sensitivity is readable (orange: chosen range)", fontsize=9)
+    title = "Where phrasing sensitivity is readable (orange: chosen range)"
+    if not defined.any():
+        title = "No flips among the analysis pairs: AUC undefined (orange: fallback range)"
+    ax.set_title(title, fontsize=9)
     fig.tight_layout()
     return _save_png(plt, fig, path, dpi=110)
 

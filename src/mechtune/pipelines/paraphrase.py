@@ -441,10 +441,17 @@ def run_paraphrase_study(
     pairs = paraphrase_pairs(analysis_questions(train_sets, config))
     analysis = analyse(vlm, images, pairs, saes, analysis_config(config))
     timings["sae"] = time.perf_counter() - start
-    say(
-        f"flip-prediction AUC peaks at layer {analysis.peak_layer}; "
-        f"chosen layers {analysis.chosen_layers}"
-    )
+    if analysis.flip_pairs == 0 or analysis.flip_pairs == analysis.pairs:
+        say(
+            f"{analysis.flip_pairs} of {analysis.pairs} analysis pairs flip: the flip-prediction "
+            f"AUC is undefined, so the SAE range falls back to the middle layers "
+            f"{analysis.chosen_layers}; raise analysis_sets or use harder questions"
+        )
+    else:
+        say(
+            f"{analysis.flip_pairs} of {analysis.pairs} analysis pairs flip; flip-prediction AUC "
+            f"peaks at layer {analysis.peak_layer}; chosen layers {analysis.chosen_layers}"
+        )
 
     start = time.perf_counter()
     clamped = clamped_report(vlm, images, eval_sets, saes, analysis)
@@ -464,7 +471,8 @@ def run_paraphrase_study(
             continue
         trained[layers] = name
         for seed in config.seeds:
-            say(f"consistency LoRA on layers {name} ({layers or 'all'}), seed {seed} ...")
+            span = "all" if layers is None else ", ".join(map(str, layers))
+            say(f"consistency LoRA on layers {name} ({span}), seed {seed} ...")
             model = load_yes_no_vlm(config.model, device=device, dtype=dtype)
             start = time.perf_counter()
             run_paraphrase_method(

@@ -1,0 +1,27 @@
+"""Figures that must render whatever the analysis found."""
+
+import math
+
+from PIL import Image
+
+from mechtune.eval.figures import auc_by_layer_chart
+
+
+def test_auc_chart_renders_undefined_aucs(tmp_path):
+    """No flip among the analysis pairs makes every AUC undefined (None in results.json,
+    NaN in memory): the chart still renders, marking those layers n/a, instead of failing
+    on None - None as the quick demo once did."""
+    undefined = auc_by_layer_chart(
+        {0: None, 1: math.nan, 2: None},
+        {0: (None, None), 1: (math.nan, math.nan), 2: (None, None)},
+        [1],
+        tmp_path / "none.png",
+    )
+    mixed = auc_by_layer_chart(
+        {0: 0.6, 1: None, 2: 0.8}, {0: (0.5, 0.7), 1: (None, None), 2: (0.7, 0.9)}, [2],
+        tmp_path / "mixed.png",
+    )  # fmt: skip
+    for path in (undefined, mixed):
+        with Image.open(path) as image:
+            assert image.format == "PNG" and image.size[0] > 100
+    assert undefined.read_bytes() != mixed.read_bytes()
