@@ -267,7 +267,39 @@ def test_demo_options_reach_every_stage(tmp_path, monkeypatch):
     assert negation.data == str(tmp_path / cli_main.MIMIC_DIR)
     assert (negation.data_seed, negation.seeds) == (3, (3,))
     paraphrase = seen["paraphrase"][0][1]
-    assert (paraphrase.max_studies, paraphrase.seed, paraphrase.seeds) == (400, 3, (3,))
+    assert (paraphrase.max_questions, paraphrase.seed, paraphrase.seeds) == (266, 3, (3,))
+
+
+def test_the_demos_paraphrase_part_is_paraphrase_study_on_the_exports_questions(
+    tmp_path, monkeypatch
+):
+    """`_paraphrase_study` runs what `mechtune paraphrase study --questions
+    OUT/mimic-cxr-jpg/questions.jsonl --data OUT/mimic-cxr-jpg` runs, with the plan's
+    config, then copies the study's figures next to the demo's others."""
+    from mechtune.cli import main as cli_main
+
+    seen = {}
+
+    def fake(config, questions, data, out, **kwargs):
+        seen.update(config=config, questions=questions, data=data, out=out, **kwargs)
+        (out / "figures").mkdir(parents=True)
+        for name in ("flip_auc_by_layer.png", "flip_rate.png"):
+            (out / "figures" / name).write_bytes(name.encode())
+        (out / "table.md").write_text("| condition |\n")
+        return {}
+
+    monkeypatch.setattr(cli_main.paraphrase_cli, "run_study", fake)
+    (tmp_path / "figures").mkdir()
+    config = cli_main.demo_plan(900, 1, False, tmp_path).paraphrase
+    cli_main._paraphrase_study(tmp_path, config)
+    export = tmp_path / cli_main.MIMIC_DIR
+    assert seen == {
+        "config": config,
+        "questions": export / "questions.jsonl",
+        "data": export,
+        "out": tmp_path / "paraphrase",
+    }
+    assert (tmp_path / "figures" / "flip_rate.png").read_bytes() == b"flip_rate.png"
 
 
 def test_demo_plan_quick_is_smaller_and_keeps_equal_budgets():
