@@ -296,6 +296,31 @@ def test_study_end_to_end_and_with_given_saes(export_dir, tmp_path):
     assert not (again / "saes").exists()
 
 
+def test_study_runs_on_the_tiny_gemma(export_dir, gemma_dir, tmp_path):
+    """The study takes any model spec: on the tiny Gemma 3 (3 language blocks), SAEs on
+    two of them, the SAE range and the late range trained at the same budget."""
+    recipe = tmp_path / "gemma.yaml"
+    recipe.write_text(
+        f"model: hf:{gemma_dir}\nseeds: [0]\nsae_layers: [1, 2]\nsae_width: 16\nsae_k: 4\n"
+        "sae_steps: 5\nsae_reports: 5\nanalysis_sets: 10\nhalf_width: 0\n"
+        "ranges: [sae, late]\nmax_questions: 12\neval_split: val\n"
+        "lora:\n  steps: 1\n  batch_size: 2\n  checkpoint_every: 1\n"
+    )
+    out = tmp_path / "study"
+    ok(["paraphrase", "study", "--recipe", recipe, *_inputs(export_dir), "--out", out])
+    results = json.loads((out / "results.json").read_text())
+    assert sorted(int(k) for k in results["analysis"]["auc_by_layer"]) == [1, 2]
+    assert results["counts"]["eval_sets"] == 12 and results["baseline"]["all"]["groups"] == 12
+    late = results["runs"]["late"][0]
+    assert late["layers"] == [2]
+    trained = late.get("same_as", "late")  # the SAE range may be the late one: one run
+    config = json.loads(
+        (out / "runs" / trained / "seed0" / "adapter" / "adapter_config.json").read_text()
+    )
+    assert config["layers_to_transform"] == [2]
+    assert {p.name for p in (out / "saes").iterdir()} == {"layer_1", "layer_2"}
+
+
 def test_study_dry_run_validates_the_medgemma_recipe(export_dir, gemma_dir, tmp_path):
     recipe = RECIPES / "consistency-medgemma-mimic.yaml"
     out = ok(["paraphrase", "study", "--recipe", recipe, *_inputs(export_dir), "--dry-run"])

@@ -84,6 +84,20 @@ def _hf_model_types() -> set[str]:
     return set(HF_ADAPTERS)
 
 
+def with_summary(lines: list[str], checked: str) -> list[str]:
+    """``lines`` and a last line: all checks passed, or how many ``needs:`` lines name
+    what this machine lacks for the run."""
+    needs = sum(": needs: " in line for line in lines)
+    if needs:
+        last = (
+            f"dry run: {checked} check out, but this machine lacks {needs} thing(s) the run "
+            "needs (the 'needs:' lines); nothing was loaded or trained"
+        )
+    else:
+        last = "dry run: all checks passed; nothing was loaded or trained"
+    return [*lines, last]
+
+
 def dry_run_report(
     recipe: Any, data: Path, *, dtype: str | None = None, device: str = "cpu"
 ) -> list[str]:
@@ -99,15 +113,7 @@ def dry_run_report(
     resolve_dtype(dtype)
     resolve_device(device)
     lines.append(f"device {device}, dtype {dtype or 'auto'}: available")
-    needs = sum(": needs: " in line for line in lines)
-    if needs:
-        lines.append(
-            f"dry run: recipe, data and model spec check out, but this machine lacks {needs} "
-            "thing(s) the run needs (the 'needs:' lines); nothing was loaded or trained"
-        )
-    else:
-        lines.append("dry run: all checks passed; nothing was loaded or trained")
-    return lines
+    return with_summary(lines, "recipe, data and model spec")
 
 
 # -- the paraphrase study ------------------------------------------------------------------
@@ -218,12 +224,4 @@ def paraphrase_dry_run(
     resolve_dtype(dtype)
     resolve_device(device)
     lines.append(f"device {device}, dtype {dtype or 'auto'}: available")
-    needs = sum(": needs: " in line for line in lines)
-    if needs:
-        lines.append(
-            f"dry run: recipe and settings check out, but this machine lacks {needs} "
-            "thing(s) the run needs (the 'needs:' lines); nothing was loaded or trained"
-        )
-    else:
-        lines.append("dry run: all checks passed; nothing was loaded or trained")
-    return lines
+    return with_summary(lines, "recipe and settings")

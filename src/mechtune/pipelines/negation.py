@@ -354,6 +354,27 @@ def identity_meta(identity: dict[str, Any]) -> dict[str, str]:
     return {"model": identity["model"], "dtype": identity["dtype"]}
 
 
+def run_probe(folder: Path, probe_file: str, spec: str | None) -> tuple[Path, Path, dict[str, str]]:
+    """A training run's folder (``folder`` or, for its ``adapter/``, the parent), its probe
+    file and the probe's metadata (empty when the run saved none). Raises DataError naming
+    the folder when the run was trained on another model spec than ``spec``."""
+    from safetensors import safe_open
+
+    run = folder.parent if folder.name == "adapter" else folder
+    probe = run / probe_file
+    meta: dict[str, str] = {}
+    if probe.is_file():
+        with safe_open(str(probe), framework="pt") as f:
+            meta = dict(f.metadata() or {})
+    trained_on = meta.get("model")
+    if spec is not None and trained_on is not None and trained_on != spec:
+        raise DataError(
+            f"{folder}: trained on --model {trained_on}, not {spec}; evaluate it with "
+            f"--model {trained_on}"
+        )
+    return run, probe, meta
+
+
 # float32 reloads reproduce to ~1e-7; a bf16 or fp16 side rounds each entry by ~2**-9
 # relative, observed up to 4e-3 on unit-norm embeddings
 TOLERANCE = {"float32": 1e-4, "half": 2e-2}
@@ -374,22 +395,10 @@ def apply_adapter(
     when the difference exceeds the tolerance: 1e-4 when both sides are float32, 2e-2
     when either is bf16/fp16 (their rounding; the message names both dtypes).
     """
-    from safetensors import safe_open
     from safetensors.torch import load_file
 
     folder = Path(folder)
-    run = folder.parent if folder.name == "adapter" else folder
-    probe = run / PROBE_FILE
-    meta: dict[str, str] = {}
-    if probe.is_file():
-        with safe_open(str(probe), framework="pt") as f:
-            meta = dict(f.metadata() or {})
-    trained_on = meta.get("model")
-    if spec is not None and trained_on is not None and trained_on != spec:
-        raise DataError(
-            f"{folder}: trained on --model {trained_on}, not {spec}; evaluate it with "
-            f"--model {trained_on}"
-        )
+    run, probe, meta = run_probe(folder, PROBE_FILE, spec)
     trained = load_trained(encoder, run)
     dtype = weights_info(trained)["dtype"]
     check: dict[str, Any] = {"max_abs_diff": None, "dtype": dtype}

@@ -32,7 +32,7 @@ from mechtune.errors import DataError
 from mechtune.interp.sae_analysis import feature_edit, margins
 from mechtune.interp.sae_folders import Clamp
 from mechtune.models.yes_no import YesNoVLM
-from mechtune.pipelines.negation import RUN_FILE, check_resume
+from mechtune.pipelines.negation import RUN_FILE, check_resume, run_probe
 from mechtune.pipelines.paraphrase_eval import (
     eval_table,
     evaluate_questions,
@@ -140,22 +140,10 @@ def apply_paraphrase_adapter(
     (before applying anything), when the adapter does not fit the model, or when the
     margins differ by more than :data:`MARGIN_TOLERANCE`.
     """
-    from safetensors import safe_open
     from safetensors.torch import load_file
 
     folder = Path(folder)
-    run = folder.parent if folder.name == "adapter" else folder
-    probe = run / PROBE_FILE
-    meta: dict[str, str] = {}
-    if probe.is_file():
-        with safe_open(str(probe), framework="pt") as f:
-            meta = dict(f.metadata() or {})
-    trained_on = meta.get("model")
-    if spec is not None and trained_on is not None and trained_on != spec:
-        raise DataError(
-            f"{folder}: trained on --model {trained_on}, not {spec}; evaluate it with "
-            f"--model {trained_on}"
-        )
+    run, probe, meta = run_probe(folder, PROBE_FILE, spec)
     load_trained(vlm, run)
     dtype = weights_dtype(vlm)
     check: dict[str, Any] = {"adapter": str(folder), "max_abs_diff": None, "dtype": dtype}
