@@ -28,6 +28,7 @@ from mechtune.pipelines.paraphrase_eval import (
     eval_table,
     evaluate_groups,
     evaluate_questions,
+    family_view_gap,
     jsonable,
     model_answers,
     swap_rows,
@@ -259,6 +260,21 @@ def test_views_are_left_out_where_the_flags_do_not_label_every_paraphrase():
     assert list(only_in) == ["all", "in_distribution"]
     assert list(views(groups, {"a": [True, False, False]})) == ["all"]  # b unlabelled
     assert list(views(groups, {"a": [True], "b": [True, True]})) == ["all"]  # a short
+
+
+def test_missing_family_views_are_explained_in_the_report_and_table():
+    """A file whose records do not all flag held-out families gets no family views, and
+    the report says why instead of leaving the views out silently."""
+    groups = _groups()
+    assert family_view_gap(groups, {"a": [True, False, False], "b": [True, True]}) is None
+    assert family_view_gap(groups, None) is None  # a file that labels no families
+    partial = family_view_gap(groups, {"a": [True, False, False]})
+    assert partial == "1 of 2 records lack a heldout_family flag per paraphrase (e.g. 'b')"
+    report = evaluate_groups(groups, heldout={"a": [True, False, False]}, n_boot=50)
+    assert "heldout" not in report and report["all"]["na"]["heldout"] == partial
+    assert f"n/a heldout: {partial}" in eval_table(report)
+    labelled = evaluate_groups(groups, heldout={"a": [True] * 3, "b": [True] * 2}, n_boot=50)
+    assert "heldout" in labelled and "heldout" not in labelled["all"]["na"]
 
 
 def test_recorded_answers_give_na_with_reasons_and_the_table_shows_them():

@@ -119,6 +119,26 @@ def _restrict(groups: Sequence[AnswerGroup], label: str) -> list[AnswerGroup]:
     return out
 
 
+def family_view_gap(
+    groups: Sequence[AnswerGroup], heldout: Mapping[str, Sequence[bool]] | None
+) -> str | None:
+    """Why :func:`views` gives no held-out / in-distribution views although some records
+    flag their families: how many groups lack a held-out flag per paraphrase. None when
+    every group is labelled, or none is (a file that labels no families has no family
+    views to explain)."""
+    if not heldout:
+        return None
+    unlabelled = [
+        g.group_id for g in groups if len((heldout or {}).get(g.group_id) or ()) != len(g.variants)
+    ]
+    if not unlabelled:
+        return None
+    return (
+        f"{len(unlabelled)} of {len(groups)} records lack a heldout_family flag per paraphrase "
+        f"(e.g. {unlabelled[0]!r})"
+    )
+
+
 def views(
     groups: Sequence[AnswerGroup], heldout: Mapping[str, Sequence[bool]] | None
 ) -> dict[str, list[AnswerGroup]]:
@@ -215,6 +235,9 @@ def evaluate_groups(
         view: metrics_report(vg, patients, controls, index=index, n_boot=n_boot, seed=seed)
         for view, vg in views(groups, heldout).items()
     }
+    gap = family_view_gap(groups, heldout)
+    if gap is not None:  # said where the views would be, so the table shows why
+        out["all"]["na"]["heldout"] = out["all"]["na"]["in_distribution"] = gap
     rows = consistency_summary(groups, "strategy", clusters=patients, n_boot=n_boot, seed=seed)
     # one dict per strategy, its metrics kept as Estimates (as the views keep them)
     out["by_strategy"] = [
@@ -365,6 +388,7 @@ __all__ = [
     "eval_table",
     "evaluate_groups",
     "evaluate_questions",
+    "family_view_gap",
     "jsonable",
     "margin_rows",
     "metrics_report",
