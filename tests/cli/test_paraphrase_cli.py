@@ -53,6 +53,14 @@ def _inputs(export_dir: Path) -> list[str]:
     return ["--questions", str(export_dir / "questions.jsonl"), "--data", str(export_dir)]
 
 
+def _first_record_broken(export_dir: Path, path: Path, **changes: object) -> Path:
+    """The export's questions file with ``changes`` made to its first record."""
+    lines = (export_dir / "questions.jsonl").read_text().splitlines()
+    first = {**json.loads(lines[0]), **changes}
+    path.write_text("\n".join([json.dumps(first), *lines[1:]]) + "\n")
+    return path
+
+
 def _metrics(folder: Path) -> dict:
     return json.loads((folder / "eval.json").read_text())["metrics"]
 
@@ -147,11 +155,7 @@ def test_eval_options_change_the_report(export_dir, tmp_path, monkeypatch):
     assert reseeded["all"]["flip_rate"]["value"] == test["all"]["flip_rate"]["value"]
     assert reseeded["all"]["margin_difference"] != test["all"]["margin_difference"]
     # --skip-bad: a bad record fails naming the row, or is skipped and counted
-    bad = tmp_path / "bad.jsonl"
-    lines = (export_dir / "questions.jsonl").read_text().splitlines()
-    broken = json.loads(lines[0])
-    broken["answer"] = "maybe"
-    bad.write_text("\n".join([json.dumps(broken), *lines[1:]]) + "\n")
+    bad = _first_record_broken(export_dir, tmp_path / "bad.jsonl", answer="maybe")
     args = ["paraphrase", "eval", "--model", "phantom:vqa", "--questions", bad]
     message = fails([*args, "--data", export_dir, "--out", tmp_path / "bad"])
     assert "bad.jsonl, line 1" in message and "maybe" in message
@@ -423,11 +427,7 @@ def test_train_device_and_dtype_reach_the_model_load(export_dir, tmp_path, monke
     assert seen == [("phantom:vqa", "cuda:1", "bfloat16")]
     # --skip-bad reaches the reader: a bad record is skipped and counted
     monkeypatch.undo()
-    bad = tmp_path / "bad.jsonl"
-    lines = (export_dir / "questions.jsonl").read_text().splitlines()
-    broken = json.loads(lines[0])
-    broken["paraphrases"] = []
-    bad.write_text("\n".join([json.dumps(broken), *lines[1:]]) + "\n")
+    bad = _first_record_broken(export_dir, tmp_path / "bad.jsonl", paraphrases=[])
     out = ok(["paraphrase", "train", "--model", "phantom:vqa", "--questions", bad, "--data",
               export_dir, "--skip-bad", "--steps", "1", "--out", tmp_path / "run"])  # fmt: skip
     assert "skipped 1" in out

@@ -61,6 +61,7 @@ def load_questions(
     (:func:`mechtune.pipelines.questions.bind_questions`, split default train) and the
     provenance for the command's JSON."""
     from mechtune.models.vlm_spec import load_yes_no_vlm
+    from mechtune.pipelines.paraphrase_train import weights_dtype
 
     vlm = load_yes_no_vlm(model, device=device, dtype=dtype)
     weights = next(vlm.module.parameters())
@@ -76,7 +77,7 @@ def load_questions(
     source: dict[str, Any] = {
         "model": model,
         "device": str(weights.device),
-        "dtype": str(weights.dtype).removeprefix("torch."),
+        "dtype": weights_dtype(vlm),
         **bound.info,
     }
     return vlm, bound, source
