@@ -1,5 +1,5 @@
 """The phantom world is a plugin beside the library, not a foundation: nothing in
-``data``, ``models``, ``interp``, ``train``, ``eval``, ``pipelines`` or ``cli`` imports
+``data``, ``models``, ``interp``, ``train``, ``eval``, ``pipelines``, ``cli`` or ``bench`` imports
 ``mechtune.sim``. Only the CLI's ``sim`` commands and the demo (``cli/main.py``) may; the
 phantom models and world reach the rest through entry points (``mechtune.model_schemes``,
 ``mechtune.vlm_schemes``) and the data layer's lazy reader table.
@@ -19,7 +19,7 @@ from pathlib import Path
 
 import mechtune
 
-PACKAGES = ("data", "models", "interp", "train", "eval", "pipelines", "cli")
+PACKAGES = ("data", "models", "interp", "train", "eval", "pipelines", "cli", "bench")
 SRC = Path(mechtune.__file__).parent
 
 # May import mechtune.sim: the CLI's sim commands and the demo.

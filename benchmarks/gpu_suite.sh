@@ -1,0 +1,94 @@
+#!/usr/bin/env bash
+# The GPU suite of issue 15: every real-size benchmark and the `gpu` tests, in at most
+# about 5 minutes, written as ONE JSON file of figures.
+#
+#   bash benchmarks/gpu_suite.sh [--install] [--scale real|tiny] [--device DEV]
+#                                [--out FILE] [--only PART[,PART...]]
+#
+# --install   first install what the GPU machine lacks: the wheels under wheels/
+#             (benchmarks/gpu_wheels.sh downloads them) and mechtune itself
+#             (pip install --no-deps -e .); not counted in the suite's time.
+# --scale     real (the published model sizes; the default) or tiny (a smoke run of the
+#             same code, a few seconds a part: the CPU test runs it so).
+# --device    cuda (the default when CUDA is present) or cpu.
+# --out       the merged JSON (default benchmarks/results/gpu_suite.json).
+# --only      run these parts only: trace, nast, medgemma, ddp, openclip, gpu_tests.
+#
+# Each part runs under its own time limit (PART_LIMIT_<part> seconds may override it), so
+# one hung part cannot eat the device time of the others; a part that fails or times out
+# is recorded with its exit status and the tail of its output, and the suite goes on.
+# `python benchmarks/suite_table.py FILE` turns the JSON into the docs/benchmarks.md table.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+
+PY="${PYTHON:-python}"
+SCALE=real
+DEVICE=""
+OUT=benchmarks/results/gpu_suite.json
+ONLY=""
+INSTALL=0
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --install) INSTALL=1; shift ;;
+        --scale) SCALE="$2"; shift 2 ;;
+        --device) DEVICE="$2"; shift 2 ;;
+        --out) OUT="$2"; shift 2 ;;
+        --only) ONLY="$2"; shift 2 ;;
+        -h|--help) sed -n '2,22p' "$0"; exit 0 ;;
+        *) echo "gpu_suite.sh: unknown argument $1 (see --help)" >&2; exit 2 ;;
+    esac
+done
+case "$SCALE" in real|tiny) ;; *) echo "gpu_suite.sh: --scale must be real or tiny, got $SCALE" >&2; exit 2 ;; esac
+
+if [ "$INSTALL" -eq 1 ]; then
+    if compgen -G "wheels/*.whl" > /dev/null; then
+        "$PY" -m pip install --no-deps --no-index wheels/*.whl || exit 1
+    fi
+    "$PY" -m pip install --no-deps -e . || exit 1
+fi
+if [ -z "$DEVICE" ]; then
+    DEVICE=$("$PY" -c "import torch; print('cuda' if torch.cuda.is_available() else 'cpu')") || exit 1
+fi
+
+export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
+WORK=$(mktemp -d)
+trap 'rm -rf "$WORK"' EXIT
+SUITE_START=$(date +%s%N)
+
+free_port() {
+    "$PY" -c "import socket; s=socket.socket(); s.bind(('127.0.0.1', 0)); print(s.getsockname()[1])"
+}
+
+wanted() { [ -z "$ONLY" ] || [[ ",$ONLY," == *",$1,"* ]]; }
+
+# run_part NAME LIMIT_S COMMAND...: the command writes $WORK/NAME.json; the status goes to
+# $WORK/NAME.status (exit code, seconds).
+run_part() {
+    local name="$1" limit="$2"; shift 2
+    wanted "$name" || return 0
+    local var="PART_LIMIT_${name}"
+    limit="${!var:-$limit}"
+    echo "== $name (limit ${limit}s): $*" >&2
+    local start end rc ms
+    start=$(date +%s%N)
+    timeout --kill-after=10 "$limit" "$@" > "$WORK/$name.log" 2>&1
+    rc=$?
+    end=$(date +%s%N)
+    ms=$(( (end - start) / 1000000 ))
+    echo "$rc $ms $limit" > "$WORK/$name.status"
+    echo "   exit $rc in $ms ms" >&2
+}
+
+COMMON=(--scale "$SCALE" --device "$DEVICE")
+run_part trace 70 "$PY" benchmarks/trace_real.py "${COMMON[@]}" --out "$WORK/trace.json"
+run_part nast 40 "$PY" benchmarks/nast_throughput.py "${COMMON[@]}" --out "$WORK/nast.json"
+run_part medgemma 80 "$PY" benchmarks/medgemma.py "${COMMON[@]}" --out "$WORK/medgemma.json"
+run_part ddp 25 "$PY" -m torch.distributed.run --nproc_per_node 1 --master_port "$(free_port)" \
+    benchmarks/ddp_step.py "${COMMON[@]}" --out "$WORK/ddp.json"
+run_part openclip 40 "$PY" benchmarks/openclip_path.py "${COMMON[@]}" --out "$WORK/openclip.json"
+run_part gpu_tests 40 "$PY" -m pytest -q -m gpu tests/gpu -p no:cacheprovider \
+    --junitxml "$WORK/gpu_tests.xml"
+
+SUITE_END=$(date +%s%N)
+"$PY" benchmarks/suite_table.py merge "$WORK" --out "$OUT" --scale "$SCALE" \
+    --wall-ms "$(( (SUITE_END - SUITE_START) / 1000000 ))"
