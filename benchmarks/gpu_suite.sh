@@ -17,6 +17,8 @@
 # Each part runs under its own time limit (PART_LIMIT_<part> seconds may override it), so
 # one hung part cannot eat the device time of the others; a part that fails or times out
 # is recorded with its exit status and the tail of its output, and the suite goes on.
+# PART_ARGS_<part> adds options to that part's command (e.g. PART_ARGS_trace="--pairs 50"
+# for a CPU run of the real shapes), read as words.
 # `python benchmarks/suite_table.py FILE` turns the JSON into the docs/benchmarks.md table.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -68,6 +70,10 @@ run_part() {
     wanted "$name" || return 0
     local var="PART_LIMIT_${name}"
     limit="${!var:-$limit}"
+    local extra="PART_ARGS_${name}"
+    # shellcheck disable=SC2206  # the extra options are words by design
+    local more=(${!extra:-})
+    set -- "$@" "${more[@]}"
     echo "== $name (limit ${limit}s): $*" >&2
     local start end rc ms
     start=$(date +%s%N)
