@@ -1,4 +1,5 @@
-"""Shared CLI helpers: progress bars, error reporting, study sources."""
+"""Shared CLI helpers: progress bars, error reporting, study sources, and the launch of a
+training command under torchrun or ``accelerate launch`` (:func:`training_launch`)."""
 
 from __future__ import annotations
 
@@ -26,6 +27,7 @@ from mechtune.data.schema import Study
 from mechtune.data.sources.base import ImageStudySource
 from mechtune.data.synthetic import SyntheticConfig, sample_studies
 from mechtune.errors import ConfigError, MechtuneError, MissingExtraError
+from mechtune.train.distributed import Launch, launch_rank, launched_processes, start_launch
 
 console = Console(stderr=True)
 
@@ -49,12 +51,44 @@ ERROR_EXIT = 2  # any MechtuneError (bad setting, bad input, failed gate) and mi
 
 
 def report_error(exc: BaseException) -> None:
-    """Print one clean line for an error (no traceback)."""
+    """Print one clean line for an error (no traceback). Under a launch of several
+    processes every process prints its own, the non-main ones prefixed ``rank R:``, even
+    where :func:`training_launch` silenced their other output."""
     message = str(exc)
     if isinstance(exc, FileNotFoundError) and exc.filename is not None:
         message = f"{exc.filename}: no such file or folder"
-    # the message is text, not markup: "mechtune[openclip]" must print as written
-    console.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
+    try:
+        rank = launch_rank() if launched_processes() > 1 else 0
+    except ConfigError:
+        rank = 0
+    prefix = f"rank {rank}: " if rank else ""
+    quiet, console.quiet = console.quiet, False
+    try:
+        # the message is text, not markup: "mechtune[openclip]" must print as written
+        console.print(
+            f"[bold red]error:[/] {escape(prefix + message)}", highlight=False, soft_wrap=True
+        )
+    finally:
+        console.quiet = quiet
+
+
+@contextlib.contextmanager
+def training_launch(device: str) -> Iterator[Launch]:
+    """This process's :class:`~mechtune.train.distributed.Launch` for a training command
+    (:func:`~mechtune.train.distributed.start_launch`: plain, or one rank of a torchrun /
+    ``accelerate launch`` run, with its accelerator and model device). While the body
+    runs, the console prints on the main process only, so the launch's summaries appear
+    once; errors still print on every process (:func:`report_error`). A launch that ends
+    without error leaves its process group (``accelerator.end_training()``)."""
+    launch = start_launch(device)
+    quiet = console.quiet
+    console.quiet = quiet or not launch.is_main
+    try:
+        yield launch
+    finally:
+        console.quiet = quiet
+    if launch.accelerator is not None:
+        launch.accelerator.end_training()
 
 
 class MechtuneGroup(TyperGroup):

@@ -242,6 +242,9 @@ def demo(
     table.md, adapters, SAEs), OUT/figures/*.png and OUT/timings.json (seconds per stage),
     and prints the tables.
     """
+    from mechtune.train.distributed import refuse_launch
+
+    refuse_launch("mechtune demo", "mechtune negation train or mechtune paraphrase train")
     start = time.perf_counter()
     timings: dict[str, float] = {}
 

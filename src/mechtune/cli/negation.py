@@ -14,7 +14,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from mechtune import __version__
-from mechtune.cli._common import console, data_source, progress_bar
+from mechtune.cli._common import console, data_source, progress_bar, training_launch
 from mechtune.data.io import atomic_write_text, to_jsonable, write_json
 from mechtune.errors import ConfigError
 from mechtune.eval.negation import summary_rows
@@ -23,6 +23,7 @@ from mechtune.interp.result import TraceConfig, TraceResult
 from mechtune.models.spec import parse_spec
 from mechtune.pipelines import negation as pipeline
 from mechtune.pipelines.negation_config import load_recipe
+from mechtune.train.distributed import check_launch_shards, launched_processes, refuse_launch
 from mechtune.train.methods import methods_for
 
 app = typer.Typer(
@@ -341,27 +342,47 @@ def train_command(
         raise ConfigError("--method nast needs --alpha TRACE_DIR (from `mechtune negation trace`)")
     else:
         alpha_values = None
-    options = _options(settings, device, dtype, cache_dir, no_cache)
-    source = _open(settings, uncertain, report_facts)
-    encoder = options.load(settings.model)
-    if alpha_values is not None and len(alpha_values) != len(encoder.text_layers) + 1:
-        raise ConfigError(
-            f"--alpha {alpha}: {len(alpha_values)} values (a trace of {traced_model}), but "
-            f"{settings.model} has {len(encoder.text_layers)} text blocks, so "
-            f"{len(encoder.text_layers) + 1} are needed; trace this model first"
-        )
-    study = _embedded(encoder, source, settings, options)
-    examples = pipeline.training_data(study, settings)
-    if alpha_values is None:
-        import torch
+    check_launch_shards(loop.shards, launched_processes(), "the recipe's loop.shards")
+    with training_launch(device) as launch:
+        # under a launch each process loads the model on its own device (launch.device)
+        options = _options(settings, launch.device, dtype, cache_dir, no_cache)
+        source = _open(settings, uncertain, report_facts)
+        encoder = options.load(settings.model)
+        if alpha_values is not None and len(alpha_values) != len(encoder.text_layers) + 1:
+            raise ConfigError(
+                f"--alpha {alpha}: {len(alpha_values)} values (a trace of {traced_model}), "
+                f"but {settings.model} has {len(encoder.text_layers)} text blocks, so "
+                f"{len(encoder.text_layers) + 1} are needed; trace this model first"
+            )
+        with launch.main_first():  # the main process fills the image cache, the others read it
+            study = _embedded(encoder, source, settings, options)
+        examples = pipeline.training_data(study, settings)
+        if alpha_values is None:
+            import torch
 
-        alpha_values = torch.ones(len(encoder.text_layers) + 1)
-    console.print(
-        f"{method}: {loop.steps} steps on {len(examples.captions)} captions and "
-        f"{len(examples.claims)} claim sets of train-split patients ..."
-    )
-    pipeline.train_model(encoder, method, study, examples, alpha_values, loop, out, settings.model)
-    console.print(f"wrote {out}")
+            alpha_values = torch.ones(len(encoder.text_layers) + 1)
+        spread = (
+            f", {loop.shards // launch.processes} of {loop.shards} shards per process on "
+            f"{launch.processes} processes"
+            if launch.processes > 1
+            else ""
+        )
+        console.print(
+            f"{method}: {loop.steps} steps on {len(examples.captions)} captions and "
+            f"{len(examples.claims)} claim sets of train-split patients{spread} ..."
+        )
+        pipeline.train_model(
+            encoder,
+            method,
+            study,
+            examples,
+            alpha_values,
+            loop,
+            out,
+            settings.model,
+            accelerator=launch.accelerator,
+        )
+        console.print(f"wrote {out}")
 
 
 # -- eval ----------------------------------------------------------------------------------
@@ -505,7 +526,9 @@ def study_figures(results: dict[str, Any], folder: Path) -> None:
 def run_study(
     settings: pipeline.NegationStudyConfig, source: Any, out: Path, options: Any
 ) -> dict[str, Any]:
-    """What ``negation study`` runs after opening the data (also the demo's)."""
+    """What ``negation study`` runs after opening the data (also the demo's). Refuses a
+    launch of several processes (ConfigError): use ``negation train`` under a launcher."""
+    refuse_launch("mechtune negation study", "mechtune negation train")
     console.print(
         f"negation study of {settings.model} on {source.root}: {', '.join(settings.methods)}; "
         f"{settings.loop.steps} steps each, seeds {list(settings.seeds)} ..."
@@ -548,6 +571,8 @@ def study_command(
     from mechtune.pipelines.dry_run import dry_run_report
 
     settings = _recipe(recipe, model, data)
+    if not dry_run:
+        refuse_launch("mechtune negation study", "mechtune negation train")
     if dry_run:
         lines = dry_run_report(settings, _data_path(settings), dtype=dtype, device=device)
         for line in lines:

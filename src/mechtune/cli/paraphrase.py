@@ -17,9 +17,10 @@ from typing import Annotated, Any
 import typer
 from rich.markup import escape
 
-from mechtune.cli._common import console
+from mechtune.cli._common import console, training_launch
 from mechtune.errors import ConfigError
 from mechtune.pipelines.questions import BoundQuestions, bind_questions
+from mechtune.train.distributed import check_launch_shards, launched_processes, refuse_launch
 
 app = typer.Typer(
     help="The paraphrase half: evaluate flips, train consistency LoRA, or run the study.",
@@ -286,16 +287,27 @@ def train_command(
         if value is not None:
             changes[name] = value
     config = replace(lora, lora=replace(lora.lora, layers=parse_layers(layers)), **changes)
-    vlm = _load(spec, device, dtype)
-    bound = _bind(vlm, questions, data, "train", config.seed, skip_bad)
-    identity = run.run_identity(spec, vlm, questions, data)
-    result = run.train_consistency(
-        vlm, bound, bound.sets, config, out, identity=identity, log=console.print
-    )
-    last = result["history"][-1] if result["history"] else {}
-    terms = ", ".join(f"{k} {v:.4f}" for k, v in last.items() if k != "step")
-    console.print(f"step {result['step']}: {terms}")
-    console.print(f"wrote {out / 'adapter'} and {out / 'train.json'}")
+    setting = "--grad-accum" if grad_accum is not None else "the recipe's lora.grad_accum"
+    check_launch_shards(config.grad_accum, launched_processes(), setting)
+    with training_launch(device) as launch:
+        # under a launch each process loads the model on its own device (launch.device)
+        vlm = _load(spec, launch.device, dtype)
+        bound = _bind(vlm, questions, data, "train", config.seed, skip_bad)
+        identity = run.run_identity(spec, vlm, questions, data)
+        result = run.train_consistency(
+            vlm,
+            bound,
+            bound.sets,
+            config,
+            out,
+            identity=identity,
+            log=console.print,
+            accelerator=launch.accelerator,
+        )
+        last = result["history"][-1] if result["history"] else {}
+        terms = ", ".join(f"{k} {v:.4f}" for k, v in last.items() if k != "step")
+        console.print(f"step {result['step']}: {terms}")
+        console.print(f"wrote {out / 'adapter'} and {out / 'train.json'}")
 
 
 # -- study -----------------------------------------------------------------------------------
@@ -311,8 +323,11 @@ def run_study(
     dtype: str | None = None,
     skip_bad: bool = False,
 ) -> dict[str, Any]:
-    """What ``paraphrase study`` runs after reading its settings (also the demo's)."""
+    """What ``paraphrase study`` runs after reading its settings (also the demo's).
+    Refuses a launch of several processes (ConfigError): use ``paraphrase train``."""
     from mechtune.pipelines.paraphrase import run_paraphrase_study
+
+    refuse_launch("mechtune paraphrase study", "mechtune paraphrase train")
 
     vlm = _load(config.model, device, dtype)
     bound = _bind(vlm, questions, data, None, config.seed, skip_bad)
@@ -404,6 +419,8 @@ def study_command(
             raise ConfigError(f"{recipe or 'the default settings'}: {exc}") from None
     data = data if data is not None else settings.data
     questions = questions if questions is not None else settings.questions
+    if not dry_run:
+        refuse_launch("mechtune paraphrase study", "mechtune paraphrase train")
     if dry_run:
         from mechtune.pipelines.dry_run import paraphrase_dry_run
 

@@ -54,6 +54,7 @@ from mechtune.pipelines.negation_report import (
     results_table,
 )
 from mechtune.train.checkpoint import load_trained
+from mechtune.train.distributed import is_main_process, wait_for_everyone
 from mechtune.train.methods import (
     NegationData,
     negation_examples,
@@ -330,23 +331,36 @@ def train_model(
     loop: LoopConfig,
     out: Path,
     spec: str,
+    *,
+    accelerator: Any | None = None,
 ) -> DualEncoder:
     """Train ``encoder`` (loaded from ``spec``) in place with a registered method,
     resuming from ``out`` (:func:`check_resume` first), and write ``out/run.json``
     (:func:`run_identity`) and ``out/probe_embeddings.safetensors``: the trained text
     tower's embeddings of :data:`PROBE_SENTENCES` everyday sentences, which
-    :func:`apply_adapter` compares with the reloaded model's."""
+    :func:`apply_adapter` compares with the reloaded model's.
+
+    ``accelerator``: an ``accelerate.Accelerator`` for DDP (each process holds the same
+    ``encoder`` on its own device; ``loop.shards`` a multiple of its processes). Every
+    process checks ``out`` before the main process rewrites ``run.json``; only the main
+    process writes, and all return once its files are complete."""
     from safetensors.torch import save_file
 
     from mechtune.data.io import atomic_path
 
     identity = run_identity(method, spec, encoder, data, alpha)
     check_resume(out, identity, loop.steps)
-    write_json(out / RUN_FILE, identity)
-    run_method(method, encoder, data.images, examples, alpha, loop, out)
-    probes = encoder.encode_texts(general_sentences()[:PROBE_SENTENCES]).float().cpu()
-    with atomic_path(out / PROBE_FILE) as tmp:
-        save_file({"embeddings": probes.contiguous()}, str(tmp), metadata=identity_meta(identity))
+    wait_for_everyone(accelerator)  # every process has read the old run.json
+    if is_main_process(accelerator):
+        write_json(out / RUN_FILE, identity)
+    run_method(method, encoder, data.images, examples, alpha, loop, out, accelerator=accelerator)
+    if is_main_process(accelerator):
+        probes = encoder.encode_texts(general_sentences()[:PROBE_SENTENCES]).float().cpu()
+        with atomic_path(out / PROBE_FILE) as tmp:
+            save_file(
+                {"embeddings": probes.contiguous()}, str(tmp), metadata=identity_meta(identity)
+            )
+    wait_for_everyone(accelerator)
     return encoder
 
 

@@ -42,6 +42,7 @@ from mechtune.pipelines.paraphrase_eval import (
 from mechtune.pipelines.questions import BoundQuestions
 from mechtune.train.checkpoint import load_trained
 from mechtune.train.consistency import ConsistencyConfig, consistency_examples
+from mechtune.train.distributed import is_main_process, wait_for_everyone
 from mechtune.train.methods import run_paraphrase_method
 
 METHOD = "consistency-lora"
@@ -79,26 +80,53 @@ def train_consistency(
     *,
     identity: dict[str, Any],
     log: Callable[[str], None] | None = None,
+    accelerator: Any | None = None,
 ) -> dict[str, Any]:
     """Train ``vlm`` in place with consistency LoRA on ``train`` (rows into
     ``bound.images``), resuming from ``out`` after :func:`check_resume`; write
     ``run.json`` and the probe margins. Returns ``train.json``'s content.
 
+    ``accelerator``: an ``accelerate.Accelerator`` for DDP (each process holds the same
+    ``vlm`` on its own device; ``config.grad_accum`` a multiple of its processes, so the
+    effective batch stays ``batch_size`` × ``grad_accum``). Only the main process writes;
+    every process returns once the files are complete.
+
     Raises ConfigError when ``out`` holds a run of other settings or is past
-    ``config.steps``, DataError for no questions or questions without paraphrases."""
+    ``config.steps``, or when the processes cannot share the micro-batches; DataError for
+    no questions or questions without paraphrases."""
     if not train:
         raise DataError("no train questions to train on")
     check_resume(out, identity, config.steps)
-    write_json(out / RUN_FILE, identity)
+    wait_for_everyone(accelerator)  # every process has read the old run.json
+    main = is_main_process(accelerator)
+    if main:
+        write_json(out / RUN_FILE, identity)
     if log is not None:
         effective = config.batch_size * config.grad_accum
         log(
             f"consistency LoRA on {len(train)} questions: {config.steps} steps of "
             f"{config.batch_size} x {config.grad_accum} (effective batch {effective}), "
             f"answer loss {config.answer_loss!r}, layers {config.lora.layers or 'all'}"
+            + (
+                ""
+                if accelerator is None
+                else f"; each of {accelerator.num_processes} processes takes "
+                f"{config.grad_accum // accelerator.num_processes} of the "
+                f"{config.grad_accum} micro-batches"
+            )
         )
-    run_paraphrase_method(METHOD, vlm, bound.images, consistency_examples(train), config, out)
-    save_probe(vlm, bound, train, out / PROBE_FILE, identity)
+    run_paraphrase_method(
+        METHOD,
+        vlm,
+        bound.images,
+        consistency_examples(train),
+        config,
+        out,
+        accelerator=accelerator,
+    )
+    if main:
+        save_probe(vlm, bound, train, out / PROBE_FILE, identity)
+    wait_for_everyone(accelerator)
     result: dict[str, Any] = json.loads((out / "train.json").read_text(encoding="utf-8"))
     return result
 

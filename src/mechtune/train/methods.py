@@ -292,17 +292,23 @@ def run_method(
     alpha: Sequence[float] | torch.Tensor,
     config: LoopConfig,
     out: str | Path,
+    *,
+    accelerator: Any | None = None,
 ) -> DualEncoder:
     """Train ``encoder`` in place with negation method ``name``, resuming from the
     checkpoints in ``out``, and write the result there (``adapter/`` or
     ``weights.safetensors``, and ``train.json``; reload with
     :func:`~mechtune.train.checkpoint.load_trained`). ``zero-shot`` returns ``encoder``
-    untouched and writes nothing. Shapes and errors: :func:`negation_trainer`."""
+    untouched and writes nothing. ``accelerator``: an ``accelerate.Accelerator`` for DDP
+    (``config.shards`` a multiple of its processes; the main process writes). Shapes and
+    errors: :func:`negation_trainer`."""
     entry = _entry(name, "negation")
     torch.manual_seed(config.seed)
     if entry.loss is None:
         return encoder
-    trainer = negation_trainer(name, encoder, images, data, alpha, config, out)
+    trainer = negation_trainer(
+        name, encoder, images, data, alpha, config, out, accelerator=accelerator
+    )
     trainer.fit(resume=True)
     trainer.save_result(name)
     return encoder
