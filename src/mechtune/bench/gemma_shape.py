@@ -42,7 +42,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import torch
 
@@ -256,7 +256,7 @@ def medgemma_processor(scale: str = "real") -> Any:
     vocab, merges = gemma_vocab(shape.tokenizer_size)
     tokenizer = GemmaTokenizer(
         vocab=vocab,
-        merges=merges,
+        merges=cast(Any, merges),  # (left, right) pairs, which tokenizers' BPE takes
         extra_special_tokens={
             "boi_token": "<start_of_image>",
             "eoi_token": "<end_of_image>",
@@ -364,13 +364,15 @@ def build_medgemma(
     device: str | torch.device = "cpu",
     dtype: torch.dtype = torch.bfloat16,
     seed: int = 0,
+    processor: Any | None = None,
 ) -> HFYesNoVLM:
     """:func:`medgemma_model` and :func:`medgemma_processor` behind mechtune's
     :class:`~mechtune.models.hf_vqa.HFYesNoVLM` (margins over the single-token spellings
-    of yes/no, ``logits_to_keep=1``). At ``"real"`` the weights take 8.6 GB in bfloat16."""
-    return HFYesNoVLM(
-        medgemma_model(scale, device=device, dtype=dtype, seed=seed), medgemma_processor(scale)
-    )
+    of yes/no, ``logits_to_keep=1``). At ``"real"`` the weights take 8.0 GiB (8.6 GB) in
+    bfloat16. ``processor``: one built earlier by :func:`medgemma_processor` at the same
+    scale, to share between models (it holds no per-model state)."""
+    model = medgemma_model(scale, device=device, dtype=dtype, seed=seed)
+    return HFYesNoVLM(model, processor if processor is not None else medgemma_processor(scale))
 
 
 def parameter_count(scale: str = "real") -> dict[str, int]:
