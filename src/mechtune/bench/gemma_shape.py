@@ -1,15 +1,18 @@
 """A random-weight MedGemma-4B: the real architecture and size, built from configs.
 
 MedGemma-4B (``google/medgemma-4b-it``) is a ``Gemma3ForConditionalGeneration``. Its shape,
-from the public Gemma 3 4B config (``../shared/REFERENCE.md`` §6; the values below are
-checked against the fields of transformers 5's ``Gemma3TextConfig`` / ``SiglipVisionConfig``):
+from the public Gemma 3 4B config as recorded in ``../shared/REFERENCE.md`` §6 (each value
+set through a documented field of transformers 5's ``Gemma3TextConfig`` /
+``SiglipVisionConfig``; the parameter count below confirms the widths):
 
 - **language model:** 34 decoder blocks, hidden 2560, MLP 10240, 8 query heads and 4
   key/value heads of width 256 (``query_pre_attn_scalar`` 256), vocabulary 262,208 rows
   (262,144 text tokens plus room for the image tokens), tied input/output embeddings;
-  five sliding-window blocks (window 1024, RoPE base 10^4) then one global block (RoPE
-  base 10^6, linear scaling 8), repeated (``layer_types``: block ``i`` is global when
-  ``(i + 1) % 6 == 0``);
+  five sliding-window blocks then one global block, repeated (``layer_types``: block
+  ``i`` is global when ``(i + 1) % 6 == 0``, transformers' own default pattern). The
+  window (1024) and the RoPE bases (10^4 local, 10^6 global with linear scaling 8) are
+  the public config's as remembered, not confirmed offline; they change no parameter
+  and, with prompts of about 290 tokens, no cost;
 - **vision tower:** SigLIP so400m, 27 blocks, hidden 1152, MLP 4304, 16 heads, patch 14 at
   896 px (4096 patches), no pooling head; the projector average-pools the patches to
   ``mm_tokens_per_image`` = 256 image tokens and projects them to 2560.
