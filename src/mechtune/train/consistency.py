@@ -42,8 +42,12 @@ class ConsistencyConfig:
     ``answer_loss``: ``"vocab"`` (cross-entropy over the vocabulary of the first answer
     token towards the correct answer's canonical token, as the released adapter) or
     ``"binary"`` (binary cross-entropy on the yes/no margin); the sampler ``seed`` and
-    ``checkpoint_every``. Other defaults match the phantom recipe. Raises ConfigError
-    naming the field."""
+    ``checkpoint_every``; ``gradient_checkpointing``: recompute each language block's
+    activations in the backward pass instead of keeping them (transformers' activation
+    checkpointing, non-reentrant; same loss and gradients, less memory, about one more
+    forward pass of time; a transformers model only,
+    :func:`~mechtune.train.lora.enable_gradient_checkpointing`). Other defaults match
+    the phantom recipe. Raises ConfigError naming the field."""
 
     lora: LoraSettings = field(default_factory=LoraSettings)
     lr: float = 5e-4
@@ -55,6 +59,7 @@ class ConsistencyConfig:
     checkpoint_every: int = 50
     grad_accum: int = 1
     answer_loss: str = "vocab"
+    gradient_checkpointing: bool = False
 
     def __post_init__(self) -> None:
         if isinstance(self.lora, dict):
@@ -73,6 +78,10 @@ class ConsistencyConfig:
         if self.answer_loss not in ANSWER_LOSSES:
             raise ConfigError(
                 f"answer_loss must be one of {ANSWER_LOSSES}, got {self.answer_loss!r}"
+            )
+        if not isinstance(self.gradient_checkpointing, bool):
+            raise ConfigError(
+                f"gradient_checkpointing must be true or false, got {self.gradient_checkpointing!r}"
             )
 
     def to_dict(self) -> dict[str, Any]:

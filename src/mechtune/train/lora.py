@@ -249,3 +249,52 @@ def lora_update_norms(model: nn.Module, site: LoraSite | None = None) -> dict[in
             delta = module.scaling[adapter] * (b_weight.float() @ a_weight.float())
             norms[layer] = norms.get(layer, 0.0) + float(delta.detach().norm())
     return norms
+
+
+def enable_gradient_checkpointing(model: nn.Module) -> None:
+    """Turn on transformers' activation (gradient) checkpointing in ``model``, a
+    transformers ``PreTrainedModel`` (the unwrapped module a peft model wraps): each
+    decoder block keeps only its input and recomputes its activations in the backward
+    pass (Chen et al. 2016, "Training deep nets with sublinear memory cost"), with
+    ``torch.utils.checkpoint``'s non-reentrant implementation (``use_reentrant=False``).
+
+    transformers (and peft, when checkpointing is on as it wraps a model) also hook the
+    input embeddings so that their outputs require grad, which the REENTRANT checkpoint
+    needs to back-propagate into a block whose inputs do not. The non-reentrant one does
+    not (it gives the same LoRA gradients without them: tests/train/
+    test_gradient_checkpointing.py), and with them every backward pass would run through
+    the frozen blocks below the first LoRA block and the whole vision tower, recomputing
+    them for gradients nobody reads; so those hooks are removed.
+
+    Raises ConfigError for a model without transformers' checkpointing support
+    (:func:`check_gradient_checkpointing`).
+    """
+    enable = check_gradient_checkpointing(model)
+    kwargs = {"use_reentrant": False}
+    if enable.__name__ == "activation_checkpointing_enable":
+        enable(activation_checkpointing_kwargs=kwargs)
+    else:
+        enable(gradient_checkpointing_kwargs=kwargs)
+    if getattr(model, "_require_grads_hooks", None) or hasattr(model, "_require_grads_hook"):
+        model.disable_input_require_grads()  # type: ignore[operator]
+
+
+def check_gradient_checkpointing(model: nn.Module) -> Any:
+    """The method that turns on ``model``'s activation checkpointing (transformers 5's
+    ``activation_checkpointing_enable``, or ``gradient_checkpointing_enable`` of earlier
+    versions). Raises ConfigError naming the class when it has none."""
+    enable = getattr(model, "activation_checkpointing_enable", None)
+    if enable is None:
+        enable = getattr(model, "gradient_checkpointing_enable", None)
+    if enable is None or not getattr(model, "supports_gradient_checkpointing", False):
+        raise ConfigError(
+            "gradient_checkpointing needs a transformers model that supports activation "
+            f"checkpointing; {type(model).__name__} does not"
+        )
+    return enable
+
+
+def gradient_checkpointing_enabled(model: nn.Module) -> bool:
+    """Whether any submodule of ``model`` checkpoints its activations (transformers'
+    ``gradient_checkpointing`` flag on its blocks)."""
+    return any(bool(getattr(m, "gradient_checkpointing", False)) for m in model.modules())

@@ -37,7 +37,12 @@ from mechtune.errors import ConfigError, DataError
 from mechtune.models.dual_encoder import DualEncoder
 from mechtune.models.yes_no import YesNoVLM
 from mechtune.train.consistency import ConsistencyConfig, ConsistencyExample, ConsistencyTask
-from mechtune.train.lora import lm_lora_site, text_lora_site
+from mechtune.train.lora import (
+    check_gradient_checkpointing,
+    enable_gradient_checkpointing,
+    lm_lora_site,
+    text_lora_site,
+)
 from mechtune.train.losses import LOSSES, create_loss
 from mechtune.train.negation import CaptionExample, ClaimExample, LoopConfig, NegationTask
 from mechtune.train.scaling import block_scales
@@ -330,13 +335,21 @@ def paraphrase_trainer(
     ``accelerator``: an ``accelerate.Accelerator`` for DDP; its number of processes must
     divide ``config.grad_accum`` (each rank takes as many micro-batches). Raises
     ConfigError for an unknown method or micro-batches the ranks cannot share, DataError
-    for empty examples."""
+    for empty examples. With ``config.gradient_checkpointing`` the model's blocks
+    checkpoint their activations (:func:`~mechtune.train.lora.enable_gradient_checkpointing`,
+    turned on after LoRA is injected; ConfigError for a model without transformers'
+    checkpointing)."""
     entry = _entry(name, "paraphrase")
     config = replace(config, **entry.overrides)
     if entry.loss is None:
         raise ConfigError(f"method {name!r} does not train")
+    if config.gradient_checkpointing:
+        check_gradient_checkpointing(vlm.module)  # before LoRA goes into the model
     task = ConsistencyTask(vlm, images, examples, create_loss(entry.loss, config), config)
-    return Trainer(vlm.module, lm_lora_site(vlm), task, config, out, accelerator=accelerator)
+    trainer = Trainer(vlm.module, lm_lora_site(vlm), task, config, out, accelerator=accelerator)
+    if config.gradient_checkpointing:
+        enable_gradient_checkpointing(vlm.module)
+    return trainer
 
 
 def run_paraphrase_method(
