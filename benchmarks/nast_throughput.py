@@ -52,7 +52,7 @@ from mechtune.bench.record import (
 from mechtune.pipelines.negation_config import load_recipe
 from mechtune.train.lora import lora_parameters
 from mechtune.train.methods import NegationData, negation_trainer
-from mechtune.train.negation import CaptionExample, ClaimExample
+from mechtune.train.negation import CaptionExample, ClaimExample, LoopConfig
 
 RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "nast-biomedclip-mimic.yaml"
 DEFAULT_STEPS = {"real": 10, "tiny": 2}
@@ -178,21 +178,27 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     return args
 
 
+def run_config(args: argparse.Namespace, loop: LoopConfig, steps: int) -> LoopConfig:
+    """The recipe's loop settings for warm-up plus ``steps`` steps, one checkpoint at the
+    end, its batches replaced by ``--caption-batch`` / ``--claim-batch`` (at tiny scale
+    by :data:`TINY_BATCH` unless those are given)."""
+    tiny = TINY_BATCH if args.scale == "tiny" else None
+    return replace(
+        loop,
+        steps=WARMUP_STEPS + steps,
+        caption_batch=args.caption_batch or tiny or loop.caption_batch,
+        claim_batch=args.claim_batch or tiny or loop.claim_batch,
+        checkpoint_every=WARMUP_STEPS + steps,
+    )
+
+
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
     device, dtype = resolve_options(args)
     steps = args.steps or DEFAULT_STEPS[args.scale]
     loop = load_recipe(args.recipe).loop
-    tiny = TINY_BATCH if args.scale == "tiny" else None
-    caption_batch = args.caption_batch or tiny or loop.caption_batch
-    claim_batch = args.claim_batch or tiny or loop.claim_batch
-    config = replace(
-        loop,
-        steps=WARMUP_STEPS + steps,
-        caption_batch=caption_batch,
-        claim_batch=claim_batch,
-        checkpoint_every=WARMUP_STEPS + steps,
-    )
+    config = run_config(args, loop, steps)
+    caption_batch, claim_batch = config.caption_batch, config.claim_batch
     encoder, build_s = timed(lambda: biomedclip_shape(args.scale, device, torch.float32), device)
     gen = torch.Generator().manual_seed(0)
     dim = int(encoder.model.config.projection_dim)

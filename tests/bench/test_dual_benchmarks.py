@@ -141,13 +141,17 @@ def test_nast_throughput_batches_recipe_and_dtype_options(nast, tmp_path):
         nast.main([*COMMON, "--claim-batch", "0"])
 
 
-def test_recipe_batch_is_used_at_real_scale(nast, monkeypatch):
-    """At real scale the recipe's batches (128/128) are used unless overridden; checked
-    without building the model, on the parsed options."""
-    args = nast.parse_args(["--scale", "real", "--device", "cpu"])
+def test_real_scale_runs_at_the_recipe_batch_unless_overridden(nast, tmp_path):
+    """Checked on the run's settings, without building the real-size model."""
+    args = nast.parse_args(["--scale", "real", "--device", "cpu", "--steps", "3"])
     loop = nast.load_recipe(args.recipe).loop
-    assert (loop.caption_batch, loop.claim_batch) == (128, 128)
-    assert args.caption_batch is None and args.claim_batch is None
+    config = nast.run_config(args, loop, 3)
+    assert (config.caption_batch, config.claim_batch) == (128, 128)
+    assert (config.lora.rank, config.lr, config.lam, config.beta) == (16, 1e-4, 0.5, 2.0)
+    assert config.steps == 4 and config.checkpoint_every == 4  # warm-up + 3
+    args = nast.parse_args(["--scale", "real", "--claim-batch", "16", "--caption-batch", "8"])
+    config = nast.run_config(args, loop, 3)
+    assert (config.caption_batch, config.claim_batch) == (8, 16)
 
 
 @pytest.mark.parametrize(
