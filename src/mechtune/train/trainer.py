@@ -300,7 +300,9 @@ class Trainer:
         records: list[dict[str, float]] = []
         at = 0
         for step, names, _ in pending:
-            records.append({"step": step, **dict(zip(names, numbers[at : at + len(names)]))})
+            records.append(
+                {"step": step, **dict(zip(names, numbers[at : at + len(names)], strict=True))}
+            )
             at += len(names)
         self.history.extend(records)
         return records
