@@ -324,7 +324,7 @@ def _one_step(tmp_path, **kw):
     for name, (_, p) in trainer.params.items():
         if "lora_B" in name:
             torch.nn.init.normal_(p, std=0.05, generator=torch.Generator().manual_seed(2))
-    terms = trainer.train_step()
+    terms = {k: float(v) for k, v in trainer.train_step().items()}  # read now
     grads = {n: p.grad.detach().clone() for n, (_, p) in trainer.params.items()}
     weights = {n: p.detach().clone() for n, (_, p) in trainer.params.items()}
     return grads, weights, terms

@@ -41,7 +41,7 @@ def _first_step(gemma_dir, out, answer_loss):
     for name, (_, p) in trainer.params.items():
         if "lora_B" in name:
             torch.nn.init.normal_(p, std=0.05, generator=torch.Generator().manual_seed(2))
-    terms = trainer.train_step()
+    terms = {k: float(v) for k, v in trainer.train_step().items()}  # read now
     return terms, {n: p.grad.detach().clone() for n, (_, p) in trainer.params.items()}
 
 

@@ -113,15 +113,21 @@ class NegCLIPLoss(nn.Module):
     sets' other candidates, ``N`` in all), so each image must pick its own text among
     ``B + C + N``; the text-to-image direction is over positives only, as hard negatives
     have no image. Returns ``{"negclip_i2t", "negclip_t2i", "loss"}`` (loss = their mean).
+
+    The ``C * (K - 1)`` negative slots are all scored and the padding ones set to -inf
+    before the softmax, which is the loss over the ``N`` real ones: selecting them with the
+    mask would give a shape that depends on the data, which CUDA reads back to the host.
     """
 
     def forward(self, batch: NegationBatch) -> dict[str, torch.Tensor]:
         images = torch.cat([batch.caption_image, batch.claim_image])  # [B + C, D]
         positives = torch.cat([batch.caption_text, batch.candidates[:, 0]])  # [B + C, D]
-        negatives = batch.candidates[:, 1:][batch.mask[:, 1:]]  # [N, D]
-        texts = torch.cat([positives, negatives])  # [B + C + N, D]
+        negatives = batch.candidates[:, 1:].flatten(0, 1)  # [C * (K - 1), D], padding too
+        texts = torch.cat([positives, negatives])  # [B + C + C * (K - 1), D]
+        real = torch.cat([batch.mask.new_ones(len(positives)), batch.mask[:, 1:].flatten()])
         target = torch.arange(len(images), device=images.device)
-        i2t = F.cross_entropy(batch.scale * images @ texts.T, target)
+        i2t_logits = (batch.scale * images @ texts.T).masked_fill(~real, float("-inf"))
+        i2t = F.cross_entropy(i2t_logits, target)
         t2i = F.cross_entropy(batch.scale * positives @ images.T, target)
         return {"negclip_i2t": i2t, "negclip_t2i": t2i, "loss": (i2t + t2i) / 2}
 

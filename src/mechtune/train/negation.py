@@ -140,7 +140,8 @@ class NegationTask:
     ``images``: ``[N, D]`` image embeddings (rows named by the examples); ``claims``: the
     claim sets (or MCQ options) the method trains on; ``loss``: the method's loss module
     (from :func:`~mechtune.train.losses.create_loss`), called with a float32
-    :class:`~mechtune.train.losses.NegationBatch`. Raises DataError when captions or
+    :class:`~mechtune.train.losses.NegationBatch` whose ``scale`` is the encoder's
+    exp(logit scale) read when the task is built. Raises DataError when captions or
     claims are empty or name an image row outside ``images``.
     """
 
@@ -163,6 +164,9 @@ class NegationTask:
                 f"{len(images)} image embeddings"
             )
         self.encoder, self.loss, self.config = encoder, loss, config
+        # Read once: the logit scale is not trained (the trainer refuses any trainable
+        # parameter outside the blocks), and a read per step would wait for the device.
+        self.scale = float(encoder.logit_scale)
         self.images = images.detach().float()
         self.captions, self.claims = list(captions), list(claims)
         self.shards = config.shards
@@ -188,6 +192,6 @@ class NegationTask:
                 claim_image=self.images[[c.image for c in claims]].to(device),
                 candidates=cands,
                 mask=mask,
-                scale=float(self.encoder.logit_scale),
+                scale=self.scale,
             )
         )

@@ -49,8 +49,9 @@ def scaled_gradients(
     params = trainable_block_parameters(model, site)
     handles = []
     applied: dict[str, float] = {}
+    factors = scales.detach().cpu().tolist()  # one read, not one per parameter
     for name, (layer, param) in params.items():
-        scale = float(scales[layer])
+        scale = float(factors[layer])
         applied[name] = scale
         handles.append(param.register_hook(lambda g, s=scale: g * s))
     try:

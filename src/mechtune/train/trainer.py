@@ -15,7 +15,13 @@ and how to compute the loss terms of one shard of it; the trainer owns everythin
   of processes), gradients averaged either way;
 - checkpoints that resume exactly (weights, optimiser, the sampler's and torch's random
   streams, step, history; :mod:`mechtune.train.checkpoint`) and the final result
-  (:func:`~mechtune.train.checkpoint.save_trained`).
+  (:func:`~mechtune.train.checkpoint.save_trained`);
+- the logged loss terms, kept on the device and moved to the host once per logging
+  interval (:meth:`Trainer.flush`), not once per step: reading a CUDA tensor's value makes
+  the host wait for every queued kernel, so a per-step read would stop the host from
+  queueing the next step's work while the device runs this one. The interval is the
+  checkpoint interval (``checkpoint_every``, where the history is persisted) and the end of
+  :meth:`Trainer.fit`.
 """
 
 from __future__ import annotations
@@ -139,7 +145,8 @@ class Trainer:
         else:
             self.model = apply_lora(module, site, settings.lora)
         self.params = trainable_block_parameters(self.model, site)
-        self.scales = torch.ones(site.n_layers) if scales is None else scales
+        # on the host: the gradient hooks read one factor per parameter every step
+        self.scales = torch.ones(site.n_layers) if scales is None else scales.detach().cpu()
         if scaling == "gradient":
             groups: list[dict[str, Any]] = [{"params": [p for _, p in self.params.values()]}]
         else:
@@ -154,6 +161,8 @@ class Trainer:
         self.generator = torch.Generator().manual_seed(settings.seed)
         self.step = 0
         self.history: list[dict[str, float]] = []
+        # Steps not yet flushed: (step, term names, [n_terms] float32 means on the device).
+        self._pending: list[tuple[int, tuple[str, ...], torch.Tensor]] = []
 
     # -- checkpoints ---------------------------------------------------------------------------
 
@@ -162,7 +171,10 @@ class Trainer:
         return checkpoint_folders(self.out)
 
     def save(self) -> Path:
-        """Write ``out/step_{step:06d}`` (see :func:`~mechtune.train.checkpoint.save_checkpoint`)."""
+        """Write ``out/step_{step:06d}`` (see :func:`~mechtune.train.checkpoint.save_checkpoint`)
+        with the history of every step so far (pending steps are flushed first: under DDP a
+        collective, see :meth:`flush`)."""
+        self.flush()
         params = {n: p for n, (_, p) in self.params.items()}
         state = {"config": self.settings.to_dict(), "history": self.history}
         return save_checkpoint(
@@ -196,11 +208,16 @@ class Trainer:
         if state is None:
             return False
         self.step, self.history = int(state["step"]), list(state["history"])
+        self._pending = []  # steps after the checkpoint are undone with their terms
         return True
 
     def save_result(self, method: str) -> Path:
         """The trained result: a peft adapter in ``out/adapter/`` (LoRA) or the blocks'
-        weights in ``out/weights.safetensors`` (full fine-tuning), and ``out/train.json``."""
+        weights in ``out/weights.safetensors`` (full fine-tuning), and ``out/train.json``
+        with the whole history (pending steps are flushed first; under DDP call it on every
+        rank, as :func:`~mechtune.train.methods.run_paraphrase_method` does: the main
+        process writes)."""
+        self.flush()
         main = self.accelerator is None or self.accelerator.is_main_process
         if main:
             save_trained(
@@ -218,7 +235,7 @@ class Trainer:
 
     # -- training ---------------------------------------------------------------------------------
 
-    def train_step(self) -> dict[str, float]:
+    def train_step(self) -> dict[str, torch.Tensor]:
         """One optimiser step on a global batch of ``task.shards`` shards.
 
         One process: every shard's loss is divided by the number of shards and
@@ -226,8 +243,13 @@ class Trainer:
         Under DDP with ``P`` processes, rank ``r`` takes shards ``r, r + P, r + 2P, ...``
         (``task.shards / P`` of them), accumulates their losses divided by that count, and
         the gradients are averaged across ranks: (1/P) Σ_r (P/S) Σ_{s of r} g_s
-        = (1/S) Σ_s g_s, the single process's mean. Returns the mean of each term over the
-        shards (under DDP, averaged over the ranks too).
+        = (1/S) Σ_s g_s, the single process's mean.
+
+        Returns ``{term: []}``: this process's mean of each term over its shards, detached
+        float32 0-d tensors on the model's device. Nothing is read back to the host: the
+        step's terms wait for :meth:`flush`, which logs them (under DDP averaged over the
+        ranks) in :attr:`history`. ``float(terms[k])`` reads one now, at the cost of a
+        host-device sync.
         """
         batch = self.task.sample(self.generator)
         n = self.task.shards
@@ -236,7 +258,8 @@ class Trainer:
         else:
             shards = range(self.accelerator.process_index, n, self.accelerator.num_processes)
         count = len(shards)
-        totals: dict[str, float] = {}
+        names: tuple[str, ...] = ()
+        totals: torch.Tensor | None = None
         self.optim.zero_grad(set_to_none=True)
         scaled = (
             scaled_gradients(self.model, self.scales, self.site)
@@ -247,20 +270,42 @@ class Trainer:
             for shard in shards:
                 terms = self.task.loss_terms(batch, shard, n)
                 (terms["loss"] / count).backward()
-                for k, v in terms.items():
-                    totals[k] = totals.get(k, 0.0) + float(v.detach()) / count
+                names = names or tuple(terms)
+                values = torch.stack([terms[k].detach().float() for k in names]) / count
+                totals = values if totals is None else totals + values
         if self.accelerator is not None:
             for _, p in self.params.values():
                 if p.grad is not None:
                     p.grad = self.accelerator.reduce(p.grad, reduction="mean")
-            # every rank logs the global mean, as one process would
-            names = sorted(totals)
-            local = torch.tensor([totals[k] for k in names], dtype=torch.float64)
-            mean = self.accelerator.reduce(local.to(self.accelerator.device), reduction="mean")
-            totals = {k: float(v) for k, v in zip(names, mean.tolist(), strict=True)}
         self.optim.step()
         self.step += 1
-        return totals
+        assert totals is not None  # check_shards: every process takes at least one shard
+        self._pending.append((self.step, names, totals))
+        return dict(zip(names, totals.unbind(), strict=True))
+
+    def flush(self) -> list[dict[str, float]]:
+        """Log the steps since the last flush: their terms go to the host in ONE transfer
+        (concatenated, then one ``tolist``) and are appended to :attr:`history`, one
+        ``{"step", term: value}`` per step. Under DDP the concatenated terms of every rank
+        are averaged in one collective first, so every rank logs the global mean, as one
+        process would; every rank must then call it at the same step (:meth:`fit` does).
+        Returns the new records (empty when no step is pending)."""
+        if not self._pending:
+            return []
+        pending, self._pending = self._pending, []
+        flat = torch.cat([values for _, _, values in pending])
+        if self.accelerator is not None:
+            flat = self.accelerator.reduce(flat.to(self.accelerator.device), reduction="mean")
+        numbers = flat.tolist()
+        records: list[dict[str, float]] = []
+        at = 0
+        for step, names, _ in pending:
+            records.append(
+                {"step": step, **dict(zip(names, numbers[at : at + len(names)], strict=True))}
+            )
+            at += len(names)
+        self.history.extend(records)
+        return records
 
     def fit(
         self,
@@ -268,26 +313,34 @@ class Trainer:
         resume: bool = False,
         stop_after: int | None = None,
         progress: Callable[[int], None] | None = None,
+        on_log: Callable[[list[dict[str, float]]], None] | None = None,
     ) -> list[dict[str, float]]:
         """Train to ``settings.steps``, checkpointing every ``checkpoint_every`` steps and
         at the last. ``resume`` continues from the newest checkpoint in ``out``;
-        ``stop_after`` ends the run after that many steps, as a kill would. Returns the
-        history: one ``{"step", term: value}`` per step."""
+        ``stop_after`` ends the run after that many steps, as a kill would; ``progress``
+        is called with 1 after every step. The loss terms reach the host once per logging
+        interval (:meth:`flush`): at every checkpoint step, at the last step and when
+        ``stop_after`` ends the run; ``on_log`` then gets that interval's records (all
+        processes under DDP). Returns the history: one ``{"step", term: value}`` per step."""
         if resume:
             self.resume()
         done = 0
         self.model.train()
         main = self.accelerator is None or self.accelerator.is_main_process
+        every = self.settings.checkpoint_every
         while self.step < self.settings.steps:
-            terms = self.train_step()
-            self.history.append({"step": self.step, **terms})
-            last = self.step == self.settings.steps
-            if main and (self.step % self.settings.checkpoint_every == 0 or last):
-                self.save()
+            self.train_step()
             done += 1
+            stopping = stop_after is not None and done >= stop_after
+            checkpoint = self.step % every == 0 or self.step == self.settings.steps
+            records = self.flush() if checkpoint or stopping else []
+            if main and checkpoint:
+                self.save()
+            if on_log is not None and records:
+                on_log(records)
             if progress is not None:
                 progress(1)
-            if stop_after is not None and done >= stop_after:
+            if stopping:
                 break
         self.model.eval()
         return self.history
