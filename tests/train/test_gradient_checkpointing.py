@@ -3,6 +3,7 @@ gradient path are recomputed in the backward pass, the blocks below are not, and
 is the same as without checkpointing."""
 
 import contextlib
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -57,7 +58,7 @@ def _step(checkpointing: bool, out):
         for index, block in enumerate(vlm.layers):
             # transformers checkpoints a block's forward, inside its hooks: count its MLP
             stack.enter_context(edit_block_output(block.mlp, counter(index)))
-        terms = trainer.train_step()
+        terms = {k: float(v) for k, v in trainer.train_step().items()}
     grads = {n: p.grad.detach().clone() for n, (_, p) in trainer.params.items()}
     return vlm, terms, grads, calls
 
@@ -87,8 +88,9 @@ def test_gradient_checkpointing_recomputes_blocks_with_the_same_gradients(tmp_pa
         torch.testing.assert_close(grads_ckpt[name], grads_plain[name], rtol=1e-4, atol=1e-6)
 
 
-def test_resume_refuses_a_change_of_gradient_checkpointing(tmp_path) -> None:
-    """The setting is part of the saved config, as every other training field."""
+def test_resume_may_turn_gradient_checkpointing_on(tmp_path) -> None:
+    """Recomputation gives the same gradients, so a run may resume with checkpointing
+    toggled (say on a smaller GPU); every other training field is still refused."""
     vlm = build_medgemma("tiny", dtype=torch.float32)
     paraphrase_trainer("consistency-lora", vlm, _images(), EXAMPLES, _config(False), tmp_path).fit()
     again = paraphrase_trainer(
@@ -99,8 +101,18 @@ def test_resume_refuses_a_change_of_gradient_checkpointing(tmp_path) -> None:
         _config(True, steps=2),
         tmp_path,
     )
-    with pytest.raises(ConfigError, match=r"other settings \(gradient_checkpointing\)"):
-        again.fit(resume=True)
+    history = again.fit(resume=True)
+    assert again.step == 2 and [h["step"] for h in history] == [1, 2]
+    changed = paraphrase_trainer(
+        "consistency-lora",
+        build_medgemma("tiny", dtype=torch.float32),
+        _images(),
+        EXAMPLES,
+        replace(_config(True, steps=3), lr=1e-1),
+        tmp_path,
+    )
+    with pytest.raises(ConfigError, match=r"other settings \(lr\)"):
+        changed.fit(resume=True)
 
 
 def test_gradient_checkpointing_is_refused_before_lora_on_a_model_without_it(tmp_path) -> None:

@@ -52,6 +52,10 @@ from mechtune.train.lora import (
 from mechtune.train.scaling import scaled_gradients
 
 SCALINGS = ("gradient", "lr")
+# Settings a resumed run may change: how long it runs, how often it checkpoints, and
+# gradient checkpointing (recomputation gives the same gradients, so a run may resume on
+# a smaller GPU with it on).
+RESUME_FREE = frozenset({"steps", "checkpoint_every", "gradient_checkpointing"})
 
 
 class TrainSettings(Protocol):
@@ -185,14 +189,14 @@ class Trainer:
         """Load the newest checkpoint, if any. Returns whether one was loaded.
 
         Raises ConfigError when the checkpoint was written under other settings (any
-        field but ``steps`` and ``checkpoint_every``, which a resumed run may change): its
+        field but those in :data:`RESUME_FREE`, which a resumed run may change): its
         weights and optimiser state would not be the ones this run's settings give.
         """
         found = self.checkpoints()
         if found:
             saved = json.loads((found[-1] / "state.json").read_text(encoding="utf-8"))
             ours = self.settings.to_dict()
-            free = {"steps", "checkpoint_every"}
+            free = RESUME_FREE
             changed = sorted(
                 k
                 for k in (set(ours) | set(saved["config"])) - free
