@@ -6,13 +6,13 @@ full path do (open_clip imports torchvision, absent here), and skip without it.
 
 from __future__ import annotations
 
+import functools
 import json
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-import torch
 
 from mechtune.bench.openclip_shape import (
     BIOMEDCLIP_MEAN,
@@ -34,17 +34,21 @@ from mechtune.errors import ConfigError, MissingExtraError
 SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "openclip_path.py"
 
 
+@functools.cache
 def open_clip_error() -> str | None:
-    try:
-        import open_clip  # noqa: F401
-        import torchvision  # noqa: F401
-    except Exception as exc:  # torchvision may fail with a RuntimeError, not an ImportError
-        return f"{type(exc).__name__}: {exc}"
-    return None
+    """The error importing open_clip (and torchvision) raises, as the script words it, or
+    None. Asked in a subprocess: importing open_clip here would import torchvision into the
+    test session, which other tests check mechtune itself never does."""
+    code = (
+        "try:\n    import open_clip, torchvision\n"
+        "except Exception as exc:\n    print(f'{type(exc).__name__}: {exc}')\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    return out.stdout.strip() or None
 
 
 needs_open_clip = pytest.mark.skipif(
-    open_clip_error() is not None, reason=f"open_clip cannot be imported: {open_clip_error()}"
+    "open_clip_error() is not None", reason="open_clip cannot be imported"
 )
 
 
@@ -211,33 +215,50 @@ def test_script_records_the_skip_without_open_clip(tmp_path):
     assert "stages" not in record
 
 
+LOADED_FACTS = """
+import json, sys, torch
+from safetensors.torch import load_file
+from mechtune.models.spec import load_dual_encoder
+from mechtune.bench.openclip_shape import CHECKPOINT_NAME, openclip_spec
+folder = sys.argv[1]
+enc = load_dual_encoder(openclip_spec(folder))
+model, trunk = enc.model, enc.model.visual.trunk
+saved, state = load_file(f"{folder}/{CHECKPOINT_NAME}"), model.state_dict()
+print(json.dumps({
+    "model": type(model).__name__,
+    "pooler": type(model.text.pooler).__name__,
+    "pooling": enc.pooling,
+    "context": enc.max_length,
+    "text_layers": len(enc.text_layers),
+    "vision": [len(trunk.blocks), trunk.embed_dim, trunk.blocks[0].attn.num_heads],
+    "image_size": list(model.visual.image_size),
+    "proj": [list(m.weight.shape) for m in model.text.proj if hasattr(m, "weight")],
+    "same_keys": sorted(saved) == sorted(state),
+    "checkpoint_read": all(torch.equal(saved[k], state[k]) for k in saved),
+}))
+"""
+
+
 @needs_open_clip
 def test_loaded_model_has_the_written_shape_and_weights(tmp_path):
-    from safetensors.torch import load_file
-
-    from mechtune.models.spec import load_dual_encoder
-
     folder = write_openclip_shape(tmp_path / "m", "tiny")
+    proc = subprocess.run(
+        [sys.executable, "-c", LOADED_FACTS, str(folder)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    facts = json.loads(proc.stdout.strip().splitlines()[-1])
     tiny = SHAPES["tiny"]
-    enc = load_dual_encoder(openclip_spec(folder))
-    model = enc.model
-    assert type(model).__name__ == "CustomTextCLIP"
-    assert type(model.text.pooler).__name__ == "ClsLastHiddenStatePooler"
-    assert enc.pooling == "cls" and enc.max_length == tiny.context_length
-    assert len(enc.text_layers) == tiny.text_layers
-    trunk = model.visual.trunk
-    assert (len(trunk.blocks), trunk.embed_dim) == (tiny.vision_layers, tiny.vision_width)
-    assert trunk.blocks[0].attn.num_heads == tiny.vision_heads
-    assert tuple(model.visual.image_size) == (tiny.image_size, tiny.image_size)
+    assert facts["model"] == "CustomTextCLIP"
+    assert facts["pooler"] == "ClsLastHiddenStatePooler" and facts["pooling"] == "cls"
+    assert (facts["context"], facts["text_layers"]) == (tiny.context_length, tiny.text_layers)
+    assert facts["vision"] == [tiny.vision_layers, tiny.vision_width, tiny.vision_heads]
+    assert facts["image_size"] == [tiny.image_size, tiny.image_size]
     hidden = (tiny.text_width + tiny.embed_dim) // 2  # open_clip's "mlp" projection
-    assert [tuple(m.weight.shape) for m in model.text.proj if hasattr(m, "weight")] == [
-        (hidden, tiny.text_width),
-        (tiny.embed_dim, hidden),
-    ]
-    saved = load_file(str(folder / CHECKPOINT_NAME))
-    state = model.state_dict()
-    assert saved.keys() == state.keys()
-    assert all(torch.equal(saved[k], state[k]) for k in saved)  # the checkpoint was read
+    assert facts["proj"] == [[hidden, tiny.text_width], [tiny.embed_dim, hidden]]
+    assert facts["same_keys"] and facts["checkpoint_read"]
 
 
 @needs_open_clip
