@@ -134,8 +134,9 @@ class OpenClipShape:
     Vision tower: the timm model ``timm_model_name`` at ``image_size`` px, whose own sizes
     are ``vision_layers`` blocks of width ``vision_width`` with ``vision_heads`` heads
     (open_clip 3.3 passes no size overrides to timm, so they are timm's, recorded here to
-    be checked against the built model). Both towers are projected to ``embed_dim``. Raises ConfigError when the context is
-    longer than the position embeddings or a width does not divide by its heads.
+    be checked against the built model). Both towers are projected to ``embed_dim``.
+    Raises ConfigError when the context is longer than the position embeddings, a width
+    does not divide by its heads, or the vocabulary cannot hold the WordPiece layout.
     """
 
     embed_dim: int
@@ -162,8 +163,36 @@ class OpenClipShape:
                 f"text_width {self.text_width} / text_heads {self.text_heads} and vision_width "
                 f"{self.vision_width} / vision_heads {self.vision_heads} must divide"
             )
-        if self.vocab_size <= max(SPECIALS.values()) + len(WORDS) + 2 * 96:
-            raise ConfigError(f"vocab_size {self.vocab_size} is too small for the WordPiece layout")
+        wordpiece_vocab(self.vocab_size)  # raises ConfigError when it is too small
+
+
+def wordpiece_vocab(vocab_size: int) -> dict[str, int]:
+    """A BERT-layout WordPiece vocabulary of exactly ``vocab_size`` entries: the specials
+    at BERT's ids, ``[unusedN]`` at 1..99 and 104..998, then the printable ASCII
+    characters, their ``##`` continuations, :data:`WORDS`, and ``[unusedN]`` to the end.
+    Raises ConfigError when ``vocab_size`` is smaller than that layout."""
+    vocab = dict(SPECIALS)
+    unused = 0
+
+    def add(token: str) -> None:
+        vocab.setdefault(token, len(vocab))
+
+    for i in range(1, 999):
+        if i not in SPECIALS.values():
+            vocab[f"[unused{unused}]"] = i
+            unused += 1
+    chars = [c for c in string.printable if not c.isspace() and not c.isupper()]
+    for token in [*chars, *(f"##{c}" for c in chars), *WORDS]:
+        add(token)
+    if len(vocab) > vocab_size:
+        raise ConfigError(
+            f"vocab_size {vocab_size} is too small for the WordPiece layout "
+            f"(at least {len(vocab)} entries)"
+        )
+    while len(vocab) < vocab_size:
+        add(f"[unused{unused}]")
+        unused += 1
+    return vocab
 
 
 SHAPES: dict[str, OpenClipShape] = {
@@ -207,29 +236,6 @@ def shape_of(scale: str) -> OpenClipShape:
     if scale not in SHAPES:
         raise ConfigError(f"scale must be one of {sorted(SHAPES)}, got {scale!r}")
     return SHAPES[scale]
-
-
-def wordpiece_vocab(vocab_size: int) -> dict[str, int]:
-    """A BERT-layout WordPiece vocabulary of exactly ``vocab_size`` entries: the specials
-    at BERT's ids, ``[unusedN]`` at 1..99 and 104..998, then the printable ASCII
-    characters, their ``##`` continuations, :data:`WORDS`, and ``[unusedN]`` to the end."""
-    vocab = dict(SPECIALS)
-    unused = 0
-
-    def add(token: str) -> None:
-        vocab.setdefault(token, len(vocab))
-
-    for i in range(1, 999):
-        if i not in SPECIALS.values():
-            vocab[f"[unused{unused}]"] = i
-            unused += 1
-    chars = [c for c in string.printable if not c.isspace() and not c.isupper()]
-    for token in [*chars, *(f"##{c}" for c in chars), *WORDS]:
-        add(token)
-    while len(vocab) < vocab_size:
-        add(f"[unused{unused}]")
-        unused += 1
-    return vocab
 
 
 def wordpiece_tokenizer(vocab_size: int = PUBMEDBERT_VOCAB_SIZE, max_length: int = 512) -> Any:
