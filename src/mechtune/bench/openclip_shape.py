@@ -40,7 +40,6 @@ shrinks the towers (a 2-layer, 64-wide BERT; timm's 6-layer, 64-wide ``test_vit`
 
 from __future__ import annotations
 
-import json
 import logging
 import string
 from dataclasses import dataclass
@@ -49,6 +48,7 @@ from typing import Any
 
 import torch
 
+from mechtune.data.io import write_json
 from mechtune.errors import ConfigError, MissingExtraError
 
 PUBMEDBERT_VOCAB_SIZE = 30522  # assumed: BERT-base-uncased's size (see the module doc)
@@ -335,7 +335,7 @@ def write_openclip_shape(
     tokenizer.save_pretrained(text_dir)
     tokenizer.save_pretrained(root)  # get_tokenizer("local-dir:...") reads the folder itself
     config = open_clip_config(shape, text_dir)
-    (root / CONFIG_NAME).write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
+    write_json(root / CONFIG_NAME, config)
     (root / CHECKPOINT_NAME).unlink(missing_ok=True)
     if checkpoint:
         _write_checkpoint(root, seed)
