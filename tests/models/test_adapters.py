@@ -83,10 +83,12 @@ def test_missing_local_model_and_hub_offline(tmp_path, monkeypatch):
         load_dual_encoder(f"phantom:{tmp_path}")
 
 
-def test_openclip_path_skips_cleanly_without_the_extra():
+def test_openclip_missing_folder_is_a_clear_error(tmp_path):
+    # With the extra installed (the full open_clip path: tests/bench/test_openclip_shape.py).
     pytest.importorskip("open_clip", exc_type=ImportError)
-    enc = load_dual_encoder("openclip:local-dir:/nonexistent")  # pragma: no cover
-    assert enc is not None  # pragma: no cover
+    missing = tmp_path / "nothing-here"
+    with pytest.raises(ModelSpecError, match=rf"cannot load 'openclip:local-dir:{missing}'"):
+        load_dual_encoder(f"openclip:local-dir:{missing}")
 
 
 def test_openclip_missing_extra_is_a_clear_error():
