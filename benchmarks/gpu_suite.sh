@@ -43,10 +43,12 @@ done
 case "$SCALE" in real|tiny) ;; *) echo "gpu_suite.sh: --scale must be real or tiny, got $SCALE" >&2; exit 2 ;; esac
 
 if [ "$INSTALL" -eq 1 ]; then
+    # offline: the runtime wheels, then mechtune, whose isolated build takes setuptools
+    # and wheel from wheels/build/ (benchmarks/gpu_wheels.sh downloads both sets)
     if compgen -G "wheels/*.whl" > /dev/null; then
         "$PY" -m pip install --no-deps --no-index wheels/*.whl || exit 1
     fi
-    "$PY" -m pip install --no-deps -e . || exit 1
+    "$PY" -m pip install --no-deps --no-index --find-links wheels/build -e . || exit 1
 fi
 if [ -z "$DEVICE" ]; then
     DEVICE=$("$PY" -c "import torch; print('cuda' if torch.cuda.is_available() else 'cpu')") || exit 1
