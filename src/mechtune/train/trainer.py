@@ -249,7 +249,7 @@ class Trainer:
         the gradients are averaged across ranks: (1/P) Σ_r (P/S) Σ_{s of r} g_s
         = (1/S) Σ_s g_s, the single process's mean.
 
-        Returns ``{term: []}``: this process's mean of each term over its shards, detached
+        Returns ``{term: tensor}``: this process's mean of each term over its shards, detached
         float32 0-d tensors on the model's device. Nothing is read back to the host: the
         step's terms wait for :meth:`flush`, which logs them (under DDP averaged over the
         ranks) in :attr:`history`. ``float(terms[k])`` reads one now, at the cost of a
