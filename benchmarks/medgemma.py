@@ -20,7 +20,7 @@ built on the device in ``--dtype`` (bfloat16 on CUDA) behind mechtune's
   2602.21428), ± the recipe's ``half_width``: blocks 15-19), without and with
   ``gradient_checkpointing``: seconds per optimiser step (``batch_size`` x ``grad_accum``
   questions, each with one paraphrase), peak memory and trainable parameters; goal: peak
-  memory <= 24 GiB (a 24 GB card);
+  memory <= 24 GB = 22.35 GiB (a 24 GB card);
 - ``capture``: :func:`~mechtune.interp.sae_store.write_activation_store` (the SAE path's
   one model pass that writes the residual stream at the readout positions to an on-disk
   store) at the same 5 layers, in readout tokens/s (rows written per layer per second;
@@ -75,7 +75,9 @@ from mechtune.train.methods import paraphrase_trainer
 ROOT = Path(__file__).resolve().parent.parent
 RECIPE = ROOT / "recipes" / "consistency-medgemma-mimic.yaml"
 PAPER_AUC_PEAK = 17  # PSF-Med: flip-prediction AUC peaks at layer 17 of 34 (REFERENCE §2)
-MEMORY_GOAL_GIB = 24.0
+# a 24 GB card holds 24e9 bytes = 22.35 GiB (less the CUDA context, which
+# max_memory_allocated does not count)
+MEMORY_GOAL_GIB = 24e9 / 2**30
 PARAPHRASES = (
     "Can a pleural effusion be seen?",
     "Is cardiomegaly present on this chest X-ray?",
