@@ -54,6 +54,7 @@ from mechtune.train.lora import lora_parameters
 from mechtune.train.methods import NegationData, negation_trainer
 from mechtune.train.negation import CaptionExample, ClaimExample, LoopConfig
 
+REPO = Path(__file__).resolve().parents[1]
 RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "nast-biomedclip-mimic.yaml"
 DEFAULT_STEPS = {"real": 10, "tiny": 2}
 TINY_BATCH = 8  # the tiny scale's caption and claim batch, unless overridden
@@ -233,7 +234,11 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         "model": "biomedclip",
         "parameters": sum(p.numel() for p in trainer.model.parameters()),
         "trainable_parameters": sum(p.numel() for _, p in lora_parameters(trainer.model).values()),
-        "recipe": str(args.recipe),
+        "recipe": str(
+            args.recipe.resolve().relative_to(REPO)
+            if args.recipe.resolve().is_relative_to(REPO)
+            else args.recipe
+        ),
         "caption_batch": caption_batch,
         "claim_batch": claim_batch,
         "batch_from_recipe": caption_batch == loop.caption_batch
