@@ -125,7 +125,9 @@ def build_encoder(scale: str, device: torch.device, dtype: torch.dtype, seed: in
     )  # fmt: skip
     torch.manual_seed(seed)
     with torch.device(device):
-        model = CLIPModel._from_config(config, dtype=dtype)
+        # eager attention: SDPA's fused backward on CUDA is not deterministic, and the
+        # goal compares two runs of the same step to 1e-6
+        model = CLIPModel._from_config(config, dtype=dtype, attn_implementation="eager")
     return HFCLIPDualEncoder(model.eval(), tok)
 
 
@@ -192,6 +194,9 @@ def main() -> None:
         )
     from accelerate import Accelerator
 
+    if device.type == "cuda":  # cuBLAS's deterministic mode, set before the first call
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True, warn_only=True)
     accelerator = Accelerator(cpu=device.type == "cpu")
     if accelerator.device.type != device.type:
         raise ConfigError(f"--device {device}, but accelerate chose {accelerator.device}")

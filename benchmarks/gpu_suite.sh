@@ -14,6 +14,10 @@
 # --out       the merged JSON (default benchmarks/results/gpu_suite.json).
 # --only      run these parts only: trace, nast, medgemma, ddp, openclip, gpu_tests.
 #
+# Every part's full output is kept in FILE's folder as gpu_suite_logs/PART.log (the JSON
+# keeps only a tail), unbuffered and with Python's faulthandler on, so a part killed at its
+# limit still shows where it was.
+#
 # Each part runs under its own time limit (PART_LIMIT_<part> seconds may override it), so
 # one hung part cannot eat the device time of the others; a part that fails or times out
 # is recorded with its exit status and the tail of its output, and the suite goes on.
@@ -23,7 +27,7 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
-PY="${PYTHON:-python}"
+PY="${PYTHON:-python3}"
 SCALE=real
 DEVICE=""
 OUT=benchmarks/results/gpu_suite.json
@@ -41,6 +45,14 @@ while [ $# -gt 0 ]; do
     esac
 done
 case "$SCALE" in real|tiny) ;; *) echo "gpu_suite.sh: --scale must be real or tiny, got $SCALE" >&2; exit 2 ;; esac
+ALL_PARTS=",trace,nast,medgemma,ddp,openclip,gpu_tests,"
+IFS=',' read -r -a only_parts <<< "$ONLY"
+for part in "${only_parts[@]}"; do
+    if [[ "$ALL_PARTS" != *",$part,"* ]]; then
+        echo "gpu_suite.sh: --only: unknown part '$part' (parts: ${ALL_PARTS:1:-1})" >&2
+        exit 2
+    fi
+done
 
 if [ "$INSTALL" -eq 1 ]; then
     # offline: the runtime wheels, then mechtune, whose isolated build takes setuptools
@@ -55,6 +67,7 @@ if [ -z "$DEVICE" ]; then
 fi
 
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
+export PYTHONUNBUFFERED=1 PYTHONFAULTHANDLER=1
 WORK=$(mktemp -d)
 trap 'rm -rf "$WORK"' EXIT
 SUITE_START=$(date +%s%N)
@@ -79,7 +92,8 @@ run_part() {
     echo "== $name (limit ${limit}s): $*" >&2
     local start end rc ms
     start=$(date +%s%N)
-    timeout --kill-after=10 "$limit" "$@" > "$WORK/$name.log" 2>&1
+    # SIGINT first: Python unwinds and prints its traceback; SIGKILL 10 s later
+    timeout --signal=INT --kill-after=10 "$limit" "$@" > "$WORK/$name.log" 2>&1
     rc=$?
     end=$(date +%s%N)
     ms=$(( (end - start) / 1000000 ))
@@ -88,18 +102,20 @@ run_part() {
 }
 
 COMMON=(--scale "$SCALE" --device "$DEVICE")
-run_part trace 70 "$PY" benchmarks/trace_real.py "${COMMON[@]}" --out "$WORK/trace.json"
+run_part trace 60 "$PY" benchmarks/trace_real.py "${COMMON[@]}" --out "$WORK/trace.json"
 run_part nast 40 "$PY" benchmarks/nast_throughput.py "${COMMON[@]}" --out "$WORK/nast.json"
-run_part medgemma 80 "$PY" benchmarks/medgemma.py "${COMMON[@]}" --out "$WORK/medgemma.json"
-run_part ddp 25 "$PY" -m torch.distributed.run --nproc_per_node 1 --master_port "$(free_port)" \
+run_part medgemma 90 "$PY" benchmarks/medgemma.py "${COMMON[@]}" --out "$WORK/medgemma.json"
+run_part ddp 40 "$PY" -m torch.distributed.run --nproc_per_node 1 --master_port "$(free_port)" \
     benchmarks/ddp_step.py "${COMMON[@]}" --out "$WORK/ddp.json"
-run_part openclip 40 "$PY" benchmarks/openclip_path.py "${COMMON[@]}" --out "$WORK/openclip.json"
+run_part openclip 50 "$PY" benchmarks/openclip_path.py "${COMMON[@]}" --out "$WORK/openclip.json"
 # Every `gpu`-marked test lives in one of these paths (tests/bench/test_gpu_suite.py
 # checks it), so collection never imports what the GPU machine lacks (MiniLM, medspacy).
 GPU_TEST_PATHS=(tests/gpu tests/bench tests/interp/test_sae_stream.py)
-run_part gpu_tests 40 "$PY" -m pytest -q -m gpu "${GPU_TEST_PATHS[@]}" -p no:cacheprovider \
+run_part gpu_tests 50 "$PY" -m pytest -q -m gpu "${GPU_TEST_PATHS[@]}" -p no:cacheprovider \
     --junitxml "$WORK/gpu_tests.xml"
 
 SUITE_END=$(date +%s%N)
+LOGS="$(dirname "$OUT")/gpu_suite_logs"
+mkdir -p "$LOGS" && cp "$WORK"/*.log "$LOGS"/ 2>/dev/null
 "$PY" benchmarks/suite_table.py merge "$WORK" --out "$OUT" --scale "$SCALE" \
     --wall-ms "$(( (SUITE_END - SUITE_START) / 1000000 ))"

@@ -77,6 +77,7 @@ DENSE_BF16_TFLOPS = {
     "H200": 989.0,
     "H100 PCIe": 756.0,
     "H100 NVL": 835.0,
+    "H200 NVL": 835.0,  # the NVL board (PCIe), like the H100 NVL
     "H100": 989.0,
     "A100": 312.0,
     "L40S": 362.0,

@@ -27,7 +27,7 @@ from typing import Any
 from mechtune.data.io import atomic_write_text, write_json
 
 PARTS = ("trace", "nast", "medgemma", "ddp", "openclip", "gpu_tests")
-HOST_KEYS = ("device", "device_name", "torch", "cuda", "threads", "python")
+HOST_KEYS = ("device", "device_name", "torch", "cuda", "threads", "python", "packages")
 SKIP_KEYS = {*HOST_KEYS, "benchmark", "scale", "goals"}
 BEGIN, END = "<!-- gpu-suite:begin -->", "<!-- gpu-suite:end -->"
 TAIL = 3000
@@ -120,8 +120,9 @@ def table(suite: dict[str, Any]) -> str:
     lines = [
         f"Hardware: **{host.get('device_name', 'unknown')}** (`{host.get('device', '?')}`), "
         f"torch {host.get('torch', '?')}, CUDA {host.get('cuda') or 'none'}, Python "
-        f"{host.get('python', '?')}; scale `{suite['scale']}`; the suite took "
-        f"{suite['wall_s']:.0f} s.",
+        f"{host.get('python', '?')}"
+        + "".join(f", {k} {v}" for k, v in (host.get("packages") or {}).items() if v)
+        + f"; scale `{suite['scale']}`; the suite took {suite['wall_s']:.0f} s.",
         "",
         "| goal | target | measured | met |",
         "|---|---:|---:|---|",

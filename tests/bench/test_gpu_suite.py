@@ -52,6 +52,9 @@ def test_the_whole_suite_runs_at_tiny_scale_and_tables(tmp_path):
         "medgemma.lora_peak_memory_gib_checkpointing",
     ):
         assert {"target", "value", "met"} <= set(suite["goals"][name])
+    logs = sorted(p.name for p in (tmp_path / "gpu_suite_logs").iterdir())
+    assert logs == sorted(f"{name}.log" for name in PARTS)  # full outputs kept beside FILE
+    assert "packages" in suite["host"] and suite["host"]["packages"]["transformers"]
     tests = suite["parts"]["gpu_tests"]["tests"]
     assert tests["tests"] >= 5 and tests["skipped"] == tests["tests"]  # no CUDA here
     table = subprocess.run(
@@ -82,6 +85,8 @@ def test_bad_arguments_are_refused(tmp_path):
         ["bash", str(SUITE), "--scale", "huge"], cwd=ROOT, capture_output=True, text=True
     )
     assert result.returncode == 2 and "--scale must be real or tiny" in result.stderr
+    result = run_suite(tmp_path / "s.json", "--only", "trace,tracing")
+    assert result.returncode == 2 and "--only: unknown part 'tracing'" in result.stderr
 
 
 def test_every_gpu_test_is_in_a_path_the_suite_runs():

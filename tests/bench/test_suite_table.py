@@ -27,6 +27,7 @@ HOST = {
     "cuda": "12.8",
     "threads": 16,
     "python": "3.12.3",
+    "packages": {"transformers": "5.17.0", "timm": None},
 }
 JUNIT = """<?xml version="1.0" encoding="utf-8"?><testsuites><testsuite name="pytest"
 errors="0" failures="1" skipped="2" tests="6"></testsuite></testsuites>"""
@@ -94,7 +95,10 @@ def test_merge_command_writes_the_file_and_exits_1_on_failure(tmp_path):
 def test_table_names_the_hardware_goals_and_every_figure(tmp_path):
     suite, _ = st.merge(work(tmp_path), "real", 95_500)
     text = st.table(suite)
-    assert "**NVIDIA H200** (`cuda`), torch 2.9.0, CUDA 12.8" in text
+    assert (
+        "**NVIDIA H200** (`cuda`), torch 2.9.0, CUDA 12.8, Python 3.12.3, transformers 5.17.0;"
+        in text
+    )
     assert "the suite took 96 s" in text or "the suite took 95 s" in text
     assert "| trace.speedup_vs_loop | 20 | 80 | yes |" in text
     assert (

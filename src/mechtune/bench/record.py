@@ -59,7 +59,9 @@ def resolve_options(args: argparse.Namespace) -> tuple[torch.device, torch.dtype
 
 def device_info(device: torch.device) -> dict[str, Any]:
     """``device``, ``device_name`` (the GPU's name, or the CPU's model and core count),
-    ``torch``, ``cuda`` (the CUDA runtime version or None) and ``threads``."""
+    ``torch``, ``cuda`` (the CUDA runtime version or None), ``threads``, ``python`` and
+    ``packages`` (the versions of transformers, peft, accelerate, open_clip_torch and timm,
+    None where absent: the device's image may differ from the development machine's)."""
     if device.type == "cuda":
         name = torch.cuda.get_device_name(device)
     else:
@@ -71,7 +73,21 @@ def device_info(device: torch.device) -> dict[str, Any]:
         "cuda": torch.version.cuda,
         "threads": torch.get_num_threads(),
         "python": platform.python_version(),
+        "packages": _versions(("transformers", "peft", "accelerate", "open_clip_torch", "timm")),
     }
+
+
+def _versions(names: tuple[str, ...]) -> dict[str, str | None]:
+    """Installed versions (None: not installed), from the distributions' metadata."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    found: dict[str, str | None] = {}
+    for name in names:
+        try:
+            found[name] = version(name)
+        except PackageNotFoundError:
+            found[name] = None
+    return found
 
 
 def _cpu_model() -> str:
