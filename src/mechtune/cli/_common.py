@@ -4,6 +4,7 @@ training command under torchrun or ``accelerate launch`` (:func:`training_launch
 from __future__ import annotations
 
 import contextlib
+import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,7 +30,20 @@ from mechtune.data.synthetic import SyntheticConfig, sample_studies
 from mechtune.errors import ConfigError, MechtuneError, MissingExtraError
 from mechtune.train.distributed import Launch, launch_rank, launched_processes, start_launch
 
-console = Console(stderr=True)
+# A log file or CI gets every table whole and no line wrapped at 80 columns (rich's width
+# when the stream is not a terminal); a terminal keeps its own width.
+LOG_WIDTH = 1000
+
+
+def make_console(is_terminal: bool | None = None) -> Console:
+    """The CLI's console on stderr: the terminal's width in a terminal; otherwise
+    :data:`LOG_WIDTH` columns with soft wrapping, so tables print in full and long lines
+    stay one line."""
+    tty = sys.stderr.isatty() if is_terminal is None else is_terminal
+    return Console(stderr=True, width=None if tty else LOG_WIDTH, soft_wrap=not tty)
+
+
+console = make_console()
 
 
 @contextlib.contextmanager
