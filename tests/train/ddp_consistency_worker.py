@@ -61,6 +61,9 @@ def main() -> None:
         save_file(weights(trainer), str(Path(out) / "ddp_weights.safetensors"))
         (Path(out) / "ddp_history.json").write_text(json.dumps(history))
     accelerator.wait_for_everyone()
+    # leave the process group before exit: gloo's threads torn down at interpreter exit
+    # can abort a rank ("terminate called without an active exception", SIGABRT)
+    accelerator.end_training()
 
 
 if __name__ == "__main__":

@@ -64,6 +64,9 @@ def main() -> None:
         }
         save_file(weights, str(Path(out) / "ddp_weights.safetensors"))
     accelerator.wait_for_everyone()
+    # leave the process group before exit: gloo's threads torn down at interpreter exit
+    # can abort a rank ("terminate called without an active exception", SIGABRT)
+    accelerator.end_training()
 
 
 if __name__ == "__main__":
