@@ -112,3 +112,11 @@ def test_each_part_script_exists_and_documents_itself(part):
     path = ROOT / script.group(0)
     assert path.exists()
     assert '"""' in path.read_text()[:200]  # a module docstring with the command
+
+
+def test_a_part_past_its_limit_is_recorded_as_timed_out(tmp_path):
+    out = tmp_path / "suite.json"
+    result = run_suite(out, "--only", "trace", env={"PART_LIMIT_trace": "1"})
+    assert result.returncode == 1 and "(limit 1s)" in result.stderr
+    trace = json.loads(out.read_text())["parts"]["trace"]
+    assert trace["timed_out"] and trace["exit_code"] == 124 and trace["limit_s"] == 1
