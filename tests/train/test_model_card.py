@@ -64,6 +64,18 @@ def _table(body: str, header: str) -> dict[str, str]:
     return rows
 
 
+def card_metrics(card: Path) -> dict[str, list[str]]:
+    """The metrics table of a card: {name: [value, interval]}."""
+    _, body = _split(card.read_text())
+    return _table(body, "Metric")
+
+
+def expected_metrics(report: dict) -> dict[str, list[str]]:
+    """What the card must show for an eval report: every numeric result, written as
+    :func:`metric_rows` formats it, with ``low``/``high`` intervals."""
+    return {name: [value, interval] for name, value, interval in metric_rows(report)}
+
+
 def _negation(clip_dir: Path, out: Path, method: str, lora: LoraSettings | None):
     enc = load_dual_encoder(f"hf:{clip_dir}")
     config = LoopConfig(
@@ -186,8 +198,20 @@ def test_paraphrase_card_and_eval_metrics(gemma_dir, tmp_path) -> None:
 
 
 def test_metric_rows_flatten_nested_reports() -> None:
-    report = {"b": {"x": {"value": 1.0, "lo": 0.5, "hi": 2}}, "a": [1, 2], "c": True}
-    assert metric_rows(report) == [("b.x", "1", "[0.5, 2]")]
+    """Nested dicts give dotted names; an Estimate's dict (value, low, high) is one metric
+    with its interval; lists, booleans, strings and None are not metrics."""
+    report = {
+        "b": {"x": {"value": 1.0, "lo": 0.5, "hi": 2}},
+        "a": [1, 2],
+        "c": True,
+        "e": {"value": 0.25, "low": 0.125, "high": 0.5, "n": 8, "method": "wilson"},
+        "d": {"n": 3, "name": "x", "none": None},
+    }
+    assert metric_rows(report) == [
+        ("b.x", "1", "[0.5, 2]"),
+        ("d.n", "3", ""),
+        ("e", "0.25", "[0.125, 0.5]"),
+    ]
 
 
 def test_card_facts_refuse_bad_values() -> None:

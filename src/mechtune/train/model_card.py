@@ -141,13 +141,16 @@ def training_rows(info: dict[str, Any], facts: CardFacts) -> list[tuple[str, str
 
 
 def _interval(value: Any) -> tuple[Any, str] | None:
-    """A metric with its interval: ``{"value"|"estimate"|"mean", "lo", "hi"}`` or
+    """A metric with its interval: ``{"value"|"estimate"|"mean", "low", "high"}`` (as
+    :class:`~mechtune.eval.metrics.Estimate` writes it), ``{..., "lo", "hi"}`` or
     ``{..., "ci": [lo, hi]}``; None when ``value`` is not one."""
     if not isinstance(value, dict):
         return None
     point = next((value[k] for k in ("value", "estimate", "mean", "rate") if k in value), None)
     if not isinstance(point, int | float) or isinstance(point, bool):
         return None
+    if "low" in value and "high" in value:
+        return point, f"[{_number(value['low'])}, {_number(value['high'])}]"
     if "lo" in value and "hi" in value:
         return point, f"[{_number(value['lo'])}, {_number(value['hi'])}]"
     ci = value.get("ci")
@@ -275,6 +278,14 @@ def write_model_card(
     for path in paths:
         atomic_write_text(path, text)
     return paths
+
+
+def card_from_eval(adapter: str | Path, eval_json: Path) -> list[Path]:
+    """After an eval of ``adapter``: re-render its run's card with the report that eval
+    wrote to ``eval_json`` (read back, so the card shows exactly what the file holds).
+    See :func:`update_card_metrics`."""
+    report = json.loads(eval_json.read_text(encoding="utf-8"))
+    return update_card_metrics(adapter, report, eval_json)
 
 
 def update_card_metrics(adapter: str | Path, report: dict[str, Any], source: Path) -> list[Path]:
