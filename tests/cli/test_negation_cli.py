@@ -13,6 +13,7 @@ from typer.testing import CliRunner
 
 from mechtune.cli.main import app
 from tests.tiny_models import tiny_clip, tiny_siglip
+from tests.train.test_model_card import card_metrics, expected_metrics
 
 runner = CliRunner()
 N = 100  # studies of the exported world
@@ -73,6 +74,7 @@ def test_trace_train_eval_study_end_to_end(setup, tmp_path, name):
     invoke("eval", *opts, "--adapter", run, "--out", tmp_path / "eval")
     report = json.loads((tmp_path / "eval" / "eval.json").read_text())
     assert report["adapter_check"]["max_abs_diff"] <= 1e-5
+    assert card_metrics(run / "README.md") == expected_metrics(report)
     assert 0 <= report["claims"]["heldout"]["claim_accuracy"]["value"] <= 1
     assert 0 < report["retention"]["value"] <= 1.0 + 1e-6
     assert report["retrieval"]["R@1"] is not None  # the export has reports

@@ -14,6 +14,7 @@ from typer.testing import CliRunner
 
 from mechtune.cli.main import app
 from tests.tiny_gemma import TEXT_LAYERS, tiny_gemma
+from tests.train.test_model_card import card_metrics, expected_metrics
 
 runner = CliRunner()
 RECIPES = Path(__file__).parents[2] / "recipes"
@@ -109,6 +110,9 @@ def test_eval_sae_train_eval_end_to_end(kind, export_dir, gemma_dir, tmp_path, r
             "--out", tmp_path / out])  # fmt: skip
     after = json.loads((tmp_path / "after" / "eval.json").read_text())
     assert after["adapter"]["max_abs_diff"] <= 1e-3
+    # the run's model card now shows exactly the last eval's metrics
+    assert card_metrics(tmp_path / "run" / "README.md") == expected_metrics(after)
+    assert str(tmp_path / "again" / "eval.json") in (tmp_path / "run" / "README.md").read_text()
     assert _margins(tmp_path / "after") != rows  # the adapter is applied
     assert (tmp_path / "after" / "eval.json").read_bytes() == (
         tmp_path / "again" / "eval.json"

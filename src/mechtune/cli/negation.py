@@ -453,6 +453,11 @@ def evaluate(
     report["adapter"] = None if adapter is None else str(adapter)
     report["data"] = to_jsonable(source.description)
     write_json(out / "eval.json", report, sort_keys=True)
+    if adapter is not None:
+        from mechtune.train.model_card import card_from_eval
+
+        for card in card_from_eval(adapter, out / "eval.json"):
+            console.print(f"updated the model card {card}")
     title = (
         f"{settings.model}{' + ' + str(adapter) if adapter else ''}: {split} split, "
         f"{report['studies']} studies of {len(set(study.eval_set(split).patients))} "

@@ -224,6 +224,11 @@ def eval_command(
     bound = _bind(vlm, questions, data, split, seed, skip_bad)
     extra["input"] = bound.info
     run.evaluate_paraphrase(vlm, bound, bound.sets, out, clamp=clamped, extra=extra, seed=seed)
+    if adapter is not None and clamped is None:
+        from mechtune.train.model_card import card_from_eval
+
+        for card in card_from_eval(adapter, out / "eval.json"):
+            console.print(f"updated the model card {card}")
     _print_table(out / "table.md")
     console.print(f"wrote {out / 'eval.json'}, {out / 'margins.csv'}")
 

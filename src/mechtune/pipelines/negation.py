@@ -60,6 +60,7 @@ from mechtune.train.methods import (
     negation_examples,
     run_method,
 )
+from mechtune.train.model_card import base_model_of
 from mechtune.train.negation import LoopConfig
 
 Log = Callable[[str], None]
@@ -353,7 +354,17 @@ def train_model(
     wait_for_everyone(accelerator)  # every process has read the old run.json
     if is_main_process(accelerator):
         write_json(out / RUN_FILE, identity)
-    run_method(method, encoder, data.images, examples, alpha, loop, out, accelerator=accelerator)
+    run_method(
+        method,
+        encoder,
+        data.images,
+        examples,
+        alpha,
+        loop,
+        out,
+        accelerator=accelerator,
+        base_model=base_model_of(spec),
+    )
     if is_main_process(accelerator):
         probes = encoder.encode_texts(general_sentences()[:PROBE_SENTENCES]).float().cpu()
         with atomic_path(out / PROBE_FILE) as tmp:

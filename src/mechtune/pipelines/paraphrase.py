@@ -63,6 +63,7 @@ from mechtune.pipelines.paraphrase_report import paired_rows, results_table
 from mechtune.pipelines.questions import BoundQuestions, split_sets
 from mechtune.train.consistency import ConsistencyConfig, consistency_examples
 from mechtune.train.methods import run_paraphrase_method
+from mechtune.train.model_card import base_model_of
 
 PAPER = {  # PSF-Med (arXiv 2602.21428), MedGemma-4B on MIMIC binary questions, in %
     "baseline": {"flip": 14.6, "margin_diff": 1.63, "accuracy": 84.2},
@@ -482,6 +483,7 @@ def run_paraphrase_study(
                 examples,
                 run_config(config, layers, seed),
                 out / "runs" / name / f"seed{seed}",
+                base_model=base_model_of(config.model),
             )
             seconds = time.perf_counter() - start
             report, _ = evaluate_questions(model, images, eval_sets, seed=config.seed)

@@ -44,6 +44,7 @@ from mechtune.train.checkpoint import load_trained
 from mechtune.train.consistency import ConsistencyConfig, consistency_examples
 from mechtune.train.distributed import is_main_process, wait_for_everyone
 from mechtune.train.methods import run_paraphrase_method
+from mechtune.train.model_card import base_model_of
 
 METHOD = "consistency-lora"
 PROBE_FILE = "probe_margins.safetensors"
@@ -123,6 +124,7 @@ def train_consistency(
         config,
         out,
         accelerator=accelerator,
+        base_model=base_model_of(identity["model"]),
     )
     if main:
         save_probe(vlm, bound, train, out / PROBE_FILE, identity)

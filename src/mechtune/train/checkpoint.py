@@ -9,7 +9,8 @@ Every file is written atomically; a folder without ``state.json`` is incomplete 
 The trained result of a run (:func:`save_trained`) sits beside the checkpoints: a peft
 adapter in ``out/adapter/`` (``adapter_config.json`` + ``adapter_model.safetensors``) for
 LoRA, or the trained blocks' weights in ``out/weights.safetensors`` for full fine-tuning,
-and ``out/train.json`` (method, config, final step, loss history).
+and ``out/train.json`` (method, config, final step, loss history), with the model card
+``README.md`` beside them (:mod:`mechtune.train.model_card`).
 :func:`load_trained` applies either to a freshly loaded model. Nothing here unpickles
 arbitrary objects: safetensors, or ``torch.load(weights_only=True)``.
 """
@@ -32,6 +33,7 @@ from mechtune.data.io import atomic_path, write_json
 from mechtune.errors import DataError
 from mechtune.models.dual_encoder import DualEncoder
 from mechtune.train.lora import LoraSite, lm_lora_site, text_lora_site
+from mechtune.train.model_card import CardFacts, card_facts_dict, write_model_card
 
 
 def checkpoint_folders(out: Path) -> list[Path]:
@@ -100,13 +102,21 @@ WEIGHTS = "weights.safetensors"
 TRAIN_JSON = "train.json"
 
 
-def save_trained(out: Path, model: nn.Module, site: LoraSite, info: dict[str, Any]) -> None:
+def save_trained(
+    out: Path,
+    model: nn.Module,
+    site: LoraSite,
+    info: dict[str, Any],
+    card: CardFacts | None = None,
+) -> None:
     """Write the trained result of ``model`` to ``out`` (see the module docstring).
 
     A :class:`~peft.PeftModel` saves its adapter (``save_pretrained``, safetensors);
     otherwise every trainable parameter, all inside ``site``'s blocks, goes to
     ``weights.safetensors`` under the model's own parameter names. ``info`` (JSON-able)
-    becomes ``train.json``, written last.
+    becomes ``train.json``, written last. With ``card``, its facts go into ``train.json``
+    under ``"card"`` and the model card (:mod:`mechtune.train.model_card`) is written to
+    ``out/README.md`` and, for LoRA, ``out/adapter/README.md``.
     """
     out.mkdir(parents=True, exist_ok=True)
     if isinstance(model, PeftModel):
@@ -123,6 +133,9 @@ def save_trained(out: Path, model: nn.Module, site: LoraSite, info: dict[str, An
         }
         with atomic_path(out / WEIGHTS) as tmp:
             save_file(weights, str(tmp))
+    if card is not None:
+        info = {**info, "card": card_facts_dict(card)}
+        write_model_card(out, info, card)
     write_json(out / TRAIN_JSON, info)
 
 

@@ -299,14 +299,17 @@ def run_method(
     out: str | Path,
     *,
     accelerator: Any | None = None,
+    base_model: str | None = None,
 ) -> DualEncoder:
     """Train ``encoder`` in place with negation method ``name``, resuming from the
     checkpoints in ``out``, and write the result there (``adapter/`` or
     ``weights.safetensors``, and ``train.json``; reload with
     :func:`~mechtune.train.checkpoint.load_trained`). ``zero-shot`` returns ``encoder``
     untouched and writes nothing. ``accelerator``: an ``accelerate.Accelerator`` for DDP
-    (``config.shards`` a multiple of its processes; the main process writes). Shapes and
-    errors: :func:`negation_trainer`."""
+    (``config.shards`` a multiple of its processes; the main process writes).
+    ``base_model``: the model spec's hub id or local path, for the model card
+    (:meth:`~mechtune.train.trainer.Trainer.save_result`). Shapes and errors:
+    :func:`negation_trainer`."""
     entry = _entry(name, "negation")
     torch.manual_seed(config.seed)
     if entry.loss is None:
@@ -315,7 +318,7 @@ def run_method(
         name, encoder, images, data, alpha, config, out, accelerator=accelerator
     )
     trainer.fit(resume=True)
-    trainer.save_result(name)
+    trainer.save_result(name, base_model=base_model, task="negation")
     return encoder
 
 
@@ -361,13 +364,15 @@ def run_paraphrase_method(
     out: str | Path,
     *,
     accelerator: Any | None = None,
+    base_model: str | None = None,
 ) -> YesNoVLM:
     """Train ``vlm`` in place with paraphrase method ``name`` (resuming from ``out``) and
     write its adapter and ``train.json`` there (see :func:`run_method`; under DDP the main
-    process writes). Shapes and errors: :func:`paraphrase_trainer`."""
+    process writes; ``base_model`` names the base in the model card). Shapes and errors:
+    :func:`paraphrase_trainer`."""
     _entry(name, "paraphrase")
     torch.manual_seed(config.seed)
     trainer = paraphrase_trainer(name, vlm, images, examples, config, out, accelerator=accelerator)
     trainer.fit(resume=True)
-    trainer.save_result(name)
+    trainer.save_result(name, base_model=base_model, task="paraphrase")
     return vlm

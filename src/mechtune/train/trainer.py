@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import torch
+from peft import PeftModel
 from torch import nn
 
 from mechtune.errors import ConfigError
@@ -49,6 +50,7 @@ from mechtune.train.lora import (
     enable_block_finetune,
     trainable_block_parameters,
 )
+from mechtune.train.model_card import CardFacts
 from mechtune.train.scaling import scaled_gradients
 
 SCALINGS = ("gradient", "lr")
@@ -215,12 +217,19 @@ class Trainer:
         self._pending = []  # steps after the checkpoint are undone with their terms
         return True
 
-    def save_result(self, method: str) -> Path:
+    def save_result(
+        self, method: str, *, base_model: str | None = None, task: str | None = None
+    ) -> Path:
         """The trained result: a peft adapter in ``out/adapter/`` (LoRA) or the blocks'
-        weights in ``out/weights.safetensors`` (full fine-tuning), and ``out/train.json``
-        with the whole history (pending steps are flushed first; under DDP call it on every
-        rank, as :func:`~mechtune.train.methods.run_paraphrase_method` does: the main
-        process writes)."""
+        weights in ``out/weights.safetensors`` (full fine-tuning), ``out/train.json``
+        with the whole history and the model card ``out/README.md`` (also in
+        ``out/adapter/`` for LoRA; :meth:`card_facts`). Pending steps are flushed first;
+        under DDP call it on every rank, as
+        :func:`~mechtune.train.methods.run_paraphrase_method` does: the main process
+        writes. ``base_model``: the model spec's hub id or local path (None: the
+        transformers model's ``name_or_path``); ``task``: ``"negation"`` or
+        ``"paraphrase"`` (None: from the settings, paraphrase when they have
+        ``grad_accum``)."""
         self.flush()
         main = self.accelerator is None or self.accelerator.is_main_process
         if main:
@@ -234,8 +243,34 @@ class Trainer:
                     "step": self.step,
                     "history": self.history,
                 },
+                self.card_facts(base_model=base_model, task=task),
             )
         return self.out
+
+    def card_facts(self, *, base_model: str | None = None, task: str | None = None) -> CardFacts:
+        """The model card's facts of this run (see :meth:`save_result` for the
+        arguments): the trainable parameters' count (those the optimiser updates) and
+        every parameter of the model, adapters included; the per-block scales when they
+        are not all 1."""
+        if task is None:
+            task = "paraphrase" if hasattr(self.settings, "grad_accum") else "negation"
+        base = base_model
+        if base is None:
+            model = self.model.get_base_model() if isinstance(self.model, PeftModel) else None
+            name = getattr(model if model is not None else self.model, "name_or_path", None)
+            base = name if isinstance(name, str) and name else None
+        inner = self.model.get_base_model() if isinstance(self.model, PeftModel) else self.model
+        uniform = bool(torch.all(self.scales == 1))
+        return CardFacts(
+            base_model=base,
+            task=task,
+            trainable=sum(p.numel() for _, p in self.params.values()),
+            total=sum(p.numel() for p in self.model.parameters()),
+            peft=isinstance(self.model, PeftModel),
+            model_class=type(inner).__name__,
+            scales=None if uniform else tuple(float(s) for s in self.scales),
+            scaling=self.scaling,
+        )
 
     # -- training ---------------------------------------------------------------------------------
 
