@@ -26,7 +26,9 @@ from mechtune.data.check import (
 from mechtune.data.importers import read_nast_benchmark, read_psf_records
 from mechtune.data.io import MANIFEST_NAME
 from mechtune.data.polarity_check import PolarityReport, clinical_available
+from mechtune.data.recipe import recipe_text
 from mechtune.data.sources.base import DEFAULT_MAX_MISSING, ImageStudySource
+from mechtune.data.verify import verify_folder
 from mechtune.errors import DataError, MissingExtraError
 
 app = typer.Typer(help="Build, import and check benchmark and training data.", no_args_is_help=True)
@@ -118,6 +120,14 @@ CheckOpt = Annotated[
 MaxDisOpt = Annotated[
     float,
     typer.Option(help="Fail when the polarity disagreement rate exceeds this.", min=0.0, max=1.0),
+]
+PrintRecipeOpt = Annotated[
+    bool,
+    typer.Option(
+        "--print-recipe",
+        help="Print the exact command (every option resolved) and the versions that "
+        "reproduce this build, then exit without building.",
+    ),
 ]
 MaxUncOpt = Annotated[
     float,
@@ -282,11 +292,15 @@ def build_all(
     check: CheckOpt = True,
     max_disagreement: MaxDisOpt = DEFAULT_MAX_DISAGREEMENT,
     max_uncertain: MaxUncOpt = DEFAULT_MAX_UNCERTAIN,
+    print_recipe: PrintRecipeOpt = False,
 ) -> None:
     if ctx.invoked_subcommand is not None:
         return
     if out is None:
         raise typer.BadParameter("missing option '--out'", param_hint="--out")
+    if print_recipe:
+        typer.echo(recipe_text(ctx))
+        return
     source = study_source(
         labels,
         n,
@@ -321,6 +335,7 @@ def _build_command(kind: str) -> Callable[..., None]:
     """One `data build KIND` command; the three kinds share every option."""
 
     def command(
+        ctx: typer.Context,
         out: OutOpt,
         labels: LabelsOpt = None,
         data: DataOpt = None,
@@ -336,7 +351,11 @@ def _build_command(kind: str) -> Callable[..., None]:
         check: CheckOpt = True,
         max_disagreement: MaxDisOpt = DEFAULT_MAX_DISAGREEMENT,
         max_uncertain: MaxUncOpt = DEFAULT_MAX_UNCERTAIN,
+        print_recipe: PrintRecipeOpt = False,
     ) -> None:
+        if print_recipe:
+            typer.echo(recipe_text(ctx))
+            return
         source = study_source(
             labels,
             n,
@@ -455,6 +474,28 @@ def check_cmd(
         console.print(check_table("label", report.by_polarity))
     if failed:
         raise typer.Exit(1)
+
+
+@app.command("verify")
+def verify_cmd(
+    path: Annotated[Path, typer.Argument(help="A built data folder (holding manifest.json).")],
+    expect: Annotated[
+        str,
+        typer.Option(
+            "--expect",
+            help="A published manifest (file or folder) or the sha256 of the whole "
+            "content (the manifest's canonical_hash).",
+        ),
+    ],
+) -> None:
+    """Recompute the folder's canonical content hashes and compare with a published
+    manifest or hash: exit 0 on a match; on a mismatch, exit 1 naming the first table
+    and row group (with its rows) that differ."""
+    result = verify_folder(path, expect)
+    if not result.ok:
+        typer.echo(f"MISMATCH: {result.message}", err=True)
+        raise typer.Exit(1)
+    typer.echo(f"OK: {result.message}")
 
 
 @app.command("padchest-manifest")

@@ -20,6 +20,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 import mechtune
+from mechtune.data.verify import CANONICAL_VERSION, GROUP_ROWS, combine, content_hashes
 from mechtune.errors import ConfigError, DataError
 
 FORMATS: tuple[str, ...] = ("parquet", "jsonl")
@@ -238,14 +239,25 @@ def write_manifest(
     counts: Mapping[str, Any],
     files: Sequence[str],
     extra: Mapping[str, Any] | None = None,
+    group_rows: int = GROUP_ROWS,
 ) -> Path:
     """Write ``manifest.json``: what was built, from what config, with what content hash.
+
+    Two kinds of hash, per file and for the folder:
+
+    - ``files`` / ``content_hash``: sha256 of each file's bytes, and of their ``name:hash``
+      lines (kept so that older readers and ``data check`` work unchanged);
+    - ``content`` / ``canonical_hash``: canonical content hashes (``mechtune.data.verify``):
+      per table, one hash per ``group_rows`` rows and one for the table, from a canonical
+      form of its rows, so another Parquet writer (pyarrow version, compression, row-group
+      size) still verifies with ``mechtune data verify``.
 
     No timestamps: the same seed and config give a byte-identical manifest.
     """
     out = Path(out_dir)
     hashes = {name: sha256_file(out / name) for name in files}
     content = hashlib.sha256("".join(f"{n}:{hashes[n]}\n" for n in sorted(hashes)).encode())
+    canonical = content_hashes(out, list(files), group_rows=group_rows)
     manifest = {
         "kind": kind,
         "mechtune_version": mechtune.__version__,
@@ -253,6 +265,10 @@ def write_manifest(
         "counts": dict(counts),
         "files": hashes,
         "content_hash": content.hexdigest(),
+        "content": canonical,
+        "canonical_hash": combine(canonical),
+        "canonical_version": CANONICAL_VERSION,
+        "group_rows": group_rows,
         **(dict(extra) if extra else {}),
     }
     path = out / MANIFEST_NAME
