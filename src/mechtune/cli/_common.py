@@ -61,6 +61,57 @@ def progress_bar(description: str, total: int | None) -> Iterator[Any]:
         yield lambda n: progress.advance(task, n)
 
 
+def current_context() -> Any:
+    """The running command's context (typer >= 0.20 vendors click as ``typer._click``;
+    older typer uses click itself), or None outside a command."""
+    import importlib
+
+    try:
+        module = importlib.import_module("typer._click.globals")
+    except ImportError:  # typer without a vendored click
+        module = importlib.import_module("click")
+    return module.get_current_context(silent=True)
+
+
+def record_run(
+    out: Path,
+    *,
+    recipe: Any = None,
+    model: str | None = None,
+    data: Any = None,
+    data_paths: tuple[Any, ...] = (),
+    seeds: Any = None,
+    device: str | None = None,
+) -> Path:
+    """Write ``out/provenance.json`` (:func:`mechtune.report.provenance.write_run_record`) for the
+    command being run: the command line with every option resolved (from click's current
+    context), ``recipe`` (a config with ``to_dict``, or a dict), the model, the data, the
+    seeds, the device, the versions and the data manifests' content hashes."""
+    from mechtune.data.io import to_jsonable
+    from mechtune.data.recipe import command_line
+    from mechtune.report.provenance import write_run_record
+
+    ctx = current_context()
+    return write_run_record(
+        out,
+        command=None if ctx is None else command_line(ctx),
+        recipe=None if recipe is None else to_jsonable(recipe),
+        model=model,
+        data=data,
+        data_paths=data_paths,
+        seeds=seeds,
+        device=device,
+    )
+
+
+def finish_report(out: Path) -> Path | None:
+    """Write ``out/report.html`` (:func:`mechtune.report.render.report_after`) and print
+    its path; what could not be read is printed too."""
+    from mechtune.report.render import report_after
+
+    return report_after(out, lambda m: console.print(escape(m), highlight=False, soft_wrap=True))
+
+
 ERROR_EXIT = 2  # any MechtuneError (bad setting, bad input, failed gate) and missing files
 
 

@@ -13,6 +13,7 @@ from typing import Annotated, Any
 import numpy as np
 import pyarrow.parquet as pq
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from mechtune import __version__
@@ -21,7 +22,14 @@ from mechtune.cli import negation as negation_cli
 from mechtune.cli import paraphrase as paraphrase_cli
 from mechtune.cli import sae as sae_cli
 from mechtune.cli import sim as sim_cli
-from mechtune.cli._common import MechtuneGroup, console, data_source, progress_bar
+from mechtune.cli._common import (
+    MechtuneGroup,
+    console,
+    data_source,
+    finish_report,
+    progress_bar,
+    record_run,
+)
 from mechtune.data.check import DEFAULT_MAX_DISAGREEMENT
 from mechtune.data.io import write_json
 from mechtune.data.polarity_check import clinical_available
@@ -295,6 +303,43 @@ def demo(
         f"{ctx['pairs']} claim pairs ({ctx['contralateral_claim_sets']} contralateral claim sets), "
         f"{results['paraphrase'].counts['tables']['paraphrases']['rows']} paraphrase sets; "
         f"figures in {out / 'figures'}"
+    )
+    # at the end, when the data manifests exist and their hashes can be recorded
+    record_run(
+        out,
+        recipe={"negation": plan.negation, "paraphrase": plan.paraphrase},
+        model=f"{plan.negation.model} (negation), {plan.paraphrase.model} (paraphrase)",
+        data=out / MIMIC_DIR,
+        data_paths=(out / "world", out / "data"),
+        seeds=[plan.seed],
+        device="cpu",
+    )
+    finish_report(out)
+
+
+@app.command("report")
+def report_command(
+    run_dir: Annotated[
+        Path, typer.Argument(help="A run folder (any study, eval, train or demo --out).")
+    ],
+    out: Annotated[
+        Path | None,
+        typer.Option("--out", "-o", help="Where to write (default RUN_DIR/report.html)."),
+    ] = None,
+) -> None:
+    """Write one self-contained report.html for a run folder: what was run, provenance,
+    the tables with intervals, paired differences and the papers' numbers, the figures,
+    examples and timings. It loads nothing from the network."""
+    from mechtune.report.render import write_report
+
+    path, report = write_report(run_dir, out)
+    for problem in report.problems:
+        console.print(f"could not read {escape(problem)}", highlight=False, soft_wrap=True)
+    console.print(
+        f"wrote {escape(str(path))}: {len(report.sections)} sections, "
+        f"{sum(len(s.figures) for s in report.sections)} figures",
+        highlight=False,
+        soft_wrap=True,
     )
 
 

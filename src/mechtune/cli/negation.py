@@ -14,7 +14,14 @@ from rich.markup import escape
 from rich.table import Table
 
 from mechtune import __version__
-from mechtune.cli._common import console, data_source, progress_bar, training_launch
+from mechtune.cli._common import (
+    console,
+    data_source,
+    finish_report,
+    progress_bar,
+    record_run,
+    training_launch,
+)
 from mechtune.data.io import atomic_write_text, to_jsonable, write_json
 from mechtune.errors import ConfigError
 from mechtune.eval.negation import summary_rows
@@ -129,6 +136,19 @@ def _options(
     parse_spec(settings.model)
     cache = None if no_cache else (cache_dir or default_cache_dir())
     return pipeline.RunOptions(device=device, dtype=dtype, cache_dir=cache)
+
+
+def _record(out: Path, settings: pipeline.NegationStudyConfig, device: str) -> None:
+    """``out/provenance.json`` for a negation command: the recipe, model, data (with its
+    manifests' hashes), seeds and device."""
+    record_run(
+        out,
+        recipe=settings,
+        model=settings.model,
+        data=_data_path(settings),
+        seeds=sorted({settings.data_seed, *settings.seeds}),
+        device=device,
+    )
 
 
 def _check_split(split: str, allowed: tuple[str, ...]) -> None:
@@ -276,7 +296,9 @@ def trace_command(
     result.save(out)
     trace_figures(result, out, f"CTE by layer and role: {settings.model}")
     print_trace(result)
+    _record(out, settings, device)
     console.print(f"wrote {out}")
+    finish_report(out)
 
 
 # -- train ---------------------------------------------------------------------------------
@@ -382,7 +404,10 @@ def train_command(
             settings.model,
             accelerator=launch.accelerator,
         )
-        console.print(f"wrote {out}")
+        if launch.is_main:
+            _record(out, settings, device)
+            console.print(f"wrote {out}")
+            finish_report(out)
 
 
 # -- eval ----------------------------------------------------------------------------------
@@ -447,6 +472,9 @@ def evaluate(
             "from the base model's"
         )
     report.update(pipeline.weights_info(encoder))
+    label = f"{settings.model}{' + adapter' if adapter else ''}"
+    for example in report.get("examples", []):  # the scores under the model's name
+        example["scores"] = {label: example["scores"]["score"]}
     report["seed"] = settings.data_seed
     report["mechtune"] = __version__
     report["model"] = settings.model
@@ -507,7 +535,9 @@ def eval_command(
     options = _options(settings, device, dtype, cache_dir, no_cache)
     source = _open(settings, uncertain, report_facts)
     evaluate(settings, source, out, options, adapter=adapter, split=split, probes=probes)
+    _record(out, settings, device)
     console.print(f"wrote {out}")
+    finish_report(out)
 
 
 # -- study ---------------------------------------------------------------------------------
@@ -586,3 +616,5 @@ def study_command(
     options = _options(settings, device, dtype, cache_dir, no_cache)
     source = _open(settings, uncertain, report_facts)
     run_study(settings, source, out, options)
+    _record(out, settings, device)
+    finish_report(out)

@@ -17,7 +17,7 @@ from typing import Annotated, Any
 import typer
 from rich.markup import escape
 
-from mechtune.cli._common import console, training_launch
+from mechtune.cli._common import console, finish_report, record_run, training_launch
 from mechtune.errors import ConfigError
 from mechtune.pipelines.questions import BoundQuestions, bind_questions
 from mechtune.train.distributed import check_launch_shards, launched_processes, refuse_launch
@@ -140,6 +140,28 @@ def parse_layers(text: str | None) -> tuple[int, ...] | None:
     return tuple(out)
 
 
+def _record(
+    out: Path,
+    recipe: Any,
+    model: str | None,
+    questions: Path | None,
+    data: Path | None,
+    device: str,
+    seeds: list[int],
+) -> None:
+    """``out/provenance.json`` for a paraphrase command: the questions file is the data (its
+    folder's manifests are hashed), the images folder is searched for manifests too."""
+    record_run(
+        out,
+        recipe=recipe,
+        model=model,
+        data=questions,
+        data_paths=(data,),
+        seeds=seeds,
+        device=device,
+    )
+
+
 def _print_table(path: Path) -> None:
     console.print(path.read_text(encoding="utf-8"), highlight=False, soft_wrap=True, markup=False)
 
@@ -208,6 +230,8 @@ def eval_command(
         )
         _print_table(out / "table.md")
         console.print(f"wrote {out / 'eval.json'}")
+        _record(out, None, None, None, answers, device, [seed])
+        finish_report(out)
         return
     from mechtune.interp.sae_folders import parse_clamp
 
@@ -231,6 +255,8 @@ def eval_command(
             console.print(f"updated the model card {card}")
     _print_table(out / "table.md")
     console.print(f"wrote {out / 'eval.json'}, {out / 'margins.csv'}")
+    _record(out, None, model, questions, data, device, [seed])
+    finish_report(out)
 
 
 # -- train -----------------------------------------------------------------------------------
@@ -313,6 +339,9 @@ def train_command(
         terms = ", ".join(f"{k} {v:.4f}" for k, v in last.items() if k != "step")
         console.print(f"step {result['step']}: {terms}")
         console.print(f"wrote {out / 'adapter'} and {out / 'train.json'}")
+        if launch.is_main:
+            _record(out, config, spec, questions, data, device, [config.seed])
+            finish_report(out)
 
 
 # -- study -----------------------------------------------------------------------------------
@@ -438,6 +467,8 @@ def study_command(
         f"(also in {out / 'table.md'}):"
     )
     _print_table(out / "table.md")
+    _record(out, config, config.model, questions, data, device, list(config.seeds))
+    finish_report(out)
 
 
 __all__ = ["app", "parse_layers", "run_study", "study_figures"]

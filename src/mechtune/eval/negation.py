@@ -28,8 +28,9 @@ and patient ids, so that two models can be compared item by item
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from itertools import zip_longest
 from typing import Any, Protocol
 
 import numpy as np
@@ -202,13 +203,16 @@ def _gap(top1: np.ndarray, patients: np.ndarray, a: np.ndarray, b: np.ndarray) -
 
 def claim_items(claim_sets: list[ClaimSet], scores: list[np.ndarray]) -> dict[str, list[Any]]:
     """Per claim set, column-wise: ``id``, ``patient``, ``heldout`` (phrasing family),
-    ``slice`` (:func:`claim_slice`) and ``correct`` (top-1 hit), for paired comparisons."""
+    ``slice`` (:func:`claim_slice`), ``correct`` (top-1 hit), for paired comparisons, and
+    ``scores`` (each candidate's image-text similarity, the correct claim first, rounded
+    to 5 decimals), from which a study picks its examples."""
     return {
         "id": [cs.claim_set_id for cs in claim_sets],
         "patient": [cs.patient_id for cs in claim_sets],
         "heldout": [cs.heldout_family for cs in claim_sets],
         "slice": [claim_slice(cs) for cs in claim_sets],
         "correct": claim_hits(scores).tolist(),
+        "scores": [[round(float(x), 5) for x in sc] for sc in scores],
     }
 
 
@@ -256,6 +260,89 @@ def linear_probes(
     return out
 
 
+def eval_claim_sets(data: EvalStudies, seed: int) -> list[ClaimSet]:
+    """The claim sets :func:`evaluate_negation` scores on ``data`` (wording seeded per
+    study by ``seed``, so every model sees the same sets), in study order."""
+    contextual = ContextualConfig(seed=seed)
+
+    def split_of(_study: Study) -> str:
+        return data.split
+
+    return [cs for s in data.studies for cs in study_records(s, contextual, split_of=split_of)[0]]
+
+
+def _best(scores: Sequence[float]) -> int:
+    return max(range(len(scores)), key=lambda i: scores[i])
+
+
+def select_claim_examples(
+    claim_sets: Sequence[ClaimSet],
+    scores: Mapping[str, Mapping[str, Sequence[float]]],
+    *,
+    reference: str | None = None,
+    target: str | None = None,
+    limit: int = 6,
+) -> list[dict[str, Any]]:
+    """Held-out-family claim sets worth showing, each with its candidates (the correct
+    claim first) and every model's scores (``scores``: model -> claim set id -> one score
+    per candidate). With ``reference`` and ``target``: the sets ``target`` gets right and
+    ``reference`` wrong first ("fixed"), then the reverse ("broken"), then both wrong;
+    otherwise the sets the (first) model gets wrong first, taking the slices (affirmative,
+    negated, contralateral) in turn. Sets are taken in id order within each group, so the
+    choice is deterministic. Sets missing from any model's scores are left out."""
+    models = list(scores)
+    usable = [
+        cs
+        for cs in sorted(claim_sets, key=lambda c: c.claim_set_id)
+        if cs.heldout_family and all(cs.claim_set_id in scores[m] for m in models)
+    ]
+
+    def right(model: str, cs: ClaimSet) -> bool:
+        return _best(scores[model][cs.claim_set_id]) == 0
+
+    groups: list[tuple[str, list[ClaimSet]]]
+    if reference is not None and target is not None:
+        groups = [
+            (
+                f"{target} right, {reference} wrong",
+                [c for c in usable if right(target, c) and not right(reference, c)],
+            ),
+            (
+                f"{target} wrong, {reference} right",
+                [c for c in usable if not right(target, c) and right(reference, c)],
+            ),
+            ("both wrong", [c for c in usable if not right(target, c) and not right(reference, c)]),
+        ]
+    else:
+        first = models[0] if models else ""
+        wrong = [c for c in usable if not right(first, c)]
+        by_slice = [
+            [c for c in wrong if claim_slice(c) == k]
+            for k in ("negated", "affirmative", "contralateral")
+        ]
+        interleaved = [c for batch in zip_longest(*by_slice) for c in batch if c is not None]
+        groups = [("the model's choice is wrong", interleaved)]
+    chosen: list[dict[str, Any]] = []
+    for why, sets in groups:
+        for cs in sets:
+            if len(chosen) >= limit:
+                return chosen
+            chosen.append(
+                {
+                    "id": cs.claim_set_id,
+                    "patient": cs.patient_id,
+                    "slice": claim_slice(cs),
+                    "flipped": list(cs.flipped),
+                    "candidates": list(cs.candidates),
+                    "scores": {
+                        m: [round(float(x), 5) for x in scores[m][cs.claim_set_id]] for m in models
+                    },
+                    "why": why,
+                }
+            )
+    return chosen
+
+
 def evaluate_negation(
     model: DualEncoder,
     data: EvalStudies,
@@ -272,15 +359,8 @@ def evaluate_negation(
     linear probes on (no probes when None). A metric the data cannot support is None,
     and ``report["not_available"]`` maps it to the reason.
     """
-    contextual = ContextualConfig(seed=seed)
     row = {s.study_id: j for j, s in enumerate(data.studies)}
-
-    def split_of(_study: Study) -> str:
-        return data.split
-
-    claim_sets = [
-        cs for s in data.studies for cs in study_records(s, contextual, split_of=split_of)[0]
-    ]
+    claim_sets = eval_claim_sets(data, seed)
     scores = claim_scores(model, claim_sets, row, data.images)
     hits = retrieval_hit_table(model, data)
     patients = data.patients
@@ -305,6 +385,14 @@ def evaluate_negation(
         "claims": claims,
         "polarity_mcq": _mcq_estimates(mcq_items),
         "not_available": not_available,
+        "examples": select_claim_examples(
+            claim_sets,
+            {
+                "score": {
+                    cs.claim_set_id: sc.tolist() for cs, sc in zip(claim_sets, scores, strict=True)
+                }
+            },
+        ),
         "items": {
             "claims": claim_items(claim_sets, scores),
             "retrieval": {

@@ -35,7 +35,12 @@ from mechtune.data.io import atomic_write_text, read_jsonl_records, to_jsonable,
 from mechtune.data.schema import SPLITS, Study
 from mechtune.data.sources.base import ImageStudySource
 from mechtune.errors import ConfigError, DataError
-from mechtune.eval.negation import EvalStudies, evaluate_negation
+from mechtune.eval.negation import (
+    EvalStudies,
+    eval_claim_sets,
+    evaluate_negation,
+    select_claim_examples,
+)
 from mechtune.eval.retention import embedding_drift, general_sentences
 from mechtune.eval.update_share import update_share
 from mechtune.interp.pairs import PairBuild, build_trace_pairs, pairs_from_records
@@ -263,6 +268,29 @@ def evaluate_model(
             base.encode_texts(sentences), encoder.encode_texts(sentences)
         )
     return report
+
+
+def study_claim_examples(
+    runs: dict[str, list[dict[str, Any]]], claim_sets: list[Any], limit: int = 6
+) -> list[dict[str, Any]]:
+    """The study's example claim sets (:func:`mechtune.eval.negation.select_claim_examples`)
+    scored by every method's first run: those NAST (else the last method) gets right and
+    zero-shot (else the first method) gets wrong first."""
+    scores = {
+        m: dict(zip(r[0]["items"]["claims"]["id"], r[0]["items"]["claims"]["scores"], strict=True))
+        for m, r in runs.items()
+        if r and "scores" in r[0]["items"]["claims"]
+    }
+    if not scores:
+        return []
+    names = list(scores)
+    reference = "zero-shot" if "zero-shot" in scores else names[0]
+    target = "nast" if "nast" in scores else names[-1]
+    if reference == target:
+        return select_claim_examples(claim_sets, scores, limit=limit)
+    return select_claim_examples(
+        claim_sets, scores, reference=reference, target=target, limit=limit
+    )
 
 
 def run_plan(recipe: NegationStudyConfig) -> list[tuple[str, int]]:
@@ -533,6 +561,9 @@ def run_negation_study(
         "runs": runs,
     }
     results["paired"] = to_jsonable(paired_comparisons(results))
+    results["examples"] = study_claim_examples(
+        runs, eval_claim_sets(data.eval_set(recipe.eval_split), recipe.data_seed)
+    )
     write_json(out / "results.json", results)
     atomic_write_text(out / "table.md", results_table(results) + "\n")
     return results

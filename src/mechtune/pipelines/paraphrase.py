@@ -59,7 +59,11 @@ from mechtune.interp.sae_train import SAETrainConfig
 from mechtune.models.vlm_spec import load_yes_no_vlm, parse_vlm_spec
 from mechtune.models.yes_no import YesNoVLM
 from mechtune.pipelines.paraphrase_eval import evaluate_questions, write_margins
-from mechtune.pipelines.paraphrase_report import paired_rows, results_table
+from mechtune.pipelines.paraphrase_report import (
+    paired_rows,
+    results_table,
+    select_question_examples,
+)
 from mechtune.pipelines.questions import BoundQuestions, split_sets
 from mechtune.train.consistency import ConsistencyConfig, consistency_examples
 from mechtune.train.methods import run_paraphrase_method
@@ -431,6 +435,7 @@ def run_paraphrase_study(
     say(f"baseline on {len(eval_sets)} {config.eval_split}-split questions ...")
     baseline, margin_table = evaluate_questions(vlm, images, eval_sets, seed=config.seed)
     write_margins(margin_table, out / "margins.csv")
+    example_rows: dict[str, list[dict[str, Any]]] = {"baseline": margin_table}
     timings["baseline"] = time.perf_counter() - start
 
     start = time.perf_counter()
@@ -486,7 +491,8 @@ def run_paraphrase_study(
                 base_model=base_model_of(config.model),
             )
             seconds = time.perf_counter() - start
-            report, _ = evaluate_questions(model, images, eval_sets, seed=config.seed)
+            report, rows = evaluate_questions(model, images, eval_sets, seed=config.seed)
+            example_rows.setdefault(f"LoRA {name}", rows)
             report.update(seed=seed, layers=None if layers is None else list(layers))
             report["train_seconds"] = round(seconds, 1)
             runs.setdefault(name, []).append(report)
@@ -512,6 +518,7 @@ def run_paraphrase_study(
         }
     )
     results["paired"] = to_jsonable({label: cells for label, _, cells in paired_rows(results)})
+    results["examples"] = select_question_examples(example_rows)
     if trained_here:
         for layer, sae in saes.items():
             save_saelens(sae, out / "saes" / f"layer_{layer}")

@@ -7,7 +7,7 @@ writes; the paired statistics are :func:`mechtune.eval.metrics.paired_items`'s.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -130,6 +130,67 @@ def results_table(results: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _groups(rows: Sequence[Mapping[str, Any]]) -> dict[str, list[Mapping[str, Any]]]:
+    """Margin rows (:func:`mechtune.pipelines.paraphrase_eval.margin_rows`) by question,
+    in variant order (0 = the original)."""
+    out: dict[str, list[Mapping[str, Any]]] = {}
+    for row in rows:
+        out.setdefault(str(row["question_id"]), []).append(row)
+    for variants in out.values():
+        variants.sort(key=lambda r: int(r["variant"]))
+    return out
+
+
+def _flips(variants: Sequence[Mapping[str, Any]]) -> bool:
+    return any(v["answer"] != variants[0]["answer"] for v in variants[1:])
+
+
+def select_question_examples(
+    rows_by_condition: Mapping[str, Sequence[Mapping[str, Any]]],
+    *,
+    reference: str = "baseline",
+    limit: int = 6,
+) -> list[dict[str, Any]]:
+    """Questions ``reference`` flips on, with every condition's margins per variant:
+    first those that every other condition answers consistently ("fixed"), then the rest
+    ("still flips somewhere"), each in question-id order. ``rows_by_condition``: condition
+    -> margin rows over the same questions. Each example: ``id``, ``patient``, ``label``,
+    ``texts`` (original first), ``margins`` (condition -> one margin per text, None where
+    the model gave none) and ``why``."""
+    if reference not in rows_by_condition:
+        return []
+    grouped = {c: _groups(rows) for c, rows in rows_by_condition.items()}
+    base = grouped[reference]
+    others = [c for c in grouped if c != reference]
+    flipped = [q for q in sorted(base) if _flips(base[q]) and all(q in grouped[c] for c in others)]
+    fixed = [q for q in flipped if others and not any(_flips(grouped[c][q]) for c in others)]
+    rest = [q for q in flipped if q not in fixed]
+    chosen: list[dict[str, Any]] = []
+    for why, ids in (
+        (f"{reference} flips; every other condition answers consistently", fixed),
+        (f"{reference} flips, and so does another condition", rest),
+    ):
+        for q in ids[: limit - len(chosen)]:
+            variants = base[q]
+            chosen.append(
+                {
+                    "id": q,
+                    "patient": variants[0]["patient_id"],
+                    "label": variants[0]["label"],
+                    "texts": [v["text"] for v in variants],
+                    "margins": {
+                        c: [
+                            None if v["margin"] is None else round(float(v["margin"]), 4)
+                            for v in grouped[c][q]
+                        ]
+                        for c in grouped
+                    },
+                    "why": why,
+                }
+            )
+    return chosen
+
+
 def _span(layers: Sequence[int]) -> str:
     layers = sorted(layers)
     if layers == list(range(layers[0], layers[-1] + 1)):
@@ -137,4 +198,10 @@ def _span(layers: Sequence[int]) -> str:
     return ",".join(f"L{i}" for i in layers)
 
 
-__all__ = ["PAIRED_REFERENCES", "paired_rows", "primary_view", "results_table"]
+__all__ = [
+    "PAIRED_REFERENCES",
+    "paired_rows",
+    "primary_view",
+    "results_table",
+    "select_question_examples",
+]

@@ -18,7 +18,6 @@ the parameter counts, NAST's per-block scales) is kept in ``train.json`` under `
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import asdict, dataclass
 from importlib import resources
 from pathlib import Path
@@ -160,9 +159,11 @@ def _interval(value: Any) -> tuple[Any, str] | None:
 
 
 def metric_rows(report: Any, prefix: str = "") -> list[tuple[str, str, str]]:
-    """Every numeric result of an eval report, flattened to ``(dotted name, value,
-    interval)``; a dict with a point value and ``lo``/``hi`` (or ``ci``) is one metric
-    with its interval. Values print with 6 significant digits; non-finite ones as-is."""
+    """Every metric of an eval report, flattened to ``(dotted name, value, interval)``:
+    a dict with a point value and ``low``/``high`` (or ``lo``/``hi``, or ``ci``) is one
+    metric with its interval. Bare numbers (counts, seeds, the adapter check) and lists
+    (per-item results, examples) are not metrics and are left out. Values print with 6
+    significant digits."""
     rows: list[tuple[str, str, str]] = []
     found = _interval(report)
     if found is not None:
@@ -170,10 +171,6 @@ def metric_rows(report: Any, prefix: str = "") -> list[tuple[str, str, str]]:
     if isinstance(report, dict):
         for key in sorted(report, key=str):
             rows += metric_rows(report[key], f"{prefix}.{key}" if prefix else str(key))
-    elif isinstance(report, int | float) and not isinstance(report, bool):
-        if isinstance(report, float) and not math.isfinite(report):
-            return [(prefix, str(report), "")]
-        rows.append((prefix, _number(report), ""))
     return rows
 
 
