@@ -82,6 +82,8 @@ def test_negation_study_report_holds_the_json_numbers(tiny_run):
     for example in results["examples"]:
         assert example["id"] in page
         assert set(example["scores"]) == set(results["runs"])
+    seconds = results["runs"]["nast"][0]["train_seconds"]
+    assert f'<td>negation: train nast seed 0</td><td class="num">{seconds:.1f} s</td>' in page
     headline = re.search(r'<section class="headline".*?</section>', page, re.S)
     assert headline is not None and "nast minus uniform LoRA" in headline.group(0)
 

@@ -69,6 +69,7 @@ class Section:
     figures: list[Figure] = field(default_factory=list)
     examples: list[Example] = field(default_factory=list)
     facts: list[tuple[str, str]] = field(default_factory=list)
+    timings: list[tuple[str, str]] = field(default_factory=list)
 
 
 @dataclass

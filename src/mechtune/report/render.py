@@ -177,6 +177,7 @@ def collect(run_dir: str | Path) -> Report:
             (k, f"{v:.1f} s")
             for k, v in json.loads((root / "timings.json").read_text(encoding="utf-8")).items()
         ]
+    timings += [t for s in sections for t in s.timings]
     title = f"mechtune report: {root.resolve().name}"
     return Report(
         title=title,

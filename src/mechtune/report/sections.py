@@ -304,6 +304,12 @@ def negation_study_section(folder: Path, root: Path) -> Section:
         section.tables.append(paired)
     section.figures += _figures_for("negation-study", [folder / "figures", folder], root)
     section.figures += _curves(folder / "runs", root, "Training curves (negation)")
+    section.timings = [
+        (f"negation: train {m} seed {r.get('seed')}", f"{r['train_seconds']:.1f} s")
+        for m, reports in results["runs"].items()
+        for r in reports
+        if r.get("train_seconds") is not None
+    ]
     section.examples += claim_examples(results.get("examples", []))
     return section
 
@@ -531,6 +537,14 @@ def paraphrase_study_section(folder: Path, root: Path) -> Section:
         )
     section.figures += _figures_for("paraphrase-study", [folder / "figures", folder], root)
     section.figures += _curves(folder / "runs", root, "Training curves (consistency LoRA)")
+    section.timings = [
+        (f"paraphrase: {k}", f"{v:.1f} s") for k, v in results.get("seconds", {}).items()
+    ] + [
+        (f"paraphrase: train LoRA {name} seed {r.get('seed')}", f"{r['train_seconds']:.1f} s")
+        for name, reports in results["runs"].items()
+        for r in reports
+        if r.get("train_seconds") is not None
+    ]
     section.examples += question_examples(results.get("examples", []))
     return section
 
