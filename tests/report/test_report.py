@@ -206,3 +206,23 @@ def test_manifest_hashes_find_each_manifest_once_and_report_bad_ones(tmp_path):
     assert [m.get("kind") for m in found] == ["k", "a", None]
     assert found[0]["canonical_hash"] == "c0" and found[1]["canonical_hash"] is None
     assert "unreadable manifest" in found[2]["error"]
+
+
+def test_a_trace_folder_reports_its_per_layer_cte(tiny_run, tmp_path):
+    from mechtune.interp.result import TraceResult
+
+    folder = tiny_run / "negation" / "trace"
+    path, report = write_report(folder, tmp_path / "trace.html")
+    traced = TraceResult.load(folder)
+    (section,) = report.sections
+    (table,) = section.tables
+    assert len(table.rows) == len(traced.cte_layer)
+    last = len(traced.cte_layer) - 1
+    value = {
+        "value": float(traced.cte_layer[last]),
+        "low": float(traced.cte_layer_low[last]),
+        "high": float(traced.cte_layer_high[last]),
+    }
+    assert table.rows[last][1].text == interval_text(value, 1.0, 3)
+    assert table.rows[last][2].text == f"{float(traced.alpha[last]):.3f}"
+    assert "CTE per layer" in path.read_text()

@@ -79,15 +79,9 @@ def device_info(device: torch.device) -> dict[str, Any]:
 
 def _versions(names: tuple[str, ...]) -> dict[str, str | None]:
     """Installed versions (None: not installed), from the distributions' metadata."""
-    from importlib.metadata import PackageNotFoundError, version
+    from mechtune.report.provenance import package_versions
 
-    found: dict[str, str | None] = {}
-    for name in names:
-        try:
-            found[name] = version(name)
-        except PackageNotFoundError:
-            found[name] = None
-    return found
+    return package_versions(names)
 
 
 def _cpu_model() -> str:

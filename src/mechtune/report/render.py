@@ -154,7 +154,7 @@ def collect(run_dir: str | Path) -> Report:
                 attempt(partial(read.negation_eval_section, folder, root, extra), evaluation)
             elif "metrics" in keys:
                 attempt(partial(read.paraphrase_eval_section, folder, root), evaluation)
-        if _inside_study(folder):
+        if folder != root and _inside_study(folder):
             continue
         if (folder / "train.json").is_file():
             attempt(partial(read.train_section, folder, root), folder / "train.json")

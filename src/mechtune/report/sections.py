@@ -631,18 +631,17 @@ def trace_section(folder: Path, root: Path) -> Section:
         ("pairs", f"{counts.get('traced')} traced, {counts.get('aggregated')} aggregated"),
         ("peak layer", str(trace.get("peak_layer"))),
     ]
-    per_layer = trace.get("per_layer", {})
-    cte, low, high = (
-        per_layer.get(k, []) for k in ("cte_layer", "cte_layer_low", "cte_layer_high")
-    )
-    alpha = per_layer.get("alpha", [])
+    from mechtune.interp.result import TraceResult
+
+    traced = TraceResult.load(folder)
+    columns = (traced.cte_layer, traced.cte_layer_low, traced.cte_layer_high, traced.alpha)
     rows = [
         [
             Cell(str(i)),
             Cell(interval_text({"value": c, "low": lo, "high": hi}, 1.0, 3), kind="num"),
             number_cell(a, "{:.3f}"),
         ]
-        for i, (c, lo, hi, a) in enumerate(zip(cte, low, high, alpha, strict=False))
+        for i, (c, lo, hi, a) in enumerate(zip(*(t.tolist() for t in columns), strict=True))
     ]
     if rows:
         section.tables.append(
