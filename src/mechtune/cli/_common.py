@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import sys
 from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -13,21 +14,15 @@ from typing import Any
 import typer
 from rich.console import Console
 from rich.markup import escape
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    SpinnerColumn,
-    TextColumn,
-    TimeElapsedColumn,
-)
 from typer.core import TyperGroup
 
+from mechtune.cli._progress import ConsoleTracker
 from mechtune.data.importers import read_label_csv
 from mechtune.data.schema import Study
 from mechtune.data.sources.base import ImageStudySource
 from mechtune.data.synthetic import SyntheticConfig, sample_studies
 from mechtune.errors import ConfigError, MechtuneError, MissingExtraError
+from mechtune.progress import Advance
 from mechtune.train.distributed import Launch, launch_rank, launched_processes, start_launch
 
 # A log file or CI gets every table whole and no line wrapped at 80 columns (rich's width
@@ -44,21 +39,18 @@ def make_console(is_terminal: bool | None = None) -> Console:
 
 
 console = make_console()
+# one tracker for the console: stages opened inside others share its live display
+tracker = ConsoleTracker(console)
 
 
-@contextlib.contextmanager
-def progress_bar(description: str, total: int | None) -> Iterator[Any]:
-    """A rich progress bar; yields a callback that advances it by n."""
-    columns = [
-        SpinnerColumn(),
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-    ]
-    with Progress(*columns, console=console, transient=False) as progress:
-        task = progress.add_task(description, total=total)
-        yield lambda n: progress.advance(task, n)
+def progress_bar(
+    description: str, total: int | None, *, completed: int = 0
+) -> AbstractContextManager[Advance]:
+    """One stage's progress on the CLI's console (:class:`~mechtune.cli._progress.ConsoleTracker`:
+    a rich bar in a terminal, plain lines at a limited rate otherwise); yields its
+    ``advance(n, **fields)``. ``progress_bar`` is itself a :class:`~mechtune.progress.Tracker`,
+    passed as ``track`` to library functions."""
+    return tracker(description, total, completed=completed)
 
 
 ERROR_EXIT = 2  # any MechtuneError (bad setting, bad input, failed gate) and missing files
