@@ -166,3 +166,43 @@ def test_interval_env_changes_the_rate(monkeypatch):
 )
 def test_duration(seconds, text):
     assert duration(seconds) == text
+
+
+@pytest.fixture
+def hf_bars(monkeypatch):
+    """transformers' and huggingface_hub's bar switches, restored after the test."""
+    from huggingface_hub.utils import (
+        are_progress_bars_disabled,
+        disable_progress_bars,
+        enable_progress_bars,
+    )
+    from transformers.utils import logging as hf_logging
+
+    from mechtune.cli._common import HF_BARS_ENV
+
+    monkeypatch.delenv(HF_BARS_ENV, raising=False)
+    hub_off, tf_on = are_progress_bars_disabled(), hf_logging.is_progress_bar_enabled()
+    enable_progress_bars()
+    hf_logging.enable_progress_bar()
+    yield are_progress_bars_disabled, hf_logging.is_progress_bar_enabled
+    (disable_progress_bars if hub_off else enable_progress_bars)()
+    (hf_logging.enable_progress_bar if tf_on else hf_logging.disable_progress_bar)()
+
+
+def test_library_bars_are_turned_off_in_a_log_only(hf_bars, monkeypatch):
+    import os
+
+    from mechtune.cli._common import HF_BARS_ENV, quiet_library_bars
+
+    hub_disabled, tf_enabled = hf_bars
+    assert not quiet_library_bars(Console(file=io.StringIO(), force_terminal=True))
+    assert HF_BARS_ENV not in os.environ and tf_enabled() and not hub_disabled()
+
+    monkeypatch.setenv(HF_BARS_ENV, "0")  # the user's choice wins
+    assert not quiet_library_bars(log_console())
+    assert tf_enabled() and not hub_disabled()
+
+    monkeypatch.delenv(HF_BARS_ENV)
+    assert quiet_library_bars(log_console())
+    assert os.environ[HF_BARS_ENV] == "1"
+    assert not tf_enabled() and hub_disabled()

@@ -4,6 +4,7 @@ training command under torchrun or ``accelerate launch`` (:func:`training_launch
 from __future__ import annotations
 
 import contextlib
+import os
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
@@ -53,6 +54,29 @@ def progress_bar(
     return tracker(description, total, completed=completed)
 
 
+HF_BARS_ENV = "HF_HUB_DISABLE_PROGRESS_BARS"
+
+
+def quiet_library_bars(on: Console) -> bool:
+    """Off a terminal, turn off the tqdm bars of huggingface_hub (downloads) and
+    transformers (loading weights): in a log each of their carriage-return updates
+    lands on one ever longer line. Sets ``HF_HUB_DISABLE_PROGRESS_BARS=1`` (read when
+    those libraries are imported) and, if they already are, turns their bars off.
+    A value the user set wins. Returns whether the bars were turned off."""
+    if on.is_terminal or HF_BARS_ENV in os.environ:
+        return False
+    os.environ[HF_BARS_ENV] = "1"
+    if "huggingface_hub" in sys.modules:
+        from huggingface_hub.utils import disable_progress_bars
+
+        disable_progress_bars()
+    if "transformers" in sys.modules:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+    return True
+
+
 ERROR_EXIT = 2  # any MechtuneError (bad setting, bad input, failed gate) and missing files
 
 
@@ -100,9 +124,11 @@ def training_launch(device: str) -> Iterator[Launch]:
 class MechtuneGroup(TyperGroup):
     """The top-level command group: every ``MechtuneError`` (and a missing input file)
     raised by any subcommand becomes one message and exit code 2. Library code raises;
-    only this entry point turns errors into exit codes."""
+    only this entry point turns errors into exit codes. Off a terminal, the libraries'
+    own progress bars are turned off first (:func:`quiet_library_bars`)."""
 
     def invoke(self, ctx: Any) -> Any:
+        quiet_library_bars(console)
         try:
             return super().invoke(ctx)
         except (MechtuneError, FileNotFoundError) as exc:

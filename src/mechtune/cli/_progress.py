@@ -110,9 +110,10 @@ class _Stage:
         return f"{text}, {extra}" if extra else text
 
     def eta(self, elapsed: float) -> float | None:
-        """Seconds left at this stage's rate so far (None until a unit is done here)."""
+        """Seconds left at this stage's rate so far (None until a unit is done here, and
+        once every unit is done)."""
         done = self.completed - self.first
-        if self.total is None or done <= 0 or elapsed <= 0:
+        if self.total is None or done <= 0 or elapsed <= 0 or self.completed >= self.total:
             return None
         return max(self.total - self.completed, 0) * elapsed / done
 
