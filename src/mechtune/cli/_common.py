@@ -232,7 +232,8 @@ def data_source(
                 "medspacy (pip install 'mechtune[clinical]'), or pass --no-report-facts "
                 "to use the labels alone"
             )
-        source.with_report_facts(uncertain)
+        with progress_bar("read report facts", with_reports) as advance:
+            source.with_report_facts(uncertain, progress=advance)
         facts = source.report.notes["report_facts"]
         console.print(
             f"report facts: {facts['reports']} reports read, {facts['changed']} items "

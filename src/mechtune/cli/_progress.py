@@ -164,7 +164,9 @@ class ConsoleTracker:
             state.completed += n
             state.fields.update(fields)
             now = self.clock()
-            if n and now - last[0] >= interval:
+            # the last unit's line is the final one, printed when the stage closes
+            finished = state.total is not None and state.completed >= state.total
+            if n and not finished and now - last[0] >= interval:
                 say(state.line(now))
                 last[0] = now
 
