@@ -91,8 +91,10 @@ def test_plain_unknown_total_and_a_stopped_stage():
     ]
 
 
-def test_a_quiet_console_prints_nothing():
+def test_a_quiet_console_or_an_empty_stage_prints_nothing():
     console = log_console()
+    with ConsoleTracker(console, interval=0.0)("patch features", 0) as advance:
+        advance(0)
     console.quiet = True
     with ConsoleTracker(console, interval=0.0)("train", 5) as advance:
         advance(5, loss=0.5)

@@ -10,7 +10,8 @@ console.
   starts, then at most one every :data:`INTERVAL_ENV` seconds (default
   :data:`DEFAULT_INTERVAL`), and one when it ends; never one per step.
 
-Nothing is printed while the console is quiet (the non-main processes of a launch).
+Nothing is printed while the console is quiet (the non-main processes of a launch), nor
+for a stage with nothing to do (a total of 0).
 """
 
 from __future__ import annotations
@@ -140,7 +141,7 @@ class ConsoleTracker:
     def __call__(
         self, description: str, total: int | None, *, completed: int = 0
     ) -> Iterator[Advance]:
-        if self.console.quiet:
+        if self.console.quiet or total == 0:  # nothing to show: a stage with nothing to do
             yield ignore
         elif self.console.is_terminal:
             with self._bar(description, total, completed) as advance:
