@@ -150,6 +150,8 @@ def test_negation_train_under_a_launch_matches_one_process(
         out, rank0, rank1, ("run.json", "probe_embeddings.safetensors", "train.json", "adapter")
     )
     assert " ".join(log.split()).count(f"wrote {out}") == 1  # the summary, once
+    # the progress lines too: only rank 0 prints them
+    assert log.count("train uniform-lora (seed 0): 2/2 (100%) done in ") == 1
     assert "1 of 2 shards per process on 2 processes" in " ".join(log.split())
     caches = list((tmp_path / "ddp-cache").glob("*/shard-*.safetensors"))
     assert len(caches) == 1  # the images were embedded once, by rank 0
@@ -170,6 +172,7 @@ def test_paraphrase_train_under_torchrun_matches_one_process(inputs, tmp_path):
     )
     flat = " ".join(log.split())
     assert flat.count("wrote") == 1 and "each of 2 processes takes 1 of the 2 micro-batches" in flat
+    assert flat.count("train consistency-lora (seed 0): 2/2 (100%) done in ") == 1  # rank 0's
 
     single(paraphrase_args(inputs, tmp_path / "one"))
     assert_same_adapter(out, tmp_path / "one")

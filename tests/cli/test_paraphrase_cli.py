@@ -281,9 +281,16 @@ def _study_recipe(tmp_path: Path, name: str = "study.yaml", *, trained_saes: boo
 def test_study_end_to_end_and_with_given_saes(export_dir, tmp_path):
     recipe = _study_recipe(tmp_path)
     out = tmp_path / "study"
-    ok(["paraphrase", "study", "--recipe", recipe, *_inputs(export_dir), "--out", out])
+    log = ok(["paraphrase", "study", "--recipe", recipe, *_inputs(export_dir), "--out", out])
     results = json.loads((out / "results.json").read_text())
     assert results["sae"]["source"] == "trained" and len(results["runs"]) == 2
+    # each long step reports its progress, to its end (plain lines: not a terminal)
+    done = [line.split(": ", 1)[0] for line in log.splitlines() if " done in " in line]
+    assert done[:3] == ["baseline", "capture activations at 6 layers", "train SAE at layer 0"]
+    assert "SAE analysis" in done and "train consistency-lora (seed 0)" in done
+    trained = [name for name, runs in results["runs"].items() if "same_as" not in runs[0]]
+    assert done.count("train consistency-lora (seed 0)") == len(trained)  # each range once
+    assert {f"evaluate LoRA {name} (seed 0)" for name in trained} <= set(done)
     assert results["counts"]["eval_sets"] == 40
     for name in (
         "table.md",

@@ -198,7 +198,7 @@ def captured(monkeypatch):
     """Replace analyse() with a recorder, so a test sees what `sae analyze` passes it."""
     seen = {}
 
-    def record(vlm, images, pairs, saes, config):
+    def record(vlm, images, pairs, saes, config, track=None):
         seen.update(pairs=pairs, saes=saes, config=config)
         raise _Stop
 

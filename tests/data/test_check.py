@@ -14,6 +14,7 @@ from mechtune.data.check import (
 from mechtune.data.polarity_check import PolarityReport
 from mechtune.data.synthetic import SyntheticConfig, sample_studies
 from mechtune.errors import ConfigError
+from tests.progress_helpers import Recorder
 
 
 @pytest.fixture(scope="module")
@@ -48,7 +49,12 @@ def test_generated_data_reads_as_labelled_with_nothing_uncertain(built):
     pytest.importorskip("medspacy")
 
     for kind in ("polarity", "contextual", "paraphrase"):
-        report = check_dataset(built / kind, sample_rows=None)
+        track = Recorder()
+        report = check_dataset(built / kind, sample_rows=None, track=track)
+        track.check_complete()  # one count per sentence checked
+        assert [(s.description, s.total) for s in track.stages] == [
+            (f"polarity check: {built / kind}", report.n_texts)
+        ]
         assert (report.disagree, report.uncertain, report.unmatched) == (0, 0, 0), (
             report.examples,
             report.uncertain_examples,
@@ -66,7 +72,7 @@ class _FixedChecker:
     def __init__(self, report):
         self.report = report
 
-    def check(self, items):
+    def check(self, items, progress=None):
         return self.report
 
 

@@ -177,3 +177,43 @@ def test_eval_studies_refuse_mismatched_embeddings():
         EvalStudies(list(data.studies)[:-1], data.images, "test")
     with pytest.raises(DataError, match="split 'val' has no study"):
         EvalStudies([], data.images[:0], "val")
+
+
+def test_embed_texts_reports_each_batch_and_keeps_one_row_per_distinct_text():
+    from mechtune.eval.negation import embed_texts
+
+    model, done = ToyEncoder(), []
+    texts = ["b", "a", "c", "a", "d", "e", "f", "g", "b"]
+    table, index = embed_texts(model, texts, progress=done.append, batch_size=3)
+    assert done == [3, 3, 1]
+    assert sorted(index) == list("abcdefg") and table.shape == (7, 32)
+    assert torch.equal(table[index["e"]], model.encode_texts(["e"])[0])
+
+
+def test_evaluation_tracks_every_distinct_text_once():
+    from mechtune.data.builders.polarity import PolarityConfig, make_mcq, passes_row_filter
+    from tests.progress_helpers import Recorder
+
+    world = make_world(WorldConfig(n_studies=300, seed=2))
+    model, track = ToyEncoder(), Recorder()
+    data = world.eval_set(model, "test")
+    report = evaluate_negation(model, data, seed=2, track=track)
+    # the texts a brute-force evaluation embeds: claim candidates, reports, MCQ options
+    texts = {
+        t
+        for s in data.studies
+        for cs in study_records(s, ContextualConfig(seed=2), split_of=lambda _s: "test")[0]
+        for t in cs.candidates
+    }
+    texts |= {s.report for s in data.studies if s.report}
+    cfg = PolarityConfig(seed=2)
+    for s in data.studies:
+        if passes_row_filter(s, cfg):
+            q = make_mcq(s, cfg, "test")
+            texts |= set(q.negated_options) | set(q.affirmative_options)
+    track.check_complete()
+    (stage,) = track.stages
+    assert (stage.description, stage.total) == ("evaluate test: embed texts", len(texts))
+    assert json.dumps(report, default=str) == json.dumps(
+        evaluate_negation(model, data, seed=2), default=str
+    )

@@ -25,6 +25,7 @@ from mechtune.interp.sae_analysis import (
 )
 from mechtune.models.yes_no import YesNoVLM, capture_block_outputs
 from tests.interp.toy_vlm import D, ToyVLM
+from tests.progress_helpers import Recorder
 
 
 def random_sae(seed: int = 0, d_sae: int = 16) -> SAE:
@@ -195,8 +196,16 @@ def test_analyse_end_to_end(toy) -> None:
     pairs = paraphrase_pairs(data)
     assert len(pairs) == sum(len(q.record.paraphrases) for q in data)
     saes = {i: random_sae(i) for i in range(3)}
-    result = analyse(toy, images(), pairs, saes, AnalysisConfig(folds=3, bootstrap=50))
+    track = Recorder()
+    result = analyse(toy, images(), pairs, saes, AnalysisConfig(folds=3, bootstrap=50), track=track)
     assert set(result.auc_by_layer) == {0, 1, 2}
+    # the texts read: margins and features of each original and paraphrase, then the
+    # flip pairs' paraphrases once per patched feature
+    track.check_complete()
+    read, patched = track.stages
+    assert (read.description, read.total) == ("SAE analysis: margins and features", 4 * len(pairs))
+    assert patched.description == f"SAE analysis: patch features at layer {result.peak_layer}"
+    assert patched.total == len(result.patches) * result.flip_pairs
     assert result.chosen_layers == layer_window(result.peak_layer, 1, 3)
     m_orig = margins(toy, images(), pairs.rows, pairs.originals)
     m_para = margins(toy, images(), pairs.rows, pairs.paraphrases)

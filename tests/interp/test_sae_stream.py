@@ -28,6 +28,7 @@ from mechtune.interp.sae_train import SAETrainConfig, _initialise, _input_scale,
 from tests.interp.test_sae_store import images, texts
 from tests.interp.test_sae_train import sparse_dictionary_data
 from tests.interp.toy_vlm import D, ToyVLM
+from tests.progress_helpers import Recorder
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -229,7 +230,12 @@ def test_stream_and_train_fills_in_the_configs_and_cleans_up(toy, tmp_path, monk
     qs = texts(24)
     shape = SAEConfig(d_in=1, d_sae=12, kind="topk", k=2, model="toy")
     training = SAETrainConfig(steps=12, batch_size=8, log_every=4)
-    seen = []
+    seen, terms_seen, track = [], [], Recorder()
+
+    def progress(layer, step, terms):
+        seen.append((layer, step))
+        terms_seen.append(terms["loss"])
+
     saes, reports = stream_and_train(
         toy,
         images(),
@@ -241,10 +247,23 @@ def test_stream_and_train_fills_in_the_configs_and_cleans_up(toy, tmp_path, monk
         batch=5,
         chunk_tokens=9,
         buffer_tokens=20,
-        progress=lambda layer, step, terms: seen.append((layer, step)),
+        progress=progress,
+        track=track,
     )
     assert list(scratch.iterdir()) == []  # the temporary store is gone
     assert sorted(saes) == [1, 2] and seen == [(1, 3), (1, 7), (1, 11), (2, 3), (2, 7), (2, 11)]
+    # the capture counts the texts (5 a batch); each layer's stage its steps, with the loss
+    track.check_complete()
+    capture, first, second = track.stages
+    assert (capture.description, capture.total, capture.counts) == (
+        "capture activations at 2 layers",
+        24,
+        [5, 5, 5, 5, 4],
+    )
+    for stage, layer in ((first, 1), (second, 2)):
+        assert (stage.description, stage.total) == (f"train SAE at layer {layer}", 12)
+        assert stage.counts == [4, 4, 4]
+    assert [f["loss"] for f in first.fields + second.fields] == terms_seen
     for layer, sae in saes.items():
         assert sae.config == replace(shape, d_in=D, layer=layer, hook=f"blocks.{layer}")
         assert not sae.training

@@ -3,6 +3,7 @@ functions of mechtune.pipelines.negation that read it; recipes refuse unknown ke
 
 from __future__ import annotations
 
+import json
 from dataclasses import fields, replace
 
 import pytest
@@ -12,6 +13,7 @@ from mechtune.errors import ConfigError
 from mechtune.pipelines import negation as neg
 from mechtune.pipelines.negation_config import load_recipe
 from mechtune.train.negation import LoopConfig
+from tests.progress_helpers import Recorder
 
 N = 80  # studies of the small world
 
@@ -106,8 +108,26 @@ def test_study_runs_every_method_with_the_loop_and_writes_its_table(tmp_path, wo
         probes=True,
         loop=LoopConfig(steps=2, caption_batch=4, claim_batch=4, checkpoint_every=1),
     )
-    results = neg.run_negation_study(config, open_source(world_dir), tmp_path, neg.RunOptions())
+    track = Recorder()
+    results = neg.run_negation_study(
+        config, open_source(world_dir), tmp_path, neg.RunOptions(), track=track
+    )
     assert set(results["runs"]) == {"zero-shot", "uniform-lora"}
+    # a stage for each long step, each counted to its end
+    track.check_complete()
+    assert [s.description for s in track.stages] == [
+        "embed images",
+        "trace distinct text pairs",
+        "evaluate val: embed texts",
+        "train uniform-lora (seed 2)",
+        "evaluate val: embed texts",
+    ]
+    assert track.stages[0].total == N
+    traced = results["trace"]["counts"]["used"]
+    assert 0 < track.stages[1].total <= traced
+    (train,) = track.named("train")
+    history = json.loads((tmp_path / "runs/uniform-lora/seed2/train.json").read_text())["history"]
+    assert train.fields == [{"loss": pytest.approx(h["loss"])} for h in history]
     (lora,) = results["runs"]["uniform-lora"]
     assert lora["seed"] == 2 and lora["split"] == "val" and lora["probes"]
     assert results["config"]["loop"]["steps"] == 2

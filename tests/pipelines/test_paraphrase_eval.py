@@ -180,6 +180,25 @@ def test_the_model_is_asked_every_variant_and_each_control_on_the_right_image(ev
     assert set(asked) == set(TABLE)
 
 
+def test_the_margins_stage_counts_every_text_asked():
+    from tests.progress_helpers import Recorder
+
+    track = Recorder()
+    vlm = TableVLM(TABLE)
+    evaluate_questions(vlm, IMAGES, QUESTIONS, seed=0, track=track, description="baseline")
+    track.check_complete()
+    (stage,) = track.stages
+    # 11 questions and paraphrases, then the 4 originals blanked and on swapped images
+    assert (stage.description, stage.total) == ("baseline", 11 + 4 + 4)
+    assert stage.counts == [len(call) for call in vlm.calls]
+    # one patient: no swap control, so fewer texts
+    track = Recorder()
+    one = [q for q in QUESTIONS if q.record.patient_id == "P1"]
+    evaluate_questions(TableVLM(TABLE), IMAGES, one, track=track)
+    track.check_complete()
+    assert track.stages[0].total == 6 + 2
+
+
 def test_swap_pairs_each_question_with_another_patients_image():
     assert swap_rows(QUESTIONS) == [1, 2, 0, 1]
     cyclic = [

@@ -370,9 +370,16 @@ def test_reports_hold_findings_and_impression_in_mimic_style(world, exported):
 
 
 def test_same_world_and_options_give_the_same_bytes(world, exported, tmp_path):
-    again = tmp_path / "again"
-    export_mimic(world, again, seed=5, workers=1, **OPTIONS)
+    from tests.progress_helpers import Recorder
+
+    again, track = tmp_path / "again", Recorder()
+    result = export_mimic(world, again, seed=5, workers=1, track=track, **OPTIONS)
     assert tree(again) == tree(exported)
+    # one count per study written: the world's and the lateral-only ones
+    track.check_complete()
+    (stage,) = track.stages
+    assert stage.total == result.counts["studies"] + result.counts["lateral_only_studies"]
+    assert stage.total == len(world.studies) + OPTIONS.get("lateral_only_studies", 3)
     reloaded = tmp_path / "reloaded"
     save_world(world, tmp_path / "w")
     export_mimic(load_world(tmp_path / "w"), reloaded, seed=5, **OPTIONS)

@@ -72,7 +72,9 @@ def test_report_facts_restore_side_zone_and_size(exported):
     world, _, root = exported
     source = MimicCxrJpg(root / "mimic")
     labels_only = {s.study_id: s.findings for s in source}
-    source.with_report_facts()
+    done: list[int] = []
+    source.with_report_facts(progress=done.append)
+    assert done == [1] * sum(1 for s in source if s.report)  # one call per report read
     by_id = {s.study_id: s for s in source}
     attributed = 0
     for truth in world.studies:

@@ -320,3 +320,34 @@ def test_lora_settings_round_trip_through_dicts_and_yaml_lists():
     assert LoraSettings.from_dict(d) == settings
     assert LoraSettings(target_modules=["fc1", "q_proj"]).target_modules == ("fc1", "q_proj")
     assert LoraSettings.from_dict(LoraSettings().to_dict()) == LoraSettings()
+
+
+def test_fit_reporting_counts_steps_and_shows_each_interval_mean_loss(tmp_path):
+    from mechtune.train.methods import fit_reporting
+    from tests.progress_helpers import Recorder
+
+    folder = tiny_clip(tmp_path / "clip")
+    track = Recorder()
+    trainer = _trainer(folder, tmp_path / "run")  # 6 steps, a flush every 3
+    fit_reporting(trainer, track, "train nast")
+    track.check_complete()
+    (stage,) = track.stages
+    assert (stage.description, stage.total, stage.completed) == ("train nast", 6, 0)
+    assert stage.counts.count(1) == 6 and sum(stage.counts) == 6
+    losses = [h["loss"] for h in trainer.history]
+    assert stage.fields == [
+        {"loss": pytest.approx(sum(losses[:3]) / 3)},
+        {"loss": pytest.approx(sum(losses[3:]) / 3)},
+    ]
+
+    # a killed run resumes at its checkpoint: the stage starts there
+    killed = _trainer(folder, tmp_path / "killed")
+    killed.fit(stop_after=4)  # last checkpoint: step 3
+    track = Recorder()
+    resumed = _trainer(folder, tmp_path / "killed")
+    fit_reporting(resumed, track, "train nast")
+    track.check_complete()
+    (stage,) = track.stages
+    assert (stage.total, stage.completed, sum(stage.counts)) == (6, 3, 3)
+    losses = [h["loss"] for h in resumed.history[3:]]
+    assert stage.fields == [{"loss": pytest.approx(sum(losses) / 3)}]

@@ -4,8 +4,10 @@ training command under torchrun or ``accelerate launch`` (:func:`training_launch
 from __future__ import annotations
 
 import contextlib
+import os
 import sys
 from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -13,21 +15,15 @@ from typing import Any
 import typer
 from rich.console import Console
 from rich.markup import escape
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    SpinnerColumn,
-    TextColumn,
-    TimeElapsedColumn,
-)
 from typer.core import TyperGroup
 
+from mechtune.cli._progress import ConsoleTracker
 from mechtune.data.importers import read_label_csv
 from mechtune.data.schema import Study
 from mechtune.data.sources.base import ImageStudySource
 from mechtune.data.synthetic import SyntheticConfig, sample_studies
 from mechtune.errors import ConfigError, MechtuneError, MissingExtraError
+from mechtune.progress import Advance
 from mechtune.train.distributed import Launch, launch_rank, launched_processes, start_launch
 
 # A log file or CI gets every table whole and no line wrapped at 80 columns (rich's width
@@ -44,21 +40,41 @@ def make_console(is_terminal: bool | None = None) -> Console:
 
 
 console = make_console()
+# one tracker for the console: stages opened inside others share its live display
+tracker = ConsoleTracker(console)
 
 
-@contextlib.contextmanager
-def progress_bar(description: str, total: int | None) -> Iterator[Any]:
-    """A rich progress bar; yields a callback that advances it by n."""
-    columns = [
-        SpinnerColumn(),
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-    ]
-    with Progress(*columns, console=console, transient=False) as progress:
-        task = progress.add_task(description, total=total)
-        yield lambda n: progress.advance(task, n)
+def progress_bar(
+    description: str, total: int | None, *, completed: int = 0
+) -> AbstractContextManager[Advance]:
+    """One stage's progress on the CLI's console (:class:`~mechtune.cli._progress.ConsoleTracker`:
+    a rich bar in a terminal, plain lines at a limited rate otherwise); yields its
+    ``advance(n, **fields)``. ``progress_bar`` is itself a :class:`~mechtune.progress.Tracker`,
+    passed as ``track`` to library functions."""
+    return tracker(description, total, completed=completed)
+
+
+HF_BARS_ENV = "HF_HUB_DISABLE_PROGRESS_BARS"
+
+
+def quiet_library_bars(on: Console) -> bool:
+    """Off a terminal, turn off the tqdm bars of huggingface_hub (downloads) and
+    transformers (loading weights): in a log each of their carriage-return updates
+    lands on one ever longer line. Sets ``HF_HUB_DISABLE_PROGRESS_BARS=1`` (read when
+    those libraries are imported) and, if they already are, turns their bars off.
+    A value the user set wins. Returns whether the bars were turned off."""
+    if on.is_terminal or HF_BARS_ENV in os.environ:
+        return False
+    os.environ[HF_BARS_ENV] = "1"
+    if "huggingface_hub" in sys.modules:
+        from huggingface_hub.utils import disable_progress_bars
+
+        disable_progress_bars()
+    if "transformers" in sys.modules:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+    return True
 
 
 def current_context() -> Any:
@@ -159,9 +175,11 @@ def training_launch(device: str) -> Iterator[Launch]:
 class MechtuneGroup(TyperGroup):
     """The top-level command group: every ``MechtuneError`` (and a missing input file)
     raised by any subcommand becomes one message and exit code 2. Library code raises;
-    only this entry point turns errors into exit codes."""
+    only this entry point turns errors into exit codes. Off a terminal, the libraries'
+    own progress bars are turned off first (:func:`quiet_library_bars`)."""
 
     def invoke(self, ctx: Any) -> Any:
+        quiet_library_bars(console)
         try:
             return super().invoke(ctx)
         except (MechtuneError, FileNotFoundError) as exc:
@@ -265,7 +283,8 @@ def data_source(
                 "medspacy (pip install 'mechtune[clinical]'), or pass --no-report-facts "
                 "to use the labels alone"
             )
-        source.with_report_facts(uncertain)
+        with progress_bar("read report facts", with_reports) as advance:
+            source.with_report_facts(uncertain, progress=advance)
         facts = source.report.notes["report_facts"]
         console.print(
             f"report facts: {facts['reports']} reports read, {facts['changed']} items "

@@ -210,7 +210,11 @@ def run_check(
         return
     try:
         report = check_dataset(
-            out, sample_rows=sample, max_disagreement=threshold, max_uncertain=max_uncertain
+            out,
+            sample_rows=sample,
+            max_disagreement=threshold,
+            max_uncertain=max_uncertain,
+            track=progress_bar,
         )
     except PolarityCheckFailed as exc:
         print_check(exc.report, threshold, max_uncertain)

@@ -112,7 +112,7 @@ def _world(out: Path, n: int, seed: int) -> Any:
     target = out / MIMIC_DIR
     if target.exists():  # the export refuses a non-empty folder: a rerun replaces it
         shutil.rmtree(target)
-    export = export_mimic(world, target, seed=seed)
+    export = export_mimic(world, target, seed=seed, track=progress_bar)
     console.print(
         f"exported the world in MIMIC-CXR-JPG layout to {target} "
         f"({export.counts['images']} images, {export.counts['reports']} reports)"

@@ -278,21 +278,19 @@ def trace_command(
         f"pairs: {build.candidates} candidates, {len(build.pairs)} kept, "
         f"rejected {dict(build.rejected) or 0}"
     )
-    distinct = len({(p.correct, p.foil) for p in build.pairs})
-    with progress_bar("trace distinct text pairs", distinct) as advance:
-        result = pipeline.trace_model(
-            encoder,
-            study,
-            build,
-            TraceConfig(min_gap_share=min_gap_share, seed=data_seed),
-            {
-                "model": settings.model,
-                "split": split,
-                "data": str(_data_path(settings)),
-                **pipeline.weights_info(encoder),
-            },
-            progress=advance,
-        )
+    result = pipeline.trace_model(
+        encoder,
+        study,
+        build,
+        TraceConfig(min_gap_share=min_gap_share, seed=data_seed),
+        {
+            "model": settings.model,
+            "split": split,
+            "data": str(_data_path(settings)),
+            **pipeline.weights_info(encoder),
+        },
+        track=progress_bar,
+    )
     result.save(out)
     trace_figures(result, out, f"CTE by layer and role: {settings.model}")
     print_trace(result)
@@ -403,6 +401,7 @@ def train_command(
             out,
             settings.model,
             accelerator=launch.accelerator,
+            track=progress_bar,
         )
         if launch.is_main:
             _record(out, settings, device)
@@ -462,7 +461,13 @@ def evaluate(
             options.load(settings.model), adapter, spec=settings.model
         )
     report = pipeline.evaluate_model(
-        encoder, study, split=split, seed=settings.data_seed, probes=probes, base=base
+        encoder,
+        study,
+        split=split,
+        seed=settings.data_seed,
+        probes=probes,
+        base=base,
+        track=progress_bar,
     )
     if check is not None:
         report["adapter_check"] = check
@@ -568,7 +573,9 @@ def run_study(
         f"negation study of {settings.model} on {source.root}: {', '.join(settings.methods)}; "
         f"{settings.loop.steps} steps each, seeds {list(settings.seeds)} ..."
     )
-    results = pipeline.run_negation_study(settings, source, out, options, log=console.print)
+    results = pipeline.run_negation_study(
+        settings, source, out, options, log=console.print, track=progress_bar
+    )
     study_figures(results, out)
     console.print(
         f"[bold]Negation methods on held-out phrasing families, {settings.eval_split} "

@@ -17,7 +17,13 @@ from typing import Annotated, Any
 import typer
 from rich.markup import escape
 
-from mechtune.cli._common import console, finish_report, record_run, training_launch
+from mechtune.cli._common import (
+    console,
+    finish_report,
+    progress_bar,
+    record_run,
+    training_launch,
+)
 from mechtune.errors import ConfigError
 from mechtune.pipelines.questions import BoundQuestions, bind_questions
 from mechtune.train.distributed import check_launch_shards, launched_processes, refuse_launch
@@ -247,7 +253,9 @@ def eval_command(
         )
     bound = _bind(vlm, questions, data, split, seed, skip_bad)
     extra["input"] = bound.info
-    run.evaluate_paraphrase(vlm, bound, bound.sets, out, clamp=clamped, extra=extra, seed=seed)
+    run.evaluate_paraphrase(
+        vlm, bound, bound.sets, out, clamp=clamped, extra=extra, seed=seed, track=progress_bar
+    )
     if adapter is not None and clamped is None:
         from mechtune.train.model_card import card_from_eval
 
@@ -334,6 +342,7 @@ def train_command(
             identity=identity,
             log=console.print,
             accelerator=launch.accelerator,
+            track=progress_bar,
         )
         last = result["history"][-1] if result["history"] else {}
         terms = ", ".join(f"{k} {v:.4f}" for k, v in last.items() if k != "step")
@@ -380,6 +389,7 @@ def run_study(
         device=device,
         dtype=dtype,
         log=lambda m: console.print(escape(m), highlight=False),
+        track=progress_bar,
     )
     study_figures(results, out / "figures")
     return results

@@ -33,7 +33,7 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from mechtune.cli._common import console
+from mechtune.cli._common import console, progress_bar
 from mechtune.data.io import write_json
 from mechtune.errors import ConfigError, DataError
 from mechtune.models.yes_no import YesNoVLM
@@ -192,6 +192,7 @@ def train(
         per_image=vlm.states_depend_on_image,
         seed=seed,
         buffer_tokens=buffer_tokens,
+        track=progress_bar,
     )
     table = Table("layer", "tokens", "R²", "FVU", "L0")
     for layer, sae in saes.items():
@@ -284,9 +285,12 @@ def analyze(
         pairs,
         dictionaries,
         AnalysisConfig(half_width=half_width, seed=seed),
+        track=progress_bar,
     )
-    baseline, _ = evaluate_questions(vlm, bound.images, sets, seed=seed)
-    clamped = clamped_report(vlm, bound.images, sets, dictionaries, analysis)
+    baseline, _ = evaluate_questions(
+        vlm, bound.images, sets, seed=seed, track=progress_bar, description="baseline: margins"
+    )
+    clamped = clamped_report(vlm, bound.images, sets, dictionaries, analysis, track=progress_bar)
     result = {
         **source,
         "saes": str(saes),

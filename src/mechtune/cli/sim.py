@@ -164,6 +164,7 @@ def export(
             if questions_per_study is None
             else questions_per_study
         ),
+        track=progress_bar,
     )
     c = result.counts
     console.print(

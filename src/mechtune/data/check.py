@@ -26,6 +26,7 @@ from mechtune.data.polarity_check import (
     PolarityReport,
 )
 from mechtune.errors import ConfigError, GateFailed
+from mechtune.progress import Tracker, stage
 
 DEFAULT_MAX_DISAGREEMENT = 0.02
 DEFAULT_SAMPLE = 2000
@@ -167,6 +168,7 @@ def check_dataset(
     max_uncertain: float = DEFAULT_MAX_UNCERTAIN,
     checker: PolarityChecker | None = None,
     record: bool = True,
+    track: Tracker | None = None,
 ) -> PolarityReport:
     """Check a data folder; record the result in its manifest; raise if it fails.
 
@@ -174,11 +176,14 @@ def check_dataset(
     ``max_disagreement`` or the uncertain rate (over matched mentions) exceeds
     ``max_uncertain``: a detector that cannot decide has not checked the label either.
     Raises ``ConfigError`` for a limit outside [0, 1] and ``PolarityCheckFailed`` (a
-    ``GateFailed``) naming the rate(s) over their limit, with examples.
+    ``GateFailed``) naming the rate(s) over their limit, with examples. ``track`` gets one
+    stage counting the sentences checked.
     """
     _check_limits(max_disagreement, max_uncertain)
     out = Path(out_dir)
-    report = (checker or PolarityChecker()).check(labelled_texts(out, sample_rows=sample_rows))
+    texts = labelled_texts(out, sample_rows=sample_rows)
+    with stage(track, f"polarity check: {out}", len(texts)) as advance:
+        report = (checker or PolarityChecker()).check(texts, progress=advance)
     passed = report.passes(max_disagreement, max_uncertain)
     if record:
         manifest = read_manifest(out)

@@ -40,7 +40,7 @@ from __future__ import annotations
 import logging
 import warnings
 from collections import defaultdict
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -288,11 +288,16 @@ class PolarityChecker:
         return {c: [v == "negated" for v in vs] for c, vs in self.read(text).items()}
 
     def check(
-        self, items: Iterable[LabelledText], *, batch_size: int = 256, max_examples: int = 20
+        self,
+        items: Iterable[LabelledText],
+        *,
+        batch_size: int = 256,
+        max_examples: int = 20,
+        progress: Callable[[int], None] | None = None,
     ) -> PolarityReport:
         """Score every mention: agree, disagree, uncertain, or unmatched (no entity of its
         condition). Up to ``max_examples`` disagreements are kept in ``examples`` and as many
-        uncertain mentions in ``uncertain_examples``.
+        uncertain mentions in ``uncertain_examples``. ``progress(1)`` after each text.
         """
         from mechtune.data.polarity_rules import read_doc
 
@@ -304,6 +309,8 @@ class PolarityChecker:
             docs = self.nlp.pipe((it.text for it in items), batch_size=batch_size)
             for item, doc in zip(items, docs, strict=True):
                 report.n_texts += 1
+                if progress is not None:
+                    progress(1)
                 found = read_doc(doc)
                 for mention in item.mentions:
                     report.n_mentions += 1

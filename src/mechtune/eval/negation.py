@@ -28,7 +28,7 @@ and patient ids, so that two models can be compared item by item
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from itertools import zip_longest
 from typing import Any, Protocol
@@ -49,6 +49,7 @@ from mechtune.eval.metrics import (
     proportion,
     retrieval_hits,
 )
+from mechtune.progress import Tracker, stage
 
 
 class DualEncoder(Protocol):
@@ -93,11 +94,36 @@ def embed_images(model: DualEncoder, images: np.ndarray, batch_size: int = 512) 
     return torch.cat(out)
 
 
-def embed_texts(model: DualEncoder, texts: list[str]) -> tuple[torch.Tensor, dict[str, int]]:
+TEXT_BATCH = 256  # texts per encode_texts call (DualEncoder.encode_texts's own batch)
+
+# Embeddings of distinct texts: ``vectors [T, D]`` float32 and ``index[text]`` its row.
+TextTable = tuple[torch.Tensor, dict[str, int]]
+
+
+def embed_texts(
+    model: DualEncoder,
+    texts: Sequence[str],
+    progress: Callable[[int], None] | None = None,
+    batch_size: int = TEXT_BATCH,
+) -> TextTable:
+    """The distinct ``texts``, sorted, embedded ``batch_size`` at a time: ``([T, D]
+    float32 on the CPU, {text: row})``. ``progress(n)`` after each batch of n texts."""
     unique = sorted(set(texts))
+    parts = []
     with torch.no_grad():
-        table = model.encode_texts(unique).float().cpu()
+        for lo in range(0, len(unique), batch_size):
+            chunk = unique[lo : lo + batch_size]
+            parts.append(model.encode_texts(chunk).float().cpu())
+            if progress is not None:
+                progress(len(chunk))
+    table = torch.cat(parts) if parts else torch.empty(0)
     return table, {t: i for i, t in enumerate(unique)}
+
+
+def _vectors(table: TextTable, texts: Sequence[str]) -> torch.Tensor:
+    """``[len(texts), D]`` rows of ``table``."""
+    vectors, index = table
+    return vectors[[index[t] for t in texts]]
 
 
 NO_REPORTS = "R@k needs reports: no study of the split has one"
@@ -107,17 +133,22 @@ NO_LATERALITY = (
 )
 
 
-def retrieval_hit_table(model: DualEncoder, data: EvalStudies) -> dict[str, Any]:
+def retrieval_hit_table(
+    model: DualEncoder, data: EvalStudies, table: TextTable | None = None
+) -> dict[str, Any]:
     """Per query study that has a report: is its own report among the top k of the
     split's distinct reports? ``{"rows": int [Q] (rows of data), "R@1": bool [Q],
-    "R@5": bool [Q]}``; Q = 0 when no study has a report."""
+    "R@5": bool [Q]}``; Q = 0 when no study has a report. ``table``: the reports'
+    embeddings, already computed (:func:`embed_texts`; it may hold other texts too)."""
     rows = np.array([i for i, s in enumerate(data.studies) if s.report], dtype=np.int64)
     if not rows.size:
         return {"rows": rows, "R@1": np.zeros(0, bool), "R@5": np.zeros(0, bool)}
     reports = [data.studies[i].report or "" for i in rows]
-    table, index = embed_texts(model, reports)
-    sim = (data.images[torch.as_tensor(rows)].float() @ table.T).numpy()
-    target = np.array([index[r] for r in reports])
+    distinct = sorted(set(reports))
+    vectors = _vectors(table or embed_texts(model, distinct), distinct)
+    sim = (data.images[torch.as_tensor(rows)].float() @ vectors.T).numpy()
+    position = {r: i for i, r in enumerate(distinct)}
+    target = np.array([position[r] for r in reports])
     return {"rows": rows, **{f"R@{k}": retrieval_hits(sim, target, k) for k in (1, 5)}}
 
 
@@ -126,12 +157,16 @@ def claim_scores(
     claim_sets: list[ClaimSet],
     study_row: dict[str, int],
     image_emb: torch.Tensor,
+    table: TextTable | None = None,
 ) -> list[np.ndarray]:
-    texts = [t for cs in claim_sets for t in cs.candidates]
-    table, index = embed_texts(model, texts)
+    """Per claim set, ``[K]`` image-text similarities of its candidates with its study's
+    image embedding (``image_emb[study_row[study_id]]``). ``table``: the candidates'
+    embeddings, already computed (:func:`embed_texts`)."""
+    if table is None:
+        table = embed_texts(model, [t for cs in claim_sets for t in cs.candidates])
     scores = []
     for cs in claim_sets:
-        cand = table[[index[t] for t in cs.candidates]]
+        cand = _vectors(table, cs.candidates)
         scores.append((cand @ image_emb[study_row[cs.study_id]].float()).numpy())
     return scores
 
@@ -349,6 +384,7 @@ def evaluate_negation(
     *,
     seed: int = 0,
     probe_train: EvalStudies | None = None,
+    track: Tracker | None = None,
 ) -> dict[str, Any]:
     """Every negation metric on one split, with the per-item correctness under
     ``"items"`` (``claims``: :func:`claim_items`; ``retrieval`` and ``polarity_mcq``:
@@ -357,15 +393,23 @@ def evaluate_negation(
     ``seed`` seeds the wording of claim sets and MCQs (per study, so that any two models
     see the same items); ``probe_train``: another split's studies and embeddings to fit
     linear probes on (no probes when None). A metric the data cannot support is None,
-    and ``report["not_available"]`` maps it to the reason.
+    and ``report["not_available"]`` maps it to the reason. Every distinct text (claims,
+    reports, MCQ options) is embedded once; ``track`` gets one stage counting them.
     """
     row = {s.study_id: j for j, s in enumerate(data.studies)}
     claim_sets = eval_claim_sets(data, seed)
-    scores = claim_scores(model, claim_sets, row, data.images)
-    hits = retrieval_hit_table(model, data)
+    texts = {t for cs in claim_sets for t in cs.candidates}
+    texts.update(s.report for s in data.studies if s.report)
+    mcqs = polarity_mcqs(data, seed=seed)
+    for form in MCQ_FORMS:
+        texts.update(mcq_texts(mcqs, form))
+    with stage(track, f"evaluate {data.split}: embed texts", len(texts)) as advance:
+        table = embed_texts(model, sorted(texts), progress=advance)
+    scores = claim_scores(model, claim_sets, row, data.images, table)
+    hits = retrieval_hit_table(model, data, table)
     patients = data.patients
     queries = hits["rows"]
-    mcq_items = polarity_mcq_items(model, data, seed=seed)
+    mcq_items = polarity_mcq_items(model, data, seed=seed, table=table)
     not_available: dict[str, str] = {}
     retrieval: dict[str, Estimate | None] = {"R@1": None, "R@5": None}
     if queries.size:
@@ -459,31 +503,43 @@ def summary_rows(report: dict[str, Any]) -> list[tuple[str, str, str]]:
 MCQ_FORMS: tuple[str, ...] = ("negated", "affirmative")
 
 
-def polarity_mcq_items(
-    model: DualEncoder, data: EvalStudies, *, seed: int = 0
-) -> dict[str, list[Any]]:
-    """Per polarity-controlled MCQ (one per study that passes the row filter),
-    column-wise: ``id`` (study), ``patient``, and ``negated`` / ``affirmative``: is the
-    correct option top-scored when absence is worded by negation / by an affirmative
-    equivalent (NAST's MedNega-CXR comparison)?"""
+def polarity_mcqs(data: EvalStudies, *, seed: int = 0) -> list[tuple[int, Study, Any]]:
+    """``(row, study, PolarityMCQ)`` of each study of ``data`` that passes the polarity
+    row filter, its options worded with ``seed``."""
     from mechtune.data.builders.polarity import PolarityConfig, make_mcq, passes_row_filter
 
     cfg = PolarityConfig(seed=seed)
-    questions = [
+    return [
         (j, s, make_mcq(s, cfg, data.split))
         for j, s in enumerate(data.studies)
         if passes_row_filter(s, cfg)
     ]
+
+
+def mcq_texts(questions: Sequence[tuple[int, Study, Any]], form: str) -> list[str]:
+    """Every option of ``questions`` in one wording (``negated`` or ``affirmative``)."""
+    return [t for _, _, q in questions for t in getattr(q, f"{form}_options")]
+
+
+def polarity_mcq_items(
+    model: DualEncoder, data: EvalStudies, *, seed: int = 0, table: TextTable | None = None
+) -> dict[str, list[Any]]:
+    """Per polarity-controlled MCQ (one per study that passes the row filter),
+    column-wise: ``id`` (study), ``patient``, and ``negated`` / ``affirmative``: is the
+    correct option top-scored when absence is worded by negation / by an affirmative
+    equivalent (NAST's MedNega-CXR comparison)? ``table``: the options' embeddings,
+    already computed (:func:`embed_texts`)."""
+    questions = polarity_mcqs(data, seed=seed)
     out: dict[str, list[Any]] = {
         "id": [s.study_id for _, s, _ in questions],
         "patient": [s.patient_id for _, s, _ in questions],
     }
     for form in MCQ_FORMS:
-        texts = [t for _, _, q in questions for t in getattr(q, f"{form}_options")]
-        table, index = embed_texts(model, texts) if texts else (torch.empty(0), {})
+        texts = mcq_texts(questions, form)
+        forms = table or embed_texts(model, texts)
         hits = []
         for j, _, q in questions:
-            options = table[[index[t] for t in getattr(q, f"{form}_options")]]
+            options = _vectors(forms, getattr(q, f"{form}_options"))
             hits.append(int((options @ data.images[j].float()).argmax()) == q.correct_index)
         out[form] = hits
     return out

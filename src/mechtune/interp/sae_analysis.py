@@ -26,7 +26,7 @@ ends of the stack) with this evidence.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
 
@@ -43,6 +43,7 @@ from mechtune.models.yes_no import (
     edit_block_output,
     take_rows,
 )
+from mechtune.progress import Tracker, stage
 
 
 class Dictionary(Protocol):
@@ -82,13 +83,21 @@ def paraphrase_pairs(questions: Sequence[ImageQuestion]) -> PairBatch:
 
 @torch.no_grad()
 def margins(
-    vlm: YesNoVLM, images: Any, rows: Sequence[int], texts: Sequence[str], batch: int = 64
+    vlm: YesNoVLM,
+    images: Any,
+    rows: Sequence[int],
+    texts: Sequence[str],
+    batch: int = 64,
+    progress: Callable[[int], None] | None = None,
 ) -> np.ndarray:
-    """``[N]`` margins of (images[rows[i]], texts[i])."""
-    out = [
-        vlm.margin(take_rows(images, rows[i : i + batch]), texts[i : i + batch]).float().cpu()
-        for i in range(0, len(texts), batch)
-    ]
+    """``[N]`` margins of (images[rows[i]], texts[i]), ``batch`` at a time;
+    ``progress(n)`` after each batch of n texts."""
+    out = []
+    for i in range(0, len(texts), batch):
+        chunk = texts[i : i + batch]
+        out.append(vlm.margin(take_rows(images, rows[i : i + batch]), chunk).float().cpu())
+        if progress is not None:
+            progress(len(chunk))
     return torch.cat(out).numpy() if out else np.zeros(0, dtype=np.float32)
 
 
@@ -112,10 +121,12 @@ def readout_features(
     texts: Sequence[str],
     saes: Mapping[int, Dictionary],
     batch: int = 64,
+    progress: Callable[[int], None] | None = None,
 ) -> dict[int, torch.Tensor]:
     """``{layer: [N, d_sae]}``: SAE features averaged over each question's readout
     positions (features are encoded per token, then averaged). Works ``batch`` texts at
-    a time, encoding only the readout positions; what is kept is one row per text."""
+    a time, encoding only the readout positions; what is kept is one row per text.
+    ``progress(n)`` after each batch of n texts."""
     out: dict[int, list[torch.Tensor]] = {layer: [] for layer in saes}
     for i in range(0, len(texts), batch):
         imgs, qs = take_rows(images, rows[i : i + batch]), list(texts[i : i + batch])
@@ -124,6 +135,8 @@ def readout_features(
             vlm.margin(imgs, qs)
         for layer, sae in saes.items():
             out[layer].append(_readout_means(sae, states[layer], mask).cpu())
+        if progress is not None:
+            progress(len(qs))
     return {layer: torch.cat(parts) for layer, parts in out.items()}
 
 
@@ -283,15 +296,20 @@ def analyse(
     pairs: PairBatch,
     saes: Mapping[int, Dictionary],
     config: AnalysisConfig | None = None,
+    track: Tracker | None = None,
 ) -> SAEAnalysis:
-    """Steps 1-3 of the module docstring on ``pairs``; the clamp value for step 4."""
+    """Steps 1-3 of the module docstring on ``pairs``; the clamp value for step 4.
+    ``track`` gets a stage counting the texts read for margins and features (each pair's
+    original and paraphrase, twice), then one counting the texts of the patches."""
     config = config or AnalysisConfig()
     layers = sorted(saes)
-    m_orig = margins(vlm, images, pairs.rows, pairs.originals)
-    m_para = margins(vlm, images, pairs.rows, pairs.paraphrases)
+    rows = pairs.rows
+    with stage(track, "SAE analysis: margins and features", 4 * len(pairs)) as advance:
+        m_orig = margins(vlm, images, rows, pairs.originals, progress=advance)
+        m_para = margins(vlm, images, rows, pairs.paraphrases, progress=advance)
+        f_orig = readout_features(vlm, images, rows, pairs.originals, saes, progress=advance)
+        f_para = readout_features(vlm, images, rows, pairs.paraphrases, saes, progress=advance)
     flips = (m_orig > 0) != (m_para > 0)
-    f_orig = readout_features(vlm, images, pairs.rows, pairs.originals, saes)
-    f_para = readout_features(vlm, images, pairs.rows, pairs.paraphrases, saes)
     auc, ci = {}, {}
     for layer in layers:
         delta = f_para[layer] - f_orig[layer]
@@ -317,21 +335,25 @@ def analyse(
     if top:
         # Patch each of the first few attributed features on the flip pairs; the one that
         # recovers the most margin is the causal candidate, and the one clamped.
-        analysis.patches = [
-            patch_recovery(
-                vlm,
-                images,
-                pairs,
-                flips,
-                m_orig,
-                m_para,
-                saes[peak],
-                peak,
-                int(f["feature"]),
-                min_gap_share=config.min_gap_share,
-            )
-            for f in top[: config.patch_features]
-        ]
+        patched = top[: config.patch_features]
+        total = len(patched) * int(flips.sum())
+        with stage(track, f"SAE analysis: patch features at layer {peak}", total) as advance:
+            analysis.patches = [
+                patch_recovery(
+                    vlm,
+                    images,
+                    pairs,
+                    flips,
+                    m_orig,
+                    m_para,
+                    saes[peak],
+                    peak,
+                    int(f["feature"]),
+                    min_gap_share=config.min_gap_share,
+                    progress=advance,
+                )
+                for f in patched
+            ]
         analysis.patch = max(analysis.patches, key=lambda p: p.get("recovered_mean", 0.0))
         analysis.clamp_value = float(f_orig[peak][:, int(analysis.patch["feature"])].mean())
     return analysis
@@ -418,9 +440,10 @@ def patch_recovery(
     batch: int = 64,
     *,
     min_gap_share: float = MIN_GAP_SHARE,
+    progress: Callable[[int], None] | None = None,
 ) -> dict[str, float]:
     """Share of the margin gap recovered on flip pairs by removing one feature from the
-    paraphrase's readout positions.
+    paraphrase's readout positions (``progress(n)`` after each batch of n pairs).
 
     Per flip pair, recovery = (m_patched - m_para) / (m_orig - m_para), a ratio over the
     pair's own margin gap, aggregated by the rule of :mod:`mechtune.interp.ratios`: pairs
@@ -441,6 +464,8 @@ def patch_recovery(
         mask = vlm.readout_positions(imgs, qs)
         with feature_edit(vlm, sae, layer, feature, None, mask):
             patched.append(vlm.margin(imgs, qs).float().cpu())
+        if progress is not None:
+            progress(len(qs))
     m_patch = torch.cat(patched).numpy().astype(np.float64)
     gap = np.asarray(m_orig, dtype=np.float64)[idx] - np.asarray(m_para, dtype=np.float64)[idx]
     summary = summarise_ratios(

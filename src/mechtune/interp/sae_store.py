@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import json
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -294,9 +294,11 @@ def write_activation_store(
     *,
     batch: int = 64,
     chunk_tokens: int = DEFAULT_CHUNK_TOKENS,
+    progress: Callable[[int], None] | None = None,
 ) -> ActivationStore:
     """Run ``vlm`` once over ``(images[rows[i]], texts[i])``, ``batch`` texts at a time,
-    and store block outputs at the readout positions of ``layers`` in ``folder``.
+    and store block outputs at the readout positions of ``layers`` in ``folder``
+    (``progress(n)`` after each batch of n texts).
 
     Returns the :class:`ActivationStore` (rows ``[tokens, d_in]`` per layer, float32).
     ConfigError for a bad ``batch``/``chunk_tokens`` or a layer the model lacks; DataError
@@ -317,6 +319,8 @@ def write_activation_store(
         with capture_readout(vlm, layers, mask) as found:
             vlm.margin(imgs, questions)
         writer.add(found, len(questions), f" (texts {start}-{start + len(questions) - 1})")
+        if progress is not None:
+            progress(len(questions))
     return writer.close()
 
 

@@ -67,6 +67,7 @@ from mechtune.interp.sae_train import (
     resolve_training,
 )
 from mechtune.models.yes_no import YesNoVLM
+from mechtune.progress import Advance, Tracker, stage
 
 DEFAULT_BUFFER_TOKENS = 65536  # 640 MiB at d = 2560 (Gemma 3 4B) in float32
 _FLOAT64_ROWS = 4096  # rows of a shard converted to float64 at a time for the sums
@@ -255,6 +256,22 @@ def check_buffer(buffer_tokens: int, training: SAETrainConfig) -> int:
     return buffer_tokens
 
 
+def _reporter(
+    layer: int, advance: Advance, progress: LayerProgress | None
+) -> Callable[[int, dict[str, float]], None]:
+    """The ``fit`` callback of one layer: at each log interval (``step`` 0-based) count the
+    steps since the last, show the interval's mean loss and call ``progress``."""
+    shown = [0]
+
+    def report_step(step: int, terms: dict[str, float]) -> None:
+        advance(step + 1 - shown[0], loss=terms["loss"])
+        shown[0] = step + 1
+        if progress is not None:
+            progress(layer, step, terms)
+
+    return report_step
+
+
 def train_saes_streaming(
     store: ActivationStore,
     configs: Mapping[int, SAEConfig],
@@ -263,6 +280,7 @@ def train_saes_streaming(
     buffer_tokens: int = DEFAULT_BUFFER_TOKENS,
     device: str | torch.device = "cpu",
     progress: LayerProgress | None = None,
+    track: Tracker | None = None,
 ) -> tuple[dict[int, SAE], dict[int, TrainReport]]:
     """One SAE per ``{layer: config}`` trained from ``store`` (module docstring), layer
     after layer, each SAE and its buffer on ``device``.
@@ -273,7 +291,8 @@ def train_saes_streaming(
     ``peak_tokens`` and ``peak_bytes`` (most activation rows held at once in any phase:
     statistics, buffer plus shard, final sample), ``write_peak_tokens`` (the store's, see
     :class:`~mechtune.interp.sae_store.ActivationStore`) and ``epochs`` (passes over the
-    shards begun). ``progress(layer, step, terms)`` at each log interval.
+    shards begun). ``progress(layer, step, terms)`` at each log interval; ``track`` gets
+    one stage per layer counting its steps (updated at each log interval, with the loss).
 
     ConfigError for a layer not in the store, a ``d_in`` other than the store's, a
     jumprelu-only setting on another kind, or ``buffer_tokens`` < ``training.batch_size``;
@@ -299,12 +318,9 @@ def train_saes_streaming(
             sae.b_dec.copy_(stats.b_dec)
         sae.to(device)
         buffer = ShuffleBuffer(store, layer, buffer_tokens, training.batch_size, generator, device)
-
-        def report_step(step: int, terms: dict[str, float], layer: int = layer) -> None:
-            if progress is not None:
-                progress(layer, step, terms)
-
-        history, logged = fit(sae, buffer.next_batch, stats.scale, training, report_step)
+        with stage(track, f"train SAE at layer {layer}", training.steps) as advance:
+            report_step = _reporter(layer, advance, progress)
+            history, logged = fit(sae, buffer.next_batch, stats.scale, training, report_step)
         train_peak, epochs, capacity = buffer.peak_tokens, buffer.epochs, buffer.capacity
         del buffer  # the buffer goes before the final sample is read
         sample, sample_peak = gather_rows(store, layer, stats.sample)
@@ -345,12 +361,14 @@ def stream_and_train(
     store_dir: str | Path | None = None,
     device: str | torch.device | None = None,
     progress: LayerProgress | None = None,
+    track: Tracker | None = None,
 ) -> tuple[dict[int, SAE], dict[int, dict[str, Any]]]:
     """One SAE per layer of ``layers`` on the readout states of ``(images[rows[i]],
     texts[i])``: the model runs once, ``batch`` texts per pass, into a store of shards of
     at most ``chunk_tokens`` rows in ``store_dir`` (kept), or a temporary folder removed
     at the end; then :func:`train_saes_streaming` with ``buffer_tokens`` on ``device``
-    (default: the model's).
+    (default: the model's). ``track`` gets a stage counting the texts the model reads,
+    then one per layer trained (:func:`train_saes_streaming`).
 
     ``sae`` gives kind and width; ``d_in`` (the model's width), ``layer`` and ``hook``
     (``<layers_pattern>.<layer>``) are filled in per layer. Returns ``{layer: SAE}`` and
@@ -370,9 +388,18 @@ def stream_and_train(
     with contextlib.ExitStack() as stack:
         if store_dir is None:
             store_dir = stack.enter_context(tempfile.TemporaryDirectory(prefix="mechtune-acts-"))
-        store = write_activation_store(
-            vlm, images, rows, texts, layers, store_dir, batch=batch, chunk_tokens=chunk_tokens
-        )
+        with stage(track, f"capture activations at {len(layers)} layers", len(texts)) as advance:
+            store = write_activation_store(
+                vlm,
+                images,
+                rows,
+                texts,
+                layers,
+                store_dir,
+                batch=batch,
+                chunk_tokens=chunk_tokens,
+                progress=advance,
+            )
         configs = {
             layer: replace(
                 sae, d_in=store.d_in(layer), layer=layer, hook=f"{vlm.layers_pattern}.{layer}"
@@ -380,7 +407,13 @@ def stream_and_train(
             for layer in layers
         }
         saes, reports = train_saes_streaming(
-            store, configs, training, buffer_tokens=buffer_tokens, device=device, progress=progress
+            store,
+            configs,
+            training,
+            buffer_tokens=buffer_tokens,
+            device=device,
+            progress=progress,
+            track=track,
         )
     summary = {
         layer: {

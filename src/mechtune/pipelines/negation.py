@@ -58,6 +58,7 @@ from mechtune.pipelines.negation_report import (
     paired_comparisons,
     results_table,
 )
+from mechtune.progress import Tracker, stage
 from mechtune.train.checkpoint import load_trained
 from mechtune.train.distributed import is_main_process, wait_for_everyone
 from mechtune.train.methods import (
@@ -224,17 +225,20 @@ def trace_model(
     build: PairBuild,
     config: TraceConfig,
     counts: dict[str, Any],
-    progress: Callable[[int], None] | None = None,
+    track: Tracker | None = None,
 ) -> TraceResult:
-    """Causal tracing of ``encoder`` on ``build``'s pairs against the items' images."""
-    return trace(
-        encoder,
-        build.pairs,
-        data.images,
-        config,
-        counts={**build.to_dict(), "used": len(build.pairs), **counts},
-        progress=progress,
-    )
+    """Causal tracing of ``encoder`` on ``build``'s pairs against the items' images.
+    ``track`` gets one stage counting the distinct (correct, foil) text pairs traced."""
+    distinct = len({(p.correct, p.foil) for p in build.pairs})
+    with stage(track, "trace distinct text pairs", distinct) as advance:
+        return trace(
+            encoder,
+            build.pairs,
+            data.images,
+            config,
+            counts={**build.to_dict(), "used": len(build.pairs), **counts},
+            progress=advance,
+        )
 
 
 def training_data(data: StudyData, recipe: NegationStudyConfig) -> NegationData:
@@ -256,12 +260,15 @@ def evaluate_model(
     seed: int,
     probes: bool = False,
     base: DualEncoder | None = None,
+    track: Tracker | None = None,
 ) -> dict[str, Any]:
     """Every negation metric of ``encoder`` on ``split``; with ``probes``, linear probes
     fitted on the train split; with ``base``, retention (the drift of the text embeddings
-    of everyday sentences from ``base``'s)."""
+    of everyday sentences from ``base``'s). ``track``: progress of the text embedding."""
     probe_train = data.eval_set("train") if probes else None
-    report = evaluate_negation(encoder, data.eval_set(split), seed=seed, probe_train=probe_train)
+    report = evaluate_negation(
+        encoder, data.eval_set(split), seed=seed, probe_train=probe_train, track=track
+    )
     if base is not None:
         sentences = general_sentences()
         report["retention"] = embedding_drift(
@@ -362,6 +369,7 @@ def train_model(
     spec: str,
     *,
     accelerator: Any | None = None,
+    track: Tracker | None = None,
 ) -> DualEncoder:
     """Train ``encoder`` (loaded from ``spec``) in place with a registered method,
     resuming from ``out`` (:func:`check_resume` first), and write ``out/run.json``
@@ -372,7 +380,8 @@ def train_model(
     ``accelerator``: an ``accelerate.Accelerator`` for DDP (each process holds the same
     ``encoder`` on its own device; ``loop.shards`` a multiple of its processes). Every
     process checks ``out`` before the main process rewrites ``run.json``; only the main
-    process writes, and all return once its files are complete."""
+    process writes, and all return once its files are complete. ``track``: progress of
+    the steps, with the loss (:func:`~mechtune.train.methods.fit_reporting`)."""
     from safetensors.torch import save_file
 
     from mechtune.data.io import atomic_path
@@ -392,6 +401,7 @@ def train_model(
         out,
         accelerator=accelerator,
         base_model=base_model_of(spec),
+        track=track,
     )
     if is_main_process(accelerator):
         probes = encoder.encode_texts(general_sentences()[:PROBE_SENTENCES]).float().cpu()
@@ -482,15 +492,18 @@ def run_negation_study(
     out: str | Path,
     options: RunOptions | None = None,
     log: Log | None = None,
+    track: Tracker | None = None,
 ) -> dict[str, Any]:
     """Run every (method, seed) of ``recipe`` on ``source``; write ``results.json``,
     ``table.md``, the trace (``trace/``) and each run's checkpoints and adapter
-    (``runs/<method>/seed<k>/``). Returns the results dict."""
+    (``runs/<method>/seed<k>/``). Returns the results dict. ``track`` gets a stage for
+    each long step: embedding the images, tracing, each run's training and evaluation."""
     out = Path(out)
     options = options or RunOptions()
     say = log or _quiet
     base = options.load(recipe.model)
-    data = study_data(base, source, recipe.model, options, say)
+    with stage(track, "embed images", len(source)) as advance:
+        data = study_data(base, source, recipe.model, options, say, progress=advance)
     build = trace_pairs(
         base,
         data,
@@ -506,6 +519,7 @@ def run_negation_study(
         build,
         TraceConfig(seed=recipe.data_seed),
         {"split": "train", "model": recipe.model, **weights_info(base)},
+        track=track,
     )
     traced.save(out / "trace")
     cte_by_block = traced.cte_layer[1:].tolist()
@@ -526,6 +540,7 @@ def run_negation_study(
             loop,
             out / "runs" / method / f"seed{seed}",
             recipe.model,
+            track=track,
         )
         seconds = time.perf_counter() - start
         report = to_jsonable(
@@ -536,6 +551,7 @@ def run_negation_study(
                 seed=recipe.data_seed,
                 probes=recipe.probes,
                 base=base,
+                track=track,
             )
         )
         report["train_seconds"] = round(seconds, 1)

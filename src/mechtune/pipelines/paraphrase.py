@@ -65,6 +65,7 @@ from mechtune.pipelines.paraphrase_report import (
     select_question_examples,
 )
 from mechtune.pipelines.questions import BoundQuestions, split_sets
+from mechtune.progress import Tracker
 from mechtune.train.consistency import ConsistencyConfig, consistency_examples
 from mechtune.train.methods import run_paraphrase_method
 from mechtune.train.model_card import base_model_of
@@ -298,6 +299,7 @@ def train_question_saes(
     corpus: Sequence[str] = (),
     per_image: bool = True,
     seed: int = 0,
+    track: Tracker | None = None,
     **streaming: Any,
 ) -> tuple[dict[int, SAE], dict[int, dict[str, Any]]]:
     """One SAE per layer (shape and kind from ``sae``; ``d_in`` and ``layer`` are filled in),
@@ -307,7 +309,8 @@ def train_question_saes(
     The states stream (:func:`mechtune.interp.sae_stream.stream_and_train`): the model
     runs once into an on-disk store of shards, and each SAE trains from a fixed-size
     shuffle buffer, so memory does not grow with the token count; ``streaming`` passes
-    ``batch``, ``chunk_tokens``, ``buffer_tokens`` and ``store_dir`` on.
+    ``batch``, ``chunk_tokens``, ``buffer_tokens`` and ``store_dir`` on. ``track`` gets a
+    stage for the capture and one per layer trained.
 
     ``per_image=False`` reads each distinct text once, for models whose question states do
     not depend on the image (the phantom VQA's question encoder); otherwise each distinct
@@ -330,6 +333,7 @@ def train_question_saes(
         layers,
         sae,
         SAETrainConfig(steps=steps, seed=seed),
+        track=track,
         **streaming,
     )
 
@@ -339,6 +343,7 @@ def study_saes(
     bound: BoundQuestions,
     train: Sequence[ImageQuestion],
     config: ParaphraseStudyConfig,
+    track: Tracker | None = None,
 ) -> tuple[dict[int, Any], dict[int, dict[str, Any]], bool]:
     """The SAEs the analysis reads: loaded from ``saes`` (only the ``sae_layers``), or one
     TopK SAE (``sae_width``, ``sae_k``, ``sae_steps``) per ``sae_layers`` block trained on
@@ -363,6 +368,7 @@ def study_saes(
         corpus=sae_corpus(bound, config),
         per_image=vlm.states_depend_on_image,
         seed=config.seed,
+        track=track,
     )
     return saes, reports, True
 
@@ -386,16 +392,23 @@ def clamped_report(
     questions: Sequence[ImageQuestion],
     saes: Mapping[int, Dictionary],
     analysis: SAEAnalysis,
+    track: Tracker | None = None,
 ) -> dict[str, Any] | None:
     """The metrics of ``questions`` with the analysis's causal candidate (the patched
     feature that recovered most margin) clamped at the peak layer (None when no feature
-    was attributed)."""
+    was attributed). ``track``: progress of the margins."""
     if not analysis.patch:
         return None
     feature = int(analysis.patch["feature"])
     layer = analysis.peak_layer
     with feature_edit(vlm, saes[layer], layer, feature, analysis.clamp_value):
-        report, _ = evaluate_questions(vlm, images, questions)
+        report, _ = evaluate_questions(
+            vlm,
+            images,
+            questions,
+            track=track,
+            description=f"evaluate with feature {feature} clamped: margins",
+        )
     report.update(layer=layer, feature=feature, value=analysis.clamp_value)
     return report
 
@@ -412,6 +425,7 @@ def run_paraphrase_study(
     device: str | torch.device = "cpu",
     dtype: str | torch.dtype | None = None,
     log: Callable[[str], None] | None = None,
+    track: Tracker | None = None,
 ) -> dict[str, Any]:
     """Run every step on ``bound`` (questions bound to images prepared for
     ``config.model``) with ``vlm`` (loaded from ``config.model`` on ``device`` in ``dtype``
@@ -421,7 +435,9 @@ def run_paraphrase_study(
 
     Returns the results dict. Raises ``VLMSpecError`` for a model that cannot be loaded,
     ``DataError`` for questions without split labels or too few of a split, and
-    ``ConfigError`` for SAE layers the model lacks.
+    ``ConfigError`` for SAE layers the model lacks. ``track`` gets a stage for each long
+    step: the margins of each evaluation, the SAEs' capture and training, the analysis,
+    and each LoRA run's steps (with the loss).
     """
     out = Path(out)
     say = log or (lambda _msg: None)
@@ -433,19 +449,21 @@ def run_paraphrase_study(
 
     start = time.perf_counter()
     say(f"baseline on {len(eval_sets)} {config.eval_split}-split questions ...")
-    baseline, margin_table = evaluate_questions(vlm, images, eval_sets, seed=config.seed)
+    baseline, margin_table = evaluate_questions(
+        vlm, images, eval_sets, seed=config.seed, track=track, description="baseline: margins"
+    )
     write_margins(margin_table, out / "margins.csv")
     example_rows: dict[str, list[dict[str, Any]]] = {"baseline": margin_table}
     timings["baseline"] = time.perf_counter() - start
 
     start = time.perf_counter()
-    saes, sae_reports, trained_here = study_saes(vlm, bound, train_sets, config)
+    saes, sae_reports, trained_here = study_saes(vlm, bound, train_sets, config, track=track)
     say(
         f"{'trained' if trained_here else 'loaded'} SAEs at layers {sorted(saes)}; "
         "analysing flips ..."
     )
     pairs = paraphrase_pairs(analysis_questions(train_sets, config))
-    analysis = analyse(vlm, images, pairs, saes, analysis_config(config))
+    analysis = analyse(vlm, images, pairs, saes, analysis_config(config), track=track)
     timings["sae"] = time.perf_counter() - start
     if analysis.flip_pairs == 0 or analysis.flip_pairs == analysis.pairs:
         say(
@@ -460,7 +478,7 @@ def run_paraphrase_study(
         )
 
     start = time.perf_counter()
-    clamped = clamped_report(vlm, images, eval_sets, saes, analysis)
+    clamped = clamped_report(vlm, images, eval_sets, saes, analysis, track=track)
     timings["clamping"] = time.perf_counter() - start
 
     runs: dict[str, list[dict[str, Any]]] = {}
@@ -489,9 +507,17 @@ def run_paraphrase_study(
                 run_config(config, layers, seed),
                 out / "runs" / name / f"seed{seed}",
                 base_model=base_model_of(config.model),
+                track=track,
             )
             seconds = time.perf_counter() - start
-            report, rows = evaluate_questions(model, images, eval_sets, seed=config.seed)
+            report, rows = evaluate_questions(
+                model,
+                images,
+                eval_sets,
+                seed=config.seed,
+                track=track,
+                description=f"evaluate LoRA {name} (seed {seed}): margins",
+            )
             example_rows.setdefault(f"LoRA {name}", rows)
             report.update(seed=seed, layers=None if layers is None else list(layers))
             report["train_seconds"] = round(seconds, 1)

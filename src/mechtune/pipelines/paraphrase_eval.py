@@ -46,6 +46,7 @@ from mechtune.eval.consistency import (
 from mechtune.eval.metrics import Estimate
 from mechtune.interp.sae_analysis import margins
 from mechtune.models.yes_no import YesNoVLM, take_rows
+from mechtune.progress import Tracker, stage
 
 VIEWS = ("all", "heldout", "in_distribution")
 _VIEW_LABEL = {"heldout": HELD_OUT, "in_distribution": IN_DISTRIBUTION}
@@ -82,31 +83,39 @@ def _check_ids(ids: Sequence[str]) -> None:
 
 @torch.no_grad()
 def model_answers(
-    vlm: YesNoVLM, images: Any, questions: Sequence[ImageQuestion]
+    vlm: YesNoVLM,
+    images: Any,
+    questions: Sequence[ImageQuestion],
+    track: Tracker | None = None,
+    description: str = "margins",
 ) -> tuple[list[AnswerGroup], dict[str, Any]]:
     """The model's answer groups (margins of every question and paraphrase on its image)
     and the image controls: ``{"blank": [N] margins with the image blanked, "swap": [N]
-    margins with another patient's image, or None}`` for the original questions."""
+    margins with another patient's image, or None}`` for the original questions.
+    ``track`` gets one stage (``description``) counting the texts read: every question
+    and paraphrase, then the originals once per control."""
     sets = [q.record for q in questions]
     _check_ids([s.question_id for s in sets])
     rows = [q.image for q in questions for _ in range(1 + len(q.record.paraphrases))]
     texts = [t for s in sets for t in (s.question, *s.paraphrases)]
-    flat = margins(vlm, images, rows, texts)
-    per_set, at = [], 0
-    for s in sets:
-        n = 1 + len(s.paraphrases)
-        per_set.append(flat[at : at + n])
-        at += n
-    groups = answers_from_margins(sets, per_set)
-    originals = [s.question for s in sets]
-    blank = vlm.blank_images(take_rows(images, [q.image for q in questions]))
-    controls: dict[str, Any] = {
-        "blank": margins(vlm, blank, list(range(len(sets))), originals),
-        "swap": None,
-    }
     swapped = swap_rows(questions)
-    if swapped is not None:
-        controls["swap"] = margins(vlm, images, swapped, originals)
+    total = len(texts) + len(sets) * (1 if swapped is None else 2)
+    with stage(track, description, total) as advance:
+        flat = margins(vlm, images, rows, texts, progress=advance)
+        per_set, at = [], 0
+        for s in sets:
+            n = 1 + len(s.paraphrases)
+            per_set.append(flat[at : at + n])
+            at += n
+        groups = answers_from_margins(sets, per_set)
+        originals = [s.question for s in sets]
+        blank = vlm.blank_images(take_rows(images, [q.image for q in questions]))
+        controls: dict[str, Any] = {
+            "blank": margins(vlm, blank, list(range(len(sets))), originals, progress=advance),
+            "swap": None,
+        }
+        if swapped is not None:
+            controls["swap"] = margins(vlm, images, swapped, originals, progress=advance)
     return groups, controls
 
 
@@ -247,13 +256,20 @@ def evaluate_groups(
 
 
 def evaluate_questions(
-    vlm: YesNoVLM, images: Any, questions: Sequence[ImageQuestion], *, seed: int = 0
+    vlm: YesNoVLM,
+    images: Any,
+    questions: Sequence[ImageQuestion],
+    *,
+    seed: int = 0,
+    track: Tracker | None = None,
+    description: str = "evaluate: margins",
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """The metrics of ``questions`` asked to ``vlm`` (:func:`evaluate_groups`, views and
-    strategies) and the per-question margin rows (:func:`margin_rows`)."""
+    strategies) and the per-question margin rows (:func:`margin_rows`). ``track``: the
+    progress of the margins (:func:`model_answers`), as ``description``."""
     if not questions:
         raise DataError("no questions to evaluate")
-    groups, controls = model_answers(vlm, images, questions)
+    groups, controls = model_answers(vlm, images, questions, track, description)
     patients = {q.record.question_id: q.record.patient_id for q in questions}
     heldout = {
         q.record.question_id: q.record.heldout_family for q in questions if q.record.heldout_family

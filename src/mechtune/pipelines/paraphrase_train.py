@@ -40,6 +40,7 @@ from mechtune.pipelines.paraphrase_eval import (
     write_margins,
 )
 from mechtune.pipelines.questions import BoundQuestions
+from mechtune.progress import Tracker
 from mechtune.train.checkpoint import load_trained
 from mechtune.train.consistency import ConsistencyConfig, consistency_examples
 from mechtune.train.distributed import is_main_process, wait_for_everyone
@@ -82,6 +83,7 @@ def train_consistency(
     identity: dict[str, Any],
     log: Callable[[str], None] | None = None,
     accelerator: Any | None = None,
+    track: Tracker | None = None,
 ) -> dict[str, Any]:
     """Train ``vlm`` in place with consistency LoRA on ``train`` (rows into
     ``bound.images``), resuming from ``out`` after :func:`check_resume`; write
@@ -90,7 +92,8 @@ def train_consistency(
     ``accelerator``: an ``accelerate.Accelerator`` for DDP (each process holds the same
     ``vlm`` on its own device; ``config.grad_accum`` a multiple of its processes, so the
     effective batch stays ``batch_size`` × ``grad_accum``). Only the main process writes;
-    every process returns once the files are complete.
+    every process returns once the files are complete. ``track``: progress of the steps,
+    with the loss (:func:`~mechtune.train.methods.fit_reporting`).
 
     Raises ConfigError when ``out`` holds a run of other settings or is past
     ``config.steps``, or when the processes cannot share the micro-batches; DataError for
@@ -125,6 +128,7 @@ def train_consistency(
         out,
         accelerator=accelerator,
         base_model=base_model_of(identity["model"]),
+        track=track,
     )
     if main:
         save_probe(vlm, bound, train, out / PROBE_FILE, identity)
@@ -205,10 +209,12 @@ def evaluate_paraphrase(
     clamp: Clamp | None = None,
     extra: dict[str, Any] | None = None,
     seed: int = 0,
+    track: Tracker | None = None,
 ) -> dict[str, Any]:
     """PSF-Med's metrics of ``questions`` (views, strategies; with ``clamp``'s feature
     clamped at its layer), written to ``out``: ``eval.json`` (the metrics with ``extra``
-    provenance), ``table.md`` and ``margins.csv``. Returns the JSON-ready report."""
+    provenance), ``table.md`` and ``margins.csv``. Returns the JSON-ready report.
+    ``track``: progress of the margins."""
     if clamp is not None:
         n_layers = len(vlm.layers)
         if clamp.layer >= n_layers:
@@ -217,9 +223,9 @@ def evaluate_paraphrase(
                 f"blocks 0..{n_layers - 1}"
             )
         with feature_edit(vlm, clamp.sae, clamp.layer, clamp.feature, clamp.value):
-            report, rows = evaluate_questions(vlm, bound.images, questions, seed=seed)
+            report, rows = evaluate_questions(vlm, bound.images, questions, seed=seed, track=track)
     else:
-        report, rows = evaluate_questions(vlm, bound.images, questions, seed=seed)
+        report, rows = evaluate_questions(vlm, bound.images, questions, seed=seed, track=track)
     result = jsonable(
         {
             **(extra or {}),

@@ -88,6 +88,7 @@ from mechtune.data.sources import open_source
 from mechtune.data.splits import record_rng
 from mechtune.data.synthetic import SyntheticConfig, sample_studies
 from mechtune.errors import ConfigError, DataError
+from mechtune.progress import Tracker, stage
 from mechtune.sim.mimic_layout import (
     CHEXPERT_TABLE,
     FRONTAL_VIEWS,
@@ -444,6 +445,7 @@ def export_mimic(
     questions: bool = True,
     questions_per_study: int = 2,
     workers: int = 2,
+    track: Tracker | None = None,
 ) -> MimicExport:
     """Write ``world`` to ``out`` in MIMIC-CXR-JPG layout (see the module docstring).
 
@@ -451,7 +453,8 @@ def export_mimic(
     ``Rows``/``Columns``). The options are :class:`MimicExportConfig`'s; with ``questions``
     the export also holds ``questions.jsonl`` (the module docstring), and the manifest
     lists it and its counts (``counts["questions"]``). ``workers`` threads encode and write
-    the images (the bytes do not depend on it). Raises ``ConfigError`` for a bad option or when ``out`` exists and
+    the images (the bytes do not depend on it); ``track`` gets one stage counting the
+    studies written (the world's and the lateral-only ones). Raises ``ConfigError`` for a bad option or when ``out`` exists and
     is not empty (a stale tree would mix two exports), ``DataError`` for a world whose ids,
     views or truth cannot be written.
     """
@@ -511,8 +514,14 @@ def export_mimic(
         return written
 
     root.mkdir(parents=True, exist_ok=True)
-    with ThreadPoolExecutor(workers) as pool:
-        relpaths = [rel for batch in pool.map(write_study, items) for rel in batch]
+    relpaths: list[str] = []
+    with (
+        stage(track, f"write {image_format} images and reports", len(items)) as advance,
+        ThreadPoolExecutor(workers) as pool,
+    ):
+        for batch in pool.map(write_study, items):
+            relpaths.extend(batch)
+            advance(1)
     labels = _label_rows(items)
     header = ["subject_id", "study_id", *LABEL_COLUMNS]
     _write_gz_csv(root, CHEXPERT_TABLE, header, labels)

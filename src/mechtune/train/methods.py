@@ -36,6 +36,7 @@ from mechtune.data.schema import SPLITS, Study
 from mechtune.errors import ConfigError, DataError
 from mechtune.models.dual_encoder import DualEncoder
 from mechtune.models.yes_no import YesNoVLM
+from mechtune.progress import Tracker, stage
 from mechtune.train.consistency import ConsistencyConfig, ConsistencyExample, ConsistencyTask
 from mechtune.train.lora import (
     check_gradient_checkpointing,
@@ -289,6 +290,35 @@ def negation_trainer(
     )
 
 
+def resumed_step(trainer: Trainer) -> int:
+    """The step of ``trainer``'s newest checkpoint (``step_NNNNNN``), 0 when it has none:
+    where :meth:`~mechtune.train.trainer.Trainer.fit` with ``resume`` starts."""
+    found = trainer.checkpoints()
+    return int(found[-1].name.rsplit("_", 1)[-1]) if found else 0
+
+
+def fit_reporting(trainer: Trainer, track: Tracker | None, description: str) -> None:
+    """``trainer.fit(resume=True)``, reporting to ``track`` (one stage of
+    ``settings.steps`` steps, starting at the resumed checkpoint's step): every step, and
+    at each logging interval the mean ``loss`` of its steps. The loss is only read when
+    the trainer flushes its logged terms (:meth:`~mechtune.train.trainer.Trainer.flush`),
+    so reporting adds no host-device sync."""
+    start = min(resumed_step(trainer), trainer.settings.steps)
+    with stage(track, description, trainer.settings.steps, completed=start) as advance:
+        shown = [start]
+
+        def stepped(_n: int) -> None:
+            advance(max(trainer.step - shown[0], 0))
+            shown[0] = trainer.step
+
+        def logged(records: list[dict[str, float]]) -> None:
+            losses = [r["loss"] for r in records if "loss" in r]
+            if losses:
+                advance(0, loss=sum(losses) / len(losses))
+
+        trainer.fit(resume=True, progress=stepped, on_log=logged)
+
+
 def run_method(
     name: str,
     encoder: DualEncoder,
@@ -300,6 +330,7 @@ def run_method(
     *,
     accelerator: Any | None = None,
     base_model: str | None = None,
+    track: Tracker | None = None,
 ) -> DualEncoder:
     """Train ``encoder`` in place with negation method ``name``, resuming from the
     checkpoints in ``out``, and write the result there (``adapter/`` or
@@ -308,8 +339,8 @@ def run_method(
     untouched and writes nothing. ``accelerator``: an ``accelerate.Accelerator`` for DDP
     (``config.shards`` a multiple of its processes; the main process writes).
     ``base_model``: the model spec's hub id or local path, for the model card
-    (:meth:`~mechtune.train.trainer.Trainer.save_result`). Shapes and errors:
-    :func:`negation_trainer`."""
+    (:meth:`~mechtune.train.trainer.Trainer.save_result`). ``track``: reports the steps
+    and the loss (:func:`fit_reporting`). Shapes and errors: :func:`negation_trainer`."""
     entry = _entry(name, "negation")
     torch.manual_seed(config.seed)
     if entry.loss is None:
@@ -317,7 +348,7 @@ def run_method(
     trainer = negation_trainer(
         name, encoder, images, data, alpha, config, out, accelerator=accelerator
     )
-    trainer.fit(resume=True)
+    fit_reporting(trainer, track, f"train {name} (seed {config.seed})")
     trainer.save_result(name, base_model=base_model, task="negation")
     return encoder
 
@@ -365,14 +396,15 @@ def run_paraphrase_method(
     *,
     accelerator: Any | None = None,
     base_model: str | None = None,
+    track: Tracker | None = None,
 ) -> YesNoVLM:
     """Train ``vlm`` in place with paraphrase method ``name`` (resuming from ``out``) and
     write its adapter and ``train.json`` there (see :func:`run_method`; under DDP the main
-    process writes; ``base_model`` names the base in the model card). Shapes and errors:
-    :func:`paraphrase_trainer`."""
+    process writes; ``base_model`` names the base in the model card; ``track`` reports the
+    steps and the loss, :func:`fit_reporting`). Shapes and errors: :func:`paraphrase_trainer`."""
     _entry(name, "paraphrase")
     torch.manual_seed(config.seed)
     trainer = paraphrase_trainer(name, vlm, images, examples, config, out, accelerator=accelerator)
-    trainer.fit(resume=True)
+    fit_reporting(trainer, track, f"train {name} (seed {config.seed})")
     trainer.save_result(name, base_model=base_model, task="paraphrase")
     return vlm

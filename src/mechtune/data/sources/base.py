@@ -22,7 +22,7 @@ import dataclasses
 import gzip
 import io
 from abc import ABC, abstractmethod
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import IO, Any, ClassVar, cast
@@ -194,7 +194,12 @@ class ImageStudySource(ABC):
         """The report of an item (FINDINGS and IMPRESSION where a reader split sections)."""
         return study.report
 
-    def with_report_facts(self, uncertain: str = "skip", extractor: Any = None) -> None:
+    def with_report_facts(
+        self,
+        uncertain: str = "skip",
+        extractor: Any = None,
+        progress: Callable[[int], None] | None = None,
+    ) -> None:
         """Add the structured facts of each item's report to its findings, in place.
 
         Report facts come from :class:`mechtune.data.report_facts.FactExtractor` (the
@@ -204,7 +209,8 @@ class ImageStudySource(ABC):
         without a report keep their label findings. ``report.notes["report_facts"]``
         counts the items read, those whose findings changed, the findings that gained a
         side, zone or severity, and the items left with no finding at all.
-        Raises ``MissingExtraError`` when medspacy is not installed.
+        ``progress(1)`` after each report read. Raises ``MissingExtraError`` when medspacy
+        is not installed.
         """
         from mechtune.data.report_facts import FactExtractor, merge_findings
 
@@ -223,6 +229,8 @@ class ImageStudySource(ABC):
                     f.laterality is not None or f.zone is not None or f.severity is not None
                     for f in merged
                 )
+                if progress is not None:
+                    progress(1)
             if not study.findings:
                 counts["no_findings"] += 1
             items.append(study)
