@@ -153,7 +153,9 @@ def test_tracking_leaves_the_run_byte_identical(clip_dir, tmp_path):
             run_method("nast", encoder, _images(), data, ALPHA, config, tmp_path / name,
                        tracker=tracker)  # fmt: skip
     for file in ("adapter/adapter_model.safetensors", "train.json"):
-        assert (tmp_path / "plain" / file).read_bytes() == (tmp_path / "tracked" / file).read_bytes()
+        assert (tmp_path / "plain" / file).read_bytes() == (
+            tmp_path / "tracked" / file
+        ).read_bytes()
     assert not (tmp_path / "plain" / "tb").exists()
     assert scalars(tmp_path / "tracked" / "tb" / "nast")["train/loss"]
 
@@ -220,6 +222,7 @@ def test_eval_every_evaluates_read_only_and_is_logged(clip_dir, tmp_path):
         scores = (text @ probe.task.images[claim.image]).tolist()
         hits.append(scores[0] > max(scores[1:]))
     assert trainer.evals[1]["claim_accuracy"] == pytest.approx(sum(hits) / len(hits))
+
     # killed after step 3 (checkpoint at 2), resumed: the step-2 evaluation is kept
     def half():
         return {"claim_accuracy": 0.5}
@@ -242,7 +245,7 @@ def test_eval_every_needs_validation_data(clip_dir, tmp_path):
         LoopConfig(eval_every=-1)
     with pytest.raises(ConfigError, match="eval_every must be >= 0"):
         ConsistencyConfig(eval_every=-1)
-    with pytest.raises(ConfigError, match="loop.eval_every > 0 .* set loop.eval_every to 0"):
+    with pytest.raises(ConfigError, match=r"loop\.eval_every > 0 .* set loop\.eval_every to 0"):
         negation_validation(None, torch.zeros(1, 2), [], setting="loop.eval_every")  # type: ignore[arg-type]
     with pytest.raises(ConfigError, match="eval_every > 0 evaluates on validation-split ques"):
         paraphrase_validation(None, None, [])  # type: ignore[arg-type]
@@ -254,9 +257,8 @@ def test_paraphrase_scores_match_a_hand_computation():
     from mechtune.data.schema import ImageQuestion, ParaphraseSet
     from mechtune.models.yes_no import take_rows
     from mechtune.train.validation import paraphrase_scores
-    from tests.train.test_consistency import EXAMPLES
+    from tests.train.test_consistency import EXAMPLES, _vqa
     from tests.train.test_consistency import _images as vqa_images
-    from tests.train.test_consistency import _vqa
 
     vlm = _vqa()
     images = vqa_images(vlm)
@@ -307,7 +309,9 @@ def test_sae_layer_sessions_log_the_training_history(tmp_path):
         assert set(logged) == {f"sae/{term}" for term in report.history}
         for term, values in report.history.items():
             steps = [s + 1 for s in report.logged_steps]
-            assert logged[f"sae/{term}"] == [(s, f32(v)) for s, v in zip(steps, values)]
+            assert logged[f"sae/{term}"] == [
+                (s, f32(v)) for s, v in zip(steps, values, strict=True)
+            ]
     assert [s + 1 for s in reports[1].logged_steps] == [2, 4, 6]
 
 
@@ -352,7 +356,10 @@ def test_wandb_offline_run_holds_the_logged_values(clip_dir, tmp_path, monkeypat
     (run_file,) = (tmp_path / "logs" / "wandb").glob("offline-run-*/run-*.wandb")
     records = read_wandb_records(run_file)
     rows = [
-        {item.key or "/".join(item.nested_key): json.loads(item.value_json) for item in r.history.item}
+        {
+            item.key or "/".join(item.nested_key): json.loads(item.value_json)
+            for item in r.history.item
+        }
         for r in records
         if r.WhichOneof("record_type") == "history"
     ]
@@ -396,9 +403,8 @@ def test_consistency_eval_every_logs_flip_rate_and_accuracy(tmp_path):
     from mechtune.train.consistency import ConsistencyConfig
     from mechtune.train.methods import paraphrase_trainer
     from mechtune.train.validation import paraphrase_scores, paraphrase_validation
-    from tests.train.test_consistency import EXAMPLES
+    from tests.train.test_consistency import EXAMPLES, _vqa
     from tests.train.test_consistency import _images as vqa_images
-    from tests.train.test_consistency import _vqa
 
     held = [
         ImageQuestion(
@@ -449,3 +455,35 @@ FIELD_TESTS = {
         "eval_every": "test_consistency_eval_every_logs_flip_rate_and_accuracy"
     },
 }
+
+
+def test_a_launch_creates_its_accelerator_with_log_with(tmp_path, monkeypatch):
+    """Under a launch, start_launch passes log_with and project_dir to the one Accelerator
+    it creates, and the launch's tracker logs through it; without --report-to it passes
+    neither. A tracker given an accelerator that does not log with its backend is
+    refused."""
+    import types
+
+    from mechtune.train.distributed import start_launch
+
+    made = []
+
+    class Fake:
+        def __init__(self, cpu=False, log_with=None, project_dir=None):
+            made.append({"cpu": cpu, "log_with": log_with, "project_dir": project_dir})
+            self.device, self.num_processes, self.process_index = torch.device("cpu"), 2, 0
+            self.is_main_process = True
+            self.log_with = [] if log_with is None else [log_with]
+
+    monkeypatch.setitem(sys.modules, "accelerate", types.SimpleNamespace(Accelerator=Fake))
+    env = {"WORLD_SIZE": "2", "RANK": "0", "LOCAL_RANK": "0"}
+    launch = start_launch("cpu", env, report_to="tensorboard", tracking_dir=tmp_path)
+    assert made == [{"cpu": True, "log_with": "tensorboard", "project_dir": tmp_path}]
+    assert launch.tracker.enabled and launch.tracker._tracking_accelerator() is launch.accelerator
+    plain = start_launch("cpu", env)
+    assert made[-1] == {"cpu": True, "log_with": None, "project_dir": None}
+    assert not plain.tracker.enabled
+    with pytest.raises(ConfigError, match="the launch's accelerator logs with nothing"):
+        Tracker("wandb", tmp_path, accelerator=plain.accelerator)
+    one = start_launch("cpu", {"WORLD_SIZE": "1"}, report_to="tensorboard", tracking_dir=tmp_path)
+    assert one.accelerator is None and one.tracker.enabled and len(made) == 2

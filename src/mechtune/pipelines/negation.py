@@ -57,6 +57,7 @@ from mechtune.pipelines.negation_report import (
 from mechtune.train.checkpoint import load_trained
 from mechtune.train.distributed import is_main_process, wait_for_everyone
 from mechtune.train.methods import (
+    METHODS,
     NegationData,
     negation_examples,
     run_method,
@@ -393,9 +394,10 @@ def train_model(
     if is_main_process(accelerator):
         write_json(out / RUN_FILE, identity)
     hyper = {"method": method, "model": spec, "loop": loop.to_dict()}
+    trains = method in METHODS and METHODS[method].loss is not None  # zero-shot does not
     session = (
         tracker.session(run_name or method, hyper)
-        if tracker is not None
+        if tracker is not None and trains
         else contextlib.nullcontext()
     )
     with session:

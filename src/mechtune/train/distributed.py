@@ -98,7 +98,7 @@ class Launch:
 
     accelerator: Any | None
     device: str
-    tracker: Tracker = field(default_factory=Tracker)
+    tracker: Tracker = field(default_factory=Tracker, compare=False)
 
     @property
     def processes(self) -> int:
