@@ -298,6 +298,7 @@ def test_the_demos_paraphrase_part_is_paraphrase_study_on_the_exports_questions(
         "questions": export / "questions.jsonl",
         "data": export,
         "out": tmp_path / "paraphrase",
+        "tracker": None,
     }
     assert (tmp_path / "figures" / "flip_rate.png").read_bytes() == b"flip_rate.png"
 

@@ -17,6 +17,17 @@ from mechtune.data.io import MANIFEST_NAME
 runner = CliRunner()
 BUILD = ["data", "build", "polarity", "--n", "24", "--no-check"]
 
+OPTION_TESTS = {
+    "mechtune data build": {"--print-recipe": "test_print_recipe_prints_every_option_and_versions_and_builds_nothing"},
+    "mechtune data build polarity": {"--print-recipe": "test_print_recipe_prints_every_option_and_versions_and_builds_nothing"},
+    "mechtune data build contextual": {"--print-recipe": "test_every_builder_prints_its_own_recipe"},
+    "mechtune data build paraphrase": {"--print-recipe": "test_every_builder_prints_its_own_recipe"},
+    "mechtune data verify": {
+        "path": "test_verify_another_seed_names_the_table_and_row_group",
+        "--expect": "test_verify_a_rebuild_matches_the_manifest_and_the_hash",
+    },
+}  # fmt: skip
+
 
 def _build(out, *extra):
     result = runner.invoke(app, [*BUILD, "--out", str(out), *extra])
@@ -115,3 +126,14 @@ def test_the_printed_recipe_rebuilds_the_same_content(tmp_path):
     assert rebuilt.exit_code == 0, rebuilt.output
     manifest = json.loads((tmp_path / "re" / MANIFEST_NAME).read_text())
     assert manifest["canonical_hash"] == published["canonical_hash"]
+
+
+def test_every_builder_prints_its_own_recipe(tmp_path):
+    for kind in ("contextual", "paraphrase"):
+        out = tmp_path / kind
+        result = runner.invoke(
+            app, ["data", "build", kind, "--n", "24", "--out", str(out), "--print-recipe"]
+        )
+        assert result.exit_code == 0, result.output
+        assert result.output.startswith(f"mechtune data build {kind} --out {out} ")
+        assert " --n 24 " in result.output and not out.exists()

@@ -115,3 +115,29 @@ def test_bf16_autocast_trains_on_cuda(tmp_path) -> None:
         assert p.dtype == torch.float32 and p.device.type == "cuda", name
     assert any(not torch.equal(p.detach(), start[n]) for n, (_, p) in trainer.params.items())
     assert [p.name for p in trainer.checkpoints()] == ["step_000004"]
+
+
+def test_tracked_steps_add_no_copy_back_on_cuda(tmp_path) -> None:
+    """With a TensorBoard tracker the blocks' gradient norms are computed on the GPU and
+    ride in the flush's one DtoH copy: still none in the steps, exactly one at the flush,
+    and the tracker gets every step's norms."""
+    from mechtune.train.tracking import Tracker
+    from tests.train.test_tracking import scalars
+
+    trainer = _trainer(tmp_path, "eager")
+    tracker = Tracker("tensorboard", tmp_path / "tb")
+    trainer.tracker = tracker
+    trainer.model.train()
+    with tracker.session("run", trainer.settings.to_dict()):
+        trainer.train_step()  # warm-up outside the profile
+        torch.cuda.synchronize()
+        with _profiled() as steps:
+            for _ in range(3):
+                trainer.train_step()
+        with _profiled() as flush:
+            trainer.flush()
+    assert _copies(steps, "DtoH") == 0, [n for n in steps if "DtoH" in n]
+    assert _copies(flush, "DtoH") == 1, [n for n in flush if "DtoH" in n]
+    logged = scalars(tmp_path / "tb" / "run")
+    assert [s for s, _ in logged["grad_norm/block_1"]] == [1, 2, 3, 4]
+    assert all(math.isfinite(v) and v > 0 for _, v in logged["grad_norm/block_0"])

@@ -21,6 +21,12 @@ from mechtune.report.model import Cell, delta_cell, interval_text, seeds_cell
 from mechtune.report.provenance import manifest_hashes
 from tests.report.conftest import run_cli
 
+OPTION_TESTS = {
+    "mechtune report": {
+        "run_dir": "test_the_run_report_gathers_every_part",
+        "--out": "test_report_out_option_writes_elsewhere",
+    }
+}
 COMMANDS = {
     "zero-shot": "mechtune negation eval",
     "negation": "mechtune negation study",

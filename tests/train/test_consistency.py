@@ -218,8 +218,9 @@ CONSISTENCY_FIELD_CHANGES = {
 # On the phantom model's 2-way head the two answer losses are the same objective (see
 # tests/sim/test_vqa.py), so answer_loss is proven on the tiny Gemma instead
 # (tests/train/test_consistency_hf.py declares it); gradient_checkpointing needs a
-# transformers model (tests/train/test_gradient_checkpointing.py declares it).
-ELSEWHERE = {"answer_loss", "gradient_checkpointing"}
+# transformers model (tests/train/test_gradient_checkpointing.py declares it); eval_every
+# evaluates without changing the run (tests/train/test_tracking.py declares it).
+ELSEWHERE = {"answer_loss", "gradient_checkpointing", "eval_every"}
 
 
 def test_every_consistency_field_has_a_change_test() -> None:

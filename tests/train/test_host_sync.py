@@ -261,3 +261,30 @@ def test_save_and_save_result_write_the_pending_steps(clip_dir, tmp_path) -> Non
     result = json.loads((tmp_path / "train.json").read_text())
     assert [h["step"] for h in result["history"]] == [1, 2, 3]
     assert result["history"] == trainer.history
+
+
+def test_tracking_adds_the_grad_norms_to_the_one_flush_transfer(clip_dir, tmp_path) -> None:
+    """With a TensorBoard tracker, steps still read nothing back: each block's gradient
+    norm stays on the device with the step's terms, and the flush moves both in its one
+    ``tolist``; the tracker gets each step's terms, norms and rates, the history only
+    the terms."""
+    from mechtune.train.tracking import Tracker
+    from tests.train.test_tracking import scalars
+
+    tracker = Tracker("tensorboard", tmp_path / "tb")
+    trainer = _negation(clip_dir, tmp_path / "run", scaling="lr")
+    trainer.tracker = tracker
+    counter = HostSyncCounter([trainer.model])
+    with tracker.session("run", trainer.settings.to_dict()):
+        for _ in range(3):
+            with counter:
+                trainer.train_step()
+            assert counter.count == 0, _shown(counter)
+        with counter:
+            records = trainer.flush()
+    assert counter.kinds() == ["Tensor.tolist()"]
+    assert [list(r) for r in records] == [["step", "clip", "claim", "loss"]] * 3
+    logged = scalars(tmp_path / "tb" / "run")
+    assert {"grad_norm/block_0", "grad_norm/block_1", "lr/block_0", "lr/block_1"} <= set(logged)
+    assert [s for s, _ in logged["grad_norm/block_1"]] == [1, 2, 3]
+    assert [v for _, v in logged["train/loss"]] == pytest.approx([r["loss"] for r in records])

@@ -154,14 +154,17 @@ def report_error(exc: BaseException) -> None:
 
 
 @contextlib.contextmanager
-def training_launch(device: str) -> Iterator[Launch]:
+def training_launch(
+    device: str, report_to: str = "none", tracking_dir: Path | None = None
+) -> Iterator[Launch]:
     """This process's :class:`~mechtune.train.distributed.Launch` for a training command
     (:func:`~mechtune.train.distributed.start_launch`: plain, or one rank of a torchrun /
-    ``accelerate launch`` run, with its accelerator and model device). While the body
+    ``accelerate launch`` run, with its accelerator, model device and tracker for
+    ``--report-to`` / ``--tracking-dir``). While the body
     runs, the console prints on the main process only, so the launch's summaries appear
     once; errors still print on every process (:func:`report_error`). A launch that ends
     without error leaves its process group (``accelerator.end_training()``)."""
-    launch = start_launch(device)
+    launch = start_launch(device, report_to=report_to, tracking_dir=tracking_dir)
     quiet = console.quiet
     console.quiet = quiet or not launch.is_main
     try:

@@ -30,6 +30,7 @@ from mechtune.cli._common import (
     progress_bar,
     record_run,
 )
+from mechtune.cli._tracking import ReportToOpt, TrackingDirOpt, make_tracker, tracking_folder
 from mechtune.data.check import DEFAULT_MAX_DISAGREEMENT
 from mechtune.data.io import write_json
 from mechtune.data.polarity_check import clinical_available
@@ -136,13 +137,13 @@ def _zero_shot(out: Path, source: Any, recipe: Any, options: Any, quick: bool) -
     )
 
 
-def _paraphrase_study(out: Path, config: Any) -> None:
+def _paraphrase_study(out: Path, config: Any, tracker: Any | None = None) -> None:
     """The paraphrase study as `mechtune paraphrase study --model phantom:vqa --questions
     OUT/mimic-cxr-jpg/questions.jsonl --data OUT/mimic-cxr-jpg` runs it: the questions the
     export wrote beside its images, read as a user's PSF-Med file is."""
     export = out / MIMIC_DIR
     folder = out / "paraphrase"
-    paraphrase_cli.run_study(config, export / QUESTIONS_FILE, export, folder)
+    paraphrase_cli.run_study(config, export / QUESTIONS_FILE, export, folder, tracker=tracker)
     for name in ("flip_auc_by_layer.png", "flip_rate.png"):
         shutil.copyfile(folder / "figures" / name, out / "figures" / name)
     console.print(
@@ -238,6 +239,8 @@ def demo(
     check: Annotated[
         bool, typer.Option("--check/--no-check", help="Run the polarity check.")
     ] = True,
+    report_to: ReportToOpt = "none",
+    tracking_dir: TrackingDirOpt = None,
 ) -> None:
     """The main job, offline: data, the phantom world, the negation study (trace, NAST vs
     uniform LoRA) and the paraphrase study (flip rate, SAE analysis, consistency LoRA).
@@ -248,11 +251,15 @@ def demo(
     independent negation detector),
     OUT/zero-shot (eval.json, table.md), OUT/negation and OUT/paraphrase (results.json,
     table.md, adapters, SAEs), OUT/figures/*.png and OUT/timings.json (seconds per stage),
-    and prints the tables.
+    and prints the tables. With --report-to, the training runs are tracked under
+    TRACKING_DIR/negation and TRACKING_DIR/paraphrase (default OUT/tracking).
     """
     from mechtune.train.distributed import refuse_launch
 
     refuse_launch("mechtune demo", "mechtune negation train or mechtune paraphrase train")
+    tracking = tracking_folder(out, tracking_dir)
+    negation_tracker = make_tracker(report_to, out, tracking / "negation")
+    paraphrase_tracker = make_tracker(report_to, out, tracking / "paraphrase")
     start = time.perf_counter()
     timings: dict[str, float] = {}
 
@@ -287,9 +294,9 @@ def demo(
     options = negation_cli.pipeline.RunOptions(cache_dir=out / "cache")
     _zero_shot(out, source, plan.negation, options, quick)
     lap("zero-shot evaluation")
-    negation_cli.run_study(plan.negation, source, out / "negation", options)
+    negation_cli.run_study(plan.negation, source, out / "negation", options, negation_tracker)
     lap("negation study")
-    _paraphrase_study(out, plan.paraphrase)
+    _paraphrase_study(out, plan.paraphrase, paraphrase_tracker)
     lap("paraphrase study")
     write_json(out / "timings.json", {**timings, "total": round(sum(timings.values()), 1)})
     console.print(

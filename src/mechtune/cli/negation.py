@@ -22,6 +22,13 @@ from mechtune.cli._common import (
     record_run,
     training_launch,
 )
+from mechtune.cli._tracking import (
+    EvalEveryOpt,
+    ReportToOpt,
+    TrackingDirOpt,
+    make_tracker,
+    tracking_folder,
+)
 from mechtune.data.io import atomic_write_text, to_jsonable, write_json
 from mechtune.errors import ConfigError
 from mechtune.eval.negation import summary_rows
@@ -338,11 +345,16 @@ def train_command(
     no_cache: NoCacheOpt = False,
     uncertain: UncertainOpt = "skip",
     report_facts: FactsOpt = True,
+    report_to: ReportToOpt = "none",
+    tracking_dir: TrackingDirOpt = None,
+    eval_every: EvalEveryOpt = None,
 ) -> None:
     """Train one method on the train-split patients; writes checkpoints, then the adapter
     (OUT/adapter) or text-block weights (OUT/weights.safetensors)."""
     from mechtune.train.checkpoint import checkpoint_folders
+    from mechtune.train.tracking import check_report_to
 
+    check_report_to(report_to)
     settings = _recipe(recipe, model, data)
     if method not in methods_for("negation") or method == "zero-shot":
         trainable = [m for m in methods_for("negation") if m != "zero-shot"]
@@ -354,6 +366,8 @@ def train_command(
         )
     loop = settings.loop if steps is None else replace(settings.loop, steps=steps)
     loop = replace(loop, seed=settings.seeds[0] if seed is None else seed)
+    if eval_every is not None:
+        loop = replace(loop, eval_every=eval_every)
     traced_model = "another model"
     if alpha is not None:
         traced = TraceResult.load(alpha)
@@ -363,7 +377,7 @@ def train_command(
     else:
         alpha_values = None
     check_launch_shards(loop.shards, launched_processes(), "the recipe's loop.shards")
-    with training_launch(device) as launch:
+    with training_launch(device, report_to, tracking_folder(out, tracking_dir)) as launch:
         # under a launch each process loads the model on its own device (launch.device)
         options = _options(settings, launch.device, dtype, cache_dir, no_cache)
         source = _open(settings, uncertain, report_facts)
@@ -377,6 +391,7 @@ def train_command(
         with launch.main_first():  # the main process fills the image cache, the others read it
             study = _embedded(encoder, source, settings, options)
         examples = pipeline.training_data(study, settings)
+        held_claims = pipeline.validation_claims(study, loop, settings.data_seed)
         if alpha_values is None:
             import torch
 
@@ -402,6 +417,8 @@ def train_command(
             settings.model,
             accelerator=launch.accelerator,
             track=progress_bar,
+            tracker=launch.tracker,
+            evaluate=pipeline.validation(encoder, study, held_claims),
         )
         if launch.is_main:
             _record(out, settings, device)
@@ -564,17 +581,23 @@ def study_figures(results: dict[str, Any], folder: Path) -> None:
 
 
 def run_study(
-    settings: pipeline.NegationStudyConfig, source: Any, out: Path, options: Any
+    settings: pipeline.NegationStudyConfig,
+    source: Any,
+    out: Path,
+    options: Any,
+    tracker: Any | None = None,
 ) -> dict[str, Any]:
-    """What ``negation study`` runs after opening the data (also the demo's). Refuses a
-    launch of several processes (ConfigError): use ``negation train`` under a launcher."""
+    """What ``negation study`` runs after opening the data (also the demo's), each
+    training run tracked by ``tracker`` (:class:`~mechtune.train.tracking.Tracker`).
+    Refuses a launch of several processes (ConfigError): use ``negation train`` under a
+    launcher."""
     refuse_launch("mechtune negation study", "mechtune negation train")
     console.print(
         f"negation study of {settings.model} on {source.root}: {', '.join(settings.methods)}; "
         f"{settings.loop.steps} steps each, seeds {list(settings.seeds)} ..."
     )
     results = pipeline.run_negation_study(
-        settings, source, out, options, log=console.print, track=progress_bar
+        settings, source, out, options, log=console.print, track=progress_bar, tracker=tracker
     )
     study_figures(results, out)
     console.print(
@@ -607,11 +630,14 @@ def study_command(
     no_cache: NoCacheOpt = False,
     uncertain: UncertainOpt = "skip",
     report_facts: FactsOpt = True,
+    report_to: ReportToOpt = "none",
+    tracking_dir: TrackingDirOpt = None,
 ) -> None:
     """Trace on train patients, train every method on the same data and budget, evaluate
     on test patients; writes results.json, table.md, figures, adapters."""
     from mechtune.pipelines.dry_run import dry_run_report
 
+    tracker = make_tracker(report_to, out, tracking_dir)
     settings = _recipe(recipe, model, data)
     if not dry_run:
         refuse_launch("mechtune negation study", "mechtune negation train")
@@ -622,6 +648,6 @@ def study_command(
         return
     options = _options(settings, device, dtype, cache_dir, no_cache)
     source = _open(settings, uncertain, report_facts)
-    run_study(settings, source, out, options)
+    run_study(settings, source, out, options, tracker)
     _record(out, settings, device)
     finish_report(out)

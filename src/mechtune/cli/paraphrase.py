@@ -24,6 +24,13 @@ from mechtune.cli._common import (
     record_run,
     training_launch,
 )
+from mechtune.cli._tracking import (
+    EvalEveryOpt,
+    ReportToOpt,
+    TrackingDirOpt,
+    make_tracker,
+    tracking_folder,
+)
 from mechtune.errors import ConfigError
 from mechtune.pipelines.questions import BoundQuestions, bind_questions
 from mechtune.train.distributed import check_launch_shards, launched_processes, refuse_launch
@@ -305,12 +312,18 @@ def train_command(
     skip_bad: SkipOpt = False,
     device: DeviceOpt = "cpu",
     dtype: DtypeOpt = None,
+    report_to: ReportToOpt = "none",
+    tracking_dir: TrackingDirOpt = None,
+    eval_every: EvalEveryOpt = None,
 ) -> None:
     """Consistency LoRA (answer loss + w * symmetric KL of the yes/no distributions of a
     question and a paraphrase) on the train split; checkpoints, then OUT/adapter (peft)."""
     from mechtune.pipelines import paraphrase_train as run
     from mechtune.train.checkpoint import checkpoint_folders
+    from mechtune.train.tracking import check_report_to
+    from mechtune.train.validation import paraphrase_validation
 
+    check_report_to(report_to)
     settings = _recipe(recipe)
     spec = model or settings.config.model
     data = data if data is not None else settings.data
@@ -322,16 +335,33 @@ def train_command(
         )
     lora = settings.config.lora
     changes: dict[str, Any] = {"seed": settings.config.seeds[0] if seed is None else seed}
-    for name, value in (("steps", steps), ("answer_loss", answer_loss), ("grad_accum", grad_accum)):
+    for name, value in (
+        ("steps", steps),
+        ("answer_loss", answer_loss),
+        ("grad_accum", grad_accum),
+        ("eval_every", eval_every),
+    ):
         if value is not None:
             changes[name] = value
     config = replace(lora, lora=replace(lora.lora, layers=parse_layers(layers)), **changes)
     setting = "--grad-accum" if grad_accum is not None else "the recipe's lora.grad_accum"
     check_launch_shards(config.grad_accum, launched_processes(), setting)
-    with training_launch(device) as launch:
+    with training_launch(device, report_to, tracking_folder(out, tracking_dir)) as launch:
         # under a launch each process loads the model on its own device (launch.device)
         vlm = _load(spec, launch.device, dtype)
         bound = _bind(vlm, questions, data, "train", config.seed, skip_bad)
+        evaluate = None
+        if config.eval_every:
+            held = run.bind_validation(
+                vlm,
+                questions=questions,
+                data=data,
+                seed=config.seed,
+                skip_bad=skip_bad,
+                log=lambda m: console.print(escape(m), highlight=False),
+            )
+            console.print(f"every {config.eval_every} steps: {len(held.sets)} val questions")
+            evaluate = paraphrase_validation(vlm, held.images, held.sets)
         identity = run.run_identity(spec, vlm, questions, data)
         result = run.train_consistency(
             vlm,
@@ -343,6 +373,8 @@ def train_command(
             log=console.print,
             accelerator=launch.accelerator,
             track=progress_bar,
+            tracker=launch.tracker,
+            evaluate=evaluate,
         )
         last = result["history"][-1] if result["history"] else {}
         terms = ", ".join(f"{k} {v:.4f}" for k, v in last.items() if k != "step")
@@ -365,9 +397,12 @@ def run_study(
     device: str = "cpu",
     dtype: str | None = None,
     skip_bad: bool = False,
+    tracker: Any | None = None,
 ) -> dict[str, Any]:
-    """What ``paraphrase study`` runs after reading its settings (also the demo's).
-    Refuses a launch of several processes (ConfigError): use ``paraphrase train``."""
+    """What ``paraphrase study`` runs after reading its settings (also the demo's), its
+    SAE and LoRA training tracked by ``tracker`` (:class:`~mechtune.train.tracking.
+    Tracker`). Refuses a launch of several processes (ConfigError): use ``paraphrase
+    train``."""
     from mechtune.pipelines.paraphrase import run_paraphrase_study
 
     refuse_launch("mechtune paraphrase study", "mechtune paraphrase train")
@@ -390,6 +425,7 @@ def run_study(
         dtype=dtype,
         log=lambda m: console.print(escape(m), highlight=False),
         track=progress_bar,
+        tracker=tracker,
     )
     study_figures(results, out / "figures")
     return results
@@ -446,9 +482,12 @@ def study_command(
     skip_bad: SkipOpt = False,
     device: DeviceOpt = "cpu",
     dtype: DtypeOpt = None,
+    report_to: ReportToOpt = "none",
+    tracking_dir: TrackingDirOpt = None,
 ) -> None:
     """Baseline, SAE analysis, clamping, and consistency LoRA on all / SAE-chosen / early /
     late layers at the same budget; writes results.json, table.md, figures, adapters."""
+    tracker = make_tracker(report_to, out, tracking_dir)
     settings = _recipe(recipe)
     config = settings.config
     changes: dict[str, Any] = {}
@@ -471,7 +510,16 @@ def study_command(
         for line in paraphrase_dry_run(config, questions, data, device=device, dtype=dtype):
             console.print(escape(line), highlight=False, soft_wrap=True)
         return
-    run_study(config, questions, data, out, device=device, dtype=dtype, skip_bad=skip_bad)
+    run_study(
+        config,
+        questions,
+        data,
+        out,
+        device=device,
+        dtype=dtype,
+        skip_bad=skip_bad,
+        tracker=tracker,
+    )
     console.print(
         f"[bold]Paraphrase consistency, {config.eval_split} questions[/] "
         f"(also in {out / 'table.md'}):"

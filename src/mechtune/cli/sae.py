@@ -34,6 +34,7 @@ import typer
 from rich.table import Table
 
 from mechtune.cli._common import console, progress_bar
+from mechtune.cli._tracking import ReportToOpt, TrackingDirOpt, make_tracker
 from mechtune.data.io import write_json
 from mechtune.errors import ConfigError, DataError
 from mechtune.models.yes_no import YesNoVLM
@@ -150,13 +151,19 @@ def train(
     skip_bad: SkipOpt = False,
     device: DeviceOpt = "cpu",
     dtype: DtypeOpt = None,
+    report_to: ReportToOpt = "none",
+    tracking_dir: TrackingDirOpt = None,
 ) -> None:
     """Train one SAE per layer on the residual states of the questions and paraphrases,
-    saved in SAELens layout (cfg.json + sae_weights.safetensors) with R², FVU and L0."""
+    saved in SAELens layout (cfg.json + sae_weights.safetensors) with R², FVU and L0.
+    With --report-to, each layer's loss terms (sae/loss, sae/mse, sae/l0, ...) per log
+    interval go to a tracker run layer_<L>."""
     from mechtune.interp.sae import SAEConfig
     from mechtune.interp.sae_saelens import save_saelens
     from mechtune.pipelines.paraphrase import train_question_saes
+    from mechtune.train.tracking import layer_sessions
 
+    tracker = make_tracker(report_to, out, tracking_dir)
     vlm, bound, source = load_questions(
         model,
         questions,
@@ -181,19 +188,22 @@ def train(
         f"training {len(chosen)} {kind} SAEs ({width} features) on {len(bound.sets)} question "
         f"sets + {len(texts)} corpus texts, {steps} steps each ..."
     )
-    saes, reports = train_question_saes(
-        vlm,
-        bound.images,
-        bound.sets,
-        chosen,
-        shape,
-        steps=steps,
-        corpus=texts,
-        per_image=vlm.states_depend_on_image,
-        seed=seed,
-        buffer_tokens=buffer_tokens,
-        track=progress_bar,
-    )
+    hyper = {"model": model, "kind": kind, "width": width, "k": k, "steps": steps, "seed": seed}
+    with layer_sessions(tracker, "", hyper) as progress:
+        saes, reports = train_question_saes(
+            vlm,
+            bound.images,
+            bound.sets,
+            chosen,
+            shape,
+            steps=steps,
+            corpus=texts,
+            per_image=vlm.states_depend_on_image,
+            seed=seed,
+            buffer_tokens=buffer_tokens,
+            track=progress_bar,
+            progress=progress,
+        )
     table = Table("layer", "tokens", "R²", "FVU", "L0")
     for layer, sae in saes.items():
         save_saelens(sae, out / f"layer_{layer}")

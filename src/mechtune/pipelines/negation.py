@@ -22,6 +22,7 @@ The study (:func:`run_negation_study`):
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from collections.abc import Callable, Sequence
@@ -62,12 +63,16 @@ from mechtune.progress import Tracker, stage
 from mechtune.train.checkpoint import load_trained
 from mechtune.train.distributed import is_main_process, wait_for_everyone
 from mechtune.train.methods import (
+    METHODS,
     NegationData,
     negation_examples,
     run_method,
 )
 from mechtune.train.model_card import base_model_of
-from mechtune.train.negation import LoopConfig
+from mechtune.train.negation import ClaimExample, LoopConfig
+from mechtune.train.tracking import Tracker as RunTracker
+from mechtune.train.trainer import Evaluate
+from mechtune.train.validation import negation_validation
 
 Log = Callable[[str], None]
 
@@ -252,6 +257,33 @@ def training_data(data: StudyData, recipe: NegationStudyConfig) -> NegationData:
     )
 
 
+def validation_claims(data: StudyData, loop: LoopConfig, seed: int) -> list[ClaimExample]:
+    """The claim sets ``loop.eval_every`` evaluates on: those of the **val**-split
+    patients in the held-out phrasing families (what the study reports), seeded by
+    ``seed`` (the recipe's ``data_seed``), not balanced. Empty when ``eval_every`` is 0.
+    Raises ConfigError naming ``loop.eval_every`` (``--eval-every``) when the source has
+    no val-split item."""
+    if not loop.eval_every:
+        return []
+    rows = data.rows("val")
+    if not rows:
+        raise ConfigError(
+            f"loop.eval_every (--eval-every) is {loop.eval_every}, but {data.source.root} has "
+            f"no item in the 'val' split to evaluate on (split counts: "
+            f"{data.source.split_counts()}); set it to 0"
+        )
+    held = negation_examples(rows, "val", seed=seed, heldout=True, balance_polarity=False)
+    return held.claims
+
+
+def validation(
+    encoder: DualEncoder, data: StudyData, claims: list[ClaimExample]
+) -> Evaluate | None:
+    """The trainer's ``evaluate`` on ``claims`` (:func:`validation_claims`; None when
+    there are none): claim accuracy of ``encoder``, which is trained in place."""
+    return negation_validation(encoder, data.images, claims) if claims else None
+
+
 def evaluate_model(
     encoder: DualEncoder,
     data: StudyData,
@@ -370,6 +402,9 @@ def train_model(
     *,
     accelerator: Any | None = None,
     track: Tracker | None = None,
+    tracker: RunTracker | None = None,
+    run_name: str | None = None,
+    evaluate: Evaluate | None = None,
 ) -> DualEncoder:
     """Train ``encoder`` (loaded from ``spec``) in place with a registered method,
     resuming from ``out`` (:func:`check_resume` first), and write ``out/run.json``
@@ -381,7 +416,11 @@ def train_model(
     ``encoder`` on its own device; ``loop.shards`` a multiple of its processes). Every
     process checks ``out`` before the main process rewrites ``run.json``; only the main
     process writes, and all return once its files are complete. ``track``: progress of
-    the steps, with the loss (:func:`~mechtune.train.methods.fit_reporting`)."""
+    the steps, with the loss (:func:`~mechtune.train.methods.fit_reporting`).
+
+    ``tracker``: the run is one tracker session named ``run_name`` (default: the method)
+    with the method, model and loop settings as hyperparameters; ``evaluate``: the
+    validation metric of ``loop.eval_every`` (:func:`validation`)."""
     from safetensors.torch import save_file
 
     from mechtune.data.io import atomic_path
@@ -391,18 +430,28 @@ def train_model(
     wait_for_everyone(accelerator)  # every process has read the old run.json
     if is_main_process(accelerator):
         write_json(out / RUN_FILE, identity)
-    run_method(
-        method,
-        encoder,
-        data.images,
-        examples,
-        alpha,
-        loop,
-        out,
-        accelerator=accelerator,
-        base_model=base_model_of(spec),
-        track=track,
+    hyper = {"method": method, "model": spec, "loop": loop.to_dict()}
+    trains = method in METHODS and METHODS[method].loss is not None  # zero-shot does not
+    session = (
+        tracker.session(run_name or method, hyper)
+        if tracker is not None and trains
+        else contextlib.nullcontext()
     )
+    with session:
+        run_method(
+            method,
+            encoder,
+            data.images,
+            examples,
+            alpha,
+            loop,
+            out,
+            accelerator=accelerator,
+            base_model=base_model_of(spec),
+            tracker=tracker,
+            evaluate=evaluate,
+            track=track,
+        )
     if is_main_process(accelerator):
         probes = encoder.encode_texts(general_sentences()[:PROBE_SENTENCES]).float().cpu()
         with atomic_path(out / PROBE_FILE) as tmp:
@@ -493,11 +542,15 @@ def run_negation_study(
     options: RunOptions | None = None,
     log: Log | None = None,
     track: Tracker | None = None,
+    tracker: RunTracker | None = None,
 ) -> dict[str, Any]:
     """Run every (method, seed) of ``recipe`` on ``source``; write ``results.json``,
     ``table.md``, the trace (``trace/``) and each run's checkpoints and adapter
-    (``runs/<method>/seed<k>/``). Returns the results dict. ``track`` gets a stage for
-    each long step: embedding the images, tracing, each run's training and evaluation."""
+    (``runs/<method>/seed<k>/``). ``track`` gets a stage for each long step: embedding
+    the images, tracing, each run's training and evaluation. With ``tracker``, each
+    training run is a session ``<method>/seed<k>``; ``recipe.loop.eval_every`` > 0
+    evaluates each on the val split (:func:`validation_claims`). Returns the results
+    dict."""
     out = Path(out)
     options = options or RunOptions()
     say = log or _quiet
@@ -524,6 +577,7 @@ def run_negation_study(
     traced.save(out / "trace")
     cte_by_block = traced.cte_layer[1:].tolist()
     examples = training_data(data, recipe)
+    held_claims = validation_claims(data, recipe.loop, recipe.data_seed)
     runs: dict[str, list[dict[str, Any]]] = {}
     for method, seed in run_plan(recipe):
         encoder = options.load(recipe.model)
@@ -541,6 +595,9 @@ def run_negation_study(
             out / "runs" / method / f"seed{seed}",
             recipe.model,
             track=track,
+            tracker=tracker,
+            run_name=f"{method}/seed{seed}",
+            evaluate=validation(encoder, data, held_claims),
         )
         seconds = time.perf_counter() - start
         report = to_jsonable(

@@ -30,6 +30,7 @@ language blocks only, never what ``YesNoVLM.prepare_images`` computes.
 
 from __future__ import annotations
 
+import contextlib
 import random
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -69,6 +70,9 @@ from mechtune.progress import Tracker
 from mechtune.train.consistency import ConsistencyConfig, consistency_examples
 from mechtune.train.methods import run_paraphrase_method
 from mechtune.train.model_card import base_model_of
+from mechtune.train.tracking import Tracker as RunTracker
+from mechtune.train.tracking import layer_sessions
+from mechtune.train.validation import paraphrase_validation
 
 PAPER = {  # PSF-Med (arXiv 2602.21428), MedGemma-4B on MIMIC binary questions, in %
     "baseline": {"flip": 14.6, "margin_diff": 1.63, "accuracy": 84.2},
@@ -344,11 +348,14 @@ def study_saes(
     train: Sequence[ImageQuestion],
     config: ParaphraseStudyConfig,
     track: Tracker | None = None,
+    tracker: RunTracker | None = None,
 ) -> tuple[dict[int, Any], dict[int, dict[str, Any]], bool]:
     """The SAEs the analysis reads: loaded from ``saes`` (only the ``sae_layers``), or one
     TopK SAE (``sae_width``, ``sae_k``, ``sae_steps``) per ``sae_layers`` block trained on
-    the residual states of the train questions plus :func:`sae_corpus`. Returns the SAEs,
-    their training reports (empty when loaded) and whether they were trained here."""
+    the residual states of the train questions plus :func:`sae_corpus` (with ``tracker``,
+    each layer's loss terms go to a session ``saes/layer_<L>``,
+    :func:`~mechtune.train.tracking.layer_sessions`). Returns the SAEs, their training
+    reports (empty when loaded) and whether they were trained here."""
     layers = analysis_layers(config, len(vlm.layers))
     if config.saes is not None:
         wanted = None if config.sae_layers is None else layers
@@ -358,18 +365,22 @@ def study_saes(
             raise ConfigError(f"saes {config.saes}: SAEs for layers {bad} the model lacks")
         return loaded, {}, False
     shape = SAEConfig(d_in=1, d_sae=config.sae_width, kind="topk", k=config.sae_k)
-    saes, reports = train_question_saes(
-        vlm,
-        bound.images,
-        train,
-        layers,
-        replace(shape, model=config.model),
-        steps=config.sae_steps,
-        corpus=sae_corpus(bound, config),
-        per_image=vlm.states_depend_on_image,
-        seed=config.seed,
-        track=track,
-    )
+    hyper = {"model": config.model, "kind": "topk", "width": config.sae_width, "k": config.sae_k}
+    hyper.update(steps=config.sae_steps, seed=config.seed)
+    with layer_sessions(tracker or RunTracker(), "saes/", hyper) as progress:
+        saes, reports = train_question_saes(
+            vlm,
+            bound.images,
+            train,
+            layers,
+            replace(shape, model=config.model),
+            steps=config.sae_steps,
+            corpus=sae_corpus(bound, config),
+            per_image=vlm.states_depend_on_image,
+            seed=config.seed,
+            track=track,
+            progress=progress,
+        )
     return saes, reports, True
 
 
@@ -426,12 +437,18 @@ def run_paraphrase_study(
     dtype: str | torch.dtype | None = None,
     log: Callable[[str], None] | None = None,
     track: Tracker | None = None,
+    tracker: RunTracker | None = None,
 ) -> dict[str, Any]:
     """Run every step on ``bound`` (questions bound to images prepared for
     ``config.model``) with ``vlm`` (loaded from ``config.model`` on ``device`` in ``dtype``
     when None; afresh for each LoRA run); write ``results.json``, ``table.md``,
     ``margins.csv`` (baseline), the SAEs trained here (``saes/layer_<L>``, SAELens layout)
     and the runs (``runs/<range>/seed<s>``: checkpoints, adapter, train.json).
+
+    ``tracker``: the SAEs' training (sessions ``saes/layer_<L>``) and each LoRA run
+    (``<range>/seed<s>``) are tracked; ``config.lora.eval_every`` > 0 evaluates each LoRA
+    run on the val-split questions (ConfigError naming ``lora.eval_every`` when there
+    are none).
 
     Returns the results dict. Raises ``VLMSpecError`` for a model that cannot be loaded,
     ``DataError`` for questions without split labels or too few of a split, and
@@ -442,6 +459,12 @@ def run_paraphrase_study(
     out = Path(out)
     say = log or (lambda _msg: None)
     train_sets, eval_sets = study_sets(bound, config)
+    held = split_sets(bound.sets, "val") if config.lora.eval_every else []
+    if config.lora.eval_every and not held:
+        raise ConfigError(
+            f"lora.eval_every is {config.lora.eval_every}: it evaluates on val-split "
+            "questions, and the questions hold none; set it to 0"
+        )
     if vlm is None:
         vlm = load_yes_no_vlm(config.model, device=device, dtype=dtype)
     images = bound.images
@@ -457,7 +480,9 @@ def run_paraphrase_study(
     timings["baseline"] = time.perf_counter() - start
 
     start = time.perf_counter()
-    saes, sae_reports, trained_here = study_saes(vlm, bound, train_sets, config, track=track)
+    saes, sae_reports, trained_here = study_saes(
+        vlm, bound, train_sets, config, track=track, tracker=tracker
+    )
     say(
         f"{'trained' if trained_here else 'loaded'} SAEs at layers {sorted(saes)}; "
         "analysing flips ..."
@@ -499,16 +524,31 @@ def run_paraphrase_study(
             say(f"consistency LoRA on layers {name} ({span}), seed {seed} ...")
             model = load_yes_no_vlm(config.model, device=device, dtype=dtype)
             start = time.perf_counter()
-            run_paraphrase_method(
-                "consistency-lora",
-                model,
-                images,
-                examples,
-                run_config(config, layers, seed),
-                out / "runs" / name / f"seed{seed}",
-                base_model=base_model_of(config.model),
-                track=track,
+            settings = run_config(config, layers, seed)
+            evaluate = (
+                paraphrase_validation(model, images, held, setting="lora.eval_every")
+                if held
+                else None
             )
+            hyper = {"method": "consistency-lora", "model": config.model, "range": name}
+            session = (
+                tracker.session(f"{name}/seed{seed}", {**hyper, "lora": settings.to_dict()})
+                if tracker is not None
+                else contextlib.nullcontext()
+            )
+            with session:
+                run_paraphrase_method(
+                    "consistency-lora",
+                    model,
+                    images,
+                    examples,
+                    settings,
+                    out / "runs" / name / f"seed{seed}",
+                    base_model=base_model_of(config.model),
+                    tracker=tracker,
+                    evaluate=evaluate,
+                    track=track,
+                )
             seconds = time.perf_counter() - start
             report, rows = evaluate_questions(
                 model,

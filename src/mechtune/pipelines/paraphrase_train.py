@@ -11,6 +11,7 @@ trained model's margins, which :func:`apply_paraphrase_adapter` recomputes on re
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -28,7 +29,7 @@ from mechtune.data.io import (
     write_json,
 )
 from mechtune.data.schema import ImageQuestion
-from mechtune.errors import DataError
+from mechtune.errors import ConfigError, DataError
 from mechtune.interp.sae_analysis import feature_edit, margins
 from mechtune.interp.sae_folders import Clamp
 from mechtune.models.yes_no import YesNoVLM
@@ -39,13 +40,15 @@ from mechtune.pipelines.paraphrase_eval import (
     jsonable,
     write_margins,
 )
-from mechtune.pipelines.questions import BoundQuestions
+from mechtune.pipelines.questions import BoundQuestions, QuestionFileError, bind_questions
 from mechtune.progress import Tracker
 from mechtune.train.checkpoint import load_trained
 from mechtune.train.consistency import ConsistencyConfig, consistency_examples
 from mechtune.train.distributed import is_main_process, wait_for_everyone
 from mechtune.train.methods import run_paraphrase_method
 from mechtune.train.model_card import base_model_of
+from mechtune.train.tracking import Tracker as RunTracker
+from mechtune.train.trainer import Evaluate
 
 METHOD = "consistency-lora"
 PROBE_FILE = "probe_margins.safetensors"
@@ -84,10 +87,16 @@ def train_consistency(
     log: Callable[[str], None] | None = None,
     accelerator: Any | None = None,
     track: Tracker | None = None,
+    tracker: RunTracker | None = None,
+    evaluate: Evaluate | None = None,
 ) -> dict[str, Any]:
     """Train ``vlm`` in place with consistency LoRA on ``train`` (rows into
     ``bound.images``), resuming from ``out`` after :func:`check_resume`; write
     ``run.json`` and the probe margins. Returns ``train.json``'s content.
+
+    ``tracker``: the run is one tracker session named after the method, with the model
+    and settings as hyperparameters; ``evaluate``: the validation metric of
+    ``config.eval_every`` (:func:`~mechtune.train.validation.paraphrase_validation`).
 
     ``accelerator``: an ``accelerate.Accelerator`` for DDP (each process holds the same
     ``vlm`` on its own device; ``config.grad_accum`` a multiple of its processes, so the
@@ -119,22 +128,56 @@ def train_consistency(
                 f"{config.grad_accum} micro-batches"
             )
         )
-    run_paraphrase_method(
-        METHOD,
-        vlm,
-        bound.images,
-        consistency_examples(train),
-        config,
-        out,
-        accelerator=accelerator,
-        base_model=base_model_of(identity["model"]),
-        track=track,
-    )
+    hyper = {"method": METHOD, "model": identity["model"], "lora": config.to_dict()}
+    session = tracker.session(METHOD, hyper) if tracker is not None else contextlib.nullcontext()
+    with session:
+        run_paraphrase_method(
+            METHOD,
+            vlm,
+            bound.images,
+            consistency_examples(train),
+            config,
+            out,
+            accelerator=accelerator,
+            base_model=base_model_of(identity["model"]),
+            tracker=tracker,
+            evaluate=evaluate,
+            track=track,
+        )
     if main:
         save_probe(vlm, bound, train, out / PROBE_FILE, identity)
     wait_for_everyone(accelerator)
     result: dict[str, Any] = json.loads((out / "train.json").read_text(encoding="utf-8"))
     return result
+
+
+def bind_validation(
+    vlm: YesNoVLM,
+    *,
+    questions: Path | None,
+    data: Path | None,
+    seed: int,
+    skip_bad: bool = False,
+    log: Callable[[str], None] | None = None,
+) -> BoundQuestions:
+    """The val-split questions that ``eval_every`` (``--eval-every``) evaluates on, bound
+    to their images (:func:`~mechtune.pipelines.questions.bind_questions`). Raises
+    ConfigError naming ``--eval-every`` when the questions carry no split labels or hold
+    no val-split record (with the reason)."""
+    try:
+        bound = bind_questions(
+            vlm, questions=questions, data=data, split="val", seed=seed, skip_bad=skip_bad, log=log
+        )
+    except QuestionFileError as exc:
+        raise ConfigError(
+            f"--eval-every (lora.eval_every) evaluates on val-split questions: {exc}"
+        ) from None
+    if not bound.split_labels:
+        raise ConfigError(
+            f"--eval-every (lora.eval_every) evaluates on val-split questions, but {questions} "
+            "has no split labels; label records with a split, or set it to 0"
+        )
+    return bound
 
 
 def save_probe(
@@ -276,6 +319,7 @@ __all__ = [
     "METHOD",
     "PROBE_FILE",
     "apply_paraphrase_adapter",
+    "bind_validation",
     "evaluate_answers_file",
     "evaluate_paraphrase",
     "run_identity",

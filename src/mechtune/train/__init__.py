@@ -8,5 +8,8 @@
 - tasks: :mod:`~mechtune.train.negation` (dual encoders), :mod:`~mechtune.train.consistency`
   (yes/no VLMs);
 - :mod:`~mechtune.train.methods`: the method registry, ``negation_examples``,
-  ``run_method`` and ``run_paraphrase_method``.
+  ``run_method`` and ``run_paraphrase_method``;
+- :mod:`~mechtune.train.tracking`: ``--report-to`` TensorBoard / W&B through accelerate's
+  trackers (``Tracker``); :mod:`~mechtune.train.validation`: the cheap validation
+  metrics of ``eval_every``.
 """

@@ -46,8 +46,11 @@ class ConsistencyConfig:
     activations in the backward pass instead of keeping them (transformers' activation
     checkpointing, non-reentrant; same loss and gradients, less memory, about one more
     forward pass of time; a transformers model only,
-    :func:`~mechtune.train.lora.enable_gradient_checkpointing`). Other defaults match
-    the phantom recipe. Raises ConfigError naming the field."""
+    :func:`~mechtune.train.lora.enable_gradient_checkpointing`); ``eval_every``: every
+    this many steps, the flip rate and accuracy on validation-split question groups are
+    measured and logged (``eval/flip_rate``, ``eval/accuracy``; 0: never; read-only, the
+    run trains the same). Other defaults match the phantom recipe. Raises ConfigError
+    naming the field."""
 
     lora: LoraSettings = field(default_factory=LoraSettings)
     lr: float = 5e-4
@@ -60,6 +63,7 @@ class ConsistencyConfig:
     grad_accum: int = 1
     answer_loss: str = "vocab"
     gradient_checkpointing: bool = False
+    eval_every: int = 0
 
     def __post_init__(self) -> None:
         if isinstance(self.lora, dict):
@@ -69,6 +73,8 @@ class ConsistencyConfig:
         for name in ("steps", "batch_size", "checkpoint_every", "grad_accum"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.eval_every < 0:
+            raise ConfigError(f"eval_every must be >= 0 (0: never), got {self.eval_every}")
         if self.lr <= 0:
             raise ConfigError(f"lr must be > 0, got {self.lr}")
         if self.weight_decay < 0:

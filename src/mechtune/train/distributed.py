@@ -24,12 +24,14 @@ from __future__ import annotations
 import contextlib
 import os
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
 
 from mechtune.errors import ConfigError
+from mechtune.train.tracking import Tracker
 
 
 def _int_variable(environ: Mapping[str, str], name: str, default: int) -> int:
@@ -90,11 +92,13 @@ class Launch:
     ``processes`` ranks of a launch, with the ``accelerate.Accelerator`` the trainer uses.
 
     ``device``: where this process loads its model (``"cpu"``, ``"cuda:<LOCAL_RANK>"``,
-    or the ``--device`` of a plain run).
+    or the ``--device`` of a plain run); ``tracker``: where its training values are
+    logged (:mod:`mechtune.train.tracking`; the launch's accelerator under a launch).
     """
 
     accelerator: Any | None
     device: str
+    tracker: Tracker = field(default_factory=Tracker, compare=False)
 
     @property
     def processes(self) -> int:
@@ -135,21 +139,32 @@ def is_main_process(accelerator: Any | None) -> bool:
     return accelerator is None or bool(accelerator.is_main_process)
 
 
-def start_launch(device: str, environ: Mapping[str, str] | None = None) -> Launch:
+def start_launch(
+    device: str,
+    environ: Mapping[str, str] | None = None,
+    *,
+    report_to: str = "none",
+    tracking_dir: str | Path | None = None,
+) -> Launch:
     """This process's :class:`Launch`, from the launcher's environment and ``--device``.
 
     Without a launch (``WORLD_SIZE`` absent or 1) returns ``Launch(None, device)``.
     Under a launch of N > 1 processes builds ``accelerate.Accelerator(cpu=...)`` (which
     joins the process group: gloo on CPUs, NCCL on GPUs) and places the model on its
-    device, as the module docstring says. Raises ConfigError for a GPU index under a
+    device, as the module docstring says; with ``report_to`` other than ``"none"`` the
+    accelerator is created with ``log_with=report_to`` and ``project_dir=tracking_dir``
+    and the launch's tracker uses it (:class:`~mechtune.train.tracking.Tracker`; in a
+    plain process the tracker makes its own). Raises ConfigError for a GPU index under a
     launch, a device type other than cpu/cuda, or a launcher that put this process on
     another device than ``--device`` asks for (``accelerate launch --cpu`` with
-    ``--device cuda``).
+    ``--device cuda``); the tracker's errors (an unknown ``report_to``, its package
+    missing) before anything else.
     """
     env = os.environ if environ is None else environ
+    Tracker(report_to, tracking_dir)  # checks the backend and its package, creates nothing
     processes = launched_processes(env)
     if processes == 1:
-        return Launch(None, device)
+        return Launch(None, device, Tracker(report_to, tracking_dir))
     try:
         wanted = torch.device(device)
     except (RuntimeError, TypeError) as exc:
@@ -167,7 +182,10 @@ def start_launch(device: str, environ: Mapping[str, str] | None = None) -> Launc
         )
     from accelerate import Accelerator
 
-    accelerator = Accelerator(cpu=wanted.type == "cpu")
+    logging: dict[str, Any] = {}
+    if report_to != "none":
+        logging = {"log_with": report_to, "project_dir": tracking_dir}
+    accelerator = Accelerator(cpu=wanted.type == "cpu", **logging)
     if accelerator.device.type != wanted.type:
         raise ConfigError(
             f"--device {device!r}, but the launcher put process {accelerator.process_index} "
@@ -179,7 +197,8 @@ def start_launch(device: str, environ: Mapping[str, str] | None = None) -> Launc
             f"WORLD_SIZE={processes}, but accelerate joined {accelerator.num_processes} "
             "processes; launch with torchrun or accelerate launch"
         )
-    return Launch(accelerator, str(accelerator.device))
+    tracker = Tracker(report_to, tracking_dir, accelerator=accelerator)
+    return Launch(accelerator, str(accelerator.device), tracker)
 
 
 def refuse_launch(command: str, instead: str, environ: Mapping[str, str] | None = None) -> None:

@@ -47,7 +47,8 @@ from mechtune.train.lora import (
 from mechtune.train.losses import LOSSES, create_loss
 from mechtune.train.negation import CaptionExample, ClaimExample, LoopConfig, NegationTask
 from mechtune.train.scaling import block_scales
-from mechtune.train.trainer import Trainer
+from mechtune.train.tracking import Tracker as RunTracker
+from mechtune.train.trainer import Evaluate, Trainer
 
 
 @dataclass(frozen=True)
@@ -255,13 +256,16 @@ def negation_trainer(
     out: str | Path,
     *,
     accelerator: Any | None = None,
+    tracker: RunTracker | None = None,
+    evaluate: Evaluate | None = None,
 ) -> Trainer:
     """The trainer of negation method ``name`` (which must train) on ``encoder``.
 
     ``images``: ``[N, D]`` image embeddings; ``alpha``: ``[n_blocks + 1]`` causal-tracing
     effects (embedding output, then each block's output); ``config`` with the method's
-    overrides applied. Raises ConfigError for an unknown or non-training method and
-    DataError when the method's examples are empty.
+    overrides applied; ``tracker`` and ``evaluate`` (needed when ``config.eval_every`` >
+    0): see :class:`~mechtune.train.trainer.Trainer`. Raises ConfigError for an unknown or
+    non-training method and DataError when the method's examples are empty.
     """
     entry = _entry(name, "negation")
     if entry.loss is None or entry.data is None:
@@ -287,6 +291,8 @@ def negation_trainer(
         scales=scales,
         scaling=config.scaling,
         accelerator=accelerator,
+        tracker=tracker,
+        evaluate=evaluate,
     )
 
 
@@ -331,6 +337,8 @@ def run_method(
     accelerator: Any | None = None,
     base_model: str | None = None,
     track: Tracker | None = None,
+    tracker: RunTracker | None = None,
+    evaluate: Evaluate | None = None,
 ) -> DualEncoder:
     """Train ``encoder`` in place with negation method ``name``, resuming from the
     checkpoints in ``out``, and write the result there (``adapter/`` or
@@ -340,13 +348,24 @@ def run_method(
     (``config.shards`` a multiple of its processes; the main process writes).
     ``base_model``: the model spec's hub id or local path, for the model card
     (:meth:`~mechtune.train.trainer.Trainer.save_result`). ``track``: reports the steps
-    and the loss (:func:`fit_reporting`). Shapes and errors: :func:`negation_trainer`."""
+    and the loss (:func:`fit_reporting`); ``tracker`` (inside a session the caller opened)
+    and ``evaluate``: :func:`negation_trainer`. Shapes and errors:
+    :func:`negation_trainer`."""
     entry = _entry(name, "negation")
     torch.manual_seed(config.seed)
     if entry.loss is None:
         return encoder
     trainer = negation_trainer(
-        name, encoder, images, data, alpha, config, out, accelerator=accelerator
+        name,
+        encoder,
+        images,
+        data,
+        alpha,
+        config,
+        out,
+        accelerator=accelerator,
+        tracker=tracker,
+        evaluate=evaluate,
     )
     fit_reporting(trainer, track, f"train {name} (seed {config.seed})")
     trainer.save_result(name, base_model=base_model, task="negation")
@@ -362,6 +381,8 @@ def paraphrase_trainer(
     out: str | Path,
     *,
     accelerator: Any | None = None,
+    tracker: RunTracker | None = None,
+    evaluate: Evaluate | None = None,
 ) -> Trainer:
     """The trainer of paraphrase method ``name`` on ``vlm``'s language-model blocks.
 
@@ -372,7 +393,8 @@ def paraphrase_trainer(
     for empty examples. With ``config.gradient_checkpointing`` the model's blocks
     checkpoint their activations (:func:`~mechtune.train.lora.enable_gradient_checkpointing`,
     turned on after LoRA is injected; ConfigError for a model without transformers'
-    checkpointing)."""
+    checkpointing). ``tracker`` and ``evaluate`` (needed when ``config.eval_every`` > 0):
+    see :class:`~mechtune.train.trainer.Trainer`."""
     entry = _entry(name, "paraphrase")
     config = replace(config, **entry.overrides)
     if entry.loss is None:
@@ -380,7 +402,16 @@ def paraphrase_trainer(
     if config.gradient_checkpointing:
         check_gradient_checkpointing(vlm.module)  # before LoRA goes into the model
     task = ConsistencyTask(vlm, images, examples, create_loss(entry.loss, config), config)
-    trainer = Trainer(vlm.module, lm_lora_site(vlm), task, config, out, accelerator=accelerator)
+    trainer = Trainer(
+        vlm.module,
+        lm_lora_site(vlm),
+        task,
+        config,
+        out,
+        accelerator=accelerator,
+        tracker=tracker,
+        evaluate=evaluate,
+    )
     if config.gradient_checkpointing:
         enable_gradient_checkpointing(vlm.module)
     return trainer
@@ -397,14 +428,27 @@ def run_paraphrase_method(
     accelerator: Any | None = None,
     base_model: str | None = None,
     track: Tracker | None = None,
+    tracker: RunTracker | None = None,
+    evaluate: Evaluate | None = None,
 ) -> YesNoVLM:
     """Train ``vlm`` in place with paraphrase method ``name`` (resuming from ``out``) and
     write its adapter and ``train.json`` there (see :func:`run_method`; under DDP the main
     process writes; ``base_model`` names the base in the model card; ``track`` reports the
-    steps and the loss, :func:`fit_reporting`). Shapes and errors: :func:`paraphrase_trainer`."""
+    steps and the loss, :func:`fit_reporting`; ``tracker`` and ``evaluate`` as
+    :func:`paraphrase_trainer`). Shapes and errors: :func:`paraphrase_trainer`."""
     _entry(name, "paraphrase")
     torch.manual_seed(config.seed)
-    trainer = paraphrase_trainer(name, vlm, images, examples, config, out, accelerator=accelerator)
+    trainer = paraphrase_trainer(
+        name,
+        vlm,
+        images,
+        examples,
+        config,
+        out,
+        accelerator=accelerator,
+        tracker=tracker,
+        evaluate=evaluate,
+    )
     fit_reporting(trainer, track, f"train {name} (seed {config.seed})")
     trainer.save_result(name, base_model=base_model, task="paraphrase")
     return vlm

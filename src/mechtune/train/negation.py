@@ -50,7 +50,10 @@ class LoopConfig:
     in one process; under DDP a multiple of the number of ranks, spread evenly); ``scaling``: "gradient" (NAST as specified: block l's gradients times its
     factor; Adam divides each parameter's step by its own gradient scale, so this only
     matters where the factor is 0 or tiny) or "lr" (per-block learning rates, which Adam
-    keeps); ``lora``: LoRA settings, None for full fine-tuning of the text blocks.
+    keeps); ``lora``: LoRA settings, None for full fine-tuning of the text blocks;
+    ``eval_every``: every this many steps, the claim accuracy on validation-split claim
+    sets is measured and logged (``eval/claim_accuracy``; 0: never; read-only, the run
+    trains the same; :meth:`~mechtune.train.trainer.Trainer.run_evaluation`).
     Raises ConfigError naming the field for a bad value.
     """
 
@@ -66,11 +69,14 @@ class LoopConfig:
     shards: int = 1
     scaling: str = "gradient"
     lora: LoraSettings | None = field(default_factory=LoraSettings)
+    eval_every: int = 0
 
     def __post_init__(self) -> None:
         for name in ("steps", "caption_batch", "claim_batch", "checkpoint_every", "shards"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.eval_every < 0:
+            raise ConfigError(f"eval_every must be >= 0 (0: never), got {self.eval_every}")
         if self.lr <= 0:
             raise ConfigError(f"lr must be > 0, got {self.lr}")
         if self.scaling not in SCALINGS:

@@ -21,13 +21,19 @@ and how to compute the loss terms of one shard of it; the trainer owns everythin
   the host wait for every queued kernel, so a per-step read would stop the host from
   queueing the next step's work while the device runs this one. The interval is the
   checkpoint interval (``checkpoint_every``, where the history is persisted) and the end of
-  :meth:`Trainer.fit`.
+  :meth:`Trainer.fit`;
+- experiment tracking (:mod:`mechtune.train.tracking`, with a :class:`Tracker` that is
+  enabled): per step the loss terms, each block's gradient norm (computed on the device
+  and carried to the host with the terms, in the same single transfer per flush) and its
+  effective learning rate or gradient factor; and every ``eval_every`` steps a read-only
+  validation metric (``evaluate``), whose values are kept in :attr:`Trainer.evals` and
+  ``train.json``.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from contextlib import nullcontext
 from pathlib import Path
 from typing import Any, Protocol
@@ -52,12 +58,16 @@ from mechtune.train.lora import (
 )
 from mechtune.train.model_card import CardFacts
 from mechtune.train.scaling import scaled_gradients
+from mechtune.train.tracking import Tracker, block_tag
 
 SCALINGS = ("gradient", "lr")
-# Settings a resumed run may change: how long it runs, how often it checkpoints, and
-# gradient checkpointing (recomputation gives the same gradients, so a run may resume on
-# a smaller GPU with it on).
-RESUME_FREE = frozenset({"steps", "checkpoint_every", "gradient_checkpointing"})
+# Settings a resumed run may change: how long it runs, how often it checkpoints and
+# evaluates (read-only), and gradient checkpointing (recomputation gives the same
+# gradients, so a run may resume on a smaller GPU with it on).
+RESUME_FREE = frozenset({"steps", "checkpoint_every", "eval_every", "gradient_checkpointing"})
+# A validation metric: reads the model being trained (in eval mode, without gradients)
+# and returns {metric: value}, logged as ``eval/<metric>``.
+Evaluate = Callable[[], Mapping[str, float]]
 
 
 class TrainSettings(Protocol):
@@ -73,6 +83,8 @@ class TrainSettings(Protocol):
     def seed(self) -> int: ...
     @property
     def checkpoint_every(self) -> int: ...
+    @property
+    def eval_every(self) -> int: ...
     @property
     def lora(self) -> LoraSettings | None: ...
 
@@ -119,9 +131,13 @@ class Trainer:
     fine-tuning of those blocks, else LoRA on them (peft, injected in place).
     ``scales``: ``[site.n_layers]`` per-block factors (None: all 1), applied as
     ``scaling`` says. ``accelerator``: an ``accelerate.Accelerator`` for DDP, whose
-    number of processes must divide ``task.shards`` (:func:`check_shards`). Raises
-    ConfigError for an unknown scaling, a scale vector of the wrong length, shards that
-    the processes cannot share equally, or a trainable parameter outside the blocks.
+    number of processes must divide ``task.shards`` (:func:`check_shards`).
+    ``tracker``: where the per-step values go (:mod:`mechtune.train.tracking`; None or
+    disabled: nowhere, and no gradient norm is computed); ``evaluate``: the validation
+    metric run every ``settings.eval_every`` steps (:meth:`fit`). Raises ConfigError for
+    an unknown scaling, a scale vector of the wrong length, shards that the processes
+    cannot share equally, a trainable parameter outside the blocks, or ``eval_every`` > 0
+    without ``evaluate``.
     """
 
     def __init__(
@@ -135,6 +151,8 @@ class Trainer:
         scales: torch.Tensor | None = None,
         scaling: str = "gradient",
         accelerator: Any | None = None,
+        tracker: Tracker | None = None,
+        evaluate: Evaluate | None = None,
     ) -> None:
         if scaling not in SCALINGS:
             raise ConfigError(f"scaling must be one of {SCALINGS}, got {scaling!r}")
@@ -144,6 +162,11 @@ class Trainer:
             )
         if accelerator is not None:
             check_shards(task.shards, accelerator.num_processes)
+        if settings.eval_every and evaluate is None:
+            raise ConfigError(
+                f"eval_every is {settings.eval_every}, but no validation data was given to "
+                "evaluate on; set eval_every to 0"
+            )
         self.site, self.task, self.settings, self.out = site, task, settings, Path(out)
         self.scaling, self.accelerator = scaling, accelerator
         if settings.lora is None:
@@ -167,8 +190,20 @@ class Trainer:
         self.generator = torch.Generator().manual_seed(settings.seed)
         self.step = 0
         self.history: list[dict[str, float]] = []
-        # Steps not yet flushed: (step, term names, [n_terms] float32 means on the device).
+        # Steps not yet flushed: (step, term names, [n_terms (+ n_blocks when tracking)]
+        # float32 values on the device: the terms' means, then the blocks' gradient norms).
         self._pending: list[tuple[int, tuple[str, ...], torch.Tensor]] = []
+        self.evaluate = evaluate
+        self.evals: list[dict[str, float]] = []  # {"step", metric: value} per evaluation
+        self._pending_evals: dict[int, dict[str, float]] = {}  # not yet sent to the tracker
+        self.tracker = tracker if tracker is not None and tracker.enabled else None
+        # the trained blocks, ascending, and each trainable parameter's place among them
+        self.blocks = sorted({layer for layer, _ in self.params.values()})
+        place = {b: i for i, b in enumerate(self.blocks)}
+        first = next(p for _, p in self.params.values())
+        self._grad_blocks = torch.tensor(
+            [place[layer] for layer, _ in self.params.values()], device=first.device
+        )
 
     # -- checkpoints ---------------------------------------------------------------------------
 
@@ -182,7 +217,7 @@ class Trainer:
         collective, see :meth:`flush`)."""
         self.flush()
         params = {n: p for n, (_, p) in self.params.items()}
-        state = {"config": self.settings.to_dict(), "history": self.history}
+        state = {"config": self.settings.to_dict(), "history": self.history, "eval": self.evals}
         return save_checkpoint(
             self.out, self.step, params, self.optim, self.generator, state, self.model
         )
@@ -214,7 +249,9 @@ class Trainer:
         if state is None:
             return False
         self.step, self.history = int(state["step"]), list(state["history"])
+        self.evals = list(state.get("eval", []))
         self._pending = []  # steps after the checkpoint are undone with their terms
+        self._pending_evals = {}
         return True
 
     def save_result(
@@ -229,20 +266,24 @@ class Trainer:
         writes. ``base_model``: the model spec's hub id or local path (None: the
         transformers model's ``name_or_path``); ``task``: ``"negation"`` or
         ``"paraphrase"`` (None: from the settings, paraphrase when they have
-        ``grad_accum``)."""
+        ``grad_accum``). With ``eval_every`` > 0, ``train.json`` also holds the
+        evaluations (``"eval"``: :attr:`evals`)."""
         self.flush()
         main = self.accelerator is None or self.accelerator.is_main_process
         if main:
+            info: dict[str, Any] = {
+                "method": method,
+                "config": self.settings.to_dict(),
+                "step": self.step,
+                "history": self.history,
+            }
+            if self.settings.eval_every:
+                info["eval"] = self.evals
             save_trained(
                 self.out,
                 self.model,
                 self.site,
-                {
-                    "method": method,
-                    "config": self.settings.to_dict(),
-                    "step": self.step,
-                    "history": self.history,
-                },
+                info,
                 self.card_facts(base_model=base_model, task=task),
             )
         return self.out
@@ -316,11 +357,45 @@ class Trainer:
             for _, p in self.params.values():
                 if p.grad is not None:
                     p.grad = self.accelerator.reduce(p.grad, reduction="mean")
+        assert totals is not None  # check_shards: every process takes at least one shard
+        pending = totals if self.tracker is None else torch.cat([totals, self.grad_norms()])
         self.optim.step()
         self.step += 1
-        assert totals is not None  # check_shards: every process takes at least one shard
-        self._pending.append((self.step, names, totals))
+        self._pending.append((self.step, names, pending))
         return dict(zip(names, totals.unbind(), strict=True))
+
+    def grad_norms(self) -> torch.Tensor:
+        """``[len(blocks)]`` float32 on the device: per trained block (:attr:`blocks`,
+        ascending), the L2 norm of the current gradients of its trainable parameters,
+        sqrt(sum_p ||grad_p||²) (a parameter without a gradient adds 0). Reads nothing
+        back to the host."""
+        first = next(p for _, p in self.params.values())
+        zero = torch.zeros((), device=first.device)
+        squares = torch.stack(
+            [
+                zero if p.grad is None else p.grad.detach().float().square().sum()
+                for _, p in self.params.values()
+            ]
+        )
+        total = torch.zeros(len(self.blocks), device=first.device)
+        return total.index_add_(0, self._grad_blocks, squares).sqrt()
+
+    def rates(self) -> dict[str, float]:
+        """The effective learning rate of each block, from the optimiser and the scales
+        (host values, no device read): ``{"lr": lr}`` when every block's factor is 1;
+        under ``scaling="lr"`` each block's parameter-group rate (``lr/block_<b>``);
+        under ``scaling="gradient"`` the rate and each block's gradient factor
+        (``grad_scale/block_<b>``)."""
+        if bool(torch.all(self.scales == 1)):
+            return {"lr": float(self.optim.param_groups[0]["lr"])}
+        if self.scaling == "lr":  # one group per trained block, ascending (__init__)
+            return {
+                block_tag("lr", b): float(g["lr"])
+                for b, g in zip(self.blocks, self.optim.param_groups, strict=True)
+            }
+        rates = {"lr": float(self.optim.param_groups[0]["lr"])}
+        rates.update({block_tag("grad_scale", b): float(self.scales[b]) for b in self.blocks})
+        return rates
 
     def flush(self) -> list[dict[str, float]]:
         """Log the steps since the last flush: their terms go to the host in ONE transfer
@@ -328,7 +403,12 @@ class Trainer:
         ``{"step", term: value}`` per step. Under DDP the concatenated terms of every rank
         are averaged in one collective first, so every rank logs the global mean, as one
         process would; every rank must then call it at the same step (:meth:`fit` does).
-        Returns the new records (empty when no step is pending)."""
+        Returns the new records (empty when no step is pending).
+
+        With a tracker, each step's blocks' gradient norms travel in the same transfer
+        (identical on every rank after the gradient average), and each step goes to the
+        tracker (:mod:`mechtune.train.tracking`'s tags) with the block rates
+        (:meth:`rates`) and the evaluations made at it."""
         if not self._pending:
             return []
         pending, self._pending = self._pending, []
@@ -338,13 +418,45 @@ class Trainer:
         numbers = flat.tolist()
         records: list[dict[str, float]] = []
         at = 0
-        for step, names, _ in pending:
-            records.append(
-                {"step": step, **dict(zip(names, numbers[at : at + len(names)], strict=True))}
-            )
-            at += len(names)
+        rates = self.rates() if self.tracker is not None else {}
+        for step, names, values in pending:
+            record = dict(zip(names, numbers[at : at + len(names)], strict=True))
+            records.append({"step": step, **record})
+            if self.tracker is not None:
+                norms = numbers[at + len(names) : at + len(values)]
+                tags = {f"train/{name}": value for name, value in record.items()}
+                tags.update(rates)
+                tags.update(
+                    {block_tag("grad_norm", b): n for b, n in zip(self.blocks, norms, strict=True)}
+                )
+                evals = self._pending_evals.pop(step, {})
+                tags.update({f"eval/{name}": value for name, value in evals.items()})
+                self.tracker.log(tags, step)
+            at += len(values)
         self.history.extend(records)
         return records
+
+    def run_evaluation(self) -> dict[str, float]:
+        """Run ``evaluate`` on the model as it is now, read-only: in eval mode (no dropout),
+        without gradients, with torch's random streams (CPU and the model's CUDA devices)
+        restored afterwards, and back in train mode; so a run with evaluations trains
+        exactly as one without. Appends ``{"step", metric: value}`` to :attr:`evals` and
+        keeps the metrics for the tracker, logged with the step's terms at the next
+        :meth:`flush`. Returns the metrics."""
+        assert self.evaluate is not None
+        devices = sorted(
+            {p.device.index or 0 for _, p in self.params.values() if p.device.type == "cuda"}
+        )
+        self.model.eval()
+        try:
+            with torch.random.fork_rng(devices=devices), torch.no_grad():
+                metrics = {name: float(value) for name, value in self.evaluate().items()}
+        finally:
+            self.model.train()
+        self.evals.append({"step": self.step, **metrics})
+        if self.tracker is not None:
+            self._pending_evals[self.step] = metrics
+        return metrics
 
     def fit(
         self,
@@ -360,16 +472,21 @@ class Trainer:
         is called with 1 after every step. The loss terms reach the host once per logging
         interval (:meth:`flush`): at every checkpoint step, at the last step and when
         ``stop_after`` ends the run; ``on_log`` then gets that interval's records (all
-        processes under DDP). Returns the history: one ``{"step", term: value}`` per step."""
+        processes under DDP). Every ``settings.eval_every`` steps (0: never) the main
+        process runs the validation metric (:meth:`run_evaluation`) after the step.
+        Returns the history: one ``{"step", term: value}`` per step."""
         if resume:
             self.resume()
         done = 0
         self.model.train()
         main = self.accelerator is None or self.accelerator.is_main_process
         every = self.settings.checkpoint_every
+        evaluate_every = self.settings.eval_every
         while self.step < self.settings.steps:
             self.train_step()
             done += 1
+            if main and evaluate_every and self.step % evaluate_every == 0:
+                self.run_evaluation()
             stopping = stop_after is not None and done >= stop_after
             checkpoint = self.step % every == 0 or self.step == self.settings.steps
             records = self.flush() if checkpoint or stopping else []
