@@ -25,8 +25,9 @@ import yaml
 
 from mechtune.data.polarity_check import clinical_available
 from mechtune.data.sources import open_source
-from mechtune.pipelines.negation import RunOptions, run_negation_study
+from mechtune.pipelines.negation import RunOptions
 from mechtune.pipelines.negation_config import load_recipe
+from mechtune.pipelines.negation_study import run_negation_study
 
 
 def main() -> None:

@@ -173,15 +173,25 @@ def demo_plan(n: int, seed: int, quick: bool, out: Path = Path("runs/demo")) -> 
     ``seed`` seeds every world, sampler and training run. The training budgets are the
     demo's, smaller than the recipes' (80 steps per negation method instead of 150, 80
     steps of 16 questions per consistency range), so the whole demo stays near 10 minutes
-    on 2 cores; every method and layer range still gets the same budget.
-    ``quick`` (the CI smoke test): at most 600 studies and a few steps of everything.
+    on 2 cores; every method and layer range still gets the same budget. The negation
+    study runs zero-shot, uniform LoRA, NAST and the random-alpha control with one
+    permutation of alpha.
+    ``quick`` (the CI smoke test): at most 600 studies and a few steps of everything, the
+    random-alpha control included.
     """
     from mechtune.pipelines.negation import NegationStudyConfig
     from mechtune.pipelines.paraphrase import ParaphraseStudyConfig
 
     n = min(n, 600) if quick else n
+    # the random-alpha control (one permutation of the traced alpha) beside NAST: does
+    # the trace pick better blocks than chance? (the recipes run 3 permutations)
     negation = NegationStudyConfig(
-        model="phantom:default", data=str(out / MIMIC_DIR), data_seed=seed, seeds=(seed,)
+        model="phantom:default",
+        data=str(out / MIMIC_DIR),
+        data_seed=seed,
+        seeds=(seed,),
+        methods=("zero-shot", "uniform-lora", "nast", "random-alpha"),
+        random_alpha_permutations=1,
     )
     negation = replace(negation, loop=replace(negation.loop, steps=80))
     paraphrase = ParaphraseStudyConfig(
@@ -243,7 +253,8 @@ def demo(
     tracking_dir: TrackingDirOpt = None,
 ) -> None:
     """The main job, offline: data, the phantom world, the negation study (trace, NAST vs
-    uniform LoRA) and the paraphrase study (flip rate, SAE analysis, consistency LoRA).
+    uniform LoRA and the random-alpha control) and the paraphrase study (flip rate, SAE
+    analysis, consistency LoRA).
 
     Writes OUT/world (phantom radiographs and reports), OUT/mimic-cxr-jpg (the same world
     as MIMIC-CXR-JPG lays out its files), OUT/data/{polarity,contextual,paraphrase}

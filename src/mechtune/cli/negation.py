@@ -4,6 +4,7 @@ done by :mod:`mechtune.pipelines.negation`."""
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import replace
 from pathlib import Path
@@ -32,13 +33,16 @@ from mechtune.cli._tracking import (
 from mechtune.data.io import atomic_write_text, to_jsonable, write_json
 from mechtune.errors import ConfigError
 from mechtune.eval.negation import summary_rows
+from mechtune.interp.alpha import alpha_from_trace
 from mechtune.interp.ratios import MIN_GAP_SHARE
 from mechtune.interp.result import TraceConfig, TraceResult
 from mechtune.models.spec import parse_spec
 from mechtune.pipelines import negation as pipeline
 from mechtune.pipelines.negation_config import load_recipe
+from mechtune.pipelines.negation_controls import RANDOM_ALPHA, alpha_permutations
+from mechtune.pipelines.negation_study import run_negation_study
 from mechtune.train.distributed import check_launch_shards, launched_processes, refuse_launch
-from mechtune.train.methods import methods_for
+from mechtune.train.methods import methods_for, reads_alpha
 
 app = typer.Typer(
     help="The negation half: trace, train, evaluate, or run the whole study.",
@@ -325,8 +329,22 @@ def train_command(
     recipe: RecipeOpt = None,
     alpha: Annotated[
         Path | None,
-        typer.Option("--alpha", help="A trace folder (negation trace --out); needed by nast."),
+        typer.Option(
+            "--alpha",
+            help="A trace folder (negation trace --out); needed by nast, random-alpha and "
+            "effective-lr. alpha is the recipe's alpha_norm of its alpha_source profile.",
+        ),
     ] = None,
+    permutation: Annotated[
+        int,
+        typer.Option(
+            "--permutation",
+            help="random-alpha: which permutation of alpha to train (the study's "
+            "runs/random-alpha/seed<k>-p<j> is --permutation j; drawn from the recipe's "
+            "data_seed).",
+            min=0,
+        ),
+    ] = 0,
     steps: Annotated[
         int | None, typer.Option(help="Optimiser steps (default: recipe's).", min=1)
     ] = None,
@@ -369,11 +387,22 @@ def train_command(
     if eval_every is not None:
         loop = replace(loop, eval_every=eval_every)
     traced_model = "another model"
+    if permutation and method != RANDOM_ALPHA:
+        raise ConfigError(f"--permutation is read by --method {RANDOM_ALPHA} only, not {method}")
     if alpha is not None:
         traced = TraceResult.load(alpha)
-        alpha_values, traced_model = traced.alpha, traced.counts.get("model", traced_model)
-    elif method == "nast" and loop.beta != 0:
-        raise ConfigError("--method nast needs --alpha TRACE_DIR (from `mechtune negation trace`)")
+        alpha_values = alpha_from_trace(
+            traced, settings.alpha_source, settings.alpha_norm, settings.alpha_tau
+        )
+        if method == RANDOM_ALPHA:
+            alpha_values = alpha_permutations(alpha_values, permutation + 1, settings.data_seed)[
+                permutation
+            ]
+        traced_model = traced.counts.get("model", traced_model)
+    elif reads_alpha(method, loop.beta):
+        raise ConfigError(
+            f"--method {method} needs --alpha TRACE_DIR (from `mechtune negation trace`)"
+        )
     else:
         alpha_values = None
     check_launch_shards(loop.shards, launched_processes(), "the recipe's loop.shards")
@@ -596,7 +625,9 @@ def run_study(
         f"negation study of {settings.model} on {source.root}: {', '.join(settings.methods)}; "
         f"{settings.loop.steps} steps each, seeds {list(settings.seeds)} ..."
     )
-    results = pipeline.run_negation_study(
+    if settings.grid is not None:
+        return run_grid(settings, source, out, options, tracker)
+    results = run_negation_study(
         settings, source, out, options, log=console.print, track=progress_bar, tracker=tracker
     )
     study_figures(results, out)
@@ -606,6 +637,29 @@ def run_study(
     )
     console.print((out / "table.md").read_text(), highlight=False, soft_wrap=True)
     return results
+
+
+def run_grid(
+    settings: pipeline.NegationStudyConfig,
+    source: Any,
+    out: Path,
+    options: Any,
+    tracker: Any | None = None,
+) -> dict[str, Any]:
+    """``negation study`` of a recipe with a grid: every cell a study in OUT/cells/<cell>
+    (with its figures), finished cells skipped; OUT/grid.json and OUT/grid.md."""
+    from mechtune.pipelines.negation_grid import CELLS, run_negation_grid
+
+    record = run_negation_grid(
+        settings, source, out, options, log=console.print, track=progress_bar, tracker=tracker
+    )
+    for cell in record["cells"]:
+        folder = out / CELLS / cell["name"]
+        cell_results = json.loads((folder / "results.json").read_text(encoding="utf-8"))
+        study_figures(cell_results, folder)
+    console.print(f"[bold]Grid of {len(record['cells'])} cells[/] (also in {out / 'grid.md'}):")
+    console.print((out / "grid.md").read_text(), highlight=False, soft_wrap=True, markup=False)
+    return record
 
 
 @app.command("study")

@@ -7,7 +7,8 @@ the rule of :mod:`mechtune.interp.ratios`: a pair whose |gap| is below ``min_gap
 times the median |gap| is excluded and counted; the per-layer effect ``cte_layer`` is the
 ratio of sums (the gap-weighted mean of the per-pair CTE), with the median over pairs and
 the share carried by the top 5% of pairs reported beside it. ``alpha`` is NAST's gradient
-weight, min-max normalise(CTE_l) (arXiv 2602.12498), computed from ``cte_layer``.
+weight, min-max normalise(CTE_l) (arXiv 2602.12498), computed from ``cte_layer``; other
+sources and normalisations: :mod:`mechtune.interp.alpha`.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from safetensors.torch import load_file, save_file
 
 from mechtune.data.io import atomic_path, write_json
 from mechtune.errors import ConfigError, DataError
+from mechtune.interp.alpha import normalise
 from mechtune.interp.pairs import ROLES, infer_roles
 from mechtune.interp.ratios import (
     MIN_GAP_SHARE,
@@ -230,8 +232,7 @@ def aggregate(
     boots = _bootstrap(per_layer.ratios[kept], gap[kept], config.n_boot, config.seed)
     low, high = np.nanquantile(boots, [0.025, 0.975], axis=0)
     cte_layer = per_layer.weighted
-    span = cte_layer.max() - cte_layer.min()
-    alpha = (cte_layer - cte_layer.min()) / span if span > 0 else np.ones_like(cte_layer)
+    alpha = normalise(cte_layer, "minmax")
     status = np.where(kept, "kept", "excluded_small_gap")
     status[gap == 0] = "excluded_zero_gap"
     return TraceResult(
@@ -242,7 +243,7 @@ def aggregate(
         cte_layer_high=torch.from_numpy(high),
         cte_layer_median=torch.from_numpy(per_layer.median),
         top5_share=torch.from_numpy(per_layer.top_share),
-        alpha=torch.from_numpy(alpha),
+        alpha=alpha,
         pair_cte=torch.from_numpy(per_role.ratios),
         pair_weight=torch.from_numpy(per_layer.weights),
         s_correct=torch.tensor([sc.s_correct for sc in scores], dtype=torch.float64),

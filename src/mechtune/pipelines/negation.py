@@ -1,49 +1,34 @@
-"""The negation half on any dual encoder and any image-study source: trace, train,
-evaluate, and the whole study.
+"""The negation half on any dual encoder and any image-study source: the stages of a
+study (embed, trace, train, evaluate), which the commands and the study
+(:mod:`mechtune.pipelines.negation_study`) call.
 
 Every function here is a function of (model spec, :class:`ImageStudySource`, settings):
 it loads the model through the spec registry, reads studies and pixels through the
 source, and never knows which model or data it was given. The image tower is frozen by
 every negation method, so each item's image is embedded once per study (and cached on
 disk across runs by :mod:`mechtune.models.image_cache`).
-
-The study (:func:`run_negation_study`):
-
-1. trace the base model on **train-split** patients (the test split never chooses
-   anything) to get alpha_l;
-2. for each method and seed: start from the base weights, train on the train-split
-   patients' captions and claim sets (train phrasing families), evaluate on
-   ``eval_split`` patients (in-distribution and held-out families);
-3. report R@1/R@5, claim accuracy, accuracy by polarity, the affirmative-negation gap,
-   polarity-MCQ accuracy, update share (top-3/top-5 blocks by CTE) and retention, each with
-   a 95% interval; across seeds, mean and range; and each method minus uniform LoRA on the
-   same items (:mod:`mechtune.pipelines.negation_report`).
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
-import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from mechtune.data.io import atomic_write_text, read_jsonl_records, to_jsonable, write_json
+from mechtune.data.io import read_jsonl_records, write_json
 from mechtune.data.schema import SPLITS, Study
 from mechtune.data.sources.base import ImageStudySource
 from mechtune.errors import ConfigError, DataError
 from mechtune.eval.negation import (
     EvalStudies,
-    eval_claim_sets,
     evaluate_negation,
-    select_claim_examples,
 )
 from mechtune.eval.retention import embedding_drift, general_sentences
-from mechtune.eval.update_share import update_share
 from mechtune.interp.pairs import PairBuild, build_trace_pairs, pairs_from_records
 from mechtune.interp.result import TraceConfig, TraceResult, trace
 from mechtune.interp.tracing import TraceError
@@ -52,12 +37,6 @@ from mechtune.models.image_cache import CacheStats, embed_study_images
 from mechtune.pipelines.negation_config import (
     NegationStudyConfig,
     RunOptions,
-)
-from mechtune.pipelines.negation_report import (
-    block_update_norms,
-    block_weights,
-    paired_comparisons,
-    results_table,
 )
 from mechtune.progress import Tracker, stage
 from mechtune.train.checkpoint import load_trained
@@ -309,39 +288,6 @@ def evaluate_model(
     return report
 
 
-def study_claim_examples(
-    runs: dict[str, list[dict[str, Any]]], claim_sets: list[Any], limit: int = 6
-) -> list[dict[str, Any]]:
-    """The study's example claim sets (:func:`mechtune.eval.negation.select_claim_examples`)
-    scored by every method's first run: those NAST (else the last method) gets right and
-    zero-shot (else the first method) gets wrong first."""
-    scores = {
-        m: dict(zip(r[0]["items"]["claims"]["id"], r[0]["items"]["claims"]["scores"], strict=True))
-        for m, r in runs.items()
-        if r and "scores" in r[0]["items"]["claims"]
-    }
-    if not scores:
-        return []
-    names = list(scores)
-    reference = "zero-shot" if "zero-shot" in scores else names[0]
-    target = "nast" if "nast" in scores else names[-1]
-    if reference == target:
-        return select_claim_examples(claim_sets, scores, limit=limit)
-    return select_claim_examples(
-        claim_sets, scores, reference=reference, target=target, limit=limit
-    )
-
-
-def run_plan(recipe: NegationStudyConfig) -> list[tuple[str, int]]:
-    """``(method, seed)`` of every run, in order: each method once per seed, except
-    zero-shot (nothing to train), which runs once."""
-    return [
-        (method, seed)
-        for method in recipe.methods
-        for seed in (recipe.seeds if method != "zero-shot" else recipe.seeds[:1])
-    ]
-
-
 PROBE_FILE = "probe_embeddings.safetensors"
 PROBE_SENTENCES = 16  # everyday sentences whose embeddings fingerprint a trained text tower
 
@@ -530,113 +476,3 @@ def apply_adapter(
             f"{trained_dtype}, loaded in {dtype}); was it trained on another checkpoint?"
         )
     return trained, check
-
-
-# -- the study ---------------------------------------------------------------------------
-
-
-def run_negation_study(
-    recipe: NegationStudyConfig,
-    source: ImageStudySource,
-    out: str | Path,
-    options: RunOptions | None = None,
-    log: Log | None = None,
-    track: Tracker | None = None,
-    tracker: RunTracker | None = None,
-) -> dict[str, Any]:
-    """Run every (method, seed) of ``recipe`` on ``source``; write ``results.json``,
-    ``table.md``, the trace (``trace/``) and each run's checkpoints and adapter
-    (``runs/<method>/seed<k>/``). ``track`` gets a stage for each long step: embedding
-    the images, tracing, each run's training and evaluation. With ``tracker``, each
-    training run is a session ``<method>/seed<k>``; ``recipe.loop.eval_every`` > 0
-    evaluates each on the val split (:func:`validation_claims`). Returns the results
-    dict."""
-    out = Path(out)
-    options = options or RunOptions()
-    say = log or _quiet
-    base = options.load(recipe.model)
-    with stage(track, "embed images", len(source)) as advance:
-        data = study_data(base, source, recipe.model, options, say, progress=advance)
-    build = trace_pairs(
-        base,
-        data,
-        split="train",
-        seed=recipe.data_seed,
-        per_study=recipe.trace_per_study,
-        max_pairs=recipe.trace_max_pairs,
-    )
-    say(f"tracing {len(build.pairs)} pairs of {len(data.rows('train'))} train-split items ...")
-    traced = trace_model(
-        base,
-        data,
-        build,
-        TraceConfig(seed=recipe.data_seed),
-        {"split": "train", "model": recipe.model, **weights_info(base)},
-        track=track,
-    )
-    traced.save(out / "trace")
-    cte_by_block = traced.cte_layer[1:].tolist()
-    examples = training_data(data, recipe)
-    held_claims = validation_claims(data, recipe.loop, recipe.data_seed)
-    runs: dict[str, list[dict[str, Any]]] = {}
-    for method, seed in run_plan(recipe):
-        encoder = options.load(recipe.model)
-        initial = block_weights(encoder.model)
-        say(f"{method}, seed {seed}: training ...")
-        start = time.perf_counter()
-        loop = replace(recipe.loop, seed=seed)
-        train_model(
-            encoder,
-            method,
-            data,
-            examples,
-            traced.alpha,
-            loop,
-            out / "runs" / method / f"seed{seed}",
-            recipe.model,
-            track=track,
-            tracker=tracker,
-            run_name=f"{method}/seed{seed}",
-            evaluate=validation(encoder, data, held_claims),
-        )
-        seconds = time.perf_counter() - start
-        report = to_jsonable(
-            evaluate_model(
-                encoder,
-                data,
-                split=recipe.eval_split,
-                seed=recipe.data_seed,
-                probes=recipe.probes,
-                base=base,
-                track=track,
-            )
-        )
-        report["train_seconds"] = round(seconds, 1)
-        report["seed"] = seed
-        if method != "zero-shot":
-            norms = block_update_norms(encoder.model, initial)
-            report["update_norms"] = norms
-            # a tower of fewer blocks than k has no top-k share (n/a in the table)
-            report["update_share"] = {
-                f"top{k}": update_share(norms, cte_by_block, k) if k <= len(cte_by_block) else None
-                for k in (3, 5)
-            }
-        runs.setdefault(method, []).append(report)
-    results: dict[str, Any] = {
-        "config": recipe.to_dict(),
-        "data": to_jsonable(source.description),
-        "image_cache": data.cache,
-        "trace": {
-            "alpha": traced.alpha.tolist(),
-            "cte_layer": traced.cte_layer.tolist(),
-            "counts": traced.counts,
-        },
-        "runs": runs,
-    }
-    results["paired"] = to_jsonable(paired_comparisons(results))
-    results["examples"] = study_claim_examples(
-        runs, eval_claim_sets(data.eval_set(recipe.eval_split), recipe.data_seed)
-    )
-    write_json(out / "results.json", results)
-    atomic_write_text(out / "table.md", results_table(results) + "\n")
-    return results

@@ -4,12 +4,15 @@ recipe YAML by :func:`load_recipe`, every key checked)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields
+import itertools
+import re
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
 from mechtune.errors import ConfigError
 from mechtune.eval.study_config import check_seeds
+from mechtune.interp.alpha import DEFAULT_TAU, check_alpha_settings
 from mechtune.models.dual_encoder import DualEncoder
 from mechtune.models.precision import resolve_device, resolve_dtype
 from mechtune.models.spec import load_dual_encoder
@@ -54,6 +57,15 @@ class NegationStudyConfig:
     ``balance_polarity``: repeat the minority polarity's claim sets; ``probes``: linear
     probes on image embeddings beside the text metrics; ``loop``: the training settings
     every method shares (its ``seed`` is each of ``seeds`` in turn).
+
+    ``alpha_source`` (``mean``, ``negator``, ``max``), ``alpha_norm`` (``minmax``,
+    ``rank``, ``softmax``) and ``alpha_tau`` (softmax's temperature, in CTE units): how
+    the traced CTE becomes alpha (:mod:`mechtune.interp.alpha`; the default is NAST's).
+    ``random_alpha_permutations``: how many permutations of alpha the ``random-alpha``
+    control trains, each once per seed (:mod:`mechtune.pipelines.negation_controls`).
+    ``grid``: ``{key: [values]}`` of settings to cross (dotted keys: ``loop.beta``,
+    ``loop.lora.rank``); the study then runs every cell
+    (:mod:`mechtune.pipelines.negation_grid`); None: one study.
     """
 
     model: str = "phantom:default"
@@ -66,6 +78,11 @@ class NegationStudyConfig:
     eval_split: str = "test"
     balance_polarity: bool = True
     probes: bool = False
+    alpha_source: str = "mean"
+    alpha_norm: str = "minmax"
+    alpha_tau: float = DEFAULT_TAU
+    random_alpha_permutations: int = 3
+    grid: dict[str, tuple[Any, ...]] | None = None
     loop: LoopConfig = field(
         default_factory=lambda: LoopConfig(
             steps=150,
@@ -104,11 +121,131 @@ class NegationStudyConfig:
                 f"loop.seed ({self.loop.seed}) is not read: each run's seed is one of "
                 f"seeds {list(self.seeds)}; set seeds instead"
             )
+        check_alpha_settings(self.alpha_source, self.alpha_norm, self.alpha_tau)
+        if self.random_alpha_permutations < 1:
+            raise ConfigError(
+                f"random_alpha_permutations must be >= 1, got {self.random_alpha_permutations}"
+            )
+        if self.grid is not None:
+            object.__setattr__(self, "grid", check_grid(self.grid))
+            grid_cells(self)  # every cell's settings are valid
 
     def to_dict(self) -> dict[str, Any]:
         out = {f.name: getattr(self, f.name) for f in fields(self)}
         out.update(methods=list(self.methods), seeds=list(self.seeds), loop=self.loop.to_dict())
+        if self.grid is not None:
+            out["grid"] = {k: list(v) for k, v in self.grid.items()}
         return out
+
+
+# -- grids -------------------------------------------------------------------------------
+
+# A cell may not change these: the data is the command's source, and a grid in a cell
+# would nest grids.
+NOT_GRIDDED = ("data", "grid")
+
+
+def grid_keys() -> list[str]:
+    """Every key a grid may cross: the study's fields (but :data:`NOT_GRIDDED`),
+    ``loop.<field>`` (but ``loop.seed``: use ``seeds``) and ``loop.lora.<field>``."""
+    from mechtune.train.lora import LoraSettings
+
+    keys = [f.name for f in fields(NegationStudyConfig) if f.name not in NOT_GRIDDED]
+    keys.remove("loop")
+    keys += [f"loop.{f.name}" for f in fields(LoopConfig) if f.name not in ("seed", "lora")]
+    keys += [f"loop.lora.{f.name}" for f in fields(LoraSettings)]
+    return keys
+
+
+def check_grid(grid: Any) -> dict[str, tuple[Any, ...]]:
+    """The grid as ``{key: (values...)}``: each key one of :func:`grid_keys`, each value a
+    non-empty list of distinct values (a list value, such as ``methods``, becomes a
+    tuple). Raises ConfigError naming the key; the values themselves are checked by
+    building every cell (:func:`grid_cells`)."""
+    if not isinstance(grid, dict) or not grid:
+        raise ConfigError(f"grid must be a mapping of keys to lists of values, got {grid!r}")
+    known = grid_keys()
+    out: dict[str, tuple[Any, ...]] = {}
+    for key, values in grid.items():
+        if key not in known:
+            why = (
+                " (the data is the command's --data or the recipe's data:)" if key == "data" else ""
+            )
+            raise ConfigError(
+                f"grid key {key!r} is not a recipe setting a cell may change{why}; known: "
+                f"{', '.join(known)}"
+            )
+        if not isinstance(values, list | tuple) or not values:
+            raise ConfigError(f"grid key {key!r}: give a non-empty list of values, got {values!r}")
+        cell_values = tuple(tuple(v) if isinstance(v, list) else v for v in values)
+        if len(set(map(repr, cell_values))) != len(cell_values):
+            raise ConfigError(f"grid key {key!r}: values repeat ({list(values)})")
+        out[str(key)] = cell_values
+    return out
+
+
+def with_setting(config: NegationStudyConfig, key: str, value: Any) -> NegationStudyConfig:
+    """``config`` with one dotted setting changed (``alpha_norm``, ``loop.beta``,
+    ``loop.lora.rank``). Raises ConfigError naming the key for a value of the wrong kind
+    or one the settings refuse."""
+    _, _, rest = key.partition(".")
+    try:
+        if not rest:
+            _check_numbers({key: value}, NegationStudyConfig(), "", f"grid key {key!r}")
+            return replace(config, **{key: value})
+        sub, _, leaf = rest.partition(".")
+        if not leaf:
+            _check_numbers({sub: value}, LoopConfig(), "", f"grid key {key!r}")
+            return replace(config, loop=replace(config.loop, **{sub: value}))
+        if config.loop.lora is None:
+            raise ConfigError(
+                f"grid key {key!r}: the recipe's loop.lora is null (full fine-tuning), so "
+                "there are no LoRA settings to vary"
+            )
+        from mechtune.train.lora import LoraSettings
+
+        _check_numbers({leaf: value}, LoraSettings(), "", f"grid key {key!r}")
+        lora = replace(config.loop.lora, **{leaf: value})
+        return replace(config, loop=replace(config.loop, lora=lora))
+    except ConfigError as err:
+        message = str(err)
+        raise ConfigError(
+            message if message.startswith("grid key") else f"grid key {key!r}: {message}"
+        ) from None
+    except TypeError as err:
+        raise ConfigError(f"grid key {key!r}: {err}") from None
+
+
+def cell_name(settings: dict[str, Any]) -> str:
+    """A folder name for a cell: ``alpha_norm=rank,loop.beta=0.5`` (characters other than
+    letters, digits and ``._=+-`` become ``_``; list values are joined by ``+``)."""
+
+    def text(value: Any) -> str:
+        return "+".join(map(str, value)) if isinstance(value, tuple | list) else str(value)
+
+    name = ",".join(f"{k}={text(v)}" for k, v in settings.items())
+    return re.sub(r"[^A-Za-z0-9._=+,-]", "_", name)
+
+
+def grid_cells(
+    config: NegationStudyConfig,
+) -> list[tuple[str, dict[str, Any], NegationStudyConfig]]:
+    """``(name, {key: value}, cell config)`` of every cell of ``config.grid`` (every
+    combination, the first key slowest), each cell's config without a grid. A config
+    without a grid is its own single cell ``("study", {}, config)``. Raises ConfigError
+    naming the key of a value a cell refuses."""
+    if config.grid is None:
+        return [("study", {}, config)]
+    base = replace(config, grid=None)
+    keys = list(config.grid)
+    cells = []
+    for values in itertools.product(*(config.grid[k] for k in keys)):
+        settings = dict(zip(keys, values, strict=True))
+        cell = base
+        for key, value in settings.items():
+            cell = with_setting(cell, key, value)
+        cells.append((cell_name(settings), settings, cell))
+    return cells
 
 
 def recipe_from_dict(raw: dict[str, Any], where: str) -> NegationStudyConfig:
@@ -116,6 +253,7 @@ def recipe_from_dict(raw: dict[str, Any], where: str) -> NegationStudyConfig:
     :class:`LoopConfig`, its ``lora`` a :class:`LoraSettings`, or null for full
     fine-tuning). Raises ``ConfigError`` naming ``where`` and every unknown key."""
     raw = dict(raw)
+    grid = raw.pop("grid", None)
     loop = dict(raw.pop("loop", None) or {})
     lora = loop.pop("lora", {})
     unknown = sorted(set(raw) - {f.name for f in fields(NegationStudyConfig)} - {"loop"})
@@ -135,7 +273,7 @@ def recipe_from_dict(raw: dict[str, Any], where: str) -> NegationStudyConfig:
         _check_numbers(lora, LoraSettings(), "loop.lora.", where)
     try:
         settings = LoraSettings(**lora) if lora is not None else None
-        return NegationStudyConfig(**values, loop=LoopConfig(**loop, lora=settings))
+        return NegationStudyConfig(**values, grid=grid, loop=LoopConfig(**loop, lora=settings))
     except TypeError as exc:  # a value of the wrong kind (e.g. a mapping for a number)
         raise ConfigError(f"{where}: {exc}") from None
     except ConfigError as exc:

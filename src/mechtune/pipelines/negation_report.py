@@ -58,6 +58,16 @@ def _agg(cells: list[float | None]) -> str:
     return f"{mean:.1f} ({100 * min(values):.1f}–{100 * max(values):.1f})"
 
 
+def runs_label(reports: list[dict[str, Any]]) -> str:
+    """The "seeds" cell of a method's row: its number of runs, or ``"S × K α"`` when its
+    runs are K alpha permutations (random-alpha) of each of S seeds."""
+    permutations = {r.get("permutation") for r in reports} - {None}
+    if not permutations:
+        return str(len(reports))
+    seeds = len({r.get("seed") for r in reports})
+    return f"{seeds} × {len(permutations)} α"
+
+
 def results_table(results: dict[str, Any]) -> str:
     """Markdown in the shape of NAST's Tables 1/3/4, held-out phrasing families, then
     :func:`paired_table` (when the runs carry per-item results and uniform LoRA ran)."""
@@ -83,7 +93,7 @@ def results_table(results: dict[str, Any]) -> str:
             + " | ".join(
                 [
                     method,
-                    str(len(reports)),
+                    runs_label(reports),
                     _agg(get("retrieval/R@1")),
                     _agg(get("retrieval/R@5")),
                     _agg(get(f"{held}/claim_accuracy")),
@@ -167,8 +177,7 @@ def paired_table(results: dict[str, Any], reference: str = REFERENCE_METHOD) -> 
         "|" + "---|" * (2 + len(PAIRED_METRICS)),
     ]
     for method, cells in paired.items():
-        seeds = len(results["runs"][method])
-        row = [method, str(seeds)]
+        row = [method, runs_label(results["runs"][method])]
         row += ["n/a" if cells[c] is None else cells[c].pp() for c, *_ in PAIRED_METRICS]
         lines.append("| " + " | ".join(row) + " |")
     return "\n".join(lines)

@@ -191,8 +191,10 @@ def negation_results_table(results: Mapping[str, Any]) -> Table:
     seeds when several), and the NAST paper's rows."""
     columns = ["method", "seeds", *(c for c, _ in NEGATION_COLUMNS)]
     rows: list[list[Cell]] = []
+    from mechtune.pipelines.negation_report import runs_label
+
     for method, reports in results["runs"].items():
-        row = [Cell(method), Cell(str(len(reports)))]
+        row = [Cell(method), Cell(runs_label(reports))]
         for _, path in NEGATION_COLUMNS:
             row.append(seeds_cell([_pct_value(_get(r, path)) for r in reports]))
         rows.append(row)
@@ -218,6 +220,7 @@ def negation_paired_table(results: Mapping[str, Any]) -> Table | None:
         PAIRED_METRICS,
         REFERENCE_METHOD,
         paired_comparisons,
+        runs_label,
     )
 
     paired = paired_comparisons(dict(results))
@@ -225,7 +228,7 @@ def negation_paired_table(results: Mapping[str, Any]) -> Table | None:
         return None
     columns = ["method", "seeds", *(c for c, *_ in PAIRED_METRICS)]
     rows = [
-        [Cell(m), Cell(str(len(results["runs"][m])))]
+        [Cell(m), Cell(runs_label(results["runs"][m]))]
         + [delta_cell(cells[c]) for c, *_ in PAIRED_METRICS]
         for m, cells in paired.items()
     ]

@@ -8,7 +8,11 @@ of a task runs through the same :class:`~mechtune.train.trainer.Trainer`.
 
 Negation (dual encoders, :class:`~mechtune.train.negation.LoopConfig`), all on the same
 data and budget: ``zero-shot`` (no training), ``uniform-lora`` (NAST loss, beta = 0),
-``nast`` (block l weighted by alpha_l ** beta; NAST arXiv 2602.12498 §4), ``negclip``
+``nast`` (block l weighted by alpha_l ** beta; NAST arXiv 2602.12498 §4), its two
+controls ``random-alpha`` (NAST with the caller's alpha permuted across blocks:
+:func:`mechtune.pipelines.negation_controls.alpha_permutations`) and ``effective-lr``
+(uniform LoRA at the mean of lr * alpha_l ** beta over the blocks:
+:func:`~mechtune.train.scaling.effective_lr`), ``negclip``
 (hard negatives in the contrastive batch, full fine-tuning of the text blocks;
 Yuksekgonul et al., ICLR 2023) and ``negbench`` (contrastive + multiple-choice loss on
 negated multi-condition options, uniform LoRA; Alhamoud et al., CVPR 2025, NegBench).
@@ -46,7 +50,7 @@ from mechtune.train.lora import (
 )
 from mechtune.train.losses import LOSSES, create_loss
 from mechtune.train.negation import CaptionExample, ClaimExample, LoopConfig, NegationTask
-from mechtune.train.scaling import block_scales
+from mechtune.train.scaling import block_scales, effective_lr
 from mechtune.train.tracking import Tracker as RunTracker
 from mechtune.train.trainer import Evaluate, Trainer
 
@@ -138,7 +142,10 @@ class MethodEntry:
     ``task``: "negation" (dual encoders) or "paraphrase" (yes/no VLMs); ``config``: the
     task's config class; ``loss``: the loss it trains with (None: no training);
     ``data``: the examples it reads (negation: "claim_sets" or "mcq", beside the
-    captions; paraphrase: "paraphrase_sets"); ``overrides``: config fields it fixes.
+    captions; paraphrase: "paraphrase_sets"); ``overrides``: config fields it fixes;
+    ``lr_from_alpha``: the learning rate becomes the mean per-block rate
+    :func:`~mechtune.train.scaling.effective_lr` of alpha and the config's beta (before
+    the overrides apply).
     """
 
     name: str
@@ -148,6 +155,7 @@ class MethodEntry:
     data: str | None
     overrides: Mapping[str, Any]
     summary: str
+    lr_from_alpha: bool = False
 
 
 METHODS: dict[str, MethodEntry] = {}
@@ -161,9 +169,11 @@ def register(
     data: str | None,
     overrides: Mapping[str, Any] | None = None,
     summary: str = "",
+    lr_from_alpha: bool = False,
 ) -> MethodEntry:
     """Register a method. Raises ConfigError for a taken name, an unknown task, loss or
-    data, or an override that is not a field of the task's config."""
+    data, an override that is not a field of the task's config, or ``lr_from_alpha``
+    outside the negation task."""
     if name in METHODS:
         raise ConfigError(f"method {name!r} is already registered")
     if task not in TASK_CONFIGS:
@@ -176,13 +186,22 @@ def register(
             f"method {name!r}: data must be one of {sorted(known)} when it trains "
             f"(None when it does not), got {data!r}"
         )
+    if lr_from_alpha and task != "negation":
+        raise ConfigError(f"method {name!r}: lr_from_alpha needs the negation task's alpha")
     config = TASK_CONFIGS[task]
     fields = {f.name for f in dataclass_fields(config)}
     bad = sorted(set(overrides or {}) - fields)
     if bad:
         raise ConfigError(f"method {name!r}: overrides {bad} are not fields of {config.__name__}")
     entry = MethodEntry(
-        name, task, config, loss, data, MappingProxyType(dict(overrides or {})), summary
+        name,
+        task,
+        config,
+        loss,
+        data,
+        MappingProxyType(dict(overrides or {})),
+        summary,
+        lr_from_alpha,
     )
     METHODS[name] = entry
     return entry
@@ -209,6 +228,24 @@ register(
     data="claim_sets",
     summary="block l's gradients (or learning rate, config.scaling) weighted by alpha_l ** beta",
 )
+# The controls of issue 17: does the traced alpha pick better blocks than chance, and is
+# NAST more than a smaller learning rate? Both keep NAST's loss, data and budget.
+register(
+    "random-alpha",
+    task="negation",
+    loss="nast",
+    data="claim_sets",
+    summary="NAST with the traced alpha permuted across blocks (the caller permutes it)",
+)
+register(
+    "effective-lr",
+    task="negation",
+    loss="nast",
+    data="claim_sets",
+    overrides={"beta": 0.0},
+    lr_from_alpha=True,
+    summary="uniform LoRA at the mean over blocks of NAST's per-block rate lr * alpha_l ** beta",
+)
 register(
     "negclip",
     task="negation",
@@ -234,6 +271,17 @@ register(
     data="paraphrase_sets",
     summary="PSF-Med's LoRA on chosen LM layers: answer CE + w * symmetric KL",
 )
+
+
+def reads_alpha(name: str, beta: float) -> bool:
+    """Whether negation method ``name`` trained with ``beta`` depends on alpha: its
+    blocks are weighted by alpha ** beta (beta not fixed to 0 by the method), or its
+    learning rate is their mean (``lr_from_alpha``). Raises ConfigError for an unknown
+    method."""
+    entry = _entry(name, "negation")
+    if entry.loss is None or beta == 0:
+        return False
+    return entry.lr_from_alpha or entry.overrides.get("beta", beta) != 0
 
 
 def _entry(name: str, task: str) -> MethodEntry:
@@ -263,13 +311,15 @@ def negation_trainer(
 
     ``images``: ``[N, D]`` image embeddings; ``alpha``: ``[n_blocks + 1]`` causal-tracing
     effects (embedding output, then each block's output); ``config`` with the method's
-    overrides applied; ``tracker`` and ``evaluate`` (needed when ``config.eval_every`` >
+    overrides applied (``effective-lr``: its lr the mean per-block rate first); ``tracker`` and ``evaluate`` (needed when ``config.eval_every`` >
     0): see :class:`~mechtune.train.trainer.Trainer`. Raises ConfigError for an unknown or
     non-training method and DataError when the method's examples are empty.
     """
     entry = _entry(name, "negation")
     if entry.loss is None or entry.data is None:
         raise ConfigError(f"method {name!r} does not train")
+    if entry.lr_from_alpha:  # with the config's beta, before the overrides set it to 0
+        config = replace(config, lr=effective_lr(alpha, config.beta, config.lr))
     config = replace(config, **entry.overrides)
     claims = NEGATION_DATA[entry.data](data)
     if not claims:

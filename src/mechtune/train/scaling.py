@@ -59,3 +59,18 @@ def scaled_gradients(
     finally:
         for h in handles:
             h.remove()
+
+
+def effective_lr(alpha: Sequence[float] | torch.Tensor, beta: float, lr: float) -> float:
+    """The learning rate of the effective-lr control: the mean over the blocks of NAST's
+    per-block rate lr * alpha[b + 1] ** beta (every block, those with alpha 0 included).
+
+    Uniform LoRA at this rate spends the same total step size as NAST under per-block
+    learning rates, spread evenly; it asks whether NAST is only a smaller learning rate
+    (issue 17). ``alpha``: ``[n_blocks + 1]`` (embedding output, then each block's output,
+    as :func:`block_scales` reads it). Raises ConfigError as :func:`block_scales` does.
+    """
+    a = torch.as_tensor(alpha, dtype=torch.float64).reshape(-1)
+    if a.numel() < 2:
+        raise ConfigError(f"alpha has {a.numel()} entries; a model with blocks has at least 2")
+    return float(lr * block_scales(a, beta, a.numel() - 1).mean())

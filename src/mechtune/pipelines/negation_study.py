@@ -1,0 +1,323 @@
+"""The negation study (:func:`run_negation_study`), on any dual encoder and any
+image-study source, from the stages of :mod:`mechtune.pipelines.negation`:
+
+1. trace the base model on **train-split** patients (the test split never chooses
+   anything) and turn the chosen CTE profile into alpha_l (``alpha_source``,
+   ``alpha_norm``: :mod:`mechtune.interp.alpha`);
+2. for each run of the plan (each method once per seed; random-alpha once per seed and
+   alpha permutation: :mod:`mechtune.pipelines.negation_controls`): start from the base
+   weights, train on the train-split patients' captions and claim sets (train phrasing
+   families), evaluate on ``eval_split`` patients (in-distribution and held-out
+   families);
+3. report R@1/R@5, claim accuracy, accuracy by polarity, the affirmative-negation gap,
+   polarity-MCQ accuracy, update share (top-3/top-5 blocks by CTE) and retention, each
+   with a 95% interval; across seeds, mean and range; each method minus uniform LoRA on
+   the same items (:mod:`mechtune.pipelines.negation_report`) and NAST minus its
+   controls.
+
+A grid of studies: :mod:`mechtune.pipelines.negation_grid`.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from mechtune.data.io import atomic_write_text, to_jsonable, write_json
+from mechtune.data.sources.base import ImageStudySource
+from mechtune.eval.negation import eval_claim_sets, select_claim_examples
+from mechtune.eval.update_share import update_share
+from mechtune.interp.alpha import alpha_from_trace, alpha_variants, cte_profile
+from mechtune.interp.result import TraceConfig, TraceResult
+from mechtune.models.dual_encoder import DualEncoder
+from mechtune.pipelines.negation import (
+    Log,
+    StudyData,
+    evaluate_model,
+    study_data,
+    trace_model,
+    trace_pairs,
+    train_model,
+    training_data,
+    validation,
+    validation_claims,
+    weights_info,
+)
+from mechtune.pipelines.negation_config import NegationStudyConfig, RunOptions
+from mechtune.pipelines.negation_controls import (
+    RANDOM_ALPHA,
+    StudyRun,
+    alpha_permutations,
+    control_comparisons,
+    control_table,
+    controls_record,
+    run_plan,
+)
+from mechtune.pipelines.negation_report import (
+    block_update_norms,
+    block_weights,
+    paired_comparisons,
+    results_table,
+)
+from mechtune.progress import Tracker, stage
+from mechtune.train.methods import NegationData
+from mechtune.train.negation import ClaimExample
+from mechtune.train.tracking import Tracker as RunTracker
+
+
+def _quiet(_message: str) -> None:
+    return None
+
+
+__all__ = [
+    "INPUT_KEYS",
+    "StudyInputs",
+    "run_negation_study",
+    "run_plan",
+    "study_claim_examples",
+    "study_inputs",
+    "study_run",
+    "trace_record",
+]
+
+
+def study_claim_examples(
+    runs: dict[str, list[dict[str, Any]]], claim_sets: list[Any], limit: int = 6
+) -> list[dict[str, Any]]:
+    """The study's example claim sets (:func:`mechtune.eval.negation.select_claim_examples`)
+    scored by every method's first run: those NAST (else the last method) gets right and
+    zero-shot (else the first method) gets wrong first."""
+    scores = {
+        m: dict(zip(r[0]["items"]["claims"]["id"], r[0]["items"]["claims"]["scores"], strict=True))
+        for m, r in runs.items()
+        if r and "scores" in r[0]["items"]["claims"]
+    }
+    if not scores:
+        return []
+    names = list(scores)
+    reference = "zero-shot" if "zero-shot" in scores else names[0]
+    target = "nast" if "nast" in scores else names[-1]
+    if reference == target:
+        return select_claim_examples(claim_sets, scores, limit=limit)
+    return select_claim_examples(
+        claim_sets, scores, reference=reference, target=target, limit=limit
+    )
+
+
+@dataclass
+class StudyInputs:
+    """What every run of a study shares: the base model (``base``, the retention
+    reference), the items with their image embeddings (``data``) and the trace of the
+    train-split patients (``traced``). A grid whose cells change none of the settings
+    these depend on (:data:`INPUT_KEYS`) computes them once."""
+
+    base: DualEncoder
+    data: StudyData
+    traced: TraceResult
+
+
+# The settings StudyInputs depend on (besides the source and the run options).
+INPUT_KEYS = ("model", "data_seed", "trace_per_study", "trace_max_pairs")
+
+
+def study_inputs(
+    recipe: NegationStudyConfig,
+    source: ImageStudySource,
+    options: RunOptions,
+    log: Log = _quiet,
+    track: Tracker | None = None,
+) -> StudyInputs:
+    """Load ``recipe.model``, embed every item's image and trace the train-split
+    patients (``recipe``'s :data:`INPUT_KEYS`). ``track`` gets the embedding and tracing
+    stages."""
+    base = options.load(recipe.model)
+    with stage(track, "embed images", len(source)) as advance:
+        data = study_data(base, source, recipe.model, options, log, progress=advance)
+    build = trace_pairs(
+        base,
+        data,
+        split="train",
+        seed=recipe.data_seed,
+        per_study=recipe.trace_per_study,
+        max_pairs=recipe.trace_max_pairs,
+    )
+    log(f"tracing {len(build.pairs)} pairs of {len(data.rows('train'))} train-split items ...")
+    traced = trace_model(
+        base,
+        data,
+        build,
+        TraceConfig(seed=recipe.data_seed),
+        {"split": "train", "model": recipe.model, **weights_info(base)},
+        track=track,
+    )
+    return StudyInputs(base, data, traced)
+
+
+def trace_record(traced: TraceResult, recipe: NegationStudyConfig, alpha: Any) -> dict[str, Any]:
+    """``results["trace"]``: the alpha the runs used with its source, normalisation and
+    temperature; the per-layer CTE with its 95% interval; every source's profile and its
+    alpha under every normalisation (:func:`~mechtune.interp.alpha.alpha_variants`); and
+    the pair counts."""
+    return {
+        "alpha": torch.as_tensor(alpha).tolist(),
+        "alpha_source": recipe.alpha_source,
+        "alpha_norm": recipe.alpha_norm,
+        "alpha_tau": recipe.alpha_tau,
+        "cte_layer": traced.cte_layer.tolist(),
+        "cte_layer_low": traced.cte_layer_low.tolist(),
+        "cte_layer_high": traced.cte_layer_high.tolist(),
+        "variants": alpha_variants(traced, recipe.alpha_tau),
+        "counts": traced.counts,
+    }
+
+
+def run_negation_study(
+    recipe: NegationStudyConfig,
+    source: ImageStudySource,
+    out: str | Path,
+    options: RunOptions | None = None,
+    log: Log | None = None,
+    track: Tracker | None = None,
+    tracker: RunTracker | None = None,
+    *,
+    inputs: StudyInputs | None = None,
+    run_prefix: str = "",
+) -> dict[str, Any]:
+    """Run every run of ``recipe`` (:func:`~mechtune.pipelines.negation_controls.run_plan`)
+    on ``source``; write ``results.json``, ``table.md``, the trace (``trace/``) and each
+    run's checkpoints and adapter (``runs/<method>/seed<k>/``, random-alpha's
+    ``seed<k>-p<j>``). alpha is ``recipe.alpha_norm`` of the ``recipe.alpha_source``
+    profile of the trace (:func:`~mechtune.interp.alpha.alpha_from_trace`); the
+    random-alpha runs train its permutations
+    (:func:`~mechtune.pipelines.negation_controls.alpha_permutations`). ``inputs``: the
+    model, embeddings and trace when the caller has them (:func:`study_inputs`; a grid
+    shares them). ``track`` gets a stage for each long step: embedding the images,
+    tracing, each run's training and evaluation. With ``tracker``, each training run is
+    a session ``<run_prefix><method>/<run>``; ``recipe.loop.eval_every`` > 0 evaluates
+    each on the val split (:func:`validation_claims`). A rerun resumes every run from
+    its checkpoints. Returns the results dict."""
+    out = Path(out)
+    options = options or RunOptions()
+    say = log or _quiet
+    inputs = inputs or study_inputs(recipe, source, options, say, track)
+    data, traced = inputs.data, inputs.traced
+    traced.save(out / "trace")
+    alpha = alpha_from_trace(traced, recipe.alpha_source, recipe.alpha_norm, recipe.alpha_tau)
+    profile = cte_profile(traced.cte_layer, traced.cte, traced.roles, recipe.alpha_source)
+    cte_by_block = profile[1:].tolist()  # the blocks alpha ranks: update share's top-k
+    permutations = (
+        alpha_permutations(alpha, recipe.random_alpha_permutations, recipe.data_seed)
+        if RANDOM_ALPHA in recipe.methods
+        else []
+    )
+    examples = training_data(data, recipe)
+    held_claims = validation_claims(data, recipe.loop, recipe.data_seed)
+    runs: dict[str, list[dict[str, Any]]] = {}
+    for run in run_plan(recipe):
+        runs.setdefault(run.method, []).append(
+            study_run(
+                run,
+                recipe,
+                options,
+                inputs,
+                alpha if run.permutation is None else permutations[run.permutation],
+                examples,
+                held_claims,
+                cte_by_block,
+                out,
+                say,
+                track=track,
+                tracker=tracker,
+                run_name=f"{run_prefix}{run.method}/{run.name}",
+            )
+        )
+    results: dict[str, Any] = {
+        "config": recipe.to_dict(),
+        "data": to_jsonable(source.description),
+        "image_cache": data.cache,
+        "trace": trace_record(traced, recipe, alpha),
+        "runs": runs,
+    }
+    controls = controls_record(recipe, alpha, permutations)
+    if controls:
+        results["controls"] = controls
+    results["paired"] = to_jsonable(paired_comparisons(results))
+    results["paired_controls"] = to_jsonable(control_comparisons(results))
+    results["examples"] = study_claim_examples(
+        runs, eval_claim_sets(data.eval_set(recipe.eval_split), recipe.data_seed)
+    )
+    write_json(out / "results.json", results)
+    table = "\n\n".join(t for t in (results_table(results), control_table(results)) if t)
+    atomic_write_text(out / "table.md", table + "\n")
+    return results
+
+
+def study_run(
+    run: StudyRun,
+    recipe: NegationStudyConfig,
+    options: RunOptions,
+    inputs: StudyInputs,
+    alpha: Any,
+    examples: NegationData,
+    held_claims: list[ClaimExample],
+    cte_by_block: list[float],
+    out: Path,
+    say: Log,
+    *,
+    track: Tracker | None,
+    tracker: RunTracker | None,
+    run_name: str,
+) -> dict[str, Any]:
+    """Train one run of a study from the base weights (resuming from
+    ``out/runs/<method>/<run>``) with ``alpha``, evaluate it on ``recipe.eval_split``
+    and return its report: the metrics, ``seed``, ``train_seconds``, random-alpha's
+    ``permutation``, and for a trained method the per-block update norms and the share
+    of them in the top-3/top-5 blocks of ``cte_by_block``."""
+    encoder = options.load(recipe.model)
+    initial = block_weights(encoder.model)
+    say(f"{run.method}, {run.name}: training ...")
+    start = time.perf_counter()
+    loop = replace(recipe.loop, seed=run.seed)
+    train_model(
+        encoder,
+        run.method,
+        inputs.data,
+        examples,
+        alpha,
+        loop,
+        out / "runs" / run.method / run.name,
+        recipe.model,
+        track=track,
+        tracker=tracker,
+        run_name=run_name,
+        evaluate=validation(encoder, inputs.data, held_claims),
+    )
+    seconds = time.perf_counter() - start
+    report = to_jsonable(
+        evaluate_model(
+            encoder,
+            inputs.data,
+            split=recipe.eval_split,
+            seed=recipe.data_seed,
+            probes=recipe.probes,
+            base=inputs.base,
+            track=track,
+        )
+    )
+    report["train_seconds"] = round(seconds, 1)
+    report["seed"] = run.seed
+    if run.permutation is not None:
+        report["permutation"] = run.permutation
+    if run.method != "zero-shot":
+        norms = block_update_norms(encoder.model, initial)
+        report["update_norms"] = norms
+        # a tower of fewer blocks than k has no top-k share (n/a in the table)
+        report["update_share"] = {
+            f"top{k}": update_share(norms, cte_by_block, k) if k <= len(cte_by_block) else None
+            for k in (3, 5)
+        }
+    return report
