@@ -45,8 +45,9 @@ WORDS = [
 ]
 
 
-def tiny_clip(folder: Path, seed: int = 0) -> Path:
-    """A CLIPModel (2 text layers, ViT 32px) with a WordLevel tokenizer, save_pretrained."""
+def tiny_clip(folder: Path, seed: int = 0, text_layers: int = 2) -> Path:
+    """A CLIPModel (``text_layers`` text layers, ViT 32px) with a WordLevel tokenizer,
+    save_pretrained."""
     from tokenizers import Tokenizer, models, pre_tokenizers, processors
     from transformers import CLIPConfig, CLIPModel, PreTrainedTokenizerFast
 
@@ -74,7 +75,7 @@ def tiny_clip(folder: Path, seed: int = 0) -> Path:
             "vocab_size": len(vocab),
             "hidden_size": 32,
             "intermediate_size": 64,
-            "num_hidden_layers": 2,
+            "num_hidden_layers": text_layers,
             "num_attention_heads": 2,
             "max_position_embeddings": 32,
             "eos_token_id": 2,

@@ -12,6 +12,7 @@ from mechtune.data.sources import open_source
 from mechtune.errors import ConfigError
 from mechtune.pipelines import negation as neg
 from mechtune.pipelines.negation_config import load_recipe
+from mechtune.pipelines.negation_study import run_negation_study, run_plan
 from mechtune.train.negation import LoopConfig
 from tests.progress_helpers import Recorder
 
@@ -77,8 +78,12 @@ def test_balance_polarity_and_data_seed_change_the_training_claims(base, data):
 
 def test_methods_and_seeds_make_the_run_plan(base):
     config = replace(base, methods=("zero-shot", "nast"), seeds=(3, 4))
-    assert neg.run_plan(config) == [("zero-shot", 3), ("nast", 3), ("nast", 4)]
-    assert neg.run_plan(replace(config, methods=("negclip",))) == [("negclip", 3), ("negclip", 4)]
+
+    def plan(recipe):
+        return [(r.method, r.seed) for r in run_plan(recipe)]
+
+    assert plan(config) == [("zero-shot", 3), ("nast", 3), ("nast", 4)]
+    assert plan(replace(config, methods=("negclip",))) == [("negclip", 3), ("negclip", 4)]
 
 
 def test_eval_split_probes_and_data_seed_reach_the_evaluation(base, data, phantom):
@@ -109,7 +114,7 @@ def test_study_runs_every_method_with_the_loop_and_writes_its_table(tmp_path, wo
         loop=LoopConfig(steps=2, caption_batch=4, claim_batch=4, checkpoint_every=1),
     )
     track = Recorder()
-    results = neg.run_negation_study(
+    results = run_negation_study(
         config, open_source(world_dir), tmp_path, neg.RunOptions(), track=track
     )
     assert set(results["runs"]) == {"zero-shot", "uniform-lora"}
@@ -137,9 +142,7 @@ def test_study_runs_every_method_with_the_loop_and_writes_its_table(tmp_path, wo
     assert "uniform-lora" in (tmp_path / "table.md").read_text()
     assert results["data"]["layout"] == "phantom-world"
     with pytest.raises(Exception, match="bogus"):
-        neg.run_negation_study(
-            replace(config, model="bogus:x"), open_source(world_dir), tmp_path / "b"
-        )
+        run_negation_study(replace(config, model="bogus:x"), open_source(world_dir), tmp_path / "b")
 
 
 @pytest.mark.parametrize(
@@ -219,7 +222,12 @@ NEGATION_FIELDS = {
 
 
 def test_table_covers_every_field():
-    assert set(NEGATION_FIELDS) == {f.name for f in fields(neg.NegationStudyConfig)}
+    from tests.pipelines.test_negation_controls import FIELDS as CONTROL_FIELDS
+    from tests.pipelines.test_negation_grid import FIELDS as GRID_FIELDS
+
+    tables = (NEGATION_FIELDS, CONTROL_FIELDS, GRID_FIELDS)
+    assert sum(map(len, tables)) == len({k for t in tables for k in t})  # each field once
+    assert {k for t in tables for k in t} == {f.name for f in fields(neg.NegationStudyConfig)}
 
 
 FIELD_TESTS = {"mechtune.pipelines.negation_config.NegationStudyConfig": NEGATION_FIELDS}

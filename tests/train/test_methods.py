@@ -94,7 +94,19 @@ def test_seed_drives_the_examples(world):
 
 
 def test_registry():
-    assert methods_for("negation") == ["nast", "negbench", "negclip", "uniform-lora", "zero-shot"]
+    assert methods_for("negation") == [
+        "effective-lr",
+        "nast",
+        "negbench",
+        "negclip",
+        "random-alpha",
+        "uniform-lora",
+        "zero-shot",
+    ]
+    assert METHODS["effective-lr"].lr_from_alpha and METHODS["effective-lr"].overrides == {
+        "beta": 0.0
+    }
+    assert not METHODS["random-alpha"].overrides and not METHODS["nast"].lr_from_alpha
     assert methods_for("paraphrase") == ["consistency-lora"]
     assert METHODS["consistency-lora"].config is ConsistencyConfig
     assert METHODS["negclip"].overrides == {"beta": 0.0, "lora": None}
@@ -114,6 +126,10 @@ def test_registry():
         ({"data": "captions"}, "data must be one of"),
         ({"loss": None}, "data must be one of"),
         ({"overrides": {"bta": 0.0}}, r"overrides \['bta'\] are not fields of LoopConfig"),
+        (
+            {"task": "paraphrase", "data": "paraphrase_sets", "lr_from_alpha": True},
+            "lr_from_alpha needs the negation task's alpha",
+        ),
     ],
 )
 def test_register_refuses_bad_entries(kw, message):
@@ -139,6 +155,8 @@ MCQ = [
 EXPECTED_LOSS = {
     "uniform-lora": (NASTLoss, {2, 3}),
     "nast": (NASTLoss, {2, 3}),
+    "random-alpha": (NASTLoss, {2, 3}),
+    "effective-lr": (NASTLoss, {2, 3}),
     "negclip": (NegCLIPLoss, {2, 3}),
     "negbench": (NASTLoss, {4}),
     "consistency-lora": (VocabConsistencyLoss, None),  # the default answer_loss, "vocab"

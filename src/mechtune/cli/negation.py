@@ -33,14 +33,13 @@ from mechtune.cli._tracking import (
 from mechtune.data.io import atomic_write_text, to_jsonable, write_json
 from mechtune.errors import ConfigError
 from mechtune.eval.negation import summary_rows
-from mechtune.interp.alpha import alpha_from_trace
 from mechtune.interp.ratios import MIN_GAP_SHARE
 from mechtune.interp.result import TraceConfig, TraceResult
 from mechtune.models.spec import parse_spec
 from mechtune.pipelines import negation as pipeline
 from mechtune.pipelines.negation_config import load_recipe
 from mechtune.pipelines.negation_controls import RANDOM_ALPHA, alpha_permutations
-from mechtune.pipelines.negation_study import run_negation_study
+from mechtune.pipelines.negation_study import run_negation_study, study_alpha
 from mechtune.train.distributed import check_launch_shards, launched_processes, refuse_launch
 from mechtune.train.methods import methods_for, reads_alpha
 
@@ -391,9 +390,7 @@ def train_command(
         raise ConfigError(f"--permutation is read by --method {RANDOM_ALPHA} only, not {method}")
     if alpha is not None:
         traced = TraceResult.load(alpha)
-        alpha_values = alpha_from_trace(
-            traced, settings.alpha_source, settings.alpha_norm, settings.alpha_tau
-        )
+        alpha_values = study_alpha(traced, settings)
         if method == RANDOM_ALPHA:
             alpha_values = alpha_permutations(alpha_values, permutation + 1, settings.data_seed)[
                 permutation

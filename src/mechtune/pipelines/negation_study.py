@@ -78,6 +78,7 @@ __all__ = [
     "StudyInputs",
     "run_negation_study",
     "run_plan",
+    "study_alpha",
     "study_claim_examples",
     "study_inputs",
     "study_run",
@@ -157,6 +158,13 @@ def study_inputs(
     return StudyInputs(base, data, traced)
 
 
+def study_alpha(traced: Any, recipe: NegationStudyConfig) -> torch.Tensor:
+    """The alpha ``[L+1]`` a study trains with: ``recipe.alpha_norm`` (temperature
+    ``recipe.alpha_tau``) of the trace's ``recipe.alpha_source`` profile
+    (:func:`~mechtune.interp.alpha.alpha_from_trace`)."""
+    return alpha_from_trace(traced, recipe.alpha_source, recipe.alpha_norm, recipe.alpha_tau)
+
+
 def trace_record(traced: TraceResult, recipe: NegationStudyConfig, alpha: Any) -> dict[str, Any]:
     """``results["trace"]``: the alpha the runs used with its source, normalisation and
     temperature; the per-layer CTE with its 95% interval; every source's profile and its
@@ -206,7 +214,7 @@ def run_negation_study(
     inputs = inputs or study_inputs(recipe, source, options, say, track)
     data, traced = inputs.data, inputs.traced
     traced.save(out / "trace")
-    alpha = alpha_from_trace(traced, recipe.alpha_source, recipe.alpha_norm, recipe.alpha_tau)
+    alpha = study_alpha(traced, recipe)
     profile = cte_profile(traced.cte_layer, traced.cte, traced.roles, recipe.alpha_source)
     cte_by_block = profile[1:].tolist()  # the blocks alpha ranks: update share's top-k
     permutations = (

@@ -1,0 +1,196 @@
+"""Grids of negation studies from a recipe: keys checked against the recipe schema, every
+cell run once (finished cells skipped, runs resumed from their checkpoints), one table
+with each method minus uniform LoRA of the same cell on the same items."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+
+import pytest
+
+from mechtune.data.sources import open_source
+from mechtune.errors import ConfigError
+from mechtune.pipelines import negation_grid
+from mechtune.pipelines.negation import RunOptions
+from mechtune.pipelines.negation_config import NegationStudyConfig, grid_cells, load_recipe
+from mechtune.pipelines.negation_grid import finished_cell, run_negation_grid
+from mechtune.train.negation import LoopConfig
+from mechtune.train.trainer import Trainer
+from tests.pipelines.test_negation_report import NAST, UNIFORM
+from tests.tiny_models import tiny_clip
+
+
+@pytest.mark.parametrize(
+    ("grid", "message"),
+    [
+        ({"loop.bta": [1]}, r"grid key 'loop\.bta' is not a recipe setting"),
+        ({"data": ["x"]}, r"grid key 'data' .*the data is the command's --data"),
+        ({"grid": [None]}, r"grid key 'grid' is not a recipe setting"),
+        ({"loop.seed": [1]}, r"grid key 'loop\.seed' is not a recipe setting"),
+        ({"alpha_norm": ["minmax", "bogus"]}, r"grid key 'alpha_norm': alpha_norm must be one"),
+        ({"loop.beta": ["x"]}, r"grid key 'loop\.beta': beta must be a number, got 'x'"),
+        ({"loop.lora.rank": [0]}, r"grid key 'loop\.lora\.rank': rank must be >= 1"),
+        ({"loop.steps": [1.5]}, r"grid key 'loop\.steps': steps must be an integer"),
+        ({"loop.beta": []}, r"grid key 'loop\.beta': give a non-empty list"),
+        ({"loop.beta": 1}, r"grid key 'loop\.beta': give a non-empty list"),
+        ({"loop.beta": [1, 1]}, r"grid key 'loop\.beta': values repeat"),
+        ({}, "grid must be a mapping"),
+    ],
+)
+def test_grid_keys_and_values_are_checked_naming_the_key(grid, message):
+    with pytest.raises(ConfigError, match=message):
+        NegationStudyConfig(grid=grid)
+
+
+def test_recipe_grids_cross_the_settings(tmp_path):
+    recipe = tmp_path / "g.yaml"
+    recipe.write_text(
+        "methods: [uniform-lora, nast]\n"
+        "grid: {loop.beta: [0.5, 1, 2], alpha_norm: [minmax, rank], loop.lora.rank: [4]}\n"
+    )
+    config = load_recipe(recipe)
+    cells = grid_cells(config)
+    assert len(cells) == 6
+    name, settings, first = cells[0]
+    assert name == "loop.beta=0.5,alpha_norm=minmax,loop.lora.rank=4"
+    assert settings == {"loop.beta": 0.5, "alpha_norm": "minmax", "loop.lora.rank": 4}
+    assert (first.loop.beta, first.alpha_norm, first.loop.lora.rank, first.grid) == (
+        0.5,
+        "minmax",
+        4,
+        None,
+    )
+    # the first key varies slowest; everything else is the recipe's
+    assert [(c.loop.beta, c.alpha_norm) for _, _, c in cells] == [
+        (b, n) for b in (0.5, 1, 2) for n in ("minmax", "rank")
+    ]
+    assert all(c.methods == ("uniform-lora", "nast") for _, _, c in cells)
+    assert config.to_dict()["grid"]["loop.beta"] == [0.5, 1, 2]
+    assert grid_cells(replace(config, grid=None)) == [("study", {}, replace(config, grid=None))]
+    # a list-valued setting is a value of its own; a recipe's bad grid key names the file
+    listed = NegationStudyConfig(grid={"methods": [["nast"], ["uniform-lora", "nast"]]})
+    assert [c.methods for _, _, c in grid_cells(listed)] == [("nast",), ("uniform-lora", "nast")]
+    assert grid_cells(listed)[1][0] == "methods=uniform-lora+nast"
+    recipe.write_text("grid: {loop.lr: [0.1], loop.betta: [1]}\n")
+    with pytest.raises(ConfigError, match=r"g\.yaml: grid key 'loop\.betta'"):
+        load_recipe(recipe)
+    recipe.write_text("loop: {lora: null}\ngrid: {loop.lora.rank: [2, 4]}\n")
+    with pytest.raises(ConfigError, match=r"loop\.lora is null \(full fine-tuning\)"):
+        load_recipe(recipe)
+
+
+def _fake_study(calls):
+    """A stand-in for run_negation_study: records its call, writes results.json."""
+
+    def fake(config, source, out, options, log, track, tracker, *, inputs, run_prefix):
+        calls.append((config, inputs, run_prefix))
+        results = {
+            "config": config.to_dict(),
+            "runs": {"uniform-lora": list(UNIFORM), "nast": list(NAST)},
+        }
+        from mechtune.data.io import to_jsonable, write_json
+        from mechtune.pipelines.negation_report import paired_comparisons
+
+        results["paired"] = to_jsonable(paired_comparisons(results))
+        write_json(out / "results.json", to_jsonable(results))
+        return json.loads((out / "results.json").read_text())
+
+    return fake
+
+
+def test_cells_share_the_trace_unless_a_key_changes_it_and_finished_cells_are_skipped(
+    tmp_path, monkeypatch
+):
+    calls, prepared = [], []
+    monkeypatch.setattr(negation_grid, "run_negation_study", _fake_study(calls))
+    monkeypatch.setattr(
+        negation_grid, "study_inputs", lambda config, *a: prepared.append(config) or object()
+    )
+    config = NegationStudyConfig(grid={"alpha_norm": ["minmax", "rank"], "loop.beta": [1.0, 2.0]})
+    record = run_negation_grid(config, None, tmp_path)
+    assert len(calls) == 4 and len(prepared) == 1  # one trace for every cell
+    assert len({id(inputs) for _, inputs, _ in calls}) == 1
+    assert [prefix for *_, prefix in calls][0] == "alpha_norm=minmax,loop.beta=1.0/"
+    # a rerun reads every finished cell back
+    assert run_negation_grid(config, None, tmp_path) == record and len(calls) == 4
+    # a cell whose results hold other settings is not finished: it reruns
+    folder = tmp_path / "cells" / "alpha_norm=rank,loop.beta=2.0"
+    _, _, cell = grid_cells(config)[3]
+    assert finished_cell(folder, cell) is not None
+    assert finished_cell(folder, replace(cell, alpha_tau=0.5)) is None
+    (folder / "results.json").write_text("{torn")
+    run_negation_grid(config, None, tmp_path)
+    assert len(calls) == 5 and calls[-1][0] == cell
+    # a key the trace depends on: each cell traces its own
+    calls.clear(), prepared.clear()
+    per_cell = NegationStudyConfig(grid={"data_seed": [0, 1]})
+    run_negation_grid(per_cell, None, tmp_path / "seeds")
+    assert [c.data_seed for c in prepared] == [0, 1] and len(calls) == 2
+
+
+def test_grid_table_has_the_paired_difference_against_uniform_lora(tmp_path, monkeypatch):
+    monkeypatch.setattr(negation_grid, "run_negation_study", _fake_study([]))
+    monkeypatch.setattr(negation_grid, "study_inputs", lambda *a: object())
+    config = NegationStudyConfig(grid={"loop.beta": [0.5, 1.0]})
+    record = run_negation_grid(config, None, tmp_path)
+    results = json.loads((tmp_path / "cells/loop.beta=0.5/results.json").read_text())
+    row = record["cells"][0]["methods"]["nast"]
+    assert row["paired"]["claim acc"] == results["paired"]["nast"]["claim acc"]
+    assert row["claim_accuracy"] == pytest.approx(0.5) and row["runs"] == "2"
+    assert record["cells"][0]["methods"]["uniform-lora"]["paired"] is None
+    table = (tmp_path / "grid.md").read_text()
+    assert json.loads((tmp_path / "grid.json").read_text()) == record
+    lines = table.splitlines()
+    assert lines[2].startswith("| loop.beta | method | seeds | claim acc | Δ claim acc |")
+    diff = results["paired"]["nast"]["claim acc"]
+    expected = f"{100 * diff['value']:+.1f} [{100 * diff['low']:+.1f}, {100 * diff['high']:+.1f}]"
+    assert f"| 0.5 | nast | 2 | 50.0 | {expected} |" in table
+    assert "| 1.0 | uniform-lora | 2 | 50.0 | (reference) |" in table
+
+
+@pytest.fixture(scope="module")
+def world_and_model(tmp_path_factory):
+    """A small saved phantom world and a tiny random CLIP (fast to train and evaluate)."""
+    from mechtune.sim.world import WorldConfig, make_world, save_world
+
+    root = tmp_path_factory.mktemp("grid")
+    save_world(make_world(WorldConfig.seeded(60, 0)), root / "world")
+    return root / "world", f"hf:{tiny_clip(root / 'clip')}"
+
+
+def test_grid_runs_every_cell_and_resumes_from_checkpoints(tmp_path, world_and_model, monkeypatch):
+    """On a tiny CLIP: at beta 0, NAST is uniform LoRA, so its paired difference is exactly
+    0; a cell interrupted after its training resumes from the checkpoints, without a
+    training step."""
+    world_dir, model = world_and_model
+    config = NegationStudyConfig(
+        model=model,
+        methods=("uniform-lora", "nast"),
+        trace_max_pairs=10,
+        eval_split="val",
+        grid={"loop.beta": [0.0, 1.0]},
+        loop=LoopConfig(steps=1, caption_batch=4, claim_batch=4, checkpoint_every=1),
+    )
+    source = open_source(world_dir)
+    record = run_negation_grid(config, source, tmp_path, RunOptions())
+    zero, one = record["cells"]
+    assert (zero["name"], one["name"]) == ("loop.beta=0.0", "loop.beta=1.0")
+    same = zero["methods"]["nast"]["paired"]["claim acc"]
+    assert (same["value"], same["low"], same["high"]) == (0.0, 0.0, 0.0)
+    for cell in record["cells"]:
+        results = json.loads((tmp_path / cell["folder"] / "results.json").read_text())
+        assert results["config"]["loop"]["beta"] == cell["settings"]["loop.beta"]
+        assert (tmp_path / cell["folder"] / "runs/nast/seed0/adapter").is_dir()
+    # the second cell lost its results after training: it reruns, its runs resume from
+    # their last checkpoint (no training step), and the table is the same
+    (tmp_path / one["folder"] / "results.json").unlink()
+
+    def no_training(self):
+        raise AssertionError("a finished run trained again")
+
+    monkeypatch.setattr(Trainer, "train_step", no_training)
+    assert run_negation_grid(config, source, tmp_path, RunOptions()) == record
+
+
+FIELDS = {"grid": "test_grid_runs_every_cell_and_resumes_from_checkpoints"}
