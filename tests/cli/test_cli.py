@@ -176,7 +176,14 @@ def test_demo_quick(tmp_path):
     nast = negation["runs"]["nast"][0]["items"]["claims"]
     assert len(nast["id"]) == len(nast["patient"]) == len(nast["correct"]) > 0
     assert negation["paired"]["nast"]["claim acc"]["mcnemar_p"] is not None  # one seed each
-    assert "Δ vs uniform LoRA [95% interval]" in (tmp_path / "negation" / "table.md").read_text()
+    # the random-alpha control, one permutation: its run, row and NAST minus it
+    (control,) = negation["runs"]["random-alpha"]
+    assert (control["seed"], control["permutation"]) == (0, 0)
+    assert len(negation["controls"]["random-alpha"]["alpha"]) == 1
+    assert negation["paired_controls"]["random-alpha"]["claim acc"] is not None
+    table = (tmp_path / "negation" / "table.md").read_text()
+    assert "Δ vs uniform LoRA [95% interval]" in table and "| random-alpha | 1 × 1 α |" in table
+    assert "| nast − random-alpha | 1 vs 1 |" in table
     assert (tmp_path / "paraphrase" / "saes" / "layer_0" / "cfg.json").is_file()
 
 
@@ -313,6 +320,10 @@ def test_demo_plan_quick_is_smaller_and_keeps_equal_budgets():
     assert quick.paraphrase.ranges == ("sae",) and len(full.paraphrase.ranges) == 4
     # every method / layer range gets the same budget: one loop and one LoRA config each
     assert full.negation.loop.steps == 80 and full.paraphrase.lora.steps == 80
+    # both run the random-alpha control beside NAST, with one permutation of alpha
+    for plan in (full, quick):
+        assert plan.negation.methods == ("zero-shot", "uniform-lora", "nast", "random-alpha")
+        assert plan.negation.random_alpha_permutations == 1
 
 
 OPTION_TESTS = {

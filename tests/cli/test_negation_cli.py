@@ -301,6 +301,77 @@ def test_train_options(setup, tmp_path):
     assert run["step"] == 1 and run["config"]["lr"] == 0.01
 
 
+def test_train_controls_read_the_recipes_alpha_and_permutation(setup, tmp_path):
+    """--alpha is the recipe's alpha_norm of its alpha_source profile; random-alpha
+    trains permutation --permutation of it (the study's seed<k>-p<j>), effective-lr the
+    mean of lr * alpha ** beta over the blocks."""
+    from mechtune.interp.alpha import alpha_from_trace
+    from mechtune.interp.result import TraceResult
+    from mechtune.pipelines.negation_controls import alpha_permutations
+    from mechtune.train.scaling import effective_lr
+
+    _, data, _ = setup
+    clip4 = f"hf:{tiny_clip(tmp_path / 'clip4', text_layers=4)}"
+    base = ["--model", clip4, *common(data, tmp_path / "cache")]
+    trace = tmp_path / "trace"
+    invoke("trace", *base, "--max-pairs", 12, "--out", trace)
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("alpha_norm: rank\nloop: {steps: 1, caption_batch: 4, claim_batch: 4}\n")
+    alpha = alpha_from_trace(TraceResult.load(trace), "mean", "rank")
+
+    def train(method, out, *extra, code=0):
+        args = ["train", *base, "--recipe", recipe, "--method", method, "--alpha", trace]
+        return invoke(*args, *extra, "--out", tmp_path / out, code=code)
+
+    def run_alpha(out):
+        return json.loads((tmp_path / out / "run.json").read_text())["alpha"]
+
+    def rounded(values):
+        return [round(float(v), 6) for v in values]
+
+    train("nast", "nast")
+    assert run_alpha("nast") == rounded(alpha)  # rank-normalised, as the recipe says
+    train("random-alpha", "p0")
+    train("random-alpha", "p1", "--permutation", 1)
+    permutations = alpha_permutations(alpha, 2, seed=0)  # the recipe's data_seed
+    assert run_alpha("p0") == rounded(permutations[0]) != run_alpha("p1")
+    assert run_alpha("p1") == rounded(permutations[1])
+    train("effective-lr", "e")
+    config = json.loads((tmp_path / "e" / "train.json").read_text())["config"]
+    assert config["lr"] == pytest.approx(effective_lr(alpha, 1.0, 1e-4)) and config["beta"] == 0
+    refused = train("nast", "x", "--permutation", 1, code=2)
+    assert "--permutation is read by --method random-alpha only" in refused
+    no_alpha = ["train", *base, "--method", "effective-lr", "--out", tmp_path / "y"]
+    assert "--method effective-lr needs --alpha" in invoke(*no_alpha, code=2)
+
+
+def test_study_with_a_grid_recipe_runs_every_cell_into_one_table(setup, tmp_path):
+    _, data, models = setup
+    recipe = tmp_path / "grid.yaml"
+    recipe.write_text(
+        "methods: [uniform-lora, nast]\ntrace_max_pairs: 10\neval_split: val\n"
+        "grid: {loop.beta: [0, 1]}\n"
+        "loop: {steps: 1, caption_batch: 4, claim_batch: 4, checkpoint_every: 1}\n"
+    )
+    opts = ["--model", models["clip"], *common(data, tmp_path / "cache")]
+    dry = invoke("study", *opts, "--recipe", recipe, "--dry-run")
+    assert "grid: 2 cells crossing loop.beta" in dry
+    out = invoke("study", *opts, "--recipe", recipe, "--out", tmp_path / "grid")
+    assert "Grid of 2 cells" in out and "Δ claim acc" in out
+    record = json.loads((tmp_path / "grid" / "grid.json").read_text())
+    assert [c["name"] for c in record["cells"]] == ["loop.beta=0", "loop.beta=1"]
+    for cell in record["cells"]:
+        folder = tmp_path / "grid" / cell["folder"]
+        assert (folder / "figures" / "cte_heatmap.png").is_file()
+        assert set(json.loads((folder / "results.json").read_text())["runs"]) == {
+            "uniform-lora",
+            "nast",
+        }
+    page = (tmp_path / "grid" / "report.html").read_text()
+    assert "Negation study, grid cell loop.beta=0" in page
+    assert "Negation study, grid cell loop.beta=1" in page
+
+
 def test_study_dry_run_checks_the_mimic_recipe_without_loading(setup, tmp_path):
     _, data, _ = setup
     out = invoke(
@@ -356,6 +427,7 @@ OPTION_TESTS = {
         "--steps": "test_train_options",
         "--seed": "test_train_options",
         "--resume": "test_train_options",
+        "--permutation": "test_train_controls_read_the_recipes_alpha_and_permutation",
     },
     "mechtune negation eval": {
         **COMMON,

@@ -111,7 +111,10 @@ def test_cells_share_the_trace_unless_a_key_changes_it_and_finished_cells_are_sk
     record = run_negation_grid(config, None, tmp_path)
     assert len(calls) == 4 and len(prepared) == 1  # one trace for every cell
     assert len({id(inputs) for _, inputs, _ in calls}) == 1
-    assert [prefix for *_, prefix in calls][0] == "alpha_norm=minmax,loop.beta=1.0/"
+    assert [prefix for *_, prefix in calls][:2] == [
+        "alpha_norm=minmax,loop.beta=1.0/",
+        "alpha_norm=minmax,loop.beta=2.0/",
+    ]
     # a rerun reads every finished cell back
     assert run_negation_grid(config, None, tmp_path) == record and len(calls) == 4
     # a cell whose results hold other settings is not finished: it reruns

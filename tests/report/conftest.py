@@ -1,5 +1,6 @@
 """A tiny run for the report tests, made by the real commands once per session: a
-negation evaluation and a 3-method negation study of the phantom CLIP, and a paraphrase
+negation evaluation and a 4-method negation study of the phantom CLIP (the random-alpha
+control included), and a paraphrase
 study of the phantom VQA model, on a 100-study phantom world exported as MIMIC-CXR-JPG."""
 
 from __future__ import annotations
@@ -34,7 +35,8 @@ def tiny_run(tmp_path_factory) -> Path:
     run_cli("negation", "eval", *common, "--out", run / "zero-shot")
     recipe = root / "negation.yaml"
     recipe.write_text(
-        "methods: [zero-shot, uniform-lora, nast]\nseeds: [0]\ntrace_max_pairs: 10\n"
+        "methods: [zero-shot, uniform-lora, nast, random-alpha]\nseeds: [0]\n"
+        "trace_max_pairs: 10\nrandom_alpha_permutations: 1\n"
         "loop: {steps: 3, caption_batch: 4, claim_batch: 4, checkpoint_every: 3}\n"
     )
     run_cli("negation", "study", *common, "--recipe", recipe, "--out", run / "negation")

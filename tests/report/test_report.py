@@ -66,6 +66,7 @@ def test_each_command_records_its_run_and_writes_a_report(tiny_run, part):
 
 
 def test_negation_study_report_holds_the_json_numbers(tiny_run):
+    from mechtune.pipelines.negation_controls import control_comparisons
     from mechtune.pipelines.negation_report import paired_comparisons
 
     folder = tiny_run / "negation"
@@ -77,6 +78,14 @@ def test_negation_study_report_holds_the_json_numbers(tiny_run):
         assert interval_text(claim) in page  # value [low, high], one seed
     delta = paired_comparisons(results)["nast"]["claim acc"]
     assert delta.pp() in page
+    # the random-alpha control: its row (1 seed x 1 permutation), its paired difference
+    # from uniform LoRA, and NAST minus it
+    assert "<td>1 × 1 α</td>" in page
+    assert paired_comparisons(results)["random-alpha"]["claim acc"].pp() in page
+    control = control_comparisons(results)["random-alpha"]["claim acc"]
+    assert "NAST minus its controls" in page and "<td>nast − random-alpha</td>" in page
+    assert control.pp() in page
+    assert "minmax-normalised mean CTE profile" in page
     assert "paper: NAST" in page and ">49.5<" in page and ">52.6<" in page  # R@1, top-3 share
     # figures: CTE heatmap, alpha bars, update share, and the training curves
     assert page.count('data-check="figure"') == 4

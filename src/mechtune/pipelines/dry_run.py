@@ -106,8 +106,16 @@ def dry_run_report(
     network); the last line counts them."""
     lines = [
         f"recipe: every key known; methods {list(recipe.methods)}, seeds {list(recipe.seeds)}, "
-        f"{recipe.loop.steps} steps, scaling {recipe.loop.scaling!r}, beta {recipe.loop.beta}"
+        f"{recipe.loop.steps} steps, scaling {recipe.loop.scaling!r}, beta {recipe.loop.beta}, "
+        f"alpha {recipe.alpha_norm} of the {recipe.alpha_source} CTE"
     ]
+    if recipe.grid is not None:
+        from mechtune.pipelines.negation_config import grid_cells
+
+        lines.append(
+            f"grid: {len(grid_cells(recipe))} cells crossing {', '.join(recipe.grid)}, every "
+            "cell's settings valid"
+        )
     lines += check_data(Path(data), recipe.eval_split)
     lines += check_model(recipe.model)
     resolve_dtype(dtype)

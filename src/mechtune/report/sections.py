@@ -244,6 +244,35 @@ def negation_paired_table(results: Mapping[str, Any]) -> Table | None:
     )
 
 
+def negation_control_table(results: Mapping[str, Any]) -> Table | None:
+    """NAST minus each of its controls (random-alpha, effective-lr) on the same test items
+    (pp, 95% interval); None when NAST or every control is missing."""
+    from mechtune.pipelines.negation_controls import TARGET, control_comparisons
+    from mechtune.pipelines.negation_report import PAIRED_METRICS
+
+    paired = control_comparisons(dict(results))
+    if not paired:
+        return None
+    runs = results["runs"]
+    columns = ["comparison", "runs", *(c for c, *_ in PAIRED_METRICS)]
+    rows = [
+        [Cell(f"{TARGET} − {control}"), Cell(f"{len(runs[TARGET])} vs {len(runs[control])}")]
+        + [delta_cell(cells[c]) for c, *_ in PAIRED_METRICS]
+        for control, cells in paired.items()
+    ]
+    return Table(
+        "NAST minus its controls",
+        columns,
+        rows,
+        caption=(
+            "Does the traced α beat the same α permuted across blocks (random-alpha: its "
+            "permutations and seeds pooled per item) and uniform LoRA at NAST's mean "
+            "per-block rate (effective-lr)? Percentage points on the same test items [95% "
+            "patient-bootstrap interval]. Green/red: the interval excludes 0."
+        ),
+    )
+
+
 def claim_examples(examples: Sequence[Mapping[str, Any]], limit: int = 6) -> list[Example]:
     """Claim sets with every model's score per candidate (``results["examples"]`` or
     ``eval.json``'s): the correct claim first, the model's choice marked."""
@@ -278,9 +307,13 @@ def claim_examples(examples: Sequence[Mapping[str, Any]], limit: int = 6) -> lis
 def negation_study_section(folder: Path, root: Path) -> Section:
     results = _json(folder / "results.json")
     config = results.get("config", {})
+    # a grid's cells (GRID/cells/<cell>) are studies each, with ids and titles of their own
+    cell = folder.name if folder.parent.name == "cells" else None
     section = Section(
-        "negation-study",
-        "Negation study: trace, then train where it matters",
+        "negation-study" if cell is None else f"negation-study-{cell}",
+        "Negation study: trace, then train where it matters"
+        if cell is None
+        else f"Negation study, grid cell {cell}",
         str(folder.relative_to(root)),
     )
     counts = results.get("trace", {}).get("counts", {})
@@ -297,14 +330,19 @@ def negation_study_section(folder: Path, root: Path) -> Section:
             f"({counts.get('excluded_small_gap', 0)} with too small a score gap left out)",
         ),
     ]
-    alpha = results.get("trace", {}).get("alpha")
+    trace = results.get("trace", {})
+    alpha = trace.get("alpha")
     if alpha:
         top = sorted(range(len(alpha)), key=lambda i: -alpha[i])[:3]
         section.facts.append(("layers with the largest α", ", ".join(str(i) for i in top)))
+    if trace.get("alpha_source"):
+        norm = trace.get("alpha_norm")
+        tau = f" (τ = {trace.get('alpha_tau')})" if norm == "softmax" else ""
+        section.facts.append(("α", f"{norm}-normalised {trace['alpha_source']} CTE profile{tau}"))
     section.tables.append(negation_results_table(results))
-    paired = negation_paired_table(results)
-    if paired is not None:
-        section.tables.append(paired)
+    for table in (negation_paired_table(results), negation_control_table(results)):
+        if table is not None:
+            section.tables.append(table)
     section.figures += _figures_for("negation-study", [folder / "figures", folder], root)
     section.figures += _curves(folder / "runs", root, "Training curves (negation)")
     section.timings = [
