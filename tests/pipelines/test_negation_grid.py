@@ -197,3 +197,4 @@ def test_grid_runs_every_cell_and_resumes_from_checkpoints(tmp_path, world_and_m
 
 
 FIELDS = {"grid": "test_grid_runs_every_cell_and_resumes_from_checkpoints"}
+FIELD_TESTS = {"mechtune.pipelines.negation_config.NegationStudyConfig": FIELDS}
