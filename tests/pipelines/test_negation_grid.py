@@ -8,6 +8,7 @@ import json
 from dataclasses import replace
 
 import pytest
+import torch
 
 from mechtune.data.sources import open_source
 from mechtune.errors import ConfigError
@@ -83,7 +84,7 @@ def test_recipe_grids_cross_the_settings(tmp_path):
 def _fake_study(calls):
     """A stand-in for run_negation_study: records its call, writes results.json."""
 
-    def fake(config, source, out, options, log, track, tracker, *, inputs, run_prefix):
+    def fake(config, source, out, options, log, track, tracker, *, inputs, run_prefix, shared):
         calls.append((config, inputs, run_prefix))
         results = {
             "config": config.to_dict(),
@@ -185,6 +186,10 @@ def test_grid_runs_every_cell_and_resumes_from_checkpoints(tmp_path, world_and_m
         results = json.loads((tmp_path / cell["folder"] / "results.json").read_text())
         assert results["config"]["loop"]["beta"] == cell["settings"]["loop.beta"]
         assert (tmp_path / cell["folder"] / "runs/nast/seed0/adapter").is_dir()
+        # uniform LoRA (beta fixed to 0) is the same run in both cells: trained once
+        (uniform,) = results["runs"]["uniform-lora"]
+        assert uniform["trained_in"] == str(tmp_path / zero["folder"] / "runs/uniform-lora/seed0")
+    assert not (tmp_path / one["folder"] / "runs/uniform-lora").exists()
     # the second cell lost its results after training: it reruns, its runs resume from
     # their last checkpoint (no training step), and the table is the same
     (tmp_path / one["folder"] / "results.json").unlink()
@@ -194,6 +199,33 @@ def test_grid_runs_every_cell_and_resumes_from_checkpoints(tmp_path, world_and_m
 
     monkeypatch.setattr(Trainer, "train_step", no_training)
     assert run_negation_grid(config, source, tmp_path, RunOptions()) == record
+
+
+def test_run_keys_tell_which_runs_train_the_same():
+    from mechtune.pipelines.negation_controls import StudyRun
+    from mechtune.pipelines.negation_study import reused_report, run_key
+
+    base = NegationStudyConfig()
+    ones, alpha = torch.ones(4), torch.tensor([0.2, 1.0, 0.0, 0.5])
+
+    def key(method, config=base, given=alpha, seed=0):
+        return run_key(StudyRun(method, seed), config, given)
+
+    other_beta = replace(base, loop=replace(base.loop, beta=2.0))
+    # uniform LoRA fixes beta to 0 and is given ones: the same run whatever beta or alpha
+    assert key("uniform-lora", given=ones) == key("uniform-lora", other_beta, ones)
+    assert key("uniform-lora", given=ones) != key("uniform-lora", given=ones, seed=1)
+    assert key("nast") != key("nast", other_beta) and key("nast") != key("nast", given=ones)
+    assert key("effective-lr") != key("effective-lr", other_beta)  # its rate moves
+    assert key("nast") != key("random-alpha")
+    assert key("zero-shot", given=ones) == key("zero-shot", other_beta, ones)
+    assert key("zero-shot", given=ones) != key("zero-shot", replace(base, eval_split="val"), ones)
+    # a reused report gets this study's update share, and no training time
+    report = {"seed": 0, "train_seconds": 9.0, "update_norms": {"0": 1.0, "1": 3.0, "2": 0.0}}
+    reused = reused_report(report, StudyRun("nast", 0), [0.0, 0.9, 0.1])
+    assert reused["update_share"] == {"top3": 1.0, "top5": None} and reused["train_seconds"] == 0
+    top = reused_report(report, StudyRun("nast", 0), [0.9, 0.0, 0.1, 0.5, 0.2, 0.3])
+    assert top["update_share"]["top3"] == pytest.approx(1 / 4) and report["train_seconds"] == 9
 
 
 FIELDS = {"grid": "test_grid_runs_every_cell_and_resumes_from_checkpoints"}

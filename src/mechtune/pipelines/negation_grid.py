@@ -12,7 +12,11 @@ Resume: a cell whose ``results.json`` holds this cell's config is finished and r
 not rerun; an unfinished cell reruns as a study does, each run resuming from its
 checkpoints. So an interrupted grid loses at most the steps after each run's last
 checkpoint. The model, image embeddings and trace are computed once for every cell when
-no grid key changes them (:data:`~mechtune.pipelines.negation_study.INPUT_KEYS`).
+no grid key changes them (:data:`~mechtune.pipelines.negation_study.INPUT_KEYS`), and a
+run that several cells would train identically (the same
+:func:`~mechtune.pipelines.negation_study.run_key`: uniform LoRA in cells that differ only
+in beta or alpha, for one) is trained once, in the first cell that needs it; the other
+cells reuse its report (``trained_in`` names its folder).
 """
 
 from __future__ import annotations
@@ -75,17 +79,28 @@ def run_negation_grid(
     options = options or RunOptions()
     say = log or (lambda _message: None)
     cells = grid_cells(recipe)
-    shared = recipe.grid is None or not set(recipe.grid) & set(INPUT_KEYS)
+    one_trace = recipe.grid is None or not set(recipe.grid) & set(INPUT_KEYS)
     inputs: StudyInputs | None = None
     studies: list[tuple[str, dict[str, Any], dict[str, Any]]] = []
-    for number, (name, settings, config) in enumerate(cells, 1):
+    finished = [finished_cell(out / CELLS / name, config) for name, _, config in cells]
+    # the runs every finished cell trained, by run key: the same run is trained once
+    shared = {
+        r["run_key"]: r
+        for results in finished
+        if results is not None
+        for reports in results["runs"].values()
+        for r in reports
+        if "run_key" in r and "trained_in" in r
+    }
+    for number, ((name, settings, config), results) in enumerate(
+        zip(cells, finished, strict=True), 1
+    ):
         folder = out / CELLS / name
-        results = finished_cell(folder, config)
         if results is not None:
             say(f"cell {number}/{len(cells)} {name}: finished, read from {folder}")
         else:
             say(f"cell {number}/{len(cells)} {name} ...")
-            if inputs is None or not shared:
+            if inputs is None or not one_trace:
                 inputs = study_inputs(config, source, options, say, track)
             results = run_negation_study(
                 config,
@@ -97,6 +112,7 @@ def run_negation_grid(
                 tracker,
                 inputs=inputs,
                 run_prefix=f"{name}/",
+                shared=shared,
             )
         studies.append((name, settings, results))
     record = grid_record(recipe, studies)

@@ -20,6 +20,9 @@ A grid of studies: :mod:`mechtune.pipelines.negation_grid`.
 
 from __future__ import annotations
 
+import copy
+import hashlib
+import json
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -64,7 +67,7 @@ from mechtune.pipelines.negation_report import (
     results_table,
 )
 from mechtune.progress import Tracker, stage
-from mechtune.train.methods import NegationData
+from mechtune.train.methods import METHODS, NegationData, method_config, reads_alpha
 from mechtune.train.negation import ClaimExample
 from mechtune.train.tracking import Tracker as RunTracker
 
@@ -76,6 +79,8 @@ def _quiet(_message: str) -> None:
 __all__ = [
     "INPUT_KEYS",
     "StudyInputs",
+    "reused_report",
+    "run_key",
     "run_negation_study",
     "run_plan",
     "study_alpha",
@@ -194,6 +199,7 @@ def run_negation_study(
     *,
     inputs: StudyInputs | None = None,
     run_prefix: str = "",
+    shared: dict[str, dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
     """Run every run of ``recipe`` (:func:`~mechtune.pipelines.negation_controls.run_plan`)
     on ``source``; write ``results.json``, ``table.md``, the trace (``trace/``) and each
@@ -207,7 +213,13 @@ def run_negation_study(
     tracing, each run's training and evaluation. With ``tracker``, each training run is
     a session ``<run_prefix><method>/<run>``; ``recipe.loop.eval_every`` > 0 evaluates
     each on the val split (:func:`validation_claims`). A rerun resumes every run from
-    its checkpoints. Returns the results dict."""
+    its checkpoints. A method that does not read alpha (:func:`~mechtune.train.methods.
+    reads_alpha`) gets ones, as ``negation train`` without ``--alpha`` does.
+
+    ``shared``: the reports of the grid's other cells by :func:`run_key`; a run whose key
+    is there is not trained again (its report is reused, ``update_share`` recomputed for
+    this study's profile, ``trained_in`` naming the folder that trained it), and each run
+    trained here is added. Returns the results dict."""
     out = Path(out)
     options = options or RunOptions()
     say = log or _quiet
@@ -226,13 +238,20 @@ def run_negation_study(
     held_claims = validation_claims(data, recipe.loop, recipe.data_seed)
     runs: dict[str, list[dict[str, Any]]] = {}
     for run in run_plan(recipe):
-        runs.setdefault(run.method, []).append(
-            study_run(
+        run_alpha = alpha if run.permutation is None else permutations[run.permutation]
+        if not reads_alpha(run.method, recipe.loop.beta):
+            run_alpha = torch.ones_like(run_alpha)
+        key = run_key(run, recipe, run_alpha) if shared is not None else None
+        if shared is not None and key in shared:
+            say(f"{run.method}, {run.name}: the same run as {shared[key]['trained_in']}")
+            report = reused_report(shared[key], run, cte_by_block)
+        else:
+            report = study_run(
                 run,
                 recipe,
                 options,
                 inputs,
-                alpha if run.permutation is None else permutations[run.permutation],
+                run_alpha,
                 examples,
                 held_claims,
                 cte_by_block,
@@ -242,7 +261,11 @@ def run_negation_study(
                 tracker=tracker,
                 run_name=f"{run_prefix}{run.method}/{run.name}",
             )
-        )
+            if shared is not None and key is not None:
+                report["run_key"] = key
+                report["trained_in"] = str(out / "runs" / run.method / run.name)
+                shared[key] = report
+        runs.setdefault(run.method, []).append(report)
     results: dict[str, Any] = {
         "config": recipe.to_dict(),
         "data": to_jsonable(source.description),
@@ -262,6 +285,49 @@ def run_negation_study(
     table = "\n\n".join(t for t in (results_table(results), control_table(results)) if t)
     atomic_write_text(out / "table.md", table + "\n")
     return results
+
+
+def run_key(run: StudyRun, recipe: NegationStudyConfig, alpha: Any) -> str:
+    """A digest of everything a study run's report depends on but the trace's profile:
+    the method, its training seed, the settings it trains with (after the method's
+    overrides: :func:`~mechtune.train.methods.method_config`; none for zero-shot), the
+    alpha it is given, the model, and the data and evaluation settings. Two grid cells
+    whose runs share a key train and evaluate the same run (uniform LoRA across cells
+    that change beta or alpha, for one)."""
+    trains = METHODS[run.method].loss is not None
+    loop = replace(recipe.loop, seed=run.seed)
+    payload = {
+        "method": run.method,
+        "seed": run.seed,
+        "loop": method_config(run.method, alpha, loop).to_dict() if trains else None,
+        "alpha": [round(float(a), 9) for a in torch.as_tensor(alpha).reshape(-1).tolist()],
+        **{
+            k: getattr(recipe, k)
+            for k in ("model", "data_seed", "balance_polarity", "eval_split", "probes")
+        },
+    }
+    blob = json.dumps(to_jsonable(payload), sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:20]
+
+
+def reused_report(
+    report: dict[str, Any], run: StudyRun, cte_by_block: list[float]
+) -> dict[str, Any]:
+    """Another cell's report of the same run (:func:`run_key`) for this study: its
+    update share recomputed over this study's top blocks ``cte_by_block``, no training
+    time spent (``train_seconds`` 0)."""
+    out = copy.deepcopy(report)
+    out["seed"] = run.seed
+    out["train_seconds"] = 0.0  # trained in another study: no time spent here
+    if run.permutation is not None:
+        out["permutation"] = run.permutation
+    norms = {int(b): float(v) for b, v in (out.get("update_norms") or {}).items()}
+    if norms:
+        out["update_share"] = {
+            f"top{k}": update_share(norms, cte_by_block, k) if k <= len(cte_by_block) else None
+            for k in (3, 5)
+        }
+    return out
 
 
 def study_run(

@@ -294,6 +294,20 @@ def _entry(name: str, task: str) -> MethodEntry:
 # -- running --------------------------------------------------------------------------------
 
 
+def method_config(
+    name: str, alpha: Sequence[float] | torch.Tensor, config: LoopConfig
+) -> LoopConfig:
+    """The settings negation method ``name`` trains with: ``config`` with the method's
+    overrides, and for ``lr_from_alpha`` (effective-lr) the learning rate
+    :func:`~mechtune.train.scaling.effective_lr` of ``alpha`` and the config's beta,
+    computed before the overrides set beta to 0. Raises ConfigError for an unknown
+    method."""
+    entry = _entry(name, "negation")
+    if entry.lr_from_alpha:
+        config = replace(config, lr=effective_lr(alpha, config.beta, config.lr))
+    return replace(config, **entry.overrides)
+
+
 def negation_trainer(
     name: str,
     encoder: DualEncoder,
@@ -318,9 +332,7 @@ def negation_trainer(
     entry = _entry(name, "negation")
     if entry.loss is None or entry.data is None:
         raise ConfigError(f"method {name!r} does not train")
-    if entry.lr_from_alpha:  # with the config's beta, before the overrides set it to 0
-        config = replace(config, lr=effective_lr(alpha, config.beta, config.lr))
-    config = replace(config, **entry.overrides)
+    config = method_config(name, alpha, config)
     claims = NEGATION_DATA[entry.data](data)
     if not claims:
         raise DataError(
