@@ -29,6 +29,8 @@ def _leaves(tree: dict, prefix: str = "") -> dict[str, object]:
     [
         ("nast-phantom.yaml", load_recipe),
         ("nast-biomedclip-mimic.yaml", load_recipe),
+        ("nast-controls-phantom.yaml", load_recipe),
+        ("nast-variants-phantom.yaml", load_recipe),
         ("consistency-phantom.yaml", lambda path: load_paraphrase_recipe(path).config),
         ("consistency-medgemma-mimic.yaml", lambda path: load_paraphrase_recipe(path).config),
     ],
