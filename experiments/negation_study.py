@@ -12,7 +12,9 @@ Choosing settings uses the validation patients only, e.g.
         --set scaling=lr beta=1 --out runs/tune/nast_lr_b1
 
 Writes results.json (with every run's per-item correctness) and table.md into --out; the
-table ends with each method's paired Δ vs uniform LoRA (mechtune.pipelines.negation_report).
+table ends with each method's paired Δ vs uniform LoRA (mechtune.pipelines.negation_report)
+and NAST's Δ vs its controls. A recipe with a grid runs every cell into --out/cells and
+writes --out/grid.md (mechtune.pipelines.negation_grid); rerun to resume.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from mechtune.data.polarity_check import clinical_available
 from mechtune.data.sources import open_source
 from mechtune.pipelines.negation import RunOptions
 from mechtune.pipelines.negation_config import load_recipe
+from mechtune.pipelines.negation_grid import run_negation_grid
 from mechtune.pipelines.negation_study import run_negation_study
 
 
@@ -68,6 +71,10 @@ def main() -> None:
     if clinical_available() and any(s.report for s in source):
         source.with_report_facts()
     options = RunOptions(cache_dir=args.cache_dir)
+    if config.grid is not None:  # every cell a study, one table (grid.md)
+        run_negation_grid(config, source, args.out, options, log=lambda m: print(m, flush=True))
+        print((args.out / "grid.md").read_text())
+        return
     run_negation_study(config, source, args.out, options, log=lambda m: print(m, flush=True))
     print((args.out / "table.md").read_text())
 

@@ -69,6 +69,11 @@ def test_recipe_grids_cross_the_settings(tmp_path):
     assert all(c.methods == ("uniform-lora", "nast") for _, _, c in cells)
     assert config.to_dict()["grid"]["loop.beta"] == [0.5, 1, 2]
     assert grid_cells(replace(config, grid=None)) == [("study", {}, replace(config, grid=None))]
+    # a study of a grid recipe would silently run the base settings only: refused
+    from mechtune.pipelines.negation_study import run_negation_study
+
+    with pytest.raises(ConfigError, match=r"the recipe has a grid \(loop\.beta, alpha_norm"):
+        run_negation_study(config, None, tmp_path / "never")
     # a list-valued setting is a value of its own; a recipe's bad grid key names the file
     listed = NegationStudyConfig(grid={"methods": [["nast"], ["uniform-lora", "nast"]]})
     assert [c.methods for _, _, c in grid_cells(listed)] == [("nast",), ("uniform-lora", "nast")]

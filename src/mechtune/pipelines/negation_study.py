@@ -32,6 +32,7 @@ import torch
 
 from mechtune.data.io import atomic_write_text, to_jsonable, write_json
 from mechtune.data.sources.base import ImageStudySource
+from mechtune.errors import ConfigError
 from mechtune.eval.negation import eval_claim_sets, select_claim_examples
 from mechtune.eval.update_share import update_share
 from mechtune.interp.alpha import alpha_from_trace, alpha_variants, cte_profile
@@ -213,13 +214,19 @@ def run_negation_study(
     tracing, each run's training and evaluation. With ``tracker``, each training run is
     a session ``<run_prefix><method>/<run>``; ``recipe.loop.eval_every`` > 0 evaluates
     each on the val split (:func:`validation_claims`). A rerun resumes every run from
-    its checkpoints. A method that does not read alpha (:func:`~mechtune.train.methods.
+    its checkpoints. A recipe with a grid is refused (ConfigError): see
+    :mod:`mechtune.pipelines.negation_grid`. A method that does not read alpha (:func:`~mechtune.train.methods.
     reads_alpha`) gets ones, as ``negation train`` without ``--alpha`` does.
 
     ``shared``: the reports of the grid's other cells by :func:`run_key`; a run whose key
     is there is not trained again (its report is reused, ``update_share`` recomputed for
     this study's profile, ``trained_in`` naming the folder that trained it), and each run
     trained here is added. Returns the results dict."""
+    if recipe.grid is not None:
+        raise ConfigError(
+            f"the recipe has a grid ({', '.join(recipe.grid)}): run every cell with "
+            "mechtune.pipelines.negation_grid.run_negation_grid (negation study does)"
+        )
     out = Path(out)
     options = options or RunOptions()
     say = log or _quiet
