@@ -156,8 +156,17 @@ def _histories(runs_dir: Path) -> dict[str, list[dict[str, float]]]:
         seeds = sorted(method.glob("seed*/train.json"))
         for file in seeds:
             label = method.name if len(seeds) == 1 else f"{method.name} {file.parent.name}"
-            out[label] = list(_json(file).get("history") or [])
+            out[label] = _curve_records(_json(file))
     return out
+
+
+def _curve_records(info: Mapping[str, Any]) -> list[dict[str, float]]:
+    """``train.json``'s loss history, then its periodic validation metrics (``eval``,
+    written when ``eval_every`` > 0) as ``eval/<metric>`` terms."""
+    records = [dict(r) for r in info.get("history") or []]
+    for r in info.get("eval") or []:
+        records.append({"step": r["step"], **{f"eval/{k}": v for k, v in r.items() if k != "step"}})
+    return records
 
 
 def _curves(runs_dir: Path, root: Path, title: str) -> list[Figure]:
@@ -678,7 +687,7 @@ def train_section(folder: Path, root: Path) -> Section:
         if key in config:
             section.facts.append((key, str(config[key])))
     figure = training_curves(
-        {str(info.get("method")): info.get("history") or []},
+        {str(info.get("method")): _curve_records(info)},
         "Training curves",
         f"rendered from {(folder / 'train.json').relative_to(root)}",
     )
