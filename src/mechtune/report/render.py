@@ -19,7 +19,7 @@ from typing import Any
 import jinja2
 
 import mechtune
-from mechtune.data.io import atomic_write_text
+from mechtune.data.io import atomic_write_text, dumps_json
 from mechtune.errors import DataError
 from mechtune.report import sections as read
 from mechtune.report.model import Report, Section, interval_text
@@ -198,7 +198,7 @@ def _environment() -> jinja2.Environment:
         trim_blocks=True,
         lstrip_blocks=True,
     )
-    env.filters["tojson_pretty"] = lambda v: json.dumps(v, indent=2, sort_keys=True)
+    env.filters["tojson_pretty"] = lambda v: dumps_json(v, indent=2, sort_keys=True)
     return env
 
 

@@ -17,6 +17,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from mechtune.data.io import dumps_json
 from mechtune.report.figures import embed_png, training_curves
 from mechtune.report.model import (
     Cell,
@@ -595,7 +596,7 @@ def paraphrase_eval_section(folder: Path, root: Path) -> Section:
     )
     section.facts = [("questions", str(report.get("questions")))]
     if report.get("clamp"):
-        section.facts.append(("clamp", json.dumps(report["clamp"])))
+        section.facts.append(("clamp", dumps_json(report["clamp"], indent=None)))
     names = (
         ("flip rate", "flip_rate", 100.0, 1),
         ("pairwise flip rate", "pairwise_flip_rate", 100.0, 1),
