@@ -433,7 +433,8 @@ def test_the_optimizer_is_a_recipe_key_of_both_studies(tmp_path) -> None:
         load_paraphrase_recipe(paraphrase)
 
 
-def test_the_model_card_names_the_optimizer() -> None:
+def test_the_model_card_and_the_report_name_the_optimizer(tmp_path) -> None:
+    from mechtune.report.sections import train_section
     from mechtune.train.model_card import CardFacts, training_rows
 
     facts = CardFacts(None, "negation", 10, 100, True, "CLIPModel")
@@ -444,3 +445,17 @@ def test_the_model_card_names_the_optimizer() -> None:
     assert dict(training_rows(info, facts))["Optimizer"] == "AdamW"
     del info["config"]["optimizer"], info["config"]["momentum"]  # a run from before
     assert dict(training_rows(info, facts))["Optimizer"] == "AdamW"
+
+    run = tmp_path / "run"
+    run.mkdir()
+    for config, shown in (
+        (LoopConfig(optimizer="sgd", momentum=0.9), {"optimizer": "sgd", "momentum": "0.9"}),
+        (LoopConfig(), {"optimizer": "adamw"}),
+    ):
+        info = {"method": "nast", "config": config.to_dict(), "step": 3, "history": []}
+        (run / "train.json").write_text(json.dumps(info))
+        facts = dict(train_section(run, tmp_path).facts)
+        assert {k: facts.get(k) for k in ("optimizer", "momentum")} == {
+            "optimizer": shown["optimizer"],
+            "momentum": shown.get("momentum"),
+        }
