@@ -106,7 +106,8 @@ def dry_run_report(
     network); the last line counts them."""
     lines = [
         f"recipe: every key known; methods {list(recipe.methods)}, seeds {list(recipe.seeds)}, "
-        f"{recipe.loop.steps} steps, scaling {recipe.loop.scaling!r}, beta {recipe.loop.beta}"
+        f"{recipe.loop.steps} steps, scaling {recipe.loop.scaling!r}, beta {recipe.loop.beta}, "
+        f"optimizer {recipe.loop.optimizer!r}"
     ]
     lines += check_data(Path(data), recipe.eval_split)
     lines += check_model(recipe.model)

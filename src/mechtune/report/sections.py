@@ -684,7 +684,10 @@ def train_section(folder: Path, root: Path) -> Section:
     for key in ("base_model", "task", "trainable", "total", "target_layers", "target_modules"):
         if card.get(key) is not None:
             section.facts.append((key.replace("_", " "), str(card[key])))
-    for key in ("lr", "steps", "batch_size", "grad_accum", "lam", "beta", "scaling"):
+    keys = ["optimizer", "lr", "steps", "batch_size", "grad_accum", "lam", "beta", "scaling"]
+    if config.get("optimizer") == "sgd":
+        keys.append("momentum")
+    for key in keys:
         if key in config:
             section.facts.append((key, str(config[key])))
     figure = training_curves(
