@@ -213,7 +213,8 @@ def paraphrase_dry_run(
         f"recipe: every key known; model {config.model}, ranges {list(config.ranges)}, seeds "
         f"{list(config.seeds)}, {lora.steps} steps of {lora.batch_size} x {lora.grad_accum} "
         f"questions, LoRA r {lora.lora.rank} alpha {lora.lora.alpha}, answer loss "
-        f"{lora.answer_loss!r}"
+        f"{lora.answer_loss!r}; random ranges {config.random_ranges}, AUC shuffles "
+        f"{config.auc_shuffles}"
     ]
     lines += check_questions(questions, data, config.eval_split)
     lines += check_vlm_model(config.model, list(config.sae_layers or ()))

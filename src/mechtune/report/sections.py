@@ -382,21 +382,20 @@ def negation_eval_section(folder: Path, root: Path, extra_figures: Sequence[Path
 # -- paraphrase ----------------------------------------------------------------------------
 
 
-def _condition_reports(results: Mapping[str, Any], key: str) -> list[Mapping[str, Any]]:
-    if key == "baseline":
-        return [results["baseline"]]
-    if key == "clamping":
-        return [results["clamping"]]
-    return list(results["runs"][key])
-
-
 def paraphrase_results_table(results: Mapping[str, Any]) -> Table:
     """Per condition: flip rate, pairwise flip rate, margin difference, accuracy (95%
-    intervals), and the paired Δ flip against the baseline and all-layer LoRA; PSF-Med's
-    rows beside them."""
-    from mechtune.pipelines.paraphrase_report import PAIRED_REFERENCES, paired_rows, primary_view
+    intervals), and the paired Δ flip against the baseline and all-layer LoRA (and the
+    SAE range, with the random-range control: its random rows and their pooled row);
+    PSF-Med's rows beside them."""
+    from mechtune.pipelines.paraphrase_report import (
+        conditions,
+        paired_references,
+        paired_rows,
+        primary_view,
+    )
 
     view = primary_view(dict(results))
+    references = paired_references(results)
     metrics = (
         ("flip rate", view, "flip_rate", 100.0, 1),
         ("pairwise flip", view, "pairwise_flip_rate", 100.0, 1),
@@ -405,14 +404,14 @@ def paraphrase_results_table(results: Mapping[str, Any]) -> Table:
         ("flip rate, in-dist", "in_distribution", "flip_rate", 100.0, 1),
         ("text-only agreement", view, "text_only_agreement", 100.0, 1),
     )
-    columns = ["condition", "seeds", *(m[0] for m in metrics), *(t for _, t in PAIRED_REFERENCES)]
+    columns = ["condition", "seeds", *(m[0] for m in metrics), *(t for _, t in references)]
     rows: list[list[Cell]] = []
-    for label, key, cells in paired_rows(dict(results)):
-        reports = _condition_reports(results, key)
+    paired = paired_rows(dict(results))
+    for (label, _, reports), (_, _, cells) in zip(conditions(results), paired, strict=True):
         row = [Cell(label), Cell(str(len(reports)))]
         for _, split, name, scale, digits in metrics:
             row.append(seeds_cell([_get(r, f"{split}/{name}") for r in reports], scale, digits))
-        row += [delta_cell(cells[ref]) for ref, _ in PAIRED_REFERENCES]
+        row += [delta_cell(cells[ref]) for ref, _ in references]
         rows.append(row)
     for label, numbers in PSF_PAPER.items():
         rows.append(_paper_row(columns, label, numbers))
@@ -425,35 +424,58 @@ def paraphrase_results_table(results: Mapping[str, Any]) -> Table:
         caption=(
             f"{split} questions; percent (margins in logits), value [95% interval]; Δ flip "
             "in percentage points on the same questions [95% patient bootstrap], McNemar's "
-            "p with one seed each. Paper rows: PSF-Med (arXiv 2602.21428), MedGemma-4B on "
-            "MIMIC binary questions."
+            "p with one seed each. "
+            + (
+                "Random ranges: contiguous ranges of the SAE range's width, drawn apart "
+                "from it; the pooled row averages each question's flips over every draw "
+                "and seed, its interval over questions given the draws. "
+                if len(references) > 2
+                else ""
+            )
+            + "Paper rows: PSF-Med (arXiv 2602.21428), MedGemma-4B on MIMIC binary "
+            "questions."
         ),
     )
 
 
 def auc_table(analysis: Mapping[str, Any]) -> Table:
     """Flip-prediction AUC per layer with its interval, the chosen layers marked, and
-    PSF-Med's AUCs at MedGemma-4B's layers for reference."""
+    PSF-Med's AUCs at MedGemma-4B's layers for reference; with the shuffled-label control
+    (``auc_shuffled_by_layer``), the shuffled AUCs' mean [2.5–97.5 percentiles] and the
+    permutation p beside each layer, and the peak's max-statistic p in the caption."""
     chosen = set(analysis.get("chosen_layers", []))
+    shuffled = analysis.get("auc_shuffled_by_layer") or {}
     rows = []
     for layer, auc in sorted(analysis.get("auc_by_layer", {}).items(), key=lambda kv: int(kv[0])):
         low, high = analysis.get("auc_ci_by_layer", {}).get(layer, [None, None])
-        rows.append(
-            [
-                Cell(f"L{layer}" + (" (chosen)" if int(layer) in chosen else "")),
-                Cell(
-                    interval_text({"value": auc, "low": low, "high": high}, 1.0, 2),
-                    kind="up" if int(layer) in chosen else "num",
-                ),
-            ]
-        )
+        row = [
+            Cell(f"L{layer}" + (" (chosen)" if int(layer) in chosen else "")),
+            Cell(
+                interval_text({"value": auc, "low": low, "high": high}, 1.0, 2),
+                kind="up" if int(layer) in chosen else "num",
+            ),
+        ]
+        if shuffled:
+            control = shuffled.get(layer) or {}
+            row.append(Cell(interval_text({"value": control.get("mean"), **control}, 1.0, 2)))
+            row.append(number_cell(control.get("p_value"), "{:.3g}"))
+        rows.append(row)
     paper = ", ".join(f"L{k} {v:.2f}" for k, v in PSF_AUC.items())
-    return Table(
-        "Where phrasing sensitivity is readable",
-        ["layer", "flip-prediction AUC [95% interval]"],
-        rows,
-        caption=f"PSF-Med's MedGemma-4B (34 layers, Gemma Scope 2 SAEs): {paper}.",
-    )
+    columns = ["layer", "flip-prediction AUC [95% interval]"]
+    caption = f"PSF-Med's MedGemma-4B (34 layers, Gemma Scope 2 SAEs): {paper}."
+    if shuffled:
+        k = next(iter(shuffled.values())).get("shuffles")
+        columns += ["AUC, shuffled flip labels [95% range]", "permutation p"]
+        peak = analysis.get("peak_auc_p_value")
+        caption = (
+            f"Shuffled labels: the same cross-validated fit on {k} shuffles of the flip "
+            "labels (whole question sets moved, so flips stay clustered); p = (1 + #{shuffled "
+            f"≥ real}}) / (1 + {k}). The peak against each shuffle's best layer: p = "
+            + ("n/a" if peak is None else f"{peak:.3g}")
+            + ". "
+            + caption
+        )
+    return Table("Where phrasing sensitivity is readable", columns, rows, caption=caption)
 
 
 def question_examples(examples: Sequence[Mapping[str, Any]], limit: int = 6) -> list[Example]:
@@ -505,6 +527,20 @@ def paraphrase_study_section(folder: Path, root: Path) -> Section:
         ("chosen layers", ", ".join(str(i) for i in analysis.get("chosen_layers", []))),
         ("peak flip-AUC layer", str(analysis.get("peak_layer"))),
     ]
+    drawn = results.get("random_ranges")
+    if drawn:
+        spans = ", ".join(
+            f"{name} (L{layers[0]}–{layers[-1]})" if len(layers) > 1 else f"{name} (L{layers[0]})"
+            for name, layers in drawn["drawn"].items()
+        )
+        section.facts.append(
+            (
+                "random ranges",
+                (spans or "none")
+                + f", drawn with seed {drawn['seed']} among {drawn['pool']} other windows"
+                + (f"; {drawn['note']}" if drawn.get("note") else ""),
+            )
+        )
     patch = analysis.get("patch")
     if patch and patch.get("flip_pairs") and "recovered_mean" in patch:
         section.facts.append(
