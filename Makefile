@@ -18,7 +18,7 @@ $(VENV)/.stamp-core: pyproject.toml
 	touch $@
 
 $(VENV)/.stamp-dev: $(VENV)/.stamp-core
-	$(PY) -m pip install -q -e '.[dev,clinical]'
+	$(PY) -m pip install -q -e '.[dev,clinical,tracking]'
 	touch $@
 
 venv: $(VENV)/.stamp-dev

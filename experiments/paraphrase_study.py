@@ -11,7 +11,14 @@ they override the recipe's ``questions:`` / ``data:``. Choosing settings uses
 the validation patients only (``--eval-split val``). ``--set`` overrides consistency-LoRA
 settings, e.g. ``--set steps=100 consistency_weight=2``. Writes results.json and table.md
 into --out; the table's Δ columns are paired differences of the per-question flip indicator
-vs baseline and vs all-layer LoRA (see mechtune.pipelines.paraphrase_report).
+vs baseline and vs all-layer LoRA (see mechtune.pipelines.paraphrase_report), and vs the
+SAE range with ``--random-ranges N`` (the random-range control: N random ranges of the SAE
+range's width and their pooled row). ``--auc-shuffles K`` adds the shuffled-label control
+of the flip-prediction AUC (results.json's analysis section).
+
+    .venv/bin/python experiments/paraphrase_study.py --seeds 0 1 2 3 4 --ranges all sae \\
+        --random-ranges 3 --auc-shuffles 20 --questions runs/export/questions.jsonl \\
+        --data runs/export --out runs/paraphrase_5seeds
 """
 
 from __future__ import annotations
@@ -34,6 +41,12 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=None)
     parser.add_argument("--ranges", nargs="+", default=None)
     parser.add_argument("--eval-split", choices=("val", "test"), default=None)
+    parser.add_argument(
+        "--random-ranges", type=int, default=None, help="the random-range control's draws"
+    )
+    parser.add_argument(
+        "--auc-shuffles", type=int, default=None, help="the flip-AUC's label shuffles"
+    )
     parser.add_argument("--set", nargs="*", default=[], metavar="LORA_KEY=VALUE")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", default=None)
@@ -51,6 +64,9 @@ def main() -> None:
         config = replace(config, ranges=tuple(args.ranges))
     if args.eval_split:
         config = replace(config, eval_split=args.eval_split)
+    for key in ("random_ranges", "auc_shuffles"):
+        if getattr(args, key) is not None:
+            config = replace(config, **{key: getattr(args, key)})
     if args.set:
         overrides = {k: yaml.safe_load(v) for k, v in (item.split("=", 1) for item in args.set)}
         config = replace(config, lora=replace(config.lora, **overrides))

@@ -385,6 +385,7 @@ def test_study_dry_run_checks_the_mimic_recipe_without_loading(setup, tmp_path):
         tmp_path / "never",
     )
     assert "mimic-cxr-jpg source" in out and "mechtune[openclip]" in out
+    assert "scaling 'lr', beta 2.0, optimizer 'adamw'" in out  # the recipe's loop
     assert "lacks 2 thing(s) the run needs" in out  # open_clip, and the hub offline
     assert not (tmp_path / "never").exists()
     bad = tmp_path / "bad.yaml"

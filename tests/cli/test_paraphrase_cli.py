@@ -311,6 +311,36 @@ def test_study_end_to_end_and_with_given_saes(export_dir, tmp_path):
     assert not (again / "saes").exists()
 
 
+def test_study_runs_its_controls(export_dir, tmp_path):
+    """random_ranges and auc_shuffles: LoRA on random ranges of the SAE range's width
+    (rows random-0, random-1, each layer shown), the shuffled-label AUC per layer."""
+    recipe = tmp_path / "controls.yaml"
+    recipe.write_text(
+        "model: phantom:vqa\nseeds: [0]\nsae_width: 32\nsae_k: 4\nsae_steps: 10\n"
+        "sae_reports: 20\nanalysis_sets: 30\nhalf_width: 0\nranges: [sae]\n"
+        "random_ranges: 2\nauc_shuffles: 3\nmax_questions: 40\n"
+        "lora:\n  steps: 2\n  batch_size: 4\n  checkpoint_every: 2\n"
+    )
+    out = tmp_path / "study"
+    log = ok(["paraphrase", "study", "--recipe", recipe, *_inputs(export_dir), "--out", out])
+    results = json.loads((out / "results.json").read_text())
+    sae = results["runs"]["sae"][0]["layers"]
+    drawn = results["random_ranges"]["drawn"]
+    assert list(results["runs"]) == ["sae", "random-0", "random-1"] and len(drawn) == 2
+    for name, layers in drawn.items():
+        assert results["runs"][name][0]["layers"] == layers and len(layers) == len(sae) == 1
+        assert layers != sae and (out / "runs" / name / "seed0" / "adapter").is_dir()
+        assert f"LoRA {name} (L{layers[0]})" in (out / "table.md").read_text()
+    assert drawn["random-0"] != drawn["random-1"] and "random ranges of width 1" in log
+    assert "Δ flip vs SAE range" in (out / "table.md").read_text()
+    shuffled = results["analysis"]["auc_shuffled_by_layer"]
+    assert sorted(int(k) for k in shuffled) == list(range(6))
+    for layer, control in shuffled.items():
+        assert control["shuffles"] == 3
+        if results["analysis"]["auc_by_layer"][layer] is not None:
+            assert control["p_value"] in (0.25, 0.5, 0.75, 1.0)
+
+
 def test_study_runs_on_the_tiny_gemma(export_dir, gemma_dir, tmp_path):
     """The study takes any model spec: on the tiny Gemma 3 (3 language blocks), SAEs on
     two of them, the SAE range and the late range trained at the same budget."""

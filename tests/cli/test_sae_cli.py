@@ -83,11 +83,17 @@ def test_sae_analyze_on_gemma_reports_auc_per_layer_and_a_range(gemma_dir, quest
     assert _train(gemma_dir, questions, saes).exit_code == 0
     out = tmp_path / "analysis"
     args = ["sae", "analyze", "--model", f"hf:{gemma_dir}", "--questions", str(questions)]
-    result = runner.invoke(app, [*args, "--saes", str(saes), "--out", str(out)])
+    result = runner.invoke(
+        app, [*args, "--saes", str(saes), "--out", str(out), "--auc-shuffles", "3"]
+    )
     assert result.exit_code == 0, result.output
     data = json.loads((out / "analysis.json").read_text())
     analysis = data["analysis"]
     assert analysis["layers"] == list(range(TEXT_LAYERS))
+    # the shuffled-label control: printed and saved per layer
+    assert "permutation p" in result.output
+    assert set(analysis["auc_shuffled_by_layer"]) == {str(i) for i in range(TEXT_LAYERS)}
+    assert {c["shuffles"] for c in analysis["auc_shuffled_by_layer"].values()} == {3}
     assert analysis["pairs"] == sum(len(p) for _, p, _, _ in RECORDS)
     assert len(analysis["chosen_layers"]) == 3  # peak +- 1 in a 3-layer model
     baseline = data["baseline"]["all"]
@@ -411,6 +417,7 @@ def test_sae_train_question_options_change_the_training_data(
         ("--seed", "3", lambda seen: seen["config"].seed == 3),
         ("--layers", "0,2", lambda seen: sorted(seen["saes"]) == [0, 2]),
         ("--max-questions", "2", lambda seen: len(set(seen["pairs"].groups)) == 2),
+        ("--auc-shuffles", "5", lambda seen: seen["config"].shuffles == 5),
     ],
 )
 def test_every_sae_analyze_option_reaches_the_analysis(
@@ -603,7 +610,13 @@ OPTION_TESTS = {
         "--sae-variant": "test_two_sae_folders_for_one_layer_are_named_or_picked_by_variant",
         **{
             option: "test_every_sae_analyze_option_reaches_the_analysis"
-            for option in ("--half-width", "--seed", "--layers", "--max-questions")
+            for option in (
+                "--half-width",
+                "--seed",
+                "--layers",
+                "--max-questions",
+                "--auc-shuffles",
+            )
         },
     },
 }

@@ -25,3 +25,14 @@ def test_auc_chart_renders_undefined_aucs(tmp_path):
         with Image.open(path) as image:
             assert image.format == "PNG" and image.size[0] > 100
     assert undefined.read_bytes() != mixed.read_bytes()
+
+
+def test_auc_chart_draws_the_shuffled_label_band(tmp_path):
+    auc, ci = {0: 0.6, 1: 0.8}, {0: (0.5, 0.7), 1: (0.7, 0.9)}
+    plain = auc_by_layer_chart(auc, ci, [1], tmp_path / "plain.png")
+    band = auc_by_layer_chart(
+        auc, ci, [1], tmp_path / "band.png", shuffled={0: (0.42, 0.55), 1: (None, None)}
+    )
+    with Image.open(plain) as a, Image.open(band) as b:
+        assert a.size == b.size
+        assert a.tobytes() != b.tobytes()

@@ -236,6 +236,7 @@ ANALYSIS_SWEEP = {
     "half_width": 0,
     "patch_features": 1,
     "bootstrap": 25,
+    "shuffles": 3,
     "seed": 1,
     "min_gap_share": 0.9,
 }
@@ -274,6 +275,7 @@ def test_every_analysis_config_field_changes_the_analysis(
         ({"half_width": -1}, "half_width must be an int >= 0"),
         ({"patch_features": 0}, "patch_features must be an int >= 1"),
         ({"bootstrap": 0}, "bootstrap must be an int >= 1"),
+        ({"shuffles": -1}, "shuffles must be an int >= 0, got -1"),
         ({"seed": 1.5}, "seed must be an int >= 0"),
         ({"l2": -1.0}, "l2 must be a finite number >= 0"),
         ({"min_active_share": 1.5}, r"min_active_share must be in \[0, 1\]"),

@@ -108,6 +108,27 @@ def test_half_width_reaches_the_analysis(par_base):
     assert par.analysis_config(replace(par_base, half_width=2)).half_width == 2
 
 
+def test_auc_shuffles_reach_the_analysis(par_base):
+    """auc_shuffles turns on the shuffled-label control of the analysis
+    (tests/interp/test_sae_analysis_shuffles.py checks what it computes)."""
+    assert par.analysis_config(par_base).shuffles == 0
+    assert par.analysis_config(replace(par_base, auc_shuffles=20)).shuffles == 20
+
+
+def test_random_ranges_add_random_ranges_of_the_sae_width(par_base):
+    plain, none = par.study_ranges(par_base, [2, 3], 8)
+    assert none is None and plain == par.layer_ranges([2, 3], 8, par_base.ranges)
+    ranges, drawn = par.study_ranges(replace(par_base, random_ranges=3), [2, 3], 8)
+    assert drawn is not None and list(ranges)[:4] == list(par_base.ranges)
+    random = {k: v for k, v in ranges.items() if k.startswith("random-")}
+    assert list(random) == ["random-0", "random-1", "random-2"] == list(drawn.ranges)
+    assert all(len(v) == 2 and v[1] == v[0] + 1 and v != (2, 3) for v in random.values())
+    assert len(set(random.values())) == 3
+    # drawn with the study's seed
+    _, other = par.study_ranges(replace(par_base, random_ranges=3, seed=4), [2, 3], 8)
+    assert other is not None and other.seed == 4 and drawn.seed == 0
+
+
 def test_lora_and_seeds_reach_each_run(par_base):
     lora = ConsistencyConfig(lora=LoraSettings(rank=4), steps=9)
     config = replace(par_base, lora=lora, seeds=(2, 3))
@@ -209,6 +230,12 @@ def test_saes_and_sae_variant_load_the_dictionaries_instead_of_training(
         ),
         ({"lora": ConsistencyConfig(seed=2)}, "lora.layers and lora.seed are set per run"),
         ({"eval_split": "train"}, "eval_split must be 'val'"),
+        ({"auc_shuffles": -1}, r"auc_shuffles must be an int >= 0 \(0: off\), got -1"),
+        ({"random_ranges": True}, "random_ranges must be an int >= 0"),
+        (
+            {"random_ranges": 2, "ranges": ("all", "late")},
+            r"random_ranges \(2\) are a control for the SAE range: add sae to ranges",
+        ),
     ],
 )
 def test_paraphrase_config_refuses_bad_values(change, message):
@@ -221,8 +248,10 @@ def test_recipes_take_model_data_questions_and_refuse_unknown_keys(tmp_path):
     recipe.write_text(
         "model: phantom:vqa\ndata: runs/export\nquestions: runs/export/questions.jsonl\n"
         "max_questions: 100\nsae_layers: [3, 1]\nlora:\n  lora: {rank: 4}\n"
+        "random_ranges: 3\nauc_shuffles: 20\n"
     )
     loaded = par.load_paraphrase_recipe(recipe)
+    assert (loaded.config.random_ranges, loaded.config.auc_shuffles) == (3, 20)
     assert loaded.data is not None and loaded.data.as_posix() == "runs/export"
     assert loaded.questions is not None and loaded.questions.name == "questions.jsonl"
     assert (loaded.config.max_questions, loaded.config.lora.lora.rank) == (100, 4)
@@ -248,6 +277,8 @@ PARAPHRASE_FIELDS = {
     "sae_reports": "test_sae_reports_analysis_sets_and_seed_pick_their_samples",
     "analysis_sets": "test_sae_reports_analysis_sets_and_seed_pick_their_samples",
     "half_width": "test_half_width_reaches_the_analysis",
+    "auc_shuffles": "test_auc_shuffles_reach_the_analysis",
+    "random_ranges": "test_random_ranges_add_random_ranges_of_the_sae_width",
     "lora": "test_lora_and_seeds_reach_each_run",
     "seeds": "test_lora_and_seeds_reach_each_run",
     "ranges": "test_ranges_pick_the_trained_layer_ranges",
@@ -264,4 +295,4 @@ def test_table_covers_every_field():
     assert set(PARAPHRASE_FIELDS) == {f.name for f in fields(par.ParaphraseStudyConfig)}
 
 
-FIELD_TESTS = {"mechtune.pipelines.paraphrase.ParaphraseStudyConfig": PARAPHRASE_FIELDS}
+FIELD_TESTS = {"mechtune.pipelines.paraphrase_config.ParaphraseStudyConfig": PARAPHRASE_FIELDS}

@@ -241,3 +241,21 @@ def test_a_trace_folder_reports_its_per_layer_cte(tiny_run, tmp_path):
     assert table.rows[last][1].text == interval_text(value, 1.0, 3)
     assert table.rows[last][2].text == f"{float(traced.alpha[last]):.3f}"
     assert "CTE per layer" in path.read_text()
+
+
+def test_training_curves_include_the_periodic_validation(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    history = [{"step": s, "loss": 1.0 / s, "claim": 0.5 / s} for s in (1, 2, 3, 4)]
+    info = {"method": "nast", "config": {"lr": 0.001}, "step": 4, "history": history}
+    info["eval"] = [{"step": 2, "claim_accuracy": 0.4}, {"step": 4, "claim_accuracy": 0.6}]
+    (run / "train.json").write_text(json.dumps(info))
+    (section,) = collect(run).sections
+    (figure,) = section.figures
+    svg = base64.b64decode(figure.data).decode()
+    for term in ("loss", "claim", "eval/claim_accuracy"):
+        assert f">{term}<" in svg, term
+    del info["eval"]
+    (run / "train.json").write_text(json.dumps(info))
+    (section,) = collect(run).sections
+    assert "eval/claim_accuracy" not in base64.b64decode(section.figures[0].data).decode()

@@ -214,7 +214,11 @@ CONSISTENCY_FIELD_CHANGES = {
     "seed": 1,
     "checkpoint_every": 1,
     "grad_accum": 2,
+    "optimizer": "sgd",
+    "momentum": 0.9,  # under optimizer sgd (FIELD_BASES)
 }
+# Settings a field's change needs to be read at all.
+FIELD_BASES = {"momentum": {"optimizer": "sgd"}}
 # On the phantom model's 2-way head the two answer losses are the same objective (see
 # tests/sim/test_vqa.py), so answer_loss is proven on the tiny Gemma instead
 # (tests/train/test_consistency_hf.py declares it); gradient_checkpointing needs a
@@ -245,9 +249,10 @@ def _consistency_run(tmp_path, examples, **kw):
 
 @pytest.mark.parametrize("field", sorted(CONSISTENCY_FIELD_CHANGES))
 def test_changing_a_consistency_field_changes_the_run(tmp_path, examples, field) -> None:
-    wa, ha, fa = _consistency_run(tmp_path / "a", examples)
+    base = FIELD_BASES.get(field, {})
+    wa, ha, fa = _consistency_run(tmp_path / "a", examples, **base)
     wb, hb, fb = _consistency_run(
-        tmp_path / "b", examples, **{field: CONSISTENCY_FIELD_CHANGES[field]}
+        tmp_path / "b", examples, **{**base, field: CONSISTENCY_FIELD_CHANGES[field]}
     )
     differs = (
         wa.keys() != wb.keys()
@@ -270,6 +275,9 @@ def test_changing_a_consistency_field_changes_the_run(tmp_path, examples, field)
         ({"consistency_weight": -1.0}, "consistency_weight must be >= 0"),
         ({"grad_accum": 0}, "grad_accum must be >= 1, got 0"),
         ({"answer_loss": "ce"}, r"answer_loss must be one of \('vocab', 'binary'\), got 'ce'"),
+        ({"optimizer": "lbfgs"}, r"optimizer must be one of \('adamw', 'sgd'\), got 'lbfgs'"),
+        ({"optimizer": "sgd", "momentum": -0.1}, r"momentum must be in \[0, 1\), got -0.1"),
+        ({"momentum": 0.5}, r"momentum \(0.5\) is read by optimizer 'sgd' only"),
     ],
 )
 def test_config_refuses_bad_values_at_construction(kw, message) -> None:

@@ -9,6 +9,7 @@ import json
 import math
 import struct
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -354,7 +355,13 @@ def test_wandb_offline_run_holds_the_logged_values(clip_dir, tmp_path, monkeypat
     with tracker.session("nast/seed0", trainer.settings.to_dict()):
         history = trainer.fit()
     (run_file,) = (tmp_path / "logs" / "wandb").glob("offline-run-*/run-*.wandb")
+    # wandb's service process completes the file after finish() returns: wait for it
+    deadline = time.monotonic() + 60
     records = read_wandb_records(run_file)
+    while not any(r.WhichOneof("record_type") == "exit" for r in records):
+        assert time.monotonic() < deadline, f"{run_file} was never completed"
+        time.sleep(0.2)
+        records = read_wandb_records(run_file)
     rows = [
         {
             item.key or "/".join(item.nested_key): json.loads(item.value_json)

@@ -185,6 +185,8 @@ LOOP_FIELD_CHANGES = {
     "checkpoint_every": 3,
     "shards": 2,  # with caption_batch 4 / claim_batch 2 below
     "scaling": "lr",
+    "optimizer": "sgd",
+    "momentum": 0.9,  # under optimizer sgd (below)
     "lora": LoraSettings(rank=3, alpha=4, dropout=0.1),
 }
 LORA_FIELD_CHANGES = {
@@ -214,6 +216,8 @@ def test_changing_a_loop_field_changes_the_run(tmp_path, field):
         base = {"scaling": "lr"}  # AdamW undoes constant gradient factors (see test below)
     if field == "scaling":
         base = {"beta": 1.0}
+    if field == "momentum":
+        base = {"optimizer": "sgd"}  # AdamW refuses a momentum (its betas are its own)
     before = _fingerprint(tmp_path, "a", **base)
     after = _fingerprint(tmp_path, "b", **{**base, field: LOOP_FIELD_CHANGES[field]})
     assert _differs(before, after), field
@@ -241,6 +245,9 @@ def dataclasses_replace(obj, **kw):
         ({"beta": -1.0}, "beta must be >= 0"),
         ({"weight_decay": -0.1}, "weight_decay must be >= 0"),
         ({"scaling": "grad"}, "scaling must be 'gradient' or 'lr'"),
+        ({"optimizer": "adam"}, r"optimizer must be one of \('adamw', 'sgd'\), got 'adam'"),
+        ({"optimizer": "sgd", "momentum": 1.0}, r"momentum must be in \[0, 1\), got 1.0"),
+        ({"momentum": 0.9}, r"momentum \(0.9\) is read by optimizer 'sgd' only"),
         ({"lora": LoraSettings(layers=None)}, None),
     ],
 )

@@ -412,7 +412,9 @@ def run_study(
     console.print(
         f"paraphrase study of {config.model}: SAEs at "
         f"{'all layers' if config.sae_layers is None else list(config.sae_layers)}, "
-        f"consistency LoRA on {', '.join(config.ranges)} layers, {config.lora.steps} steps "
+        f"consistency LoRA on {', '.join(config.ranges)} layers"
+        + (f" and {config.random_ranges} random ranges" if config.random_ranges else "")
+        + f", {config.lora.steps} steps "
         f"of {config.lora.batch_size} x {config.lora.grad_accum} questions, seeds "
         f"{list(config.seeds)} ..."
     )
@@ -441,6 +443,10 @@ def study_figures(results: dict[str, Any], folder: Path) -> None:
         {int(k): tuple(v) for k, v in analysis["auc_ci_by_layer"].items()},
         analysis["chosen_layers"],
         folder / "flip_auc_by_layer.png",
+        shuffled={
+            int(k): (v.get("low"), v.get("high"))
+            for k, v in (analysis.get("auc_shuffled_by_layer") or {}).items()
+        },
     )
     rows = {"baseline": results["baseline"]}
     if results.get("clamping"):

@@ -243,6 +243,14 @@ def analyze(
     questions: QuestionsOpt = None,
     layers: LayersOpt = None,
     half_width: Annotated[int, typer.Option(min=0, help="Chosen range: peak ± this.")] = 1,
+    auc_shuffles: Annotated[
+        int,
+        typer.Option(
+            min=0,
+            help="Shuffles of the flip labels for the AUC's shuffled-label control (a "
+            "permutation p per layer); 0: off.",
+        ),
+    ] = 0,
     sae_variant: Annotated[
         str | None,
         typer.Option(help="Only SAE folders layer_<L>_<VARIANT>, e.g. width_16k_l0_medium."),
@@ -294,7 +302,7 @@ def analyze(
         bound.images,
         pairs,
         dictionaries,
-        AnalysisConfig(half_width=half_width, seed=seed),
+        AnalysisConfig(half_width=half_width, shuffles=auc_shuffles, seed=seed),
         track=progress_bar,
     )
     baseline, _ = evaluate_questions(
@@ -315,11 +323,20 @@ def analyze(
         analysis.auc_ci_by_layer,
         analysis.chosen_layers,
         out / "auc_by_layer.png",
+        shuffled={k: (v.low, v.high) for k, v in analysis.auc_shuffled_by_layer.items()},
     )
-    table = Table("layer", "flip AUC", "95% CI")
+    shuffled = analysis.auc_shuffled_by_layer
+    columns = ["layer", "flip AUC", "95% CI"]
+    if shuffled:
+        columns += [f"shuffled labels ({auc_shuffles}): mean [95% range]", "permutation p"]
+    table = Table(*columns)
     for layer in analysis.layers:
         lo, hi = analysis.auc_ci_by_layer[layer]
-        table.add_row(str(layer), f"{analysis.auc_by_layer[layer]:.3f}", f"{lo:.3f}–{hi:.3f}")
+        row = [str(layer), f"{analysis.auc_by_layer[layer]:.3f}", f"{lo:.3f}–{hi:.3f}"]
+        if shuffled:
+            c = shuffled[layer]
+            row += [f"{c.mean:.3f} [{c.low:.3f}, {c.high:.3f}]", f"{c.p_value:.3g}"]
+        table.add_row(*row)
     console.print(table)
     console.print(
         f"{analysis.flip_pairs} of {analysis.pairs} pairs flip; AUC peaks at layer "

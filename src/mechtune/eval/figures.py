@@ -213,10 +213,12 @@ def auc_by_layer_chart(
     ci: dict[int, tuple[float, float]],
     chosen: Sequence[int],
     path: str | Path,
+    shuffled: dict[int, tuple[float | None, float | None]] | None = None,
 ) -> Path:
     """Flip-prediction AUC per layer with 95% CIs; the chosen range highlighted. An
     undefined AUC (None or NaN: no flip, or no non-flip, among the pairs) gets no bar and
-    an "n/a" mark."""
+    an "n/a" mark. ``shuffled``: per layer, the 95% range of the AUC on shuffled flip
+    labels (:mod:`mechtune.interp.flip_auc`), drawn as a grey band per bar."""
     plt = _pyplot()
     layers = sorted(auc)
 
@@ -234,8 +236,17 @@ def auc_by_layer_chart(
     for layer, ok in zip(layers, defined, strict=True):
         if not ok:
             ax.text(layer, 0.42, "n/a", ha="center", fontsize=8)
+    if shuffled:
+        for layer in layers:
+            low_s, high_s = (number(v) for v in shuffled.get(layer, (None, None)))
+            if np.isfinite(low_s) and np.isfinite(high_s):
+                ax.fill_between(
+                    [layer - 0.45, layer + 0.45], low_s, high_s, color="grey", alpha=0.35, lw=0
+                )
+        ax.plot([], [], color="grey", alpha=0.35, lw=6, label="shuffled flip labels, 95% range")
+        ax.legend(fontsize=7, loc="upper left")
     ax.axhline(0.5, color="grey", lw=0.8, ls="--")
-    ax.set_ylim(0.4, 1.0)
+    ax.set_ylim(0.4 if not shuffled else 0.3, 1.0)
     ax.set_xticks(layers)
     ax.set_xlabel("language-model layer (block output)")
     ax.set_ylabel("flip-prediction AUC")

@@ -7,6 +7,9 @@ sparse autoencoder per analysed layer:
    f(original) (features averaged over the model's readout positions) feeds an L2
    logistic regression, cross-validated by question, that predicts whether the answer
    flips. The layer where flips are most predictable is where the sensitivity is encoded.
+   The classifier, its AUC and the shuffled-label control for that AUC (``shuffles``
+   relabellings by question set; a permutation p per layer and for the peak) are
+   :mod:`mechtune.interp.flip_auc`'s.
 2. **Feature attribution** at the peak layer: features whose change correlates with the
    margin shift m(paraphrase) − m(original).
 3. **Causal patch** on flip cases: remove one feature's contribution, x − f_k·W_dec[k],
@@ -32,10 +35,16 @@ from typing import Any, Protocol
 
 import numpy as np
 import torch
-from scipy.stats import rankdata
 
 from mechtune.data.schema import ImageQuestion
 from mechtune.errors import ConfigError
+from mechtune.interp.flip_auc import (
+    ShuffledAUC,
+    auc_interval,
+    cross_validated_scores,
+    roc_auc,
+    shuffled_label_aucs,
+)
 from mechtune.interp.ratios import MIN_GAP_SHARE, check_min_gap_share, summarise_ratios
 from mechtune.models.yes_no import (
     YesNoVLM,
@@ -164,57 +173,6 @@ def token_states(
     return {layer: torch.cat(parts) for layer, parts in out.items()}
 
 
-# -- statistics ----------------------------------------------------------------------------
-
-
-def roc_auc(scores: np.ndarray, labels: np.ndarray) -> float:
-    """Area under the ROC curve (Mann-Whitney, ties counted half). NaN if one class."""
-    labels = np.asarray(labels, dtype=bool)
-    n_pos, n_neg = int(labels.sum()), int((~labels).sum())
-    if n_pos == 0 or n_neg == 0:
-        return float("nan")
-    ranks = rankdata(scores)
-    return float((ranks[labels].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
-
-
-def _logistic_fit(x: torch.Tensor, y: torch.Tensor, l2: float) -> tuple[torch.Tensor, ...]:
-    mean, std = x.mean(0), x.std(0).clamp(min=1e-6)
-    z = (x - mean) / std
-    w = torch.zeros(x.shape[1], requires_grad=True)
-    b = torch.zeros((), requires_grad=True)
-    opt = torch.optim.LBFGS([w, b], max_iter=100, line_search_fn="strong_wolfe")
-
-    def closure() -> torch.Tensor:
-        opt.zero_grad()
-        loss = torch.nn.functional.binary_cross_entropy_with_logits(z @ w + b, y)
-        loss = loss + l2 * w.square().sum()
-        loss.backward()
-        return loss
-
-    opt.step(closure)
-    return w.detach(), b.detach(), mean, std
-
-
-def cross_validated_scores(
-    x: torch.Tensor, y: np.ndarray, groups: np.ndarray, folds: int = 5, l2: float = 1e-2
-) -> np.ndarray:
-    """Out-of-fold logistic-regression scores; folds split by group (question set), so no
-    question is scored by a model that saw its other paraphrases."""
-    unique = np.unique(groups)
-    fold_of = {g: i % folds for i, g in enumerate(unique)}
-    fold = np.array([fold_of[g] for g in groups])
-    scores = np.zeros(len(y), dtype=np.float64)
-    target = torch.as_tensor(y, dtype=torch.float32)
-    for k in range(folds):
-        test = fold == k
-        if not test.any() or test.all():
-            continue
-        train = torch.from_numpy(~test)
-        w, b, mean, std = _logistic_fit(x[train], target[train], l2)
-        scores[test] = (((x[torch.from_numpy(test)] - mean) / std) @ w + b).numpy()
-    return scores
-
-
 # -- the analysis --------------------------------------------------------------------------
 
 
@@ -229,14 +187,17 @@ class AnalysisConfig:
     half_width: int = 1  # chosen layers: the AUC peak ± this
     patch_features: int = 5  # top attributed features tried by the causal patch
     bootstrap: int = 1000  # resamples of question sets for the AUC's 95% interval
-    seed: int = 0  # seed of those resamples
+    # flip-label shuffles of the shuffled-label control for the AUC (mechtune.interp.
+    # flip_auc: a permutation test by question set); 0: off
+    shuffles: int = 0
+    seed: int = 0  # seed of the resamples and of the shuffles
     # the causal patch's recovery ratio leaves out flip pairs whose margin gap is below
     # this share of the median gap (mechtune.interp.ratios, the rule tracing uses)
     min_gap_share: float = MIN_GAP_SHARE
 
     def __post_init__(self) -> None:
         minimum = {"folds": 2, "top_features": 1, "half_width": 0, "patch_features": 1}
-        minimum |= {"bootstrap": 1, "seed": 0}
+        minimum |= {"bootstrap": 1, "shuffles": 0, "seed": 0}
         for name, least in minimum.items():
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < least:
@@ -266,28 +227,20 @@ class SAEAnalysis:
     patch: dict[str, float] = field(default_factory=dict)  # the best of ``patches``
     patches: list[dict[str, float]] = field(default_factory=list)
     clamp_value: float = 0.0
+    # the shuffled-label control (AnalysisConfig.shuffles > 0; mechtune.interp.flip_auc):
+    # per layer, the AUCs under shuffled flip labels and the real AUC's permutation p; and
+    # the peak's p against the best layer of each shuffle
+    auc_shuffled_by_layer: dict[int, ShuffledAUC] = field(default_factory=dict)
+    peak_auc_p_value: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["auc_by_layer"] = {str(k): v for k, v in self.auc_by_layer.items()}
         d["auc_ci_by_layer"] = {str(k): list(v) for k, v in self.auc_ci_by_layer.items()}
+        d["auc_shuffled_by_layer"] = {
+            str(k): v.to_dict() for k, v in self.auc_shuffled_by_layer.items()
+        }
         return d
-
-
-def _auc_ci(scores: np.ndarray, labels: np.ndarray, groups: np.ndarray, n: int, seed: int):
-    """95% CI of the AUC, resampling question sets."""
-    rng = np.random.default_rng(seed)
-    unique = np.unique(groups)
-    members = {g: np.flatnonzero(groups == g) for g in unique}
-    values = []
-    for _ in range(n):
-        pick = np.concatenate([members[g] for g in rng.choice(unique, len(unique))])
-        value = roc_auc(scores[pick], labels[pick])
-        if np.isfinite(value):
-            values.append(value)
-    if not values:
-        return (float("nan"), float("nan"))
-    return (float(np.percentile(values, 2.5)), float(np.percentile(values, 97.5)))
 
 
 def analyse(
@@ -298,9 +251,12 @@ def analyse(
     config: AnalysisConfig | None = None,
     track: Tracker | None = None,
 ) -> SAEAnalysis:
-    """Steps 1-3 of the module docstring on ``pairs``; the clamp value for step 4.
-    ``track`` gets a stage counting the texts read for margins and features (each pair's
-    original and paraphrase, twice), then one counting the texts of the patches."""
+    """Steps 1-3 of the module docstring on ``pairs``; the clamp value for step 4; with
+    ``config.shuffles`` > 0, the shuffled-label control of each layer's AUC
+    (:func:`mechtune.interp.flip_auc.shuffled_label_aucs`). ``track`` gets a stage
+    counting the texts read for margins and features (each pair's original and
+    paraphrase, twice), then one counting the layers fitted on shuffled labels, then one
+    counting the texts of the patches."""
     config = config or AnalysisConfig()
     layers = sorted(saes)
     rows = pairs.rows
@@ -311,11 +267,27 @@ def analyse(
         f_para = readout_features(vlm, images, rows, pairs.paraphrases, saes, progress=advance)
     flips = (m_orig > 0) != (m_para > 0)
     auc, ci = {}, {}
+    deltas = {layer: f_para[layer] - f_orig[layer] for layer in layers}
     for layer in layers:
-        delta = f_para[layer] - f_orig[layer]
-        scores = cross_validated_scores(delta, flips, pairs.groups, config.folds, config.l2)
+        scores = cross_validated_scores(deltas[layer], flips, pairs.groups, config.folds, config.l2)
         auc[layer] = roc_auc(scores, flips)
-        ci[layer] = _auc_ci(scores, flips, pairs.groups, config.bootstrap, config.seed)
+        ci[layer] = auc_interval(scores, flips, pairs.groups, config.bootstrap, config.seed)
+    shuffled: dict[int, ShuffledAUC] = {}
+    peak_p = None
+    if config.shuffles:
+        total = config.shuffles * len(layers)
+        with stage(track, "SAE analysis: AUC on shuffled flip labels", total) as advance:
+            shuffled, peak_p = shuffled_label_aucs(
+                deltas,
+                flips,
+                pairs.groups,
+                auc,
+                config.shuffles,
+                config.seed,
+                folds=config.folds,
+                l2=config.l2,
+                progress=advance,
+            )
     finite = {k: v for k, v in auc.items() if np.isfinite(v)}
     peak = max(finite, key=lambda k: finite[k]) if finite else layers[len(layers) // 2]
     chosen = layer_window(peak, config.half_width, len(vlm.layers))
@@ -331,6 +303,8 @@ def analyse(
         pairs=len(pairs),
         flip_pairs=int(flips.sum()),
         top_features=top,
+        auc_shuffled_by_layer=shuffled,
+        peak_auc_p_value=peak_p,
     )
     if top:
         # Patch each of the first few attributed features on the flip pairs; the one that

@@ -107,7 +107,8 @@ def dry_run_report(
     lines = [
         f"recipe: every key known; methods {list(recipe.methods)}, seeds {list(recipe.seeds)}, "
         f"{recipe.loop.steps} steps, scaling {recipe.loop.scaling!r}, beta {recipe.loop.beta}, "
-        f"alpha {recipe.alpha_norm} of the {recipe.alpha_source} CTE"
+        f"optimizer {recipe.loop.optimizer!r}, alpha {recipe.alpha_norm} of the "
+        f"{recipe.alpha_source} CTE"
     ]
     if recipe.grid is not None:
         from mechtune.pipelines.negation_config import grid_cells
@@ -220,7 +221,8 @@ def paraphrase_dry_run(
         f"recipe: every key known; model {config.model}, ranges {list(config.ranges)}, seeds "
         f"{list(config.seeds)}, {lora.steps} steps of {lora.batch_size} x {lora.grad_accum} "
         f"questions, LoRA r {lora.lora.rank} alpha {lora.lora.alpha}, answer loss "
-        f"{lora.answer_loss!r}"
+        f"{lora.answer_loss!r}; random ranges {config.random_ranges}, AUC shuffles "
+        f"{config.auc_shuffles}"
     ]
     lines += check_questions(questions, data, config.eval_split)
     lines += check_vlm_model(config.model, list(config.sae_layers or ()))

@@ -14,12 +14,15 @@ style file sits beside MIMIC-CXR-JPG.
    file labels them, and per strategy.
 3. **SAE analysis** on train pairs: SAEs at ``sae_layers`` (trained here, or loaded from
    ``saes``: ``mechtune sae train`` output or Gemma Scope 2 folders as downloaded);
-   flip-prediction AUC by layer; feature attribution; a causal patch; the chosen layer
-   range (AUC peak ± ``half_width``).
+   flip-prediction AUC by layer (with ``auc_shuffles``, beside its shuffled-label
+   control: the AUC on shuffled flip labels and a permutation p per layer); feature
+   attribution; a causal patch; the chosen layer range (AUC peak ± ``half_width``).
 4. **Clamping** the causal candidate feature at inference, on the evaluation questions.
 5. **Consistency LoRA** with the same budget on each layer range: all layers, the SAE
-   range, the earliest and the latest layers of the same width; each run starts from a
-   freshly loaded model and resumes from its own checkpoints.
+   range, the earliest and the latest layers of the same width, and ``random_ranges``
+   random ranges of that width (the control of
+   :mod:`mechtune.pipelines.paraphrase_controls`); each run starts from a freshly loaded
+   model and resumes from its own checkpoints.
 6. ``results.json``, ``table.md`` (:mod:`mechtune.pipelines.paraphrase_report`; paired
    differences of the per-question flip indicator, clustered by patient), the baseline's
    per-question margins (``margins.csv``) and the SAEs trained here.
@@ -34,7 +37,7 @@ import contextlib
 import random
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -43,7 +46,6 @@ import torch
 from mechtune.data.io import atomic_write_text, to_jsonable, write_json
 from mechtune.data.schema import ImageQuestion
 from mechtune.errors import ConfigError, DataError
-from mechtune.eval.study_config import check_seeds
 from mechtune.interp.sae import SAE, SAEConfig
 from mechtune.interp.sae_analysis import (
     AnalysisConfig,
@@ -57,8 +59,15 @@ from mechtune.interp.sae_folders import load_layer_saes
 from mechtune.interp.sae_saelens import save_saelens
 from mechtune.interp.sae_stream import stream_and_train
 from mechtune.interp.sae_train import SAETrainConfig
-from mechtune.models.vlm_spec import load_yes_no_vlm, parse_vlm_spec
+from mechtune.models.vlm_spec import load_yes_no_vlm
 from mechtune.models.yes_no import YesNoVLM
+from mechtune.pipelines.paraphrase_config import (
+    RANGES,
+    ParaphraseRecipe,
+    ParaphraseStudyConfig,
+    load_paraphrase_recipe,
+)
+from mechtune.pipelines.paraphrase_controls import RandomRanges, random_layer_ranges
 from mechtune.pipelines.paraphrase_eval import evaluate_questions, write_margins
 from mechtune.pipelines.paraphrase_report import (
     paired_rows,
@@ -79,153 +88,6 @@ PAPER = {  # PSF-Med (arXiv 2602.21428), MedGemma-4B on MIMIC binary questions, 
     "clamping": {"flip": 10.8, "margin_diff": None, "accuracy": None},
     "targeted LoRA (L15-19)": {"flip": 4.4, "margin_diff": 0.33, "accuracy": 82.3},
 }
-RANGES = ("all", "sae", "early", "late")
-_TRAINED_SAE_FIELDS = ("sae_width", "sae_k", "sae_steps", "sae_reports")
-
-
-@dataclass(frozen=True)
-class ParaphraseStudyConfig:
-    """One paraphrase study; each field is checked at construction.
-
-    ``model``: the yes/no VLM spec (:func:`mechtune.models.vlm_spec.load_yes_no_vlm`);
-    ``seed``: the SAE corpus, the analysis sample and the SAE training;
-    ``max_questions``: at most this many train and this many evaluation questions, the
-    first in file order (None: all); ``eval_split``: "val" to choose settings, "test" to
-    report; ``seeds``: one consistency LoRA run per seed and range;
-    ``sae_layers``: the blocks that get SAEs and enter the flip analysis (None: all);
-    ``saes``: a folder of per-layer SAEs to analyse (``layer_<L>`` or Gemma Scope 2's
-    ``layer_<L>_<variant>``) instead of training them, with ``sae_variant`` picking one
-    variant; ``sae_width`` / ``sae_k`` / ``sae_steps``: the TopK SAEs trained here (when
-    ``saes`` is None), with ``sae_reports`` train-split reports as extra text;
-    ``analysis_sets``: train questions the flip analysis reads; ``half_width``: the chosen
-    range is the AUC peak ± this; ``ranges``: which layer ranges get consistency LoRA;
-    ``lora``: the training settings every range shares, which ``mechtune paraphrase
-    train`` also reads (its ``lora.layers`` and ``seed`` are set per run). Raises
-    ``ConfigError`` naming the field.
-    """
-
-    model: str = "phantom:vqa"
-    seed: int = 0
-    max_questions: int | None = None
-    eval_split: str = "test"
-    seeds: tuple[int, ...] = (0,)
-    sae_layers: tuple[int, ...] | None = None
-    saes: str | None = None
-    sae_variant: str | None = None
-    sae_width: int = 768
-    sae_k: int = 16
-    sae_steps: int = 400
-    sae_reports: int = 1000
-    analysis_sets: int = 600
-    half_width: int = 1
-    ranges: tuple[str, ...] = RANGES
-    lora: ConsistencyConfig = field(default_factory=ConsistencyConfig)
-
-    def __post_init__(self) -> None:
-        if not isinstance(self.model, str) or ":" not in self.model:
-            raise ConfigError(f"model must be a VLM spec SCHEME:NAME, got {self.model!r}")
-        if self.eval_split not in ("val", "test"):
-            raise ConfigError(
-                f"eval_split must be 'val' (choosing settings) or 'test' (reporting), "
-                f"got {self.eval_split!r}"
-            )
-        object.__setattr__(self, "seeds", tuple(self.seeds))
-        object.__setattr__(self, "ranges", tuple(self.ranges))
-        unknown = sorted(set(self.ranges) - set(RANGES))
-        if unknown or not self.ranges or len(set(self.ranges)) != len(self.ranges):
-            raise ConfigError(
-                f"ranges must name distinct layer ranges of {list(RANGES)}, got {list(self.ranges)}"
-            )
-        check_seeds(self.seeds)
-        if self.sae_layers is not None:
-            layers = tuple(int(i) for i in self.sae_layers)
-            if not layers or len(set(layers)) != len(layers) or min(layers) < 0:
-                raise ConfigError(
-                    f"sae_layers must be distinct block indices >= 0, got {list(layers)}"
-                )
-            object.__setattr__(self, "sae_layers", tuple(sorted(layers)))
-        if isinstance(self.lora, dict):
-            object.__setattr__(self, "lora", ConsistencyConfig.from_dict(self.lora))
-        least = {"sae_width": 1, "sae_steps": 1, "analysis_sets": 2, "half_width": 0}
-        least |= {"sae_reports": 0}
-        if self.max_questions is not None:
-            least["max_questions"] = 2
-        for name, low in least.items():
-            if getattr(self, name) < low:
-                raise ConfigError(f"{name} must be >= {low}, got {getattr(self, name)}")
-        if not 1 <= self.sae_k <= self.sae_width:
-            raise ConfigError(f"sae_k ({self.sae_k}) must be in [1, sae_width ({self.sae_width})]")
-        if self.saes is not None:
-            default = ParaphraseStudyConfig.__dataclass_fields__
-            unread = [n for n in _TRAINED_SAE_FIELDS if getattr(self, n) != default[n].default]
-            if unread:
-                raise ConfigError(
-                    f"{', '.join(unread)} set the SAEs the study trains; with saes "
-                    f"({self.saes}) it trains none"
-                )
-        elif self.sae_variant is not None:
-            raise ConfigError("sae_variant picks among the folders of saes; saes is not set")
-        if self.lora.lora.layers is not None or self.lora.seed != 0:
-            raise ConfigError(
-                "lora.lora.layers and lora.seed are set per run (the layers by ranges, the seed "
-                f"by seeds); got lora.lora.layers={self.lora.lora.layers}, "
-                f"lora.seed={self.lora.seed}"
-            )
-
-    def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d.update(seeds=list(self.seeds), ranges=list(self.ranges), lora=self.lora.to_dict())
-        d["sae_layers"] = None if self.sae_layers is None else list(self.sae_layers)
-        return d
-
-
-@dataclass(frozen=True)
-class ParaphraseRecipe:
-    """A recipe file: the study's ``config`` and, when the recipe names them, the
-    ``data`` folder and the ``questions`` file (relative to the working directory)."""
-
-    config: ParaphraseStudyConfig
-    data: Path | None = None
-    questions: Path | None = None
-
-
-def load_paraphrase_recipe(path: str | Path) -> ParaphraseRecipe:
-    """A paraphrase study from a recipe YAML (``recipes/consistency-phantom.yaml``).
-
-    Every key must be a field of :class:`ParaphraseStudyConfig` (``model`` a VLM spec,
-    ``lora`` a :class:`~mechtune.train.consistency.ConsistencyConfig`, its ``lora`` the
-    LoRA settings) or ``data`` / ``questions`` (paths). The model spec's scheme is checked
-    (no weights load). Raises ConfigError naming the file and the key."""
-    import yaml
-
-    raw = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{path}: a recipe is a mapping of keys, got {type(raw).__name__}")
-    paths: dict[str, Path | None] = {}
-    for key in ("data", "questions"):
-        value = raw.pop(key, None)
-        if value is not None and not isinstance(value, str):
-            raise ConfigError(f"{path}: {key} must be a path, got {value!r}")
-        paths[key] = None if value is None else Path(value)
-    unknown = sorted(set(raw) - {f.name for f in fields(ParaphraseStudyConfig)})
-    lora = raw.get("lora") or {}
-    unknown += sorted(f"lora.{k}" for k in set(lora) - {f.name for f in fields(ConsistencyConfig)})
-    unknown += [f"lora.{k} (set per run)" for k in ("seed",) if k in lora]
-    if "layers" in (lora.get("lora") or {}):
-        unknown.append("lora.lora.layers (set per run)")
-    if unknown:
-        raise ConfigError(f"{path}: unknown recipe keys {unknown}")
-    for key in ("seeds", "ranges", "sae_layers"):
-        if isinstance(raw.get(key), list):
-            raw[key] = tuple(raw[key])
-    try:
-        config = ParaphraseStudyConfig(**raw)
-        parse_vlm_spec(config.model)
-    except ConfigError as exc:
-        raise ConfigError(f"{path}: {exc}") from None
-    except TypeError as exc:
-        raise ConfigError(f"{path}: {exc}") from None
-    return ParaphraseRecipe(config, paths["data"], paths["questions"])
 
 
 # -- the stages, each a function of the config ----------------------------------------------
@@ -268,8 +130,9 @@ def analysis_questions(
 
 
 def analysis_config(config: ParaphraseStudyConfig) -> AnalysisConfig:
-    """The flip analysis's settings: the chosen range is the AUC peak ± ``half_width``."""
-    return AnalysisConfig(half_width=config.half_width, seed=0)
+    """The flip analysis's settings: the chosen range is the AUC peak ± ``half_width``;
+    ``auc_shuffles`` shuffles of the flip labels for the AUC's control."""
+    return AnalysisConfig(half_width=config.half_width, shuffles=config.auc_shuffles, seed=0)
 
 
 def run_config(
@@ -397,6 +260,19 @@ def layer_ranges(chosen: Sequence[int], n_layers: int, names: Sequence[str]) -> 
     return {name: table[name] for name in names}
 
 
+def study_ranges(
+    config: ParaphraseStudyConfig, chosen: Sequence[int], n_layers: int
+) -> tuple[dict[str, Any], RandomRanges | None]:
+    """The layer ranges the study trains: ``ranges`` (:func:`layer_ranges`), then
+    ``random_ranges`` random ranges of the SAE range's width, drawn by ``seed``
+    (:func:`mechtune.pipelines.paraphrase_controls.random_layer_ranges`; None when off)."""
+    ranges = layer_ranges(chosen, n_layers, config.ranges)
+    if not config.random_ranges:
+        return ranges, None
+    drawn = random_layer_ranges(chosen, n_layers, config.random_ranges, config.seed)
+    return {**ranges, **drawn.ranges}, drawn
+
+
 def clamped_report(
     vlm: YesNoVLM,
     images: Any,
@@ -507,7 +383,12 @@ def run_paraphrase_study(
     timings["clamping"] = time.perf_counter() - start
 
     runs: dict[str, list[dict[str, Any]]] = {}
-    ranges = layer_ranges(analysis.chosen_layers, len(vlm.layers), config.ranges)
+    ranges, drawn = study_ranges(config, analysis.chosen_layers, len(vlm.layers))
+    if drawn is not None:
+        spans = "; ".join(f"{k} {list(v)}" for k, v in drawn.ranges.items()) or "none"
+        say(f"random ranges of width {drawn.width}: {spans}")
+        if drawn.note:
+            say(drawn.note)
     examples = consistency_examples(train_sets)
     trained: dict[Any, str] = {}
     for name, layers in ranges.items():
@@ -580,6 +461,7 @@ def run_paraphrase_study(
             "analysis": analysis.to_dict(),
             "clamping": clamped,
             "runs": runs,
+            **({} if drawn is None else {"random_ranges": drawn.to_dict()}),
             "seconds": {k: round(v, 1) for k, v in timings.items()},
         }
     )
@@ -607,6 +489,7 @@ __all__ = [
     "run_config",
     "run_paraphrase_study",
     "sae_corpus",
+    "study_ranges",
     "study_saes",
     "study_sets",
     "train_question_saes",

@@ -67,7 +67,10 @@ def training_curves(
     fig.tight_layout()
     data = _svg(fig)
     plt.close(fig)
-    caption = "Each loss term per optimiser step, as logged in each run's train.json."
+    caption = (
+        "Each loss term per optimiser step, and each validation metric (eval/...) where "
+        "the run measured one, as logged in each run's train.json."
+    )
     return Figure(title, caption, "image/svg+xml", data, source, wide=len(terms) > 1)
 
 

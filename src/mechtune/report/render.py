@@ -19,7 +19,7 @@ from typing import Any
 import jinja2
 
 import mechtune
-from mechtune.data.io import atomic_write_text
+from mechtune.data.io import atomic_write_text, dumps_json
 from mechtune.errors import DataError
 from mechtune.report import sections as read
 from mechtune.report.model import Report, Section, interval_text
@@ -91,16 +91,29 @@ def _headline(sections: list[Section], root: Path) -> list[str]:
                         f"sets, held-out claim accuracy (pp): {diff.pp()}."
                     )
         if s.id == "paraphrase-study":
-            from mechtune.pipelines.paraphrase_report import paired_rows
+            from mechtune.pipelines.paraphrase_report import (
+                paired_rows,
+                random_runs,
+                sae_minus_random,
+            )
 
             results = json.loads((root / s.path / "results.json").read_text(encoding="utf-8"))
+            drawn = random_runs(results)
             for label, key, cells in paired_rows(results):
                 diff = cells.get("baseline")
-                if diff is not None and key not in ("baseline", "clamping"):
+                # the random draws one by one stay in the table; the control's line follows
+                if diff is not None and key not in ("baseline", "clamping", *drawn):
                     lines.append(
                         f"Paraphrase study: {label} minus the baseline on the same questions, "
                         f"flip rate (pp): {diff.pp()}."
                     )
+            control = sae_minus_random(results)
+            if control is not None:
+                lines.append(
+                    "Paraphrase study: the SAE range minus the mean of "
+                    f"{len(drawn)} random ranges of its width on the same "
+                    f"questions, flip rate (pp): {control.pp()}."
+                )
     return lines
 
 
@@ -198,7 +211,7 @@ def _environment() -> jinja2.Environment:
         trim_blocks=True,
         lstrip_blocks=True,
     )
-    env.filters["tojson_pretty"] = lambda v: json.dumps(v, indent=2, sort_keys=True)
+    env.filters["tojson_pretty"] = lambda v: dumps_json(v, indent=2, sort_keys=True)
     return env
 
 

@@ -17,6 +17,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from mechtune.data.io import dumps_json
 from mechtune.report.figures import embed_png, training_curves
 from mechtune.report.model import (
     Cell,
@@ -156,8 +157,17 @@ def _histories(runs_dir: Path) -> dict[str, list[dict[str, float]]]:
         seeds = sorted(method.glob("seed*/train.json"))
         for file in seeds:
             label = method.name if len(seeds) == 1 else f"{method.name} {file.parent.name}"
-            out[label] = list(_json(file).get("history") or [])
+            out[label] = _curve_records(_json(file))
     return out
+
+
+def _curve_records(info: Mapping[str, Any]) -> list[dict[str, float]]:
+    """``train.json``'s loss history, then its periodic validation metrics (``eval``,
+    written when ``eval_every`` > 0) as ``eval/<metric>`` terms."""
+    records = [dict(r) for r in info.get("history") or []]
+    for r in info.get("eval") or []:
+        records.append({"step": r["step"], **{f"eval/{k}": v for k, v in r.items() if k != "step"}})
+    return records
 
 
 def _curves(runs_dir: Path, root: Path, title: str) -> list[Figure]:
@@ -413,21 +423,20 @@ def negation_eval_section(folder: Path, root: Path, extra_figures: Sequence[Path
 # -- paraphrase ----------------------------------------------------------------------------
 
 
-def _condition_reports(results: Mapping[str, Any], key: str) -> list[Mapping[str, Any]]:
-    if key == "baseline":
-        return [results["baseline"]]
-    if key == "clamping":
-        return [results["clamping"]]
-    return list(results["runs"][key])
-
-
 def paraphrase_results_table(results: Mapping[str, Any]) -> Table:
     """Per condition: flip rate, pairwise flip rate, margin difference, accuracy (95%
-    intervals), and the paired Δ flip against the baseline and all-layer LoRA; PSF-Med's
-    rows beside them."""
-    from mechtune.pipelines.paraphrase_report import PAIRED_REFERENCES, paired_rows, primary_view
+    intervals), and the paired Δ flip against the baseline and all-layer LoRA (and the
+    SAE range, with the random-range control: its random rows and their pooled row);
+    PSF-Med's rows beside them."""
+    from mechtune.pipelines.paraphrase_report import (
+        conditions,
+        paired_references,
+        paired_rows,
+        primary_view,
+    )
 
     view = primary_view(dict(results))
+    references = paired_references(results)
     metrics = (
         ("flip rate", view, "flip_rate", 100.0, 1),
         ("pairwise flip", view, "pairwise_flip_rate", 100.0, 1),
@@ -436,14 +445,14 @@ def paraphrase_results_table(results: Mapping[str, Any]) -> Table:
         ("flip rate, in-dist", "in_distribution", "flip_rate", 100.0, 1),
         ("text-only agreement", view, "text_only_agreement", 100.0, 1),
     )
-    columns = ["condition", "seeds", *(m[0] for m in metrics), *(t for _, t in PAIRED_REFERENCES)]
+    columns = ["condition", "seeds", *(m[0] for m in metrics), *(t for _, t in references)]
     rows: list[list[Cell]] = []
-    for label, key, cells in paired_rows(dict(results)):
-        reports = _condition_reports(results, key)
+    paired = paired_rows(dict(results))
+    for (label, _, reports), (_, _, cells) in zip(conditions(results), paired, strict=True):
         row = [Cell(label), Cell(str(len(reports)))]
         for _, split, name, scale, digits in metrics:
             row.append(seeds_cell([_get(r, f"{split}/{name}") for r in reports], scale, digits))
-        row += [delta_cell(cells[ref]) for ref, _ in PAIRED_REFERENCES]
+        row += [delta_cell(cells[ref]) for ref, _ in references]
         rows.append(row)
     for label, numbers in PSF_PAPER.items():
         rows.append(_paper_row(columns, label, numbers))
@@ -456,35 +465,58 @@ def paraphrase_results_table(results: Mapping[str, Any]) -> Table:
         caption=(
             f"{split} questions; percent (margins in logits), value [95% interval]; Δ flip "
             "in percentage points on the same questions [95% patient bootstrap], McNemar's "
-            "p with one seed each. Paper rows: PSF-Med (arXiv 2602.21428), MedGemma-4B on "
-            "MIMIC binary questions."
+            "p with one seed each. "
+            + (
+                "Random ranges: contiguous ranges of the SAE range's width, drawn apart "
+                "from it; the pooled row averages each question's flips over every draw "
+                "and seed, its interval over questions given the draws. "
+                if len(references) > 2
+                else ""
+            )
+            + "Paper rows: PSF-Med (arXiv 2602.21428), MedGemma-4B on MIMIC binary "
+            "questions."
         ),
     )
 
 
 def auc_table(analysis: Mapping[str, Any]) -> Table:
     """Flip-prediction AUC per layer with its interval, the chosen layers marked, and
-    PSF-Med's AUCs at MedGemma-4B's layers for reference."""
+    PSF-Med's AUCs at MedGemma-4B's layers for reference; with the shuffled-label control
+    (``auc_shuffled_by_layer``), the shuffled AUCs' mean [2.5–97.5 percentiles] and the
+    permutation p beside each layer, and the peak's max-statistic p in the caption."""
     chosen = set(analysis.get("chosen_layers", []))
+    shuffled = analysis.get("auc_shuffled_by_layer") or {}
     rows = []
     for layer, auc in sorted(analysis.get("auc_by_layer", {}).items(), key=lambda kv: int(kv[0])):
         low, high = analysis.get("auc_ci_by_layer", {}).get(layer, [None, None])
-        rows.append(
-            [
-                Cell(f"L{layer}" + (" (chosen)" if int(layer) in chosen else "")),
-                Cell(
-                    interval_text({"value": auc, "low": low, "high": high}, 1.0, 2),
-                    kind="up" if int(layer) in chosen else "num",
-                ),
-            ]
-        )
+        row = [
+            Cell(f"L{layer}" + (" (chosen)" if int(layer) in chosen else "")),
+            Cell(
+                interval_text({"value": auc, "low": low, "high": high}, 1.0, 2),
+                kind="up" if int(layer) in chosen else "num",
+            ),
+        ]
+        if shuffled:
+            control = shuffled.get(layer) or {}
+            row.append(Cell(interval_text({"value": control.get("mean"), **control}, 1.0, 2)))
+            row.append(number_cell(control.get("p_value"), "{:.3g}"))
+        rows.append(row)
     paper = ", ".join(f"L{k} {v:.2f}" for k, v in PSF_AUC.items())
-    return Table(
-        "Where phrasing sensitivity is readable",
-        ["layer", "flip-prediction AUC [95% interval]"],
-        rows,
-        caption=f"PSF-Med's MedGemma-4B (34 layers, Gemma Scope 2 SAEs): {paper}.",
-    )
+    columns = ["layer", "flip-prediction AUC [95% interval]"]
+    caption = f"PSF-Med's MedGemma-4B (34 layers, Gemma Scope 2 SAEs): {paper}."
+    if shuffled:
+        k = next(iter(shuffled.values())).get("shuffles")
+        columns += ["AUC, shuffled flip labels [95% range]", "permutation p"]
+        peak = analysis.get("peak_auc_p_value")
+        caption = (
+            f"Shuffled labels: the same cross-validated fit on {k} shuffles of the flip "
+            "labels (whole question sets moved, so flips stay clustered); p = (1 + #{shuffled "
+            f"≥ real}}) / (1 + {k}). The peak against each shuffle's best layer: p = "
+            + ("n/a" if peak is None else f"{peak:.3g}")
+            + ". "
+            + caption
+        )
+    return Table("Where phrasing sensitivity is readable", columns, rows, caption=caption)
 
 
 def question_examples(examples: Sequence[Mapping[str, Any]], limit: int = 6) -> list[Example]:
@@ -536,6 +568,20 @@ def paraphrase_study_section(folder: Path, root: Path) -> Section:
         ("chosen layers", ", ".join(str(i) for i in analysis.get("chosen_layers", []))),
         ("peak flip-AUC layer", str(analysis.get("peak_layer"))),
     ]
+    drawn = results.get("random_ranges")
+    if drawn:
+        spans = ", ".join(
+            f"{name} (L{layers[0]}–{layers[-1]})" if len(layers) > 1 else f"{name} (L{layers[0]})"
+            for name, layers in drawn["drawn"].items()
+        )
+        section.facts.append(
+            (
+                "random ranges",
+                (spans or "none")
+                + f", drawn with seed {drawn['seed']} among {drawn['pool']} other windows"
+                + (f"; {drawn['note']}" if drawn.get("note") else ""),
+            )
+        )
     patch = analysis.get("patch")
     if patch and patch.get("flip_pairs") and "recovered_mean" in patch:
         section.facts.append(
@@ -627,7 +673,7 @@ def paraphrase_eval_section(folder: Path, root: Path) -> Section:
     )
     section.facts = [("questions", str(report.get("questions")))]
     if report.get("clamp"):
-        section.facts.append(("clamp", json.dumps(report["clamp"])))
+        section.facts.append(("clamp", dumps_json(report["clamp"], indent=None)))
     names = (
         ("flip rate", "flip_rate", 100.0, 1),
         ("pairwise flip rate", "pairwise_flip_rate", 100.0, 1),
@@ -715,11 +761,14 @@ def train_section(folder: Path, root: Path) -> Section:
     for key in ("base_model", "task", "trainable", "total", "target_layers", "target_modules"):
         if card.get(key) is not None:
             section.facts.append((key.replace("_", " "), str(card[key])))
-    for key in ("lr", "steps", "batch_size", "grad_accum", "lam", "beta", "scaling"):
+    keys = ["optimizer", "lr", "steps", "batch_size", "grad_accum", "lam", "beta", "scaling"]
+    if config.get("optimizer") == "sgd":
+        keys.append("momentum")
+    for key in keys:
         if key in config:
             section.facts.append((key, str(config[key])))
     figure = training_curves(
-        {str(info.get("method")): info.get("history") or []},
+        {str(info.get("method")): _curve_records(info)},
         "Training curves",
         f"rendered from {(folder / 'train.json').relative_to(root)}",
     )

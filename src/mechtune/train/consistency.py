@@ -28,13 +28,16 @@ from mechtune.errors import ConfigError, DataError
 from mechtune.models.yes_no import YesNoVLM, take_rows
 from mechtune.train.lora import LoraSettings
 from mechtune.train.losses import ANSWER_LOSSES, ConsistencyBatch
+from mechtune.train.optimizers import check_optimizer
 
 
 @dataclass(frozen=True)
 class ConsistencyConfig:
     """Settings of a consistency run.
 
-    ``lora`` (its ``layers`` are LM blocks; None: all); AdamW's ``lr`` / ``weight_decay``;
+    ``lora`` (its ``layers`` are LM blocks; None: all); the optimiser's ``lr`` /
+    ``weight_decay``; ``optimizer``: "adamw" (the released adapter's) or "sgd" with
+    heavy-ball ``momentum`` in [0, 1) (sgd only; :mod:`mechtune.train.optimizers`);
     ``steps`` optimiser steps, each on ``batch_size`` × ``grad_accum`` questions (the
     effective batch) in ``grad_accum`` micro-batches of ``batch_size`` whose gradients are
     averaged (accumulation; under DDP spread over the ranks, so ``grad_accum`` must be a
@@ -55,6 +58,8 @@ class ConsistencyConfig:
     lora: LoraSettings = field(default_factory=LoraSettings)
     lr: float = 5e-4
     weight_decay: float = 0.0
+    optimizer: str = "adamw"
+    momentum: float = 0.0
     steps: int = 150
     batch_size: int = 32
     consistency_weight: float = 1.0
@@ -79,6 +84,7 @@ class ConsistencyConfig:
             raise ConfigError(f"lr must be > 0, got {self.lr}")
         if self.weight_decay < 0:
             raise ConfigError(f"weight_decay must be >= 0, got {self.weight_decay}")
+        check_optimizer(self.optimizer, self.momentum)
         if self.consistency_weight < 0:
             raise ConfigError(f"consistency_weight must be >= 0, got {self.consistency_weight}")
         if self.answer_loss not in ANSWER_LOSSES:

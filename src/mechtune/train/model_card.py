@@ -125,6 +125,7 @@ def training_rows(info: dict[str, Any], facts: CardFacts) -> list[tuple[str, str
     layers = None if lora is None else lora.get("layers")
     modules = None if lora is None else lora.get("target_modules")
     rows += [
+        ("Optimizer", _optimizer(config)),
         ("Learning rate", _number(config["lr"])),
         ("Weight decay", _number(config["weight_decay"])),
         ("Effective batch", _effective_batch(config)),
@@ -137,6 +138,13 @@ def training_rows(info: dict[str, Any], facts: CardFacts) -> list[tuple[str, str
         ("Seed", str(config["seed"])),
     ]
     return rows
+
+
+def _optimizer(config: dict[str, Any]) -> str:
+    """``AdamW`` or ``SGD, momentum 0.9`` (a run from before the setting: AdamW)."""
+    if config.get("optimizer", "adamw") == "sgd":
+        return f"SGD, momentum {_number(config.get('momentum', 0.0))}"
+    return "AdamW"
 
 
 def _interval(value: Any) -> tuple[Any, str] | None:

@@ -20,6 +20,7 @@ from mechtune.errors import ConfigError, DataError
 from mechtune.models.dual_encoder import DualEncoder
 from mechtune.train.lora import LoraSettings
 from mechtune.train.losses import NegationBatch
+from mechtune.train.optimizers import check_optimizer
 from mechtune.train.trainer import SCALINGS
 
 
@@ -47,10 +48,15 @@ class LoopConfig:
     ``caption_batch`` / ``claim_batch``: captions and claim sets per step; ``lam``: the
     weight of L_CLIP in the NAST loss; ``beta``: the NAST exponent of the per-block factor
     alpha_l ** beta; ``shards``: the global batch is split into this many shards (accumulated
-    in one process; under DDP a multiple of the number of ranks, spread evenly); ``scaling``: "gradient" (NAST as specified: block l's gradients times its
-    factor; Adam divides each parameter's step by its own gradient scale, so this only
-    matters where the factor is 0 or tiny) or "lr" (per-block learning rates, which Adam
-    keeps); ``lora``: LoRA settings, None for full fine-tuning of the text blocks;
+    in one process; under DDP a multiple of the number of ranks, spread evenly); ``scaling``:
+    "gradient" (NAST as specified: block l's gradients times its factor; Adam divides each
+    parameter's step by its own gradient scale, so under AdamW this only matters where the
+    factor is 0 or tiny, while SGD's step scales with it) or "lr" (per-block learning rates,
+    which both keep); ``optimizer``: "adamw" (torch.optim.AdamW, decoupled weight decay)
+    or "sgd" (torch.optim.SGD, coupled L2 weight decay) with heavy-ball ``momentum`` in
+    [0, 1) (sgd only); docs/optimizers.md derives how each meets the scaling
+    (:mod:`mechtune.train.optimizers`); ``lora``: LoRA settings, None for full
+    fine-tuning of the text blocks;
     ``eval_every``: every this many steps, the claim accuracy on validation-split claim
     sets is measured and logged (``eval/claim_accuracy``; 0: never; read-only, the run
     trains the same; :meth:`~mechtune.train.trainer.Trainer.run_evaluation`).
@@ -68,6 +74,8 @@ class LoopConfig:
     checkpoint_every: int = 50
     shards: int = 1
     scaling: str = "gradient"
+    optimizer: str = "adamw"
+    momentum: float = 0.0
     lora: LoraSettings | None = field(default_factory=LoraSettings)
     eval_every: int = 0
 
@@ -81,6 +89,7 @@ class LoopConfig:
             raise ConfigError(f"lr must be > 0, got {self.lr}")
         if self.scaling not in SCALINGS:
             raise ConfigError(f"scaling must be 'gradient' or 'lr', got {self.scaling!r}")
+        check_optimizer(self.optimizer, self.momentum)
         if not 0.0 <= self.lam <= 1.0:
             raise ConfigError(f"lam must be in [0, 1], got {self.lam}")
         if self.beta < 0:

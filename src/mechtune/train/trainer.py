@@ -7,9 +7,12 @@ and how to compute the loss terms of one shard of it; the trainer owns everythin
 - the trainable parameters (LoRA on the site's blocks, or the blocks themselves under full
   fine-tuning), behind the fence of
   :func:`~mechtune.train.lora.trainable_block_parameters`;
-- AdamW with NAST's per-block scaling (:mod:`mechtune.train.scaling`): gradients scaled by
-  ``scales[l]`` (``scaling="gradient"``) or one parameter group per block with learning
-  rate ``lr * scales[l]`` (``scaling="lr"``);
+- the optimiser the settings name (``optimizer``: AdamW, or SGD with ``momentum``;
+  :mod:`mechtune.train.optimizers`) with NAST's per-block scaling
+  (:mod:`mechtune.train.scaling`): gradients scaled by ``scales[l]``
+  (``scaling="gradient"``) or one parameter group per block with learning rate
+  ``lr * scales[l]`` (``scaling="lr"``); which of the two survives the optimiser is
+  derived in docs/optimizers.md;
 - the global batch split into ``task.shards`` shards: accumulated in one process, spread
   evenly over the ranks under DDP (``accelerate``; ``task.shards`` a multiple of the number
   of processes), gradients averaged either way;
@@ -57,6 +60,7 @@ from mechtune.train.lora import (
     trainable_block_parameters,
 )
 from mechtune.train.model_card import CardFacts
+from mechtune.train.optimizers import build_optimizer
 from mechtune.train.scaling import scaled_gradients
 from mechtune.train.tracking import Tracker, block_tag
 
@@ -65,6 +69,9 @@ SCALINGS = ("gradient", "lr")
 # evaluates (read-only), and gradient checkpointing (recomputation gives the same
 # gradients, so a run may resume on a smaller GPU with it on).
 RESUME_FREE = frozenset({"steps", "checkpoint_every", "eval_every", "gradient_checkpointing"})
+# Settings added after checkpoints were first written, with the value every older run
+# trained under: a checkpoint whose config lacks one is read as having this value.
+ADDED_SETTINGS: dict[str, Any] = {"optimizer": "adamw", "momentum": 0.0}
 # A validation metric: reads the model being trained (in eval mode, without gradients)
 # and returns {metric: value}, logged as ``eval/<metric>``.
 Evaluate = Callable[[], Mapping[str, float]]
@@ -79,6 +86,10 @@ class TrainSettings(Protocol):
     def lr(self) -> float: ...
     @property
     def weight_decay(self) -> float: ...
+    @property
+    def optimizer(self) -> str: ...
+    @property
+    def momentum(self) -> float: ...
     @property
     def seed(self) -> int: ...
     @property
@@ -186,7 +197,13 @@ class Trainer:
                 {"params": ps, "lr": settings.lr * float(self.scales[b])}
                 for b, ps in sorted(by_block.items())
             ]
-        self.optim = torch.optim.AdamW(groups, lr=settings.lr, weight_decay=settings.weight_decay)
+        self.optim = build_optimizer(
+            groups,
+            optimizer=settings.optimizer,
+            lr=settings.lr,
+            weight_decay=settings.weight_decay,
+            momentum=settings.momentum,
+        )
         self.generator = torch.Generator().manual_seed(settings.seed)
         self.step = 0
         self.history: list[dict[str, float]] = []
@@ -227,11 +244,15 @@ class Trainer:
 
         Raises ConfigError when the checkpoint was written under other settings (any
         field but those in :data:`RESUME_FREE`, which a resumed run may change): its
-        weights and optimiser state would not be the ones this run's settings give.
+        weights and optimiser state would not be the ones this run's settings give (an
+        AdamW checkpoint holds moment estimates, an SGD one momentum buffers). A
+        checkpoint older than a setting of :data:`ADDED_SETTINGS` counts as written with
+        that setting's value then, so it resumes under the defaults only.
         """
         found = self.checkpoints()
         if found:
             saved = json.loads((found[-1] / "state.json").read_text(encoding="utf-8"))
+            saved["config"] = {**ADDED_SETTINGS, **saved["config"]}
             ours = self.settings.to_dict()
             free = RESUME_FREE
             changed = sorted(
