@@ -25,7 +25,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from mechtune.data.io import atomic_write_text, to_jsonable, write_json
+from mechtune.data.io import atomic_write_text, dumps_json, to_jsonable, write_json
 from mechtune.data.sources.base import ImageStudySource
 from mechtune.pipelines.negation import Log
 from mechtune.pipelines.negation_config import NegationStudyConfig, RunOptions, grid_cells
@@ -58,7 +58,7 @@ def finished_cell(folder: Path, config: NegationStudyConfig) -> dict[str, Any] |
         results = json.loads(path.read_text(encoding="utf-8"))
     except ValueError:  # a torn or foreign file: the cell reruns and rewrites it
         return None
-    wanted = json.loads(json.dumps(to_jsonable(config.to_dict())))
+    wanted = json.loads(dumps_json(config.to_dict()))
     return results if results.get("config") == wanted else None
 
 

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import copy
 import hashlib
-import json
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -30,7 +29,7 @@ from typing import Any
 
 import torch
 
-from mechtune.data.io import atomic_write_text, to_jsonable, write_json
+from mechtune.data.io import atomic_write_text, dumps_json, to_jsonable, write_json
 from mechtune.data.sources.base import ImageStudySource
 from mechtune.errors import ConfigError
 from mechtune.eval.negation import eval_claim_sets, select_claim_examples
@@ -313,7 +312,7 @@ def run_key(run: StudyRun, recipe: NegationStudyConfig, alpha: Any) -> str:
             for k in ("model", "data_seed", "balance_polarity", "eval_split", "probes")
         },
     }
-    blob = json.dumps(to_jsonable(payload), sort_keys=True)
+    blob = dumps_json(payload, indent=None, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:20]
 
 
