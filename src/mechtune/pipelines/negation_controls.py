@@ -28,9 +28,8 @@ import numpy as np
 import torch
 
 from mechtune.errors import ConfigError, DataError
-from mechtune.eval.metrics import paired_items
 from mechtune.pipelines.negation_config import NegationStudyConfig
-from mechtune.pipelines.negation_report import PAIRED_METRICS
+from mechtune.pipelines.negation_report import PAIRED_METRICS, paired_cells
 from mechtune.train.scaling import effective_lr
 
 RANDOM_ALPHA = "random-alpha"
@@ -148,20 +147,7 @@ def control_comparisons(results: dict[str, Any]) -> dict[str, dict[str, Any]]:
         return {}
     out: dict[str, dict[str, Any]] = {}
     for control in present:
-        cells: dict[str, Any] = {}
-        for column, table, value, select in PAIRED_METRICS:
-            try:
-                cells[column] = paired_items(
-                    [r["items"][table] for r in runs[TARGET]],
-                    [r["items"][table] for r in runs[control]],
-                    value,
-                    select=select,
-                )
-            except DataError as err:
-                if "no item matches" not in str(err):
-                    raise
-                cells[column] = None
-        out[control] = cells
+        out[control] = paired_cells(runs[TARGET], runs[control])
     return out
 
 

@@ -142,21 +142,27 @@ def paired_comparisons(
     for method, reports in runs.items():
         if method == reference:
             continue
-        cells: dict[str, Any] = {}
-        for column, table, value, select in PAIRED_METRICS:
-            try:
-                cells[column] = paired_items(
-                    [r["items"][table] for r in reports],
-                    [r["items"][table] for r in runs[reference]],
-                    value,
-                    select=select,
-                )
-            except DataError as err:
-                if "no item matches" not in str(err):
-                    raise
-                cells[column] = None
-        out[method] = cells
+        out[method] = paired_cells(reports, runs[reference])
     return out
+
+
+def paired_cells(reports: list[dict[str, Any]], reference: list[dict[str, Any]]) -> dict[str, Any]:
+    """``{column: PairedDifference or None}``: ``reports`` minus ``reference`` on the same
+    items for each of :data:`PAIRED_METRICS` (None where no item is selected)."""
+    cells: dict[str, Any] = {}
+    for column, table, value, select in PAIRED_METRICS:
+        try:
+            cells[column] = paired_items(
+                [r["items"][table] for r in reports],
+                [r["items"][table] for r in reference],
+                value,
+                select=select,
+            )
+        except DataError as err:
+            if "no item matches" not in str(err):
+                raise
+            cells[column] = None
+    return cells
 
 
 def paired_table(results: dict[str, Any], reference: str = REFERENCE_METHOD) -> str:
