@@ -86,6 +86,72 @@ def test_recipe_grids_cross_the_settings(tmp_path):
         load_recipe(recipe)
 
 
+def test_a_joined_grid_key_varies_its_settings_together_and_checks_them_together(tmp_path):
+    """``loop.optimizer+loop.momentum+loop.lr``: two cells, not a cross of three lists; the
+    momentum (refused unless the optimizer is sgd) is checked with the cell's optimizer."""
+    recipe = tmp_path / "o.yaml"
+    recipe.write_text(
+        "methods: [uniform-lora, nast]\n"
+        "loop: {optimizer: sgd, momentum: 0.9, lr: 0.05}\n"
+        "grid:\n"
+        "  loop.optimizer+loop.momentum+loop.lr: [[adamw, 0.0, 0.0005], [sgd, 0.9, 0.05]]\n"
+        "  loop.scaling: [gradient, lr]\n"
+    )
+    config = load_recipe(recipe)
+    cells = grid_cells(config)
+    assert len(cells) == 4
+    got = [(c.loop.optimizer, c.loop.momentum, c.loop.lr, c.loop.scaling) for _, _, c in cells]
+    assert got == [
+        ("adamw", 0.0, 0.0005, "gradient"),
+        ("adamw", 0.0, 0.0005, "lr"),
+        ("sgd", 0.9, 0.05, "gradient"),
+        ("sgd", 0.9, 0.05, "lr"),
+    ]
+    name, settings, _ = cells[0]
+    assert settings == {
+        "loop.optimizer": "adamw",
+        "loop.momentum": 0.0,
+        "loop.lr": 0.0005,
+        "loop.scaling": "gradient",
+    }
+    assert name == "loop.optimizer=adamw,loop.momentum=0.0,loop.lr=0.0005,loop.scaling=gradient"
+    # the base recipe's sgd momentum would refuse adamw if the keys were set one by one
+    with pytest.raises(ConfigError, match="momentum"):
+        grid_cells(
+            NegationStudyConfig(
+                loop=LoopConfig(optimizer="sgd", momentum=0.9), grid={"loop.optimizer": ["adamw"]}
+            )
+        )
+    # the grid table has one column per setting
+    from mechtune.pipelines.negation_grid import grid_table
+
+    record = {
+        "grid": config.to_dict()["grid"],
+        "reference": "uniform-lora",
+        "eval_split": "val",
+        "cells": [{"name": name, "settings": settings, "folder": "x", "methods": {}}],
+    }
+    header = grid_table(record).splitlines()[2]
+    assert header.startswith("| loop.optimizer | loop.momentum | loop.lr | loop.scaling | method")
+
+
+@pytest.mark.parametrize(
+    ("grid", "message"),
+    [
+        ({"loop.optimizer+loop.lr": [["sgd"]]}, r"sets 2 settings together: each value must be"),
+        ({"loop.optimizer+loop.lr": ["sgd"]}, r"sets 2 settings together"),
+        ({"loop.lr+loop.bta": [[1, 2]]}, r"grid key 'loop\.bta' is not a recipe setting"),
+        ({"loop.lr+loop.beta": [[1, 2]], "loop.beta": [1]}, r"'loop\.beta' is set by two"),
+        ({"loop.lr+loop.beta": [[1, 2], [1, 2]]}, r"values repeat"),
+        ({"loop.optimizer+loop.momentum": [["adamw", 0.9]]}, r"grid keys .*momentum"),
+        ({"loop.lr+loop.beta": [["x", 1]]}, r"grid key 'loop\.lr': lr must be a number"),
+    ],
+)
+def test_joined_grid_keys_are_checked_naming_the_key(grid, message):
+    with pytest.raises(ConfigError, match=message):
+        NegationStudyConfig(grid=grid)
+
+
 def _fake_study(calls):
     """A stand-in for run_negation_study: records its call, writes results.json."""
 

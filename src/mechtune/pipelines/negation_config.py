@@ -157,27 +157,58 @@ def grid_keys() -> list[str]:
     return keys
 
 
+JOIN = "+"
+
+
+def joined_keys(key: str) -> list[str]:
+    """The settings a grid key sets: ``loop.optimizer+loop.momentum+loop.lr`` is three
+    settings that vary together (each value a list of three), any other key is one."""
+    return key.split(JOIN)
+
+
 def check_grid(grid: Any) -> dict[str, tuple[Any, ...]]:
     """The grid as ``{key: (values...)}``: each key one of :func:`grid_keys`, each value a
     non-empty list of distinct values (a list value, such as ``methods``, becomes a
-    tuple). Raises ConfigError naming the key; the values themselves are checked by
-    building every cell (:func:`grid_cells`)."""
+    tuple). A key of several settings joined by ``+`` (:func:`joined_keys`) varies them
+    together: each of its values is a list with one value per setting, so
+    ``{"loop.optimizer+loop.momentum+loop.lr": [[adamw, 0, 5e-4], [sgd, 0.9, 0.05]]}`` is
+    two cells, not a cross of three lists. Raises ConfigError naming the key; the values
+    themselves are checked by building every cell (:func:`grid_cells`)."""
     if not isinstance(grid, dict) or not grid:
         raise ConfigError(f"grid must be a mapping of keys to lists of values, got {grid!r}")
     known = grid_keys()
     out: dict[str, tuple[Any, ...]] = {}
+    seen: set[str] = set()
     for key, values in grid.items():
-        if key not in known:
-            why = (
-                " (the data is the command's --data or the recipe's data:)" if key == "data" else ""
-            )
-            raise ConfigError(
-                f"grid key {key!r} is not a recipe setting a cell may change{why}; known: "
-                f"{', '.join(known)}"
-            )
+        parts = joined_keys(str(key))
+        for part in parts:
+            if part not in known:
+                why = (
+                    " (the data is the command's --data or the recipe's data:)"
+                    if part == "data"
+                    else ""
+                )
+                raise ConfigError(
+                    f"grid key {part!r} is not a recipe setting a cell may change{why}; known: "
+                    f"{', '.join(known)}"
+                )
+            if part in seen:
+                raise ConfigError(f"grid key {part!r} is set by two grid keys ({key!r})")
+            seen.add(part)
         if not isinstance(values, list | tuple) or not values:
             raise ConfigError(f"grid key {key!r}: give a non-empty list of values, got {values!r}")
-        cell_values = tuple(tuple(v) if isinstance(v, list) else v for v in values)
+        if len(parts) > 1:
+            for value in values:
+                if not isinstance(value, list | tuple) or len(value) != len(parts):
+                    raise ConfigError(
+                        f"grid key {key!r} sets {len(parts)} settings together: each value "
+                        f"must be a list of {len(parts)} (one per setting), got {value!r}"
+                    )
+            cell_values = tuple(
+                tuple(tuple(v) if isinstance(v, list) else v for v in value) for value in values
+            )
+        else:
+            cell_values = tuple(tuple(v) if isinstance(v, list) else v for v in values)
         if len(set(map(repr, cell_values))) != len(cell_values):
             raise ConfigError(f"grid key {key!r}: values repeat ({list(values)})")
         out[str(key)] = cell_values
@@ -216,6 +247,51 @@ def with_setting(config: NegationStudyConfig, key: str, value: Any) -> NegationS
         raise ConfigError(f"grid key {key!r}: {err}") from None
 
 
+def with_settings(config: NegationStudyConfig, settings: dict[str, Any]) -> NegationStudyConfig:
+    """``config`` with several dotted settings changed at once, so that settings which
+    constrain each other (``loop.optimizer`` and ``loop.momentum``: a momentum is refused
+    unless the optimizer is sgd) are checked together, whatever their order. Each value
+    is first checked alone (:func:`with_setting`, for the error naming its key); then every
+    level (the study, ``loop``, ``loop.lora``) is rebuilt once. Raises ConfigError naming
+    the keys."""
+    for key, value in settings.items():
+        # checked one at a time against the recipe's other settings; a refusal that comes
+        # from another key of this cell is retried below, with every key in place
+        try:
+            with_setting(config, key, value)
+        except ConfigError:
+            if len(settings) == 1:
+                raise
+    top = {k: v for k, v in settings.items() if "." not in k}
+    loop = {k.split(".", 1)[1]: v for k, v in settings.items() if k.count(".") == 1}
+    lora = {k.split(".", 2)[2]: v for k, v in settings.items() if k.count(".") == 2}
+    names = ", ".join(repr(k) for k in settings)
+    try:
+        for key, value in top.items():
+            _check_numbers({key: value}, NegationStudyConfig(), "", f"grid key {key!r}")
+        for key, value in loop.items():
+            _check_numbers({key: value}, LoopConfig(), "", f"grid key 'loop.{key}'")
+        if lora:
+            if config.loop.lora is None:
+                raise ConfigError(
+                    f"grid key {names}: the recipe's loop.lora is null (full fine-tuning), "
+                    "so there are no LoRA settings to vary"
+                )
+            from mechtune.train.lora import LoraSettings
+
+            for key, value in lora.items():
+                _check_numbers({key: value}, LoraSettings(), "", f"grid key 'loop.lora.{key}'")
+            loop["lora"] = replace(config.loop.lora, **lora)
+        return replace(config, **top, loop=replace(config.loop, **loop) if loop else config.loop)
+    except ConfigError as err:
+        message = str(err)
+        raise ConfigError(
+            message if message.startswith("grid key") else f"grid keys {names}: {message}"
+        ) from None
+    except TypeError as err:
+        raise ConfigError(f"grid keys {names}: {err}") from None
+
+
 def cell_name(settings: dict[str, Any]) -> str:
     """A folder name for a cell: ``alpha_norm=rank,loop.beta=0.5`` (characters other than
     letters, digits and ``._=+-`` become ``_``; list values are joined by ``+``)."""
@@ -231,7 +307,8 @@ def grid_cells(
     config: NegationStudyConfig,
 ) -> list[tuple[str, dict[str, Any], NegationStudyConfig]]:
     """``(name, {key: value}, cell config)`` of every cell of ``config.grid`` (every
-    combination, the first key slowest), each cell's config without a grid. A config
+    combination, the first key slowest; a joined key's settings appear one by one in
+    ``{key: value}`` and the name), each cell's config without a grid. A config
     without a grid is its own single cell ``("study", {}, config)``. Raises ConfigError
     naming the key of a value a cell refuses."""
     if config.grid is None:
@@ -240,11 +317,11 @@ def grid_cells(
     keys = list(config.grid)
     cells = []
     for values in itertools.product(*(config.grid[k] for k in keys)):
-        settings = dict(zip(keys, values, strict=True))
-        cell = base
-        for key, value in settings.items():
-            cell = with_setting(cell, key, value)
-        cells.append((cell_name(settings), settings, cell))
+        settings: dict[str, Any] = {}
+        for key, value in zip(keys, values, strict=True):
+            parts = joined_keys(key)
+            settings.update(zip(parts, value, strict=True) if len(parts) > 1 else {key: value})
+        cells.append((cell_name(settings), settings, with_settings(base, settings)))
     return cells
 
 

@@ -28,7 +28,12 @@ from typing import Any
 from mechtune.data.io import atomic_write_text, dumps_json, to_jsonable, write_json
 from mechtune.data.sources.base import ImageStudySource
 from mechtune.pipelines.negation import Log
-from mechtune.pipelines.negation_config import NegationStudyConfig, RunOptions, grid_cells
+from mechtune.pipelines.negation_config import (
+    NegationStudyConfig,
+    RunOptions,
+    grid_cells,
+    joined_keys,
+)
 from mechtune.pipelines.negation_report import REFERENCE_METHOD, runs_label
 from mechtune.pipelines.negation_study import (
     INPUT_KEYS,
@@ -79,7 +84,9 @@ def run_negation_grid(
     options = options or RunOptions()
     say = log or (lambda _message: None)
     cells = grid_cells(recipe)
-    one_trace = recipe.grid is None or not set(recipe.grid) & set(INPUT_KEYS)
+    one_trace = recipe.grid is None or not {
+        part for key in recipe.grid for part in joined_keys(key)
+    } & set(INPUT_KEYS)
     inputs: StudyInputs | None = None
     studies: list[tuple[str, dict[str, Any], dict[str, Any]]] = []
     finished = [finished_cell(out / CELLS / name, config) for name, _, config in cells]
@@ -182,7 +189,7 @@ def grid_table(record: dict[str, Any]) -> str:
     """Markdown of a grid record: one row per cell and method, the cell's settings as
     columns, held-out claim accuracy (%) and the paired differences from the reference
     method of the same cell (pp, 95% interval)."""
-    keys = list(record["grid"] or {})
+    keys = [part for key in record["grid"] or {} for part in joined_keys(key)]
     reference = record["reference"]
     columns = [*keys, "method", "seeds", "claim acc", *(c for c, _ in GRID_PAIRED)]
     lines = [
