@@ -180,7 +180,7 @@ def world_and_model(tmp_path_factory):
     return root / "world", f"hf:{tiny_clip(root / 'clip', text_layers=4)}"
 
 
-def test_a_study_trains_both_controls_with_the_chosen_alpha(tmp_path, world_and_model):
+def test_a_study_trains_both_controls_with_the_chosen_alpha(tmp_path, world_and_model, monkeypatch):
     """random-alpha trains its permutations of the study's alpha (rank-normalised here),
     effective-lr its mean rate; both rows and NAST minus each reach the tables."""
     world_dir, model = world_and_model
@@ -235,6 +235,21 @@ def test_a_study_trains_both_controls_with_the_chosen_alpha(tmp_path, world_and_
     table = (tmp_path / "table.md").read_text()
     assert "| random-alpha | 1 × 2 α |" in table and "| effective-lr | 1 |" in table
     assert "| nast − random-alpha | 1 vs 2 |" in table
+    # the update-share figure ranks the blocks by the study's alpha_source, as the table did
+    from mechtune.cli import negation as negation_cli
+    from mechtune.eval import figures
+    from mechtune.interp.alpha import cte_profile
+
+    drawn = []
+    monkeypatch.setattr(
+        figures, "update_share_chart", lambda norms, cte, path, label: drawn.append((cte, label))
+    )
+    for source in ("mean", "max"):
+        results["trace"]["alpha_source"] = source
+        negation_cli.study_figures(results, tmp_path)
+        want = cte_profile(traced.cte_layer, traced.cte, traced.roles, source)[1:].tolist()
+        assert drawn[-1] == (want, f"CTE at block output ({source} over roles)")
+    assert drawn[0][0] != drawn[1][0]  # max over roles is not the mean
 
 
 FIELDS = {

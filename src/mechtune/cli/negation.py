@@ -592,9 +592,15 @@ def eval_command(
 
 
 def study_figures(results: dict[str, Any], folder: Path) -> None:
+    """The study's figures in ``folder/figures``: the trace's CTE heatmap and alpha bars,
+    and each method's update share by block, the blocks ranked by the CTE profile of the
+    study's ``alpha_source`` (the ranking the table's top-k update share used)."""
     from mechtune.eval.figures import update_share_chart
+    from mechtune.interp.alpha import cte_profile
 
     traced = TraceResult.load(folder / "trace")
+    source = results.get("trace", {}).get("alpha_source") or results["config"]["alpha_source"]
+    profile = cte_profile(traced.cte_layer, traced.cte, traced.roles, source)
     figures = folder / "figures"
     trace_figures(traced, figures, "CTE by layer and role (train-split pairs)")
     norms = {
@@ -603,7 +609,8 @@ def study_figures(results: dict[str, Any], folder: Path) -> None:
         if "update_norms" in runs[0]
     }
     if norms:
-        update_share_chart(norms, traced.cte_layer[1:].tolist(), figures / "update_share.png")
+        label = f"CTE at block output ({source} over roles)"
+        update_share_chart(norms, profile[1:].tolist(), figures / "update_share.png", label)
 
 
 def run_study(

@@ -185,9 +185,14 @@ def alpha_bars(
 
 
 def update_share_chart(
-    norms_by_method: dict[str, dict[int, float]], cte_by_block: Sequence[float], path: str | Path
+    norms_by_method: dict[str, dict[int, float]],
+    cte_by_block: Sequence[float],
+    path: str | Path,
+    cte_label: str = "CTE at block output",
 ) -> Path:
-    """Per-block share of the total update for each method, next to the per-block CTE."""
+    """Per-block share of the total update for each method (bars; ``norms_by_method``:
+    method -> block -> ‖ΔW‖), next to the per-block CTE ``cte_by_block`` ``[blocks]``
+    (dashed line, named ``cte_label``). Writes and returns the PNG ``path``."""
     plt = _pyplot()
     blocks = np.arange(len(cte_by_block))
     fig, ax = plt.subplots(figsize=(7, 3.2))
@@ -197,10 +202,10 @@ def update_share_chart(
         share = [norms.get(int(b), 0.0) / total for b in blocks]
         ax.bar(blocks + (j - (len(norms_by_method) - 1) / 2) * width, share, width, label=method)
     ax2 = ax.twinx()
-    ax2.plot(blocks, cte_by_block, "k.--", label="CTE at block output")
+    ax2.plot(blocks, cte_by_block, "k.--", label=cte_label)
     ax.set_xlabel("text block")
     ax.set_ylabel("share of total update")
-    ax2.set_ylabel("CTE")
+    ax2.set_ylabel(cte_label)
     ax.set_xticks(blocks)
     ax.legend(fontsize=7, loc="upper left")
     ax.set_title("Where the update lands", fontsize=9)
