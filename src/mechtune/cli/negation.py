@@ -107,6 +107,18 @@ UncertainOpt = Annotated[
         "--uncertain", help="Uncertain labels and report mentions: skip, present, absent."
     ),
 ]
+FreeformOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--freeform",
+        help="Free-form claim sets to score beside the template ones: a file of the "
+        "packaged set's schema (YAML or JSONL); default: the recipe's freeform, else the "
+        "hand-written set shipped with mechtune.",
+    ),
+]
+NoFreeformOpt = Annotated[
+    bool, typer.Option("--no-freeform", help="Score no free-form claim sets.")
+]
 FactsOpt = Annotated[
     bool,
     typer.Option(
@@ -126,6 +138,29 @@ def _recipe(
     if data is not None:
         changes["data"] = str(data)
     return replace(base, **changes) if changes else base
+
+
+def _with_freeform(
+    settings: pipeline.NegationStudyConfig,
+    freeform: Path | None,
+    no_freeform: bool,
+    max_studies: int | None = None,
+) -> pipeline.NegationStudyConfig:
+    """``settings`` with the free-form options applied (``ConfigError`` when both
+    ``--freeform`` and ``--no-freeform`` are given), the file checked before any data is
+    read (``DataError`` naming the file, set and value)."""
+    if freeform is not None and no_freeform:
+        raise ConfigError("--freeform and --no-freeform exclude each other; pass one")
+    changes: dict[str, Any] = {}
+    if freeform is not None:
+        changes["freeform"] = str(freeform)
+    if no_freeform:
+        changes["freeform"] = None
+    if max_studies is not None:
+        changes["freeform_max_studies"] = max_studies
+    settings = replace(settings, **changes) if changes else settings
+    pipeline.study_freeform(settings)
+    return settings
 
 
 def _data_path(recipe: pipeline.NegationStudyConfig) -> Path:
@@ -511,6 +546,8 @@ def evaluate(
         probes=probes,
         base=base,
         track=progress_bar,
+        freeform=pipeline.study_freeform(settings),
+        freeform_max_studies=settings.freeform_max_studies,
     )
     if check is not None:
         report["adapter_check"] = check
@@ -573,13 +610,23 @@ def eval_command(
     no_cache: NoCacheOpt = False,
     uncertain: UncertainOpt = "skip",
     report_facts: FactsOpt = True,
+    freeform: FreeformOpt = None,
+    no_freeform: NoFreeformOpt = False,
+    freeform_max_studies: Annotated[
+        int | None,
+        typer.Option(
+            help="Studies scored per free-form claim set at most (default: recipe's).", min=1
+        ),
+    ] = None,
 ) -> None:
     """R@1/R@5, claim accuracy by attribute and polarity, the gap, polarity MCQ,
-    contralateral negation and retention (with --adapter), each with a 95% interval."""
+    contralateral negation, the free-form claim sets (the split's half) and retention
+    (with --adapter), each with a 95% interval."""
     _check_split(split, ("val", "test", "train"))
     settings = _recipe(recipe, model, data)
     if seed is not None:
         settings = replace(settings, data_seed=seed)
+    settings = _with_freeform(settings, freeform, no_freeform, freeform_max_studies)
     options = _options(settings, device, dtype, cache_dir, no_cache)
     source = _open(settings, uncertain, report_facts)
     evaluate(settings, source, out, options, adapter=adapter, split=split, probes=probes)
@@ -690,13 +737,15 @@ def study_command(
     report_facts: FactsOpt = True,
     report_to: ReportToOpt = "none",
     tracking_dir: TrackingDirOpt = None,
+    freeform: FreeformOpt = None,
+    no_freeform: NoFreeformOpt = False,
 ) -> None:
     """Trace on train patients, train every method on the same data and budget, evaluate
     on test patients; writes results.json, table.md, figures, adapters."""
     from mechtune.pipelines.dry_run import dry_run_report
 
     tracker = make_tracker(report_to, out, tracking_dir)
-    settings = _recipe(recipe, model, data)
+    settings = _with_freeform(_recipe(recipe, model, data), freeform, no_freeform)
     if not dry_run:
         refuse_launch("mechtune negation study", "mechtune negation train")
     if dry_run:

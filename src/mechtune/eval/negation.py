@@ -37,9 +37,19 @@ import numpy as np
 import torch
 
 from mechtune.data.builders.contextual import ContextualConfig, study_records
+from mechtune.data.freeform import HALVES, FreeformSets
+from mechtune.data.freeform_match import SourceAttributes
 from mechtune.data.ontology import load_ontology
 from mechtune.data.schema import ClaimSet, Study
 from mechtune.errors import DataError
+from mechtune.eval.freeform import (
+    DEFAULT_MAX_STUDIES,
+    freeform_items,
+    freeform_match,
+    freeform_scores,
+    freeform_texts,
+    summarise_freeform,
+)
 from mechtune.eval.metrics import (
     Estimate,
     bootstrap_mean_difference,
@@ -385,10 +395,20 @@ def evaluate_negation(
     seed: int = 0,
     probe_train: EvalStudies | None = None,
     track: Tracker | None = None,
+    freeform: FreeformSets | None = None,
+    freeform_max_studies: int = DEFAULT_MAX_STUDIES,
+    freeform_source: SourceAttributes | None = None,
 ) -> dict[str, Any]:
     """Every negation metric on one split, with the per-item correctness under
     ``"items"`` (``claims``: :func:`claim_items`; ``retrieval`` and ``polarity_mcq``:
-    ``id`` (study), ``patient`` and one bool list per metric).
+    ``id`` (study), ``patient`` and one bool list per metric; ``freeform``:
+    :func:`~mechtune.eval.freeform.freeform_items`).
+
+    ``freeform``: hand-written claim sets (:func:`~mechtune.data.freeform.load_freeform`);
+    the split's half of them is matched to its studies, at most ``freeform_max_studies``
+    per set, and scored into ``report["freeform"]``
+    (:func:`~mechtune.eval.freeform.summarise_freeform`); ``freeform_source``: what the
+    whole source can ground (default: the split's studies). None: no free-form block.
 
     ``seed`` seeds the wording of claim sets and MCQs (per study, so that any two models
     see the same items); ``probe_train``: another split's studies and embeddings to fit
@@ -403,6 +423,16 @@ def evaluate_negation(
     mcqs = polarity_mcqs(data, seed=seed)
     for form in MCQ_FORMS:
         texts.update(mcq_texts(mcqs, form))
+    match = None
+    if freeform is not None and data.split in HALVES:
+        match = freeform_match(
+            freeform,
+            data.split,
+            data.studies,
+            max_studies=freeform_max_studies,
+            source=freeform_source,
+        )
+        texts.update(freeform_texts(match))
     with stage(track, f"evaluate {data.split}: embed texts", len(texts)) as advance:
         table = embed_texts(model, sorted(texts), progress=advance)
     scores = claim_scores(model, claim_sets, row, data.images, table)
@@ -449,6 +479,22 @@ def evaluate_negation(
     }
     if not mcq_items["id"]:
         not_available["polarity_mcq"] = "no study of the split passes the MCQ row filter"
+    if match is not None and freeform is not None:
+        items = freeform_items(match, freeform_scores(match, row, data.images, table))
+        report["freeform"] = summarise_freeform(items, match, freeform, data.split)
+        report["items"]["freeform"] = items
+        if not match.items:
+            not_available["freeform"] = (
+                f"no free-form claim set of the {data.split} half is grounded by the split's "
+                f"studies (skipped by reason: {report['freeform']['skipped']})"
+            )
+    elif freeform is None:
+        not_available["freeform"] = "the free-form claim sets were turned off"
+    else:
+        not_available["freeform"] = (
+            f"the free-form claim sets have {' and '.join(HALVES)} halves, none for the "
+            f"{data.split} split"
+        )
     if probe_train is not None:
         report["probes"] = linear_probes(
             probe_train.images,
@@ -492,6 +538,16 @@ def summary_rows(report: dict[str, Any]) -> list[tuple[str, str, str]]:
         rows.append(
             row(f"pairwise, {attr} flipped", lambda c, a=attr: c["pairwise_by_attribute"][a])
         )
+    freeform = report.get("freeform") or {}
+    for label, get in (
+        ("free-form claim accuracy", lambda f: f["claim_accuracy"]),
+        (
+            "  free-form, correct claim affirmative",
+            lambda f: f["accuracy_by_polarity"]["affirmative"],
+        ),
+        ("  free-form, correct claim negated", lambda f: f["accuracy_by_polarity"]["negated"]),
+    ):
+        rows.append((label, _pct(get(freeform)) if freeform else "n/a", ""))
     mcq = report["polarity_mcq"]
     rows.append(("polarity MCQ, negated wording", _pct(mcq["negated"]), ""))
     rows.append(("polarity MCQ, affirmative wording", _pct(mcq["affirmative"]), ""))

@@ -20,10 +20,13 @@ from typing import Any
 
 import torch
 
+from mechtune.data.freeform import FreeformSets, load_freeform
+from mechtune.data.freeform_match import SourceAttributes
 from mechtune.data.io import read_jsonl_records, write_json
 from mechtune.data.schema import SPLITS, Study
 from mechtune.data.sources.base import ImageStudySource
 from mechtune.errors import ConfigError, DataError
+from mechtune.eval.freeform import DEFAULT_MAX_STUDIES
 from mechtune.eval.negation import (
     EvalStudies,
     evaluate_negation,
@@ -35,6 +38,7 @@ from mechtune.interp.tracing import TraceError
 from mechtune.models.dual_encoder import DualEncoder
 from mechtune.models.image_cache import CacheStats, embed_study_images
 from mechtune.pipelines.negation_config import (
+    PACKAGED_FREEFORM,
     NegationStudyConfig,
     RunOptions,
 )
@@ -263,6 +267,15 @@ def validation(
     return negation_validation(encoder, data.images, claims) if claims else None
 
 
+def study_freeform(recipe: NegationStudyConfig) -> FreeformSets | None:
+    """The free-form claim sets ``recipe.freeform`` names: the packaged set, a file of
+    the same schema, or None (off). Raises ``DataError`` naming the file, set and value
+    for a bad file."""
+    if recipe.freeform is None:
+        return None
+    return load_freeform(None if recipe.freeform == PACKAGED_FREEFORM else recipe.freeform)
+
+
 def evaluate_model(
     encoder: DualEncoder,
     data: StudyData,
@@ -272,13 +285,25 @@ def evaluate_model(
     probes: bool = False,
     base: DualEncoder | None = None,
     track: Tracker | None = None,
+    freeform: FreeformSets | None = None,
+    freeform_max_studies: int = DEFAULT_MAX_STUDIES,
 ) -> dict[str, Any]:
     """Every negation metric of ``encoder`` on ``split``; with ``probes``, linear probes
     fitted on the train split; with ``base``, retention (the drift of the text embeddings
-    of everyday sentences from ``base``'s). ``track``: progress of the text embedding."""
+    of everyday sentences from ``base``'s). ``track``: progress of the text embedding.
+    ``freeform``: free-form claim sets (:func:`study_freeform`), the split's half scored
+    on its studies, at most ``freeform_max_studies`` per set; what the source can ground
+    is read from every item of ``data``."""
     probe_train = data.eval_set("train") if probes else None
     report = evaluate_negation(
-        encoder, data.eval_set(split), seed=seed, probe_train=probe_train, track=track
+        encoder,
+        data.eval_set(split),
+        seed=seed,
+        probe_train=probe_train,
+        track=track,
+        freeform=freeform,
+        freeform_max_studies=freeform_max_studies,
+        freeform_source=SourceAttributes.of(data.studies) if freeform is not None else None,
     )
     if base is not None:
         sentences = general_sentences()

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from mechtune.errors import ConfigError
+from mechtune.eval.freeform import DEFAULT_MAX_STUDIES
 from mechtune.eval.study_config import check_seeds
 from mechtune.interp.alpha import DEFAULT_TAU, check_alpha_settings
 from mechtune.models.dual_encoder import DualEncoder
@@ -43,6 +44,9 @@ class RunOptions:
         return load_dual_encoder(spec, device=self.device, dtype=self.dtype)
 
 
+PACKAGED_FREEFORM = "packaged"  # the free-form claim sets shipped with mechtune
+
+
 @dataclass(frozen=True)
 class NegationStudyConfig:
     """A negation study; each field is checked at construction.
@@ -63,6 +67,10 @@ class NegationStudyConfig:
     the traced CTE becomes alpha (:mod:`mechtune.interp.alpha`; the default is NAST's).
     ``random_alpha_permutations``: how many permutations of alpha the ``random-alpha``
     control trains, each once per seed (:mod:`mechtune.pipelines.negation_controls`).
+    ``freeform``: the free-form claim sets scored beside the template ones
+    (:mod:`mechtune.eval.freeform`): ``"packaged"`` (:data:`PACKAGED_FREEFORM`, the
+    hand-written set shipped with mechtune), a path to a file of the same schema, or
+    None to leave them out; ``freeform_max_studies``: studies scored per set at most.
     ``grid``: ``{key: [values]}`` of settings to cross (dotted keys: ``loop.beta``,
     ``loop.lora.rank``); the study then runs every cell
     (:mod:`mechtune.pipelines.negation_grid`); None: one study.
@@ -82,6 +90,8 @@ class NegationStudyConfig:
     alpha_norm: str = "minmax"
     alpha_tau: float = DEFAULT_TAU
     random_alpha_permutations: int = 3
+    freeform: str | None = "packaged"
+    freeform_max_studies: int = DEFAULT_MAX_STUDIES
     grid: dict[str, tuple[Any, ...]] | None = None
     loop: LoopConfig = field(
         default_factory=lambda: LoopConfig(
@@ -125,6 +135,17 @@ class NegationStudyConfig:
         if self.random_alpha_permutations < 1:
             raise ConfigError(
                 f"random_alpha_permutations must be >= 1, got {self.random_alpha_permutations}"
+            )
+        if self.freeform is not None and (
+            not isinstance(self.freeform, str) or not self.freeform.strip()
+        ):
+            raise ConfigError(
+                f"freeform must be {PACKAGED_FREEFORM!r}, a file path, or null (off), "
+                f"got {self.freeform!r}"
+            )
+        if isinstance(self.freeform_max_studies, bool) or self.freeform_max_studies < 1:
+            raise ConfigError(
+                f"freeform_max_studies must be an integer >= 1, got {self.freeform_max_studies!r}"
             )
         if self.grid is not None:
             object.__setattr__(self, "grid", check_grid(self.grid))

@@ -73,9 +73,10 @@ def results_table(results: dict[str, Any]) -> str:
     :func:`paired_table` (when the runs carry per-item results and uniform LoRA ran)."""
     head = (
         "| method | seeds | R@1 | R@5 | claim acc | affirmative acc | negated acc | "
-        "gap (pp) | existence-only gap | contralateral | MCQ neg / aff | top-3 share | top-5 share | retention |"
+        "gap (pp) | existence-only gap | contralateral | MCQ neg / aff | free-form aff / neg | "
+        "top-3 share | top-5 share | retention |"
     )
-    lines = [head, "|" + "---|" * 14]
+    lines = [head, "|" + "---|" * 15]
     for method, reports in results["runs"].items():
 
         def get(path: str, reps: list[dict[str, Any]] = reports) -> list[float | None]:
@@ -103,6 +104,8 @@ def results_table(results: dict[str, Any]) -> str:
                     _agg(get(f"{held}/existence_only_gap")),
                     _agg(get(f"{held}/accuracy_by_polarity/contralateral")),
                     f"{_agg(get('polarity_mcq/negated'))} / {_agg(get('polarity_mcq/affirmative'))}",
+                    f"{_agg(get('freeform/accuracy_by_polarity/affirmative'))} / "
+                    f"{_agg(get('freeform/accuracy_by_polarity/negated'))}",
                     _agg(get("update_share/top3")),
                     _agg(get("update_share/top5")),
                     _agg(get("retention")),
@@ -122,6 +125,8 @@ PAIRED_METRICS: tuple[tuple[str, str, str, dict[str, Any]], ...] = (
     ("negated acc", "claims", "correct", {"heldout": True, "slice": "negated"}),
     ("contralateral", "claims", "correct", {"heldout": True, "slice": "contralateral"}),
     ("claim acc, in-dist", "claims", "correct", {"heldout": False}),
+    ("free-form aff", "freeform", "correct", {"slice": "affirmative"}),
+    ("free-form neg", "freeform", "correct", {"slice": "negated"}),
     ("MCQ neg", "polarity_mcq", "negated", {}),
     ("MCQ aff", "polarity_mcq", "affirmative", {}),
     ("R@1", "retrieval", "R@1", {}),
@@ -148,9 +153,13 @@ def paired_comparisons(
 
 def paired_cells(reports: list[dict[str, Any]], reference: list[dict[str, Any]]) -> dict[str, Any]:
     """``{column: PairedDifference or None}``: ``reports`` minus ``reference`` on the same
-    items for each of :data:`PAIRED_METRICS` (None where no item is selected)."""
+    items for each of :data:`PAIRED_METRICS` (None where no item is selected, or where a
+    run has no such item table: free-form sets turned off)."""
     cells: dict[str, Any] = {}
     for column, table, value, select in PAIRED_METRICS:
+        if any(table not in r["items"] for r in (*reports, *reference)):
+            cells[column] = None
+            continue
         try:
             cells[column] = paired_items(
                 [r["items"][table] for r in reports],

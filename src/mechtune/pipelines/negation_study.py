@@ -29,6 +29,7 @@ from typing import Any
 
 import torch
 
+from mechtune.data.freeform import FreeformSets
 from mechtune.data.io import atomic_write_text, dumps_json, to_jsonable, write_json
 from mechtune.data.sources.base import ImageStudySource
 from mechtune.errors import ConfigError
@@ -42,6 +43,7 @@ from mechtune.pipelines.negation import (
     StudyData,
     evaluate_model,
     study_data,
+    study_freeform,
     trace_model,
     trace_pairs,
     train_model,
@@ -240,6 +242,7 @@ def run_negation_study(
         if RANDOM_ALPHA in recipe.methods
         else []
     )
+    freeform = study_freeform(recipe)  # a bad file fails before any training
     examples = training_data(data, recipe)
     held_claims = validation_claims(data, recipe.loop, recipe.data_seed)
     runs: dict[str, list[dict[str, Any]]] = {}
@@ -263,6 +266,7 @@ def run_negation_study(
                 cte_by_block,
                 out,
                 say,
+                freeform=freeform,
                 track=track,
                 tracker=tracker,
                 run_name=f"{run_prefix}{run.method}/{run.name}",
@@ -309,7 +313,15 @@ def run_key(run: StudyRun, recipe: NegationStudyConfig, alpha: Any) -> str:
         "alpha": [round(float(a), 9) for a in torch.as_tensor(alpha).reshape(-1).tolist()],
         **{
             k: getattr(recipe, k)
-            for k in ("model", "data_seed", "balance_polarity", "eval_split", "probes")
+            for k in (
+                "model",
+                "data_seed",
+                "balance_polarity",
+                "eval_split",
+                "probes",
+                "freeform",
+                "freeform_max_studies",
+            )
         },
     }
     blob = dumps_json(payload, indent=None, sort_keys=True)
@@ -351,12 +363,15 @@ def study_run(
     track: Tracker | None,
     tracker: RunTracker | None,
     run_name: str,
+    freeform: FreeformSets | None = None,
 ) -> dict[str, Any]:
     """Train one run of a study from the base weights (resuming from
     ``out/runs/<method>/<run>``) with ``alpha``, evaluate it on ``recipe.eval_split``
     and return its report: the metrics, ``seed``, ``train_seconds``, random-alpha's
     ``permutation``, and for a trained method the per-block update norms and the share
-    of them in the top-3/top-5 blocks of ``cte_by_block``."""
+    of them in the top-3/top-5 blocks of ``cte_by_block``. ``freeform``: the free-form
+    claim sets (:func:`~mechtune.pipelines.negation.study_freeform`) scored beside the
+    template ones, at most ``recipe.freeform_max_studies`` studies per set."""
     encoder = options.load(recipe.model)
     initial = block_weights(encoder.model)
     say(f"{run.method}, {run.name}: training ...")
@@ -386,6 +401,8 @@ def study_run(
             probes=recipe.probes,
             base=inputs.base,
             track=track,
+            freeform=freeform,
+            freeform_max_studies=recipe.freeform_max_studies,
         )
     )
     report["train_seconds"] = round(seconds, 1)
