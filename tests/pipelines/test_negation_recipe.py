@@ -222,8 +222,8 @@ NEGATION_FIELDS = {
 
 
 def test_table_covers_every_field():
-    from tests.pipelines.test_negation_controls import FIELDS as CONTROL_FIELDS
     from tests.cli.test_freeform_cli import FIELD_TESTS as FREEFORM
+    from tests.pipelines.test_negation_controls import FIELDS as CONTROL_FIELDS
     from tests.pipelines.test_negation_grid import FIELDS as GRID_FIELDS
 
     freeform_fields = FREEFORM["mechtune.pipelines.negation_config.NegationStudyConfig"]
