@@ -85,6 +85,9 @@ def test_negation_study_report_holds_the_json_numbers(tiny_run):
     control = control_comparisons(results)["random-alpha"]["claim acc"]
     assert "NAST minus its controls" in page and "<td>nast − random-alpha</td>" in page
     assert control.pp() in page
+    # both paired tables name the patients the study evaluated on
+    split = {"val": "validation"}.get(results["config"]["eval_split"], "test")
+    assert page.count(f"on the same {split} items") == 2
     assert "minmax-normalised mean CTE profile" in page
     assert "paper: NAST" in page and ">49.5<" in page and ">52.6<" in page  # R@1, top-3 share
     # figures: CTE heatmap, alpha bars, update share, and the training curves
