@@ -244,6 +244,7 @@ def test_a_trace_folder_reports_its_per_layer_cte(tiny_run, tmp_path):
     assert table.rows[last][1].text == interval_text(value, 1.0, 3)
     assert table.rows[last][2].text == f"{float(traced.alpha[last]):.3f}"
     assert "CTE per layer" in path.read_text()
+    assert table.columns[2] == "α (min-max)"
 
 
 def test_training_curves_include_the_periodic_validation(tmp_path):

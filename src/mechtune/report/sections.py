@@ -737,9 +737,13 @@ def trace_section(folder: Path, root: Path) -> Section:
         section.tables.append(
             Table(
                 "CTE per layer",
-                ["layer (0 = embedding output)", "CTE [95% interval]", "α"],
+                ["layer (0 = embedding output)", "CTE [95% interval]", "α (min-max)"],
                 rows,
-                caption="CTE averaged over token roles; interval over pairs (NAST §3).",
+                caption=(
+                    "CTE averaged over token roles; interval over pairs (NAST §3). α: the "
+                    "trace's own, min-max of this CTE; a study built from this trace "
+                    "reports the α it used (its source and normalisation) in its section."
+                ),
             )
         )
     section.figures += _figures_for(
