@@ -36,3 +36,29 @@ def test_auc_chart_draws_the_shuffled_label_band(tmp_path):
     with Image.open(plain) as a, Image.open(band) as b:
         assert a.size == b.size
         assert a.tobytes() != b.tobytes()
+
+
+def test_one_bar_charts_raise_no_numpy_deprecation(tmp_path):
+    """A chart with one bar per series (a tiny study's single polarity slice, one traced
+    layer) passed matplotlib a (2, 1) error array, which it read element-wise into NumPy's
+    "array to scalar" DeprecationWarning (an error in a future NumPy): every bar chart
+    with intervals renders one bar cleanly."""
+    import warnings
+    from types import SimpleNamespace
+
+    import numpy as np
+
+    from mechtune.eval.figures import alpha_bars, blind_spot_chart
+
+    one = {"a": SimpleNamespace(value=0.5, low=0.4, high=0.6)}
+    claims = {"heldout": {"accuracy_by_polarity": one, "pairwise_by_attribute": one}}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", DeprecationWarning)
+        paths = [
+            blind_spot_chart(claims, tmp_path / "blind.png"),
+            alpha_bars(*(np.array([v]) for v in (0.5, 0.4, 0.6, 1.0)), tmp_path / "alpha.png"),
+            auc_by_layer_chart({0: 0.7}, {0: (0.6, 0.8)}, [0], tmp_path / "auc.png"),
+        ]
+    for path in paths:
+        with Image.open(path) as image:
+            assert image.format == "PNG"

@@ -240,16 +240,21 @@ def test_a_study_trains_both_controls_with_the_chosen_alpha(tmp_path, world_and_
     from mechtune.eval import figures
     from mechtune.interp.alpha import cte_profile
 
-    drawn = []
+    drawn, bars = [], []
     monkeypatch.setattr(
         figures, "update_share_chart", lambda norms, cte, path, label: drawn.append((cte, label))
     )
-    for source in ("mean", "max"):
+    monkeypatch.setattr(figures, "alpha_bars", lambda *args: bars.append(args))
+    # the alpha bars show the study's alpha (rank-normalised here), not the trace's min-max
+    negation_cli.study_figures(results, tmp_path)
+    assert bars[-1][3].tolist() == alpha.tolist() != traced.alpha.tolist()
+    assert bars[-1][5] == "alpha_l = rank of the mean CTE"
+    for source in ("mean", "negator", "max"):
         results["trace"]["alpha_source"] = source
         negation_cli.study_figures(results, tmp_path)
         want = cte_profile(traced.cte_layer, traced.cte, traced.roles, source)[1:].tolist()
         assert drawn[-1] == (want, f"CTE at block output ({source} over roles)")
-    assert drawn[0][0] != drawn[1][0]  # max over roles is not the mean
+    assert len({tuple(cte) for cte, _ in drawn[-3:]}) > 1  # the sources' profiles differ
 
 
 FIELDS = {

@@ -101,6 +101,10 @@ def test_paired_table_and_results_table():
     # one seed each: McNemar's exact p appears in the cells
     single = {"runs": {"uniform-lora": [UNIFORM[0]], "nast": [NAST[0]]}}
     assert "McNemar p = " in paired_table(single)
+    # the caption names the patients the study evaluated on
+    assert "on the same test items" in lines[0]
+    validation = {**_results(), "config": {"eval_split": "val"}}
+    assert "on the same validation items" in paired_table(validation).splitlines()[0]
 
 
 def test_no_paired_table_without_the_reference_or_items():

@@ -85,6 +85,9 @@ def test_negation_study_report_holds_the_json_numbers(tiny_run):
     control = control_comparisons(results)["random-alpha"]["claim acc"]
     assert "NAST minus its controls" in page and "<td>nast − random-alpha</td>" in page
     assert control.pp() in page
+    # both paired tables name the patients the study evaluated on
+    split = {"val": "validation"}.get(results["config"]["eval_split"], "test")
+    assert page.count(f"on the same {split} items") == 2
     assert "minmax-normalised mean CTE profile" in page
     assert "paper: NAST" in page and ">49.5<" in page and ">52.6<" in page  # R@1, top-3 share
     # figures: CTE heatmap, alpha bars, update share, and the training curves
@@ -241,6 +244,7 @@ def test_a_trace_folder_reports_its_per_layer_cte(tiny_run, tmp_path):
     assert table.rows[last][1].text == interval_text(value, 1.0, 3)
     assert table.rows[last][2].text == f"{float(traced.alpha[last]):.3f}"
     assert "CTE per layer" in path.read_text()
+    assert table.columns[2] == "α (min-max)"
 
 
 def test_training_curves_include_the_periodic_validation(tmp_path):

@@ -244,16 +244,28 @@ def print_trace(result: TraceResult) -> None:
     )
 
 
-def trace_figures(result: TraceResult, folder: Path, title: str) -> None:
+def trace_figures(
+    result: TraceResult, folder: Path, title: str, trace: dict[str, Any] | None = None
+) -> None:
+    """The CTE heatmap and the per-layer CTE / alpha bars in ``folder``. ``trace``: a
+    study's ``results["trace"]``, whose alpha (of its ``alpha_source`` and ``alpha_norm``)
+    the bars show in place of the trace's own min-max alpha."""
     from mechtune.eval.figures import alpha_bars, cte_heatmap
 
     cte_heatmap(result.cte.numpy(), result.roles, folder / "cte_heatmap.png", title=title)
+    alpha, alpha_title = result.alpha.numpy(), "alpha_l = min-max normalised CTE_l"
+    if trace is not None and trace.get("alpha") is not None:
+        import numpy as np
+
+        alpha = np.asarray(trace["alpha"], dtype=float)
+        alpha_title = f"alpha_l = {trace['alpha_norm']} of the {trace['alpha_source']} CTE"
     alpha_bars(
         result.cte_layer.numpy(),
         result.cte_layer_low.numpy(),
         result.cte_layer_high.numpy(),
-        result.alpha.numpy(),
+        alpha,
         folder / "alpha.png",
+        alpha_title,
     )
 
 
@@ -649,7 +661,9 @@ def study_figures(results: dict[str, Any], folder: Path) -> None:
     source = results.get("trace", {}).get("alpha_source") or results["config"]["alpha_source"]
     profile = cte_profile(traced.cte_layer, traced.cte, traced.roles, source)
     figures = folder / "figures"
-    trace_figures(traced, figures, "CTE by layer and role (train-split pairs)")
+    trace_figures(
+        traced, figures, "CTE by layer and role (train-split pairs)", results.get("trace")
+    )
     norms = {
         m: {int(k): v for k, v in runs[0]["update_norms"].items()}
         for m, runs in results["runs"].items()

@@ -126,7 +126,9 @@ def blind_spot_chart(claims: dict[str, Any], path: str | Path) -> Path:
             value = np.array([e.value for e in est])
             err = np.array([[e.value - e.low for e in est], [e.high - e.value for e in est]])
             x = np.arange(len(names)) + (j - 0.5) * width
-            ax.bar(x, value, width, yerr=err, capsize=3, label=family.replace("_", " "))
+            # yerr as lists: matplotlib 3.10 reads a (2, 1) array element as an array
+            # (NumPy's ndim > 0 scalar DeprecationWarning) when a chart has one bar
+            ax.bar(x, value, width, yerr=err.tolist(), capsize=3, label=family.replace("_", " "))
         ax.set_xticks(np.arange(len(names)), names)
         ax.set_ylim(0, 1)
         if key == "pairwise_by_attribute":
@@ -166,17 +168,24 @@ def cte_heatmap(
 
 
 def alpha_bars(
-    cte_layer: np.ndarray, low: np.ndarray, high: np.ndarray, alpha: np.ndarray, path: str | Path
+    cte_layer: np.ndarray,
+    low: np.ndarray,
+    high: np.ndarray,
+    alpha: np.ndarray,
+    path: str | Path,
+    alpha_title: str = "alpha_l = min-max normalised CTE_l",
 ) -> Path:
-    """Per-layer CTE with 95% CIs, and the NAST weights alpha_l."""
+    """Per-layer CTE ``[L+1]`` with its 95% interval ``low``/``high`` ``[L+1]`` (left), and
+    the NAST weights alpha_l ``[L+1]`` (right, titled ``alpha_title``: say how alpha was
+    built). Writes and returns the PNG ``path``."""
     plt = _pyplot()
     x = np.arange(len(cte_layer))
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.2))
     err = np.vstack([cte_layer - low, high - cte_layer])
-    axes[0].bar(x, cte_layer, yerr=err, capsize=3, color="tab:blue")
+    axes[0].bar(x, cte_layer, yerr=err.tolist(), capsize=3, color="tab:blue")
     axes[0].set_title("per-layer CTE (mean over roles, 95% CI over pairs)", fontsize=9)
     axes[1].bar(x, alpha, color="tab:orange")
-    axes[1].set_title("alpha_l = min-max normalised CTE_l", fontsize=9)
+    axes[1].set_title(alpha_title, fontsize=9)
     for ax in axes:
         ax.set_xticks(x)
         ax.set_xlabel("layer (0 = embedding output)")
@@ -237,7 +246,7 @@ def auc_by_layer_chart(
     colors = ["tab:orange" if i in chosen else "tab:blue" for i in layers]
     fig, ax = plt.subplots(figsize=(6, 3.2))
     err = np.nan_to_num(np.vstack([values - low, high - values]), nan=0.0)
-    ax.bar(layers, np.where(defined, values, 0.0), yerr=err, capsize=3, color=colors)
+    ax.bar(layers, np.where(defined, values, 0.0), yerr=err.tolist(), capsize=3, color=colors)
     for layer, ok in zip(layers, defined, strict=True):
         if not ok:
             ax.text(layer, 0.42, "n/a", ha="center", fontsize=8)

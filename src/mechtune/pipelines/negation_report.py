@@ -1,5 +1,5 @@
 """Tables of a negation study: the NAST-shaped results table and the paired differences
-against a reference method on the same test items, and per-block update norms.
+against a reference method on the same evaluation items, and per-block update norms.
 
 ``results.json`` keeps every run's per-item correctness with item and patient ids
 (``runs[m][i]["items"]``), so the paired comparison can be recomputed later and across runs.
@@ -7,6 +7,7 @@ against a reference method on the same test items, and per-block update norms.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -174,6 +175,13 @@ def paired_cells(reports: list[dict[str, Any]], reference: list[dict[str, Any]])
     return cells
 
 
+def split_name(results: Mapping[str, Any]) -> str:
+    """The patients a study evaluated on, in words: ``test`` or ``validation`` (from
+    ``results["config"]["eval_split"]``; ``test`` when the record has no config)."""
+    split = str(results.get("config", {}).get("eval_split", "test"))
+    return "validation" if split == "val" else split
+
+
 def paired_table(results: dict[str, Any], reference: str = REFERENCE_METHOD) -> str:
     """Markdown: "Δ vs uniform LoRA [95% interval]" per method and metric, in percentage
     points (held-out phrasing families unless the column says in-dist); empty when there
@@ -184,7 +192,8 @@ def paired_table(results: dict[str, Any], reference: str = REFERENCE_METHOD) -> 
     label = reference.replace("-lora", " LoRA")
     head = "| method | seeds | " + " | ".join(c for c, *_ in PAIRED_METRICS) + " |"
     lines = [
-        f"Δ vs {label} [95% interval], percentage points, on the same test items: per item, "
+        f"Δ vs {label} [95% interval], percentage points, on the same "
+        f"{split_name(results)} items: per item, "
         "correctness averaged over each method's seeds; the interval bootstraps the mean "
         "difference over patients; McNemar's exact p where both methods ran one seed.",
         "",

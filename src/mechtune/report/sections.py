@@ -225,12 +225,13 @@ def negation_results_table(results: Mapping[str, Any]) -> Table:
 
 
 def negation_paired_table(results: Mapping[str, Any]) -> Table | None:
-    """Each method minus uniform LoRA on the same test items (pp, 95% interval)."""
+    """Each method minus uniform LoRA on the same items (pp, 95% interval)."""
     from mechtune.pipelines.negation_report import (
         PAIRED_METRICS,
         REFERENCE_METHOD,
         paired_comparisons,
         runs_label,
+        split_name,
     )
 
     paired = paired_comparisons(dict(results))
@@ -247,7 +248,8 @@ def negation_paired_table(results: Mapping[str, Any]) -> Table | None:
         columns,
         rows,
         caption=(
-            "Percentage points on the same test items [95% patient-bootstrap interval]; "
+            f"Percentage points on the same {split_name(results)} items [95% "
+            "patient-bootstrap interval]; "
             "McNemar's exact p where both methods ran one seed. Green/red: the interval "
             "excludes 0."
         ),
@@ -255,10 +257,10 @@ def negation_paired_table(results: Mapping[str, Any]) -> Table | None:
 
 
 def negation_control_table(results: Mapping[str, Any]) -> Table | None:
-    """NAST minus each of its controls (random-alpha, effective-lr) on the same test items
-    (pp, 95% interval); None when NAST or every control is missing."""
+    """NAST minus each of its controls (random-alpha, effective-lr) on the same items (pp,
+    95% interval); None when NAST or every control is missing."""
     from mechtune.pipelines.negation_controls import TARGET, control_comparisons
-    from mechtune.pipelines.negation_report import PAIRED_METRICS
+    from mechtune.pipelines.negation_report import PAIRED_METRICS, split_name
 
     paired = control_comparisons(dict(results))
     if not paired:
@@ -277,8 +279,9 @@ def negation_control_table(results: Mapping[str, Any]) -> Table | None:
         caption=(
             "Does the traced α beat the same α permuted across blocks (random-alpha: its "
             "permutations and seeds pooled per item) and uniform LoRA at NAST's mean "
-            "per-block rate (effective-lr)? Percentage points on the same test items [95% "
-            "patient-bootstrap interval]. Green/red: the interval excludes 0."
+            "per-block rate (effective-lr)? Percentage points on the same "
+            f"{split_name(results)} items [95% patient-bootstrap interval]. Green/red: the "
+            "interval excludes 0."
         ),
     )
 
@@ -734,9 +737,13 @@ def trace_section(folder: Path, root: Path) -> Section:
         section.tables.append(
             Table(
                 "CTE per layer",
-                ["layer (0 = embedding output)", "CTE [95% interval]", "α"],
+                ["layer (0 = embedding output)", "CTE [95% interval]", "α (min-max)"],
                 rows,
-                caption="CTE averaged over token roles; interval over pairs (NAST §3).",
+                caption=(
+                    "CTE averaged over token roles; interval over pairs (NAST §3). α: the "
+                    "trace's own, min-max of this CTE; a study built from this trace "
+                    "reports the α it used (its source and normalisation) in its section."
+                ),
             )
         )
     section.figures += _figures_for(
