@@ -34,10 +34,20 @@ class CaptionExample:
 
 @dataclass(frozen=True)
 class ClaimExample:
-    """A claim set (or MCQ options), the correct one first, and its image's row."""
+    """A claim set (or MCQ options), the correct one first, and its image's row.
+
+    ``polarity``: the correct claim's, "affirmative" (it states a finding present) or
+    "negated" (absent), None when unknown (MCQ options); ``twin``: the index in
+    ``candidates`` of the foil that states the correct claim's finding with the opposite
+    existence ("No left pneumothorax." for "Small left pneumothorax."), None when there is
+    none. Both are read only by the per-batch polarity balance and the pair-margin term
+    (:class:`LoopConfig` ``batch_polarity``, ``margin_weight``).
+    """
 
     candidates: tuple[str, ...]
     image: int
+    polarity: str | None = None
+    twin: int | None = None
 
 
 @dataclass(frozen=True)
