@@ -47,11 +47,11 @@ from mechtune.train.lora import (
 )
 from mechtune.train.losses import LOSSES, create_loss
 from mechtune.train.negation import ClaimExample, LoopConfig, NegationTask
-from mechtune.train.negation_data import NegationData, negation_examples
+from mechtune.train.negation_data import NegationData
+from mechtune.train.negation_data import negation_examples as negation_examples  # re-exported
 from mechtune.train.scaling import block_scales, effective_lr
 from mechtune.train.tracking import Tracker as RunTracker
 from mechtune.train.trainer import Evaluate, Trainer
-
 
 # -- the registry ---------------------------------------------------------------------------
 
