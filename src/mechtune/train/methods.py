@@ -256,8 +256,11 @@ def negation_trainer(
     ``images``: ``[N, D]`` image embeddings; ``alpha``: ``[n_blocks + 1]`` causal-tracing
     effects (embedding output, then each block's output); ``config`` with the method's
     overrides applied (``effective-lr``: its lr the mean per-block rate first); ``tracker`` and ``evaluate`` (needed when ``config.eval_every`` >
-    0): see :class:`~mechtune.train.trainer.Trainer`. Raises ConfigError for an unknown or
-    non-training method and DataError when the method's examples are empty.
+    0): see :class:`~mechtune.train.trainer.Trainer`; ``config.mcq_weight`` mixes in
+    NegBench's term on ``data.mcq``, ``config.keep_best`` keeps the best evaluated step
+    (:mod:`mechtune.train.selection`). Raises ConfigError for an unknown or non-training
+    method, or ``mcq_weight`` on a method that trains on MCQs already (negbench), and
+    DataError when the method's examples are empty.
     """
     entry = _entry(name, "negation")
     if entry.loss is None or entry.data is None:
@@ -269,8 +272,19 @@ def negation_trainer(
             f"no training examples ({entry.data}) for {name} (for negbench: no train "
             "study passes the polarity row filter)"
         )
+    if config.mcq_weight and entry.data == "mcq":
+        raise ConfigError(
+            f"mcq_weight ({config.mcq_weight}) mixes NegBench's multiple-choice term into a "
+            f"claim-set method; {name} already trains on the MCQ options: set it to 0"
+        )
     task = NegationTask(
-        encoder, images, data.captions, claims, create_loss(entry.loss, config), config
+        encoder,
+        images,
+        data.captions,
+        claims,
+        create_loss(entry.loss, config),
+        config,
+        mcq=data.mcq if config.mcq_weight else (),
     )
     site = text_lora_site(encoder.model)
     scales = block_scales(alpha, config.beta, site.n_layers).float()
@@ -285,6 +299,7 @@ def negation_trainer(
         accelerator=accelerator,
         tracker=tracker,
         evaluate=evaluate,
+        keep_best=config.keep_best,
     )
 
 
