@@ -31,7 +31,7 @@ def world_and_model(tmp_path_factory):
     return root / "world", f"hf:{tiny_clip(root / 'clip', text_layers=2)}"
 
 
-def test_recipe_key_is_checked_and_stored_as_ids():
+def test_recipe_key_is_checked_and_stored_as_ids(tmp_path):
     recipe = recipe_from_dict({"holdout_conditions": ["Pneumothorax"]}, "r.yaml")
     assert recipe.holdout_conditions == ("pneumothorax",)
     assert recipe.to_dict()["holdout_conditions"] == ["pneumothorax"]
@@ -40,6 +40,15 @@ def test_recipe_key_is_checked_and_stored_as_ids():
         recipe_from_dict({"holdout_conditions": ["ptx"]}, "r.yaml")
     with pytest.raises(ConfigError, match="holdout_conditions must be a list"):
         recipe_from_dict({"holdout_conditions": "pneumothorax"}, "r.yaml")
+    from mechtune.pipelines.dry_run import dry_run_report
+    from mechtune.sim.world import WorldConfig, make_world, save_world
+
+    save_world(make_world(WorldConfig.seeded(30, 0)), tmp_path / "world")
+    lines = dry_run_report(recipe, tmp_path / "world")
+    assert lines[1].startswith("held out of training: pneumothorax")
+    assert not any(
+        "held out" in line for line in dry_run_report(NegationStudyConfig(), tmp_path / "world")
+    )
     grid = NegationStudyConfig(grid={"holdout_conditions": [[], ["pneumothorax"]]})
     assert [c.holdout_conditions for _, _, c in grid_cells(grid)] == [(), ("pneumothorax",)]
     # the run key tells a held-out run from the other
