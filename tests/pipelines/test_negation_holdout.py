@@ -161,6 +161,13 @@ def test_a_held_out_study_counts_removals_and_reports_the_slice(world_and_model,
         "freeform_negated",
     }
     assert trained["kept"]["step"] in {e["step"] for e in trained["eval"]}
+    # the run's identity names what it was trained without: resuming it otherwise is refused
+    run_folder = tmp_path / "runs/uniform-lora/seed0"
+    identity = json.loads((run_folder / "run.json").read_text())
+    assert identity["holdout"] == ["pneumothorax"]
+    without = {k: v for k, v in identity.items() if k != "holdout"}
+    with pytest.raises(ConfigError, match=r"holdout \['pneumothorax'\] -> None"):
+        neg.check_resume(run_folder, without, 2)
     table = (tmp_path / "table.md").read_text()
     assert table.startswith("**Held out of training: pneumothorax.** Removed from the training")
     assert f"{record['removed']['claim_sets']} claim sets" in table.splitlines()[0]
@@ -174,3 +181,23 @@ NEGATION_HOLDOUT_FIELDS = {
     "holdout_conditions": "test_a_held_out_study_counts_removals_and_reports_the_slice",
 }
 FIELD_TESTS = {"mechtune.pipelines.negation_config.NegationStudyConfig": NEGATION_HOLDOUT_FIELDS}
+
+
+def test_negation_train_says_what_it_held_out(world_and_model, tmp_path):
+    from typer.testing import CliRunner
+
+    from mechtune.cli.main import app
+
+    world, model = world_and_model
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(
+        f"model: {model}\ndata: {world}\nholdout_conditions: [pneumothorax]\n"
+        "loop: {steps: 1, caption_batch: 4, claim_batch: 4, checkpoint_every: 1}\n"
+    )
+    args = ["negation", "train", "--recipe", str(recipe), "--method", "uniform-lora"]
+    result = CliRunner().invoke(app, [*args, "--out", str(tmp_path / "run")])
+    assert result.exit_code == 0, result.output
+    said = " ".join(result.output.split())
+    assert "held out of training: pneumothorax; removed" in said and "claim sets" in said
+    identity = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert identity["holdout"] == ["pneumothorax"]

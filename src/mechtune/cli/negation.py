@@ -466,6 +466,11 @@ def train_command(
             if launch.processes > 1
             else ""
         )
+        if examples.removed:
+            console.print(
+                f"held out of training: {', '.join(settings.holdout_conditions)}; removed "
+                + ", ".join(f"{n} {k.replace('_', ' ')}" for k, n in examples.removed.items())
+            )
         console.print(
             f"{method}: {loop.steps} steps on {len(examples.captions)} captions and "
             f"{len(examples.claims)} claim sets of train-split patients{spread} ..."
@@ -483,6 +488,7 @@ def train_command(
             track=progress_bar,
             tracker=launch.tracker,
             evaluate=pipeline.validation(encoder, study, held_claims, held_freeform),
+            holdout=settings.holdout_conditions,
         )
         if launch.is_main:
             _record(out, settings, device)

@@ -372,16 +372,25 @@ RUN_FILE = "run.json"  # what a training run was: method, model, dtype, data, al
 
 
 def run_identity(
-    method: str, spec: str, encoder: DualEncoder, data: StudyData, alpha: Any
+    method: str,
+    spec: str,
+    encoder: DualEncoder,
+    data: StudyData,
+    alpha: Any,
+    holdout: Sequence[str] = (),
 ) -> dict[str, Any]:
-    """What a resumed run must share with the run that wrote its checkpoints."""
-    return {
+    """What a resumed run must share with the run that wrote its checkpoints; the
+    conditions held out of its training data (``holdout``) when there are any."""
+    identity = {
         "method": method,
         "model": spec,
         "dtype": weights_info(encoder)["dtype"],
         "data": str(data.source.root),
         "alpha": [round(float(a), 6) for a in torch.as_tensor(alpha).reshape(-1).tolist()],
     }
+    if holdout:
+        identity["holdout"] = list(holdout)
+    return identity
 
 
 def check_resume(out: Path, identity: dict[str, Any], steps: int) -> None:
@@ -392,10 +401,10 @@ def check_resume(out: Path, identity: dict[str, Any], steps: int) -> None:
     if not previous_file.is_file():
         return
     previous = json.loads(previous_file.read_text(encoding="utf-8"))
-    changed = [
-        f"{key} {previous.get(key)!r} -> {value!r}"
-        for key, value in identity.items()
-        if previous.get(key) != value
+    changed = [  # a key only one side has (holdout) differs too
+        f"{key} {previous.get(key)!r} -> {identity.get(key)!r}"
+        for key in [*identity, *(k for k in previous if k not in identity)]
+        if previous.get(key) != identity.get(key)
     ]
     if changed:
         raise ConfigError(
@@ -427,6 +436,7 @@ def train_model(
     tracker: RunTracker | None = None,
     run_name: str | None = None,
     evaluate: Evaluate | None = None,
+    holdout: Sequence[str] = (),
 ) -> DualEncoder:
     """Train ``encoder`` (loaded from ``spec``) in place with a registered method,
     resuming from ``out`` (:func:`check_resume` first), and write ``out/run.json``
@@ -442,12 +452,14 @@ def train_model(
 
     ``tracker``: the run is one tracker session named ``run_name`` (default: the method)
     with the method, model and loop settings as hyperparameters; ``evaluate``: the
-    validation metric of ``loop.eval_every`` (:func:`validation`)."""
+    validation metric of ``loop.eval_every`` (:func:`validation`). ``holdout``: the
+    conditions ``examples`` were built without (:func:`training_data`), part of the
+    run's identity."""
     from safetensors.torch import save_file
 
     from mechtune.data.io import atomic_path
 
-    identity = run_identity(method, spec, encoder, data, alpha)
+    identity = run_identity(method, spec, encoder, data, alpha, holdout)
     check_resume(out, identity, loop.steps)
     wait_for_everyone(accelerator)  # every process has read the old run.json
     if is_main_process(accelerator):

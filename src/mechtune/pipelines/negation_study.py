@@ -438,6 +438,7 @@ def study_run(
         tracker=tracker,
         run_name=run_name,
         evaluate=validation(encoder, inputs.data, *held),
+        holdout=recipe.holdout_conditions,
     )
     seconds = time.perf_counter() - start
     report = to_jsonable(
