@@ -161,6 +161,8 @@ def test_a_held_out_study_counts_removals_and_reports_the_slice(world_and_model,
         "freeform_negated",
     }
     assert trained["kept"]["step"] in {e["step"] for e in trained["eval"]}
+    assert results["runs"]["uniform-lora"][0]["kept"] == trained["kept"]
+    assert "kept" not in results["runs"]["zero-shot"][0]
     # the run's identity names what it was trained without: resuming it otherwise is refused
     run_folder = tmp_path / "runs/uniform-lora/seed0"
     identity = json.loads((run_folder / "run.json").read_text())

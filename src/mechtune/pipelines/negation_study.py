@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import json
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -414,7 +415,8 @@ def study_run(
     """Train one run of a study from the base weights (resuming from
     ``out/runs/<method>/<run>``) with ``alpha``, evaluate it on ``recipe.eval_split``
     and return its report: the metrics, ``seed``, ``train_seconds``, random-alpha's
-    ``permutation``, and for a trained method the per-block update norms and the share
+    ``permutation``, ``kept`` (with ``loop.keep_best``: the step whose weights were
+    kept, its criterion and metrics), and for a trained method the per-block update norms and the share
     of them in the top-3/top-5 blocks of ``cte_by_block``. ``freeform``: the free-form
     claim sets (:func:`~mechtune.pipelines.negation.study_freeform`) scored beside the
     template ones, at most ``recipe.freeform_max_studies`` studies per set. ``held``:
@@ -457,6 +459,10 @@ def study_run(
     )
     report["train_seconds"] = round(seconds, 1)
     report["seed"] = run.seed
+    trained = out / "runs" / run.method / run.name / "train.json"
+    if recipe.loop.keep_best is not None and trained.is_file():
+        # the step whose weights were evaluated (early stopping): train.json's "kept"
+        report["kept"] = json.loads(trained.read_text(encoding="utf-8")).get("kept")
     if run.permutation is not None:
         report["permutation"] = run.permutation
     if run.method != "zero-shot":

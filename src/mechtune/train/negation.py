@@ -75,9 +75,11 @@ class LoopConfig:
     without them trains exactly as before:
 
     - ``batch_polarity``: every claim batch (and every shard of it) holds as many claim
-      sets with an affirmative correct claim as with a negated one, each with its
-      negation twin among the foils (:class:`ClaimExample`), instead of a balance over
-      the epoch only (``claim_batch`` then a multiple of 2 * ``shards``);
+      sets with an affirmative correct claim as with a negated one (contralateral
+      negations count as negated), each with its negation twin among the foils
+      (:class:`ClaimExample`), drawn uniformly from the distinct sets of each polarity,
+      instead of a balance over the epoch only (``claim_batch`` then a multiple of
+      2 * ``shards``);
     - ``margin_weight`` (>= 0) times the symmetric pair margin with ``margin`` (>= 0,
       logit units) (:class:`~mechtune.train.negation_terms.PairMarginTerm`);
     - ``retention_weight`` (>= 0) times the retention of the frozen tower on
