@@ -75,7 +75,8 @@ def test_shortcut_candidates_recipe_has_one_cell_per_candidate():
     from mechtune.pipelines.negation_config import grid_cells
 
     recipe = load_recipe(RECIPES / "negation-shortcut-candidates-phantom.yaml")
-    assert recipe.eval_split == "val" and recipe.methods == ("uniform-lora", "nast")
+    assert recipe.eval_split == "val"
+    assert recipe.methods == ("zero-shot", "uniform-lora", "nast")
     assert recipe.freeform == "packaged" and recipe.seeds == (0,)
     cells = [c for _, _, c in grid_cells(recipe)]
     assert len(cells) == 11

@@ -203,3 +203,36 @@ def test_negation_train_says_what_it_held_out(world_and_model, tmp_path):
     assert "held out of training: pneumothorax; removed" in said and "claim sets" in said
     identity = json.loads((tmp_path / "run" / "run.json").read_text())
     assert identity["holdout"] == ["pneumothorax"]
+
+
+def test_grid_table_shows_free_form_accuracy_per_cell_and_method():
+    """The candidates grid is chosen on free-form accuracy: grid.md shows each method's
+    mean free-form affirmative and negated accuracy (over its runs) in every cell."""
+    from mechtune.pipelines.negation_grid import grid_record, grid_table
+
+    def report(aff, negated):
+        block = {"accuracy_by_polarity": {"affirmative": {"value": aff}, "negated": None}}
+        if negated is not None:
+            block["accuracy_by_polarity"]["negated"] = {"value": negated}
+        return {"claims": {"heldout": {"claim_accuracy": {"value": 0.5}}}, "freeform": block}
+
+    recipe = NegationStudyConfig(grid={"loop.margin_weight": [0.0, 1.0]})
+    results = {
+        "runs": {
+            "zero-shot": [report(0.56, 0.55)],
+            "nast": [report(0.40, 0.80), report(0.50, 0.70)],
+            "uniform-lora": [report(0.30, None)],
+        }
+    }
+    record = grid_record(recipe, [("loop.margin_weight=1.0", {"loop.margin_weight": 1.0}, results)])
+    nast = record["cells"][0]["methods"]["nast"]["freeform"]
+    assert nast == {"free-form aff": pytest.approx(0.45), "free-form neg": pytest.approx(0.75)}
+    assert record["cells"][0]["methods"]["uniform-lora"]["freeform"]["free-form neg"] is None
+    table = grid_table(record)
+    assert table.splitlines()[2].endswith("| free-form aff | free-form neg |")
+    assert "| 1.0 | nast | 2 | 50.0 | n/a | n/a | n/a | 45.0 | 75.0 |" in table
+    assert "| 1.0 | zero-shot | 1 | 50.0 | n/a | n/a | n/a | 56.0 | 55.0 |" in table
+    assert (
+        "| 1.0 | uniform-lora | 1 | 50.0 | (reference) | (reference) | (reference) | 30.0 | n/a |"
+        in table
+    )
