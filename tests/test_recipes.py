@@ -31,6 +31,7 @@ def _leaves(tree: dict, prefix: str = "") -> dict[str, object]:
         ("nast-biomedclip-mimic.yaml", load_recipe),
         ("nast-controls-phantom.yaml", load_recipe),
         ("nast-variants-phantom.yaml", load_recipe),
+        ("negation-holdout-phantom.yaml", load_recipe),
         ("consistency-phantom.yaml", lambda path: load_paraphrase_recipe(path).config),
         ("consistency-medgemma-mimic.yaml", lambda path: load_paraphrase_recipe(path).config),
     ],
@@ -66,3 +67,27 @@ def test_mimic_recipes_are_valid_configs():
     assert nast.loop.steps == 3000
     consistency = load_paraphrase_recipe(RECIPES / "consistency-medgemma-mimic.yaml").config
     assert consistency.lora.steps == 1075  # ~2,865 questions x 3 epochs / effective batch 8
+
+
+def test_shortcut_candidates_recipe_has_one_cell_per_candidate():
+    """recipes/negation-shortcut-candidates-phantom.yaml (issue 18): one cell per candidate
+    change (a joined key: not a cross), today's training first, on validation patients."""
+    from mechtune.pipelines.negation_config import grid_cells
+
+    recipe = load_recipe(RECIPES / "negation-shortcut-candidates-phantom.yaml")
+    assert recipe.eval_split == "val"
+    assert recipe.methods == ("zero-shot", "uniform-lora", "nast")
+    assert recipe.freeform == "packaged" and recipe.seeds == (0,)
+    cells = [c for _, _, c in grid_cells(recipe)]
+    assert len(cells) == 11
+    first = cells[0].loop
+    assert (first.batch_polarity, first.margin_weight, first.retention_weight) == (False, 0, 0)
+    assert (first.mcq_weight, first.steps, first.eval_every, first.keep_best) == (0, 150, 0, None)
+    assert {c.loop.keep_best for c in cells} == {None, "freeform_goal", "freeform_mean"}
+    assert any(c.loop.batch_polarity for c in cells)
+    assert {c.loop.retention_kind for c in cells if c.loop.retention_weight} == {"cosine", "kl"}
+    assert any(c.loop.mcq_weight for c in cells) and any(c.loop.steps == 50 for c in cells)
+    assert any(c.loop.margin_weight for c in cells)
+    held = load_recipe(RECIPES / "negation-holdout-phantom.yaml")
+    assert held.holdout_conditions == ("pneumothorax",) and held.seeds == (0, 1, 2)
+    assert held.eval_split == "test"

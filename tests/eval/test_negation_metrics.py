@@ -147,12 +147,17 @@ def test_metrics_the_data_cannot_support_are_na_with_the_reason():
     world = make_world(WorldConfig(n_studies=300, seed=2))
     model = ToyEncoder()
     full = world.eval_set(model, "test")
-    assert not evaluate_negation(model, full, seed=2)["not_available"]
+    off = {"freeform": "the free-form claim sets were turned off"}  # no freeform= given
+    assert evaluate_negation(model, full, seed=2)["not_available"] == off
 
     bare = EvalStudies(_strip(full.studies, reports=False, sides=False), full.images, "test")
     report = evaluate_negation(model, bare, seed=2)
     assert report["retrieval"] == {"R@1": None, "R@5": None}
-    assert report["not_available"] == {"retrieval": NO_REPORTS, "contralateral": NO_LATERALITY}
+    assert report["not_available"] == {
+        "retrieval": NO_REPORTS,
+        "contralateral": NO_LATERALITY,
+        **off,
+    }
     assert report["items"]["retrieval"]["id"] == []
     held = report["claims"]["heldout"]
     assert held["accuracy_by_polarity"]["contralateral"] is None

@@ -225,9 +225,16 @@ def test_table_covers_every_field():
     from tests.cli.test_freeform_cli import FIELD_TESTS as FREEFORM
     from tests.pipelines.test_negation_controls import FIELDS as CONTROL_FIELDS
     from tests.pipelines.test_negation_grid import FIELDS as GRID_FIELDS
+    from tests.pipelines.test_negation_holdout import NEGATION_HOLDOUT_FIELDS
 
     freeform_fields = FREEFORM["mechtune.pipelines.negation_config.NegationStudyConfig"]
-    tables = (NEGATION_FIELDS, CONTROL_FIELDS, GRID_FIELDS, freeform_fields)
+    tables = (
+        NEGATION_FIELDS,
+        CONTROL_FIELDS,
+        GRID_FIELDS,
+        freeform_fields,
+        NEGATION_HOLDOUT_FIELDS,
+    )
     assert sum(map(len, tables)) == len({k for t in tables for k in t})  # each field once
     assert {k for t in tables for k in t} == {f.name for f in fields(neg.NegationStudyConfig)}
 

@@ -198,8 +198,21 @@ LORA_FIELD_CHANGES = {
 }
 
 
-# eval_every evaluates without changing the run (tests/train/test_tracking.py declares it).
-ELSEWHERE = {"eval_every"}
+# eval_every evaluates without changing the run (tests/train/test_tracking.py declares it);
+# the settings against the "prefer No" shortcut need labelled claim sets and MCQs
+# (tests/train/test_negation_terms.py and test_selection.py declare them).
+ELSEWHERE = {
+    "eval_every",
+    "batch_polarity",
+    "margin_weight",
+    "margin",
+    "retention_weight",
+    "retention_kind",
+    "retention_batch",
+    "mcq_weight",
+    "mcq_batch",
+    "keep_best",
+}
 
 
 def test_every_loop_field_has_a_change_test():

@@ -464,7 +464,10 @@ def train_command(
         with launch.main_first():  # the main process fills the image cache, the others read it
             study = _embedded(encoder, source, settings, options)
         examples = pipeline.training_data(study, settings)
-        held_claims = pipeline.validation_claims(study, loop, settings.data_seed)
+        held_claims = pipeline.validation_claims(
+            study, loop, settings.data_seed, settings.holdout_conditions
+        )
+        held_freeform = pipeline.validation_freeform(study, settings, loop)
         if alpha_values is None:
             import torch
 
@@ -475,6 +478,11 @@ def train_command(
             if launch.processes > 1
             else ""
         )
+        if examples.removed:
+            console.print(
+                f"held out of training: {', '.join(settings.holdout_conditions)}; removed "
+                + ", ".join(f"{n} {k.replace('_', ' ')}" for k, n in examples.removed.items())
+            )
         console.print(
             f"{method}: {loop.steps} steps on {len(examples.captions)} captions and "
             f"{len(examples.claims)} claim sets of train-split patients{spread} ..."
@@ -491,7 +499,8 @@ def train_command(
             accelerator=launch.accelerator,
             track=progress_bar,
             tracker=launch.tracker,
-            evaluate=pipeline.validation(encoder, study, held_claims),
+            evaluate=pipeline.validation(encoder, study, held_claims, held_freeform),
+            holdout=settings.holdout_conditions,
         )
         if launch.is_main:
             _record(out, settings, device)
@@ -560,6 +569,7 @@ def evaluate(
         track=progress_bar,
         freeform=pipeline.study_freeform(settings),
         freeform_max_studies=settings.freeform_max_studies,
+        holdout=settings.holdout_conditions,
     )
     if check is not None:
         report["adapter_check"] = check

@@ -26,6 +26,7 @@ import torch
 from mechtune.data.freeform import HALVES, KINDS, FreeformClaimSet, FreeformSets, half_hash
 from mechtune.data.freeform_match import FreeformMatch, SourceAttributes, match_sets
 from mechtune.data.schema import POLARITIES, Study
+from mechtune.eval.holdout import freeform_conditions
 from mechtune.eval.metrics import claim_hits, proportion
 
 DEFAULT_MAX_STUDIES = 20  # studies per claim set, so that no common finding dominates
@@ -46,6 +47,54 @@ def freeform_match(
     whole source can ground (default: ``studies``). Raises ``DataError`` for a split
     without a half (train)."""
     return match_sets(sets.half(split), studies, max_studies=max_studies, source=source)
+
+
+def freeform_split_match(
+    sets: FreeformSets | None,
+    split: str,
+    studies: Sequence[Study],
+    max_studies: int = DEFAULT_MAX_STUDIES,
+    source: SourceAttributes | None = None,
+) -> FreeformMatch | None:
+    """:func:`freeform_match` of ``split`` when there are ``sets`` and the split has a
+    half (val, test); None otherwise (no free-form sets, or the train split)."""
+    if sets is None or split not in HALVES:
+        return None
+    return freeform_match(sets, split, studies, max_studies=max_studies, source=source)
+
+
+def add_freeform(
+    report: dict[str, Any],
+    sets: FreeformSets | None,
+    match: FreeformMatch | None,
+    study_row: dict[str, int],
+    images: torch.Tensor,
+    table: TextTable,
+) -> None:
+    """Score ``match`` (:func:`freeform_split_match` of ``report["split"]``) into a
+    negation report: ``report["freeform"]`` (:func:`summarise_freeform`) and
+    ``report["items"]["freeform"]`` (:func:`freeform_items`); or say in
+    ``report["not_available"]["freeform"]`` why there is none (turned off, no half for
+    the split, no set grounded by the split's studies)."""
+    split = report["split"]
+    not_available = report["not_available"]
+    if sets is None:
+        not_available["freeform"] = "the free-form claim sets were turned off"
+        return
+    if match is None:
+        not_available["freeform"] = (
+            f"the free-form claim sets have {' and '.join(HALVES)} halves, none for the "
+            f"{split} split"
+        )
+        return
+    items = freeform_items(match, freeform_scores(match, study_row, images, table))
+    report["freeform"] = summarise_freeform(items, match, sets, split)
+    report["items"]["freeform"] = items
+    if not match.items:
+        not_available["freeform"] = (
+            f"no free-form claim set of the {split} half is grounded by the split's "
+            f"studies (skipped by reason: {report['freeform']['skipped']})"
+        )
 
 
 def freeform_texts(match: FreeformMatch) -> set[str]:
@@ -69,8 +118,10 @@ def freeform_scores(
 
 def freeform_items(match: FreeformMatch, scores: Sequence[np.ndarray]) -> dict[str, list[Any]]:
     """Per item, column-wise: ``id`` (``<set id>@<study id>``), ``set``, ``study``,
-    ``patient``, ``slice`` (the correct claim's polarity), ``kinds``, ``correct``
-    (top-1 hit) and ``scores`` (each candidate's similarity, rounded to 5 decimals)."""
+    ``patient``, ``slice`` (the correct claim's polarity), ``kinds``, ``conditions``
+    (what the set is about: :func:`mechtune.eval.holdout.freeform_conditions`),
+    ``correct`` (top-1 hit) and ``scores`` (each candidate's similarity, rounded to 5
+    decimals)."""
     return {
         "id": [f"{cs.set_id}@{s.study_id}" for cs, s in match.items],
         "set": [cs.set_id for cs, _ in match.items],
@@ -78,6 +129,7 @@ def freeform_items(match: FreeformMatch, scores: Sequence[np.ndarray]) -> dict[s
         "patient": [s.patient_id for _, s in match.items],
         "slice": [cs.polarity for cs, _ in match.items],
         "kinds": [list(cs.kinds) for cs, _ in match.items],
+        "conditions": [freeform_conditions(cs) for cs, _ in match.items],
         "correct": claim_hits(scores).tolist() if scores else [],
         "scores": [[round(float(x), 5) for x in sc] for sc in scores],
     }
@@ -127,9 +179,11 @@ def summarise_freeform(
 __all__ = [
     "DEFAULT_MAX_STUDIES",
     "HALVES",
+    "add_freeform",
     "freeform_items",
     "freeform_match",
     "freeform_scores",
+    "freeform_split_match",
     "freeform_texts",
     "summarise_freeform",
 ]

@@ -37,18 +37,16 @@ import numpy as np
 import torch
 
 from mechtune.data.builders.contextual import ContextualConfig, study_records
-from mechtune.data.freeform import HALVES, FreeformSets
+from mechtune.data.freeform import FreeformSets
 from mechtune.data.freeform_match import SourceAttributes
 from mechtune.data.ontology import load_ontology
 from mechtune.data.schema import ClaimSet, Study
 from mechtune.errors import DataError
 from mechtune.eval.freeform import (
     DEFAULT_MAX_STUDIES,
-    freeform_items,
-    freeform_match,
-    freeform_scores,
+    add_freeform,
+    freeform_split_match,
     freeform_texts,
-    summarise_freeform,
 )
 from mechtune.eval.metrics import (
     Estimate,
@@ -248,7 +246,8 @@ def _gap(top1: np.ndarray, patients: np.ndarray, a: np.ndarray, b: np.ndarray) -
 
 def claim_items(claim_sets: list[ClaimSet], scores: list[np.ndarray]) -> dict[str, list[Any]]:
     """Per claim set, column-wise: ``id``, ``patient``, ``heldout`` (phrasing family),
-    ``slice`` (:func:`claim_slice`), ``correct`` (top-1 hit), for paired comparisons, and
+    ``slice`` (:func:`claim_slice`), ``condition`` (the ontology id the set is about),
+    ``correct`` (top-1 hit), for paired comparisons, and
     ``scores`` (each candidate's image-text similarity, the correct claim first, rounded
     to 5 decimals), from which a study picks its examples."""
     return {
@@ -256,6 +255,7 @@ def claim_items(claim_sets: list[ClaimSet], scores: list[np.ndarray]) -> dict[st
         "patient": [cs.patient_id for cs in claim_sets],
         "heldout": [cs.heldout_family for cs in claim_sets],
         "slice": [claim_slice(cs) for cs in claim_sets],
+        "condition": [cs.condition for cs in claim_sets],
         "correct": claim_hits(scores).tolist(),
         "scores": [[round(float(x), 5) for x in sc] for sc in scores],
     }
@@ -423,15 +423,10 @@ def evaluate_negation(
     mcqs = polarity_mcqs(data, seed=seed)
     for form in MCQ_FORMS:
         texts.update(mcq_texts(mcqs, form))
-    match = None
-    if freeform is not None and data.split in HALVES:
-        match = freeform_match(
-            freeform,
-            data.split,
-            data.studies,
-            max_studies=freeform_max_studies,
-            source=freeform_source,
-        )
+    match = freeform_split_match(
+        freeform, data.split, data.studies, freeform_max_studies, freeform_source
+    )
+    if match is not None:
         texts.update(freeform_texts(match))
     with stage(track, f"evaluate {data.split}: embed texts", len(texts)) as advance:
         table = embed_texts(model, sorted(texts), progress=advance)
@@ -479,22 +474,7 @@ def evaluate_negation(
     }
     if not mcq_items["id"]:
         not_available["polarity_mcq"] = "no study of the split passes the MCQ row filter"
-    if match is not None and freeform is not None:
-        items = freeform_items(match, freeform_scores(match, row, data.images, table))
-        report["freeform"] = summarise_freeform(items, match, freeform, data.split)
-        report["items"]["freeform"] = items
-        if not match.items:
-            not_available["freeform"] = (
-                f"no free-form claim set of the {data.split} half is grounded by the split's "
-                f"studies (skipped by reason: {report['freeform']['skipped']})"
-            )
-    elif freeform is None:
-        not_available["freeform"] = "the free-form claim sets were turned off"
-    else:
-        not_available["freeform"] = (
-            f"the free-form claim sets have {' and '.join(HALVES)} halves, none for the "
-            f"{data.split} split"
-        )
+    add_freeform(report, freeform, match, row, data.images, table)
     if probe_train is not None:
         report["probes"] = linear_probes(
             probe_train.images,

@@ -110,6 +110,11 @@ def dry_run_report(
         f"optimizer {recipe.loop.optimizer!r}, alpha {recipe.alpha_norm} of the "
         f"{recipe.alpha_source} CTE"
     ]
+    if recipe.holdout_conditions:
+        lines.append(
+            f"held out of training: {', '.join(recipe.holdout_conditions)} (every claim set, "
+            "caption sentence and MCQ about it is removed and counted when the study runs)"
+        )
     if recipe.grid is not None:
         from mechtune.pipelines.negation_config import grid_cells
 

@@ -26,7 +26,8 @@ from mechtune.data.io import read_jsonl_records, write_json
 from mechtune.data.schema import SPLITS, Study
 from mechtune.data.sources.base import ImageStudySource
 from mechtune.errors import ConfigError, DataError
-from mechtune.eval.freeform import DEFAULT_MAX_STUDIES
+from mechtune.eval.freeform import DEFAULT_MAX_STUDIES, freeform_split_match
+from mechtune.eval.holdout import freeform_about, holdout_report
 from mechtune.eval.negation import (
     EvalStudies,
     evaluate_negation,
@@ -231,21 +232,29 @@ def trace_model(
 
 def training_data(data: StudyData, recipe: NegationStudyConfig) -> NegationData:
     """Captions, claim sets and MCQ options of the train-split patients (train phrasing
-    families), seeded by ``data_seed``."""
+    families), seeded by ``data_seed``, without any text about the recipe's
+    ``holdout_conditions`` (counted in ``removed``: :mod:`mechtune.train.negation_data`)."""
     rows = data.rows("train")
     if not rows:
         raise DataError(f"{data.source.root}: no item in the train split to train on")
     return negation_examples(
-        rows, "train", seed=recipe.data_seed, balance_polarity=recipe.balance_polarity
+        rows,
+        "train",
+        seed=recipe.data_seed,
+        balance_polarity=recipe.balance_polarity,
+        holdout=recipe.holdout_conditions,
     )
 
 
-def validation_claims(data: StudyData, loop: LoopConfig, seed: int) -> list[ClaimExample]:
+def validation_claims(
+    data: StudyData, loop: LoopConfig, seed: int, holdout: Sequence[str] = ()
+) -> list[ClaimExample]:
     """The claim sets ``loop.eval_every`` evaluates on: those of the **val**-split
     patients in the held-out phrasing families (what the study reports), seeded by
-    ``seed`` (the recipe's ``data_seed``), not balanced. Empty when ``eval_every`` is 0.
-    Raises ConfigError naming ``loop.eval_every`` (``--eval-every``) when the source has
-    no val-split item."""
+    ``seed`` (the recipe's ``data_seed``), not balanced, none about a ``holdout``
+    condition (a held-out finding must not choose the kept step either). Empty when
+    ``eval_every`` is 0. Raises ConfigError naming ``loop.eval_every``
+    (``--eval-every``) when the source has no val-split item."""
     if not loop.eval_every:
         return []
     rows = data.rows("val")
@@ -255,16 +264,54 @@ def validation_claims(data: StudyData, loop: LoopConfig, seed: int) -> list[Clai
             f"no item in the 'val' split to evaluate on (split counts: "
             f"{data.source.split_counts()}); set it to 0"
         )
-    held = negation_examples(rows, "val", seed=seed, heldout=True, balance_polarity=False)
+    held = negation_examples(
+        rows, "val", seed=seed, heldout=True, balance_polarity=False, holdout=holdout
+    )
     return held.claims
 
 
+def validation_freeform(
+    data: StudyData, recipe: NegationStudyConfig, loop: LoopConfig
+) -> list[ClaimExample]:
+    """The free-form items ``loop.eval_every`` evaluates on: the **val** half of the
+    recipe's free-form sets (:func:`study_freeform`) matched to the val-split studies,
+    at most ``freeform_max_studies`` per set (what the source can ground read from every
+    item), each with its image row and its correct claim's polarity; none about a
+    ``holdout_conditions`` condition (:func:`mechtune.eval.holdout.freeform_about`).
+    Empty when ``eval_every`` is 0 or the free-form sets are off. The test half is never
+    read here."""
+    sets = study_freeform(recipe) if loop.eval_every else None
+    rows = data.rows("val") if sets is not None else []
+    match = freeform_split_match(
+        sets,
+        "val",
+        [s for _, s in rows],
+        recipe.freeform_max_studies,
+        SourceAttributes.of(data.studies),
+    )
+    if match is None:
+        return []
+    row = {s.study_id: i for i, s in rows}
+    return [
+        ClaimExample(cs.candidates, row[study.study_id], cs.polarity)
+        for cs, study in match.items
+        if not freeform_about(cs, recipe.holdout_conditions)
+    ]
+
+
 def validation(
-    encoder: DualEncoder, data: StudyData, claims: list[ClaimExample]
+    encoder: DualEncoder,
+    data: StudyData,
+    claims: list[ClaimExample],
+    freeform: Sequence[ClaimExample] = (),
 ) -> Evaluate | None:
     """The trainer's ``evaluate`` on ``claims`` (:func:`validation_claims`; None when
-    there are none): claim accuracy of ``encoder``, which is trained in place."""
-    return negation_validation(encoder, data.images, claims) if claims else None
+    there are none) and the free-form items ``freeform`` (:func:`validation_freeform`):
+    claim accuracy of ``encoder``, which is trained in place, and free-form accuracy by
+    polarity (:func:`~mechtune.train.validation.negation_validation`)."""
+    if not claims:
+        return None
+    return negation_validation(encoder, data.images, claims, freeform=freeform)
 
 
 def study_freeform(recipe: NegationStudyConfig) -> FreeformSets | None:
@@ -287,13 +334,15 @@ def evaluate_model(
     track: Tracker | None = None,
     freeform: FreeformSets | None = None,
     freeform_max_studies: int = DEFAULT_MAX_STUDIES,
+    holdout: Sequence[str] = (),
 ) -> dict[str, Any]:
     """Every negation metric of ``encoder`` on ``split``; with ``probes``, linear probes
     fitted on the train split; with ``base``, retention (the drift of the text embeddings
     of everyday sentences from ``base``'s). ``track``: progress of the text embedding.
     ``freeform``: free-form claim sets (:func:`study_freeform`), the split's half scored
     on its studies, at most ``freeform_max_studies`` per set; what the source can ground
-    is read from every item of ``data``."""
+    is read from every item of ``data``. ``holdout``: conditions held out of training,
+    whose slice goes to ``report["holdout"]`` (:func:`~mechtune.eval.holdout.holdout_report`)."""
     probe_train = data.eval_set("train") if probes else None
     report = evaluate_negation(
         encoder,
@@ -305,6 +354,8 @@ def evaluate_model(
         freeform_max_studies=freeform_max_studies,
         freeform_source=SourceAttributes.of(data.studies) if freeform is not None else None,
     )
+    if holdout:
+        report["holdout"] = holdout_report(report["items"], holdout)
     if base is not None:
         sentences = general_sentences()
         report["retention"] = embedding_drift(
@@ -321,16 +372,25 @@ RUN_FILE = "run.json"  # what a training run was: method, model, dtype, data, al
 
 
 def run_identity(
-    method: str, spec: str, encoder: DualEncoder, data: StudyData, alpha: Any
+    method: str,
+    spec: str,
+    encoder: DualEncoder,
+    data: StudyData,
+    alpha: Any,
+    holdout: Sequence[str] = (),
 ) -> dict[str, Any]:
-    """What a resumed run must share with the run that wrote its checkpoints."""
-    return {
+    """What a resumed run must share with the run that wrote its checkpoints; the
+    conditions held out of its training data (``holdout``) when there are any."""
+    identity = {
         "method": method,
         "model": spec,
         "dtype": weights_info(encoder)["dtype"],
         "data": str(data.source.root),
         "alpha": [round(float(a), 6) for a in torch.as_tensor(alpha).reshape(-1).tolist()],
     }
+    if holdout:
+        identity["holdout"] = list(holdout)
+    return identity
 
 
 def check_resume(out: Path, identity: dict[str, Any], steps: int) -> None:
@@ -341,10 +401,10 @@ def check_resume(out: Path, identity: dict[str, Any], steps: int) -> None:
     if not previous_file.is_file():
         return
     previous = json.loads(previous_file.read_text(encoding="utf-8"))
-    changed = [
-        f"{key} {previous.get(key)!r} -> {value!r}"
-        for key, value in identity.items()
-        if previous.get(key) != value
+    changed = [  # a key only one side has (holdout) differs too
+        f"{key} {previous.get(key)!r} -> {identity.get(key)!r}"
+        for key in [*identity, *(k for k in previous if k not in identity)]
+        if previous.get(key) != identity.get(key)
     ]
     if changed:
         raise ConfigError(
@@ -376,6 +436,7 @@ def train_model(
     tracker: RunTracker | None = None,
     run_name: str | None = None,
     evaluate: Evaluate | None = None,
+    holdout: Sequence[str] = (),
 ) -> DualEncoder:
     """Train ``encoder`` (loaded from ``spec``) in place with a registered method,
     resuming from ``out`` (:func:`check_resume` first), and write ``out/run.json``
@@ -391,12 +452,14 @@ def train_model(
 
     ``tracker``: the run is one tracker session named ``run_name`` (default: the method)
     with the method, model and loop settings as hyperparameters; ``evaluate``: the
-    validation metric of ``loop.eval_every`` (:func:`validation`)."""
+    validation metric of ``loop.eval_every`` (:func:`validation`). ``holdout``: the
+    conditions ``examples`` were built without (:func:`training_data`), part of the
+    run's identity."""
     from safetensors.torch import save_file
 
     from mechtune.data.io import atomic_path
 
-    identity = run_identity(method, spec, encoder, data, alpha)
+    identity = run_identity(method, spec, encoder, data, alpha, holdout)
     check_resume(out, identity, loop.steps)
     wait_for_everyone(accelerator)  # every process has read the old run.json
     if is_main_process(accelerator):

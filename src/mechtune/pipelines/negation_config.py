@@ -10,6 +10,7 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
+from mechtune.data.mentions import check_conditions
 from mechtune.errors import ConfigError
 from mechtune.eval.freeform import DEFAULT_MAX_STUDIES
 from mechtune.eval.study_config import check_seeds
@@ -20,6 +21,7 @@ from mechtune.models.spec import load_dual_encoder
 from mechtune.train.lora import LoraSettings
 from mechtune.train.methods import methods_for
 from mechtune.train.negation import LoopConfig
+from mechtune.train.selection import criterion_metrics
 
 
 @dataclass(frozen=True)
@@ -71,6 +73,10 @@ class NegationStudyConfig:
     (:mod:`mechtune.eval.freeform`): ``"packaged"`` (:data:`PACKAGED_FREEFORM`, the
     hand-written set shipped with mechtune), a path to a file of the same schema, or
     None to leave them out; ``freeform_max_studies``: studies scored per set at most.
+    ``holdout_conditions``: conditions (ontology ids or CheXpert columns, stored as ids)
+    whose every training text is removed, counted in the results and the table
+    (:mod:`mechtune.train.negation_data`; issue 18's held-out finding); the evaluation
+    then reports their slice apart (:mod:`mechtune.eval.holdout`); empty: none.
     ``grid``: ``{key: [values]}`` of settings to cross (dotted keys: ``loop.beta``,
     ``loop.lora.rank``); the study then runs every cell
     (:mod:`mechtune.pipelines.negation_grid`); None: one study.
@@ -92,6 +98,7 @@ class NegationStudyConfig:
     random_alpha_permutations: int = 3
     freeform: str | None = "packaged"
     freeform_max_studies: int = DEFAULT_MAX_STUDIES
+    holdout_conditions: tuple[str, ...] = ()
     grid: dict[str, tuple[Any, ...]] | None = None
     loop: LoopConfig = field(
         default_factory=lambda: LoopConfig(
@@ -147,13 +154,25 @@ class NegationStudyConfig:
             raise ConfigError(
                 f"freeform_max_studies must be an integer >= 1, got {self.freeform_max_studies!r}"
             )
+        object.__setattr__(self, "holdout_conditions", check_conditions(self.holdout_conditions))
+        reads = criterion_metrics(self.loop.keep_best) if self.loop.keep_best else ()
+        if self.freeform is None and any(m.startswith("freeform") for m in reads):
+            raise ConfigError(
+                f"loop.keep_best {self.loop.keep_best!r} reads the free-form validation half, "
+                "and freeform is null (off); turn freeform on or choose claim_accuracy"
+            )
         if self.grid is not None:
             object.__setattr__(self, "grid", check_grid(self.grid))
             grid_cells(self)  # every cell's settings are valid
 
     def to_dict(self) -> dict[str, Any]:
         out = {f.name: getattr(self, f.name) for f in fields(self)}
-        out.update(methods=list(self.methods), seeds=list(self.seeds), loop=self.loop.to_dict())
+        out.update(
+            methods=list(self.methods),
+            seeds=list(self.seeds),
+            holdout_conditions=list(self.holdout_conditions),
+            loop=self.loop.to_dict(),
+        )
         if self.grid is not None:
             out["grid"] = {k: list(v) for k, v in self.grid.items()}
         return out

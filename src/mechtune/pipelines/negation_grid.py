@@ -128,10 +128,13 @@ def run_negation_grid(
     return record
 
 
-def _mean_claim_accuracy(reports: list[dict[str, Any]]) -> float | None:
+def _mean_value(reports: list[dict[str, Any]], path: tuple[str, ...]) -> float | None:
+    """The mean over ``reports`` of the estimate at ``path`` (None when a run lacks it)."""
     values = []
     for report in reports:
-        node = report.get("claims", {}).get("heldout", {}).get("claim_accuracy")
+        node: Any = report
+        for key in path:
+            node = node.get(key) if isinstance(node, dict) else None
         value = node.get("value") if isinstance(node, dict) else None
         if value is None:
             return None
@@ -139,11 +142,24 @@ def _mean_claim_accuracy(reports: list[dict[str, Any]]) -> float | None:
     return sum(values) / len(values) if values else None
 
 
+def _mean_claim_accuracy(reports: list[dict[str, Any]]) -> float | None:
+    return _mean_value(reports, ("claims", "heldout", "claim_accuracy"))
+
+
+# (column, report path) of the grid table's free-form columns: the "prefer No" shortcut
+# shows there (issue 18), not on the template sets
+GRID_FREEFORM = (
+    ("free-form aff", ("freeform", "accuracy_by_polarity", "affirmative")),
+    ("free-form neg", ("freeform", "accuracy_by_polarity", "negated")),
+)
+
+
 def grid_record(
     recipe: NegationStudyConfig, studies: list[tuple[str, dict[str, Any], dict[str, Any]]]
 ) -> dict[str, Any]:
     """``grid.json``: the grid, the reference method and, per cell (``name``,
-    ``settings``, ``folder``), per method: its runs, mean held-out claim accuracy and the
+    ``settings``, ``folder``), per method: its runs, mean held-out claim accuracy, mean
+    free-form affirmative and negated accuracy (``freeform``: :data:`GRID_FREEFORM`) and the
     paired differences from the reference (``paired``: the cell's ``results["paired"]``
     entries of :data:`GRID_PAIRED`; None for the reference itself or where there is
     nothing to compare)."""
@@ -156,6 +172,7 @@ def grid_record(
             methods[method] = {
                 "runs": runs_label(reports),
                 "claim_accuracy": _mean_claim_accuracy(reports),
+                "freeform": {c: _mean_value(reports, path) for c, path in GRID_FREEFORM},
                 "paired": None
                 if method == REFERENCE_METHOD
                 else {key: diffs.get(key) for _, key in GRID_PAIRED},
@@ -187,11 +204,13 @@ def _pp(diff: dict[str, Any] | None) -> str:
 
 def grid_table(record: dict[str, Any]) -> str:
     """Markdown of a grid record: one row per cell and method, the cell's settings as
-    columns, held-out claim accuracy (%) and the paired differences from the reference
-    method of the same cell (pp, 95% interval)."""
+    columns, held-out claim accuracy (%), the paired differences from the reference
+    method of the same cell (pp, 95% interval) and free-form affirmative and negated
+    accuracy (%, mean over the runs)."""
     keys = [part for key in record["grid"] or {} for part in joined_keys(key)]
     reference = record["reference"]
     columns = [*keys, "method", "seeds", "claim acc", *(c for c, _ in GRID_PAIRED)]
+    columns += [c for c, _ in GRID_FREEFORM]
     lines = [
         f"Grid of {len(record['cells'])} cells, {record['eval_split']} patients, held-out "
         f"phrasing families. Δ: minus {reference} of the same cell on the same items, "
@@ -210,5 +229,10 @@ def grid_table(record: dict[str, Any]) -> str:
                 values += ["(reference)"] * len(GRID_PAIRED)
             else:
                 values += [_pp(row["paired"].get(key)) for _, key in GRID_PAIRED]
+            freeform = row.get("freeform") or {}
+            values += [
+                "n/a" if freeform.get(c) is None else f"{100 * freeform[c]:.1f}"
+                for c, _ in GRID_FREEFORM
+            ]
             lines.append("| " + " | ".join(values) + " |")
     return "\n".join(lines)

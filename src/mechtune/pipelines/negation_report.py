@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 
 from mechtune.errors import DataError
+from mechtune.eval.holdout import condition_items
 from mechtune.eval.metrics import paired_items
 from mechtune.models.sites import text_site
 from mechtune.train.lora import lora_update_norms
@@ -115,7 +116,128 @@ def results_table(results: dict[str, Any]) -> str:
             + " |"
         )
     paired = paired_table(results)
-    return "\n".join(lines) + (f"\n\n{paired}" if paired else "")
+    out = "\n".join(lines) + (f"\n\n{paired}" if paired else "")
+    if "holdout" in results:
+        out = f"{holdout_header(results['holdout'])}\n\n{out}\n\n{holdout_tables(results)}"
+    return out
+
+
+def _metric(report: dict[str, Any], path: str) -> float | None:
+    node: Any = report
+    for key in path.split("/"):
+        node = node.get(key) if isinstance(node, dict) else None
+    return node["value"] if isinstance(node, dict) else node
+
+
+def holdout_header(record: dict[str, Any]) -> str:
+    """The line that opens a held-out study's table: which conditions no training text
+    was about, and what their removal took (``results["holdout"]``:
+    :func:`~mechtune.pipelines.negation_study.holdout_record`)."""
+    removed, kept = record["removed"], record["kept"]
+    return (
+        f"**Held out of training: {', '.join(record['conditions'])}.** Removed from the "
+        f"training data: {removed['claim_sets']} claim sets, {removed['caption_sentences']} "
+        f"caption sentences ({removed['captions']} captions left empty and dropped), "
+        f"{removed['mcq']} MCQs ({removed['by_label_only']} of these texts named it only in "
+        f"their record); kept {kept['claim_sets']} claim sets (after balancing), "
+        f"{kept['captions']} captions, {kept['mcq']} MCQs. Validation for eval_every: "
+        f"{record['validation']['template_claim_sets']} template claim sets, "
+        f"{record['validation']['freeform_items']} free-form items, none about it. "
+        f"{record['trace_pairs_naming_it']} traced pairs name it (the trace only chooses "
+        "alpha; no weight is trained on them)."
+    )
+
+
+# (column, item table, selection, report path) of a held-out condition's slice
+HOLDOUT_COLUMNS: tuple[tuple[str, str, dict[str, Any], str], ...] = (
+    ("claim acc", "claims", {"heldout": True}, "template/claim_accuracy"),
+    ("affirmative", "claims", {"heldout": True, "slice": "affirmative"},
+     "template/accuracy_by_polarity/affirmative"),
+    ("negated", "claims", {"heldout": True, "slice": "negated"},
+     "template/accuracy_by_polarity/negated"),
+    ("contralateral", "claims", {"heldout": True, "slice": "contralateral"},
+     "template/accuracy_by_polarity/contralateral"),
+    ("free-form aff", "freeform", {"slice": "affirmative"},
+     "freeform/accuracy_by_polarity/affirmative"),
+    ("free-form neg", "freeform", {"slice": "negated"}, "freeform/accuracy_by_polarity/negated"),
+)  # fmt: skip
+HOLDOUT_REFERENCES = ("zero-shot", "uniform-lora")  # the untrained model, the plain fix
+
+
+def holdout_comparisons(
+    results: dict[str, Any], condition: str, reference: str
+) -> dict[str, dict[str, Any]]:
+    """``{method: {column: PairedDifference or None}}``: each method minus ``reference``
+    on the items about held-out ``condition`` (:data:`HOLDOUT_COLUMNS`; template sets in
+    the held-out families, free-form items). Empty when ``reference`` did not run."""
+    runs = results["runs"]
+    if reference not in runs or any("items" not in r for rs in runs.values() for r in rs):
+        return {}
+
+    def subset(reports: list[dict[str, Any]], table: str) -> list[dict[str, Any]] | None:
+        if any(table not in r["items"] for r in reports):
+            return None
+        return [condition_items(r["items"][table], condition) for r in reports]
+
+    out: dict[str, dict[str, Any]] = {}
+    for method, reports in runs.items():
+        if method == reference:
+            continue
+        cells: dict[str, Any] = {}
+        for column, table, select, _ in HOLDOUT_COLUMNS:
+            a, b = subset(reports, table), subset(runs[reference], table)
+            cells[column] = None
+            if a is not None and b is not None:
+                try:
+                    cells[column] = paired_items(a, b, "correct", select=select)
+                except DataError as err:
+                    if "no item matches" not in str(err):
+                        raise
+        out[method] = cells
+    return out
+
+
+def holdout_tables(results: dict[str, Any]) -> str:
+    """Markdown, per held-out condition: each method's accuracy on the claim sets about
+    it (mean and range over seeds), then each method minus zero-shot and minus uniform
+    LoRA on those items, in percentage points with the paired 95% interval."""
+    parts = []
+    names = [c for c, *_ in HOLDOUT_COLUMNS]
+    for condition in results["holdout"]["conditions"]:
+        lines = [
+            f"Held-out condition **{condition}** (no training text was about it): accuracy on "
+            "its claim sets (template: held-out phrasing families), %",
+            "",
+            "| method | seeds | " + " | ".join(names) + " |",
+            "|" + "---|" * (2 + len(names)),
+        ]
+        for method, reports in results["runs"].items():
+            cells = [
+                _agg([_metric(r.get("holdout", {}).get(condition, {}), path) for r in reports])
+                for *_, path in HOLDOUT_COLUMNS
+            ]
+            lines.append(f"| {method} | {runs_label(reports)} | " + " | ".join(cells) + " |")
+        for reference in HOLDOUT_REFERENCES:
+            paired = holdout_comparisons(results, condition, reference)
+            if not paired:
+                continue
+            lines += [
+                "",
+                f"Δ vs {reference} on the items about {condition} [95% interval], percentage "
+                "points",
+                "",
+                "| method | seeds | " + " | ".join(names) + " |",
+                "|" + "---|" * (2 + len(names)),
+            ]
+            for method, diffs in paired.items():
+                row = ["n/a" if diffs[c] is None else diffs[c].pp() for c in names]
+                lines.append(
+                    f"| {method} | {runs_label(results['runs'][method])} | "
+                    + " | ".join(row)
+                    + " |"
+                )
+        parts.append("\n".join(lines))
+    return "\n\n".join(parts)
 
 
 REFERENCE_METHOD = "uniform-lora"

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import json
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -31,6 +32,7 @@ import torch
 
 from mechtune.data.freeform import FreeformSets
 from mechtune.data.io import atomic_write_text, dumps_json, to_jsonable, write_json
+from mechtune.data.mentions import mentions
 from mechtune.data.sources.base import ImageStudySource
 from mechtune.errors import ConfigError
 from mechtune.eval.negation import eval_claim_sets, select_claim_examples
@@ -50,6 +52,7 @@ from mechtune.pipelines.negation import (
     training_data,
     validation,
     validation_claims,
+    validation_freeform,
     weights_info,
 )
 from mechtune.pipelines.negation_config import NegationStudyConfig, RunOptions
@@ -81,6 +84,7 @@ def _quiet(_message: str) -> None:
 __all__ = [
     "INPUT_KEYS",
     "StudyInputs",
+    "holdout_record",
     "reused_report",
     "run_key",
     "run_negation_study",
@@ -222,7 +226,9 @@ def run_negation_study(
     ``shared``: the reports of the grid's other cells by :func:`run_key`; a run whose key
     is there is not trained again (its report is reused, ``update_share`` recomputed for
     this study's profile, ``trained_in`` naming the folder that trained it), and each run
-    trained here is added. Returns the results dict."""
+    trained here is added. With ``recipe.holdout_conditions``, training reads no text
+    about them, ``results["holdout"]`` counts what was removed (:func:`holdout_record`)
+    and each run's report holds their slice (``holdout``). Returns the results dict."""
     if recipe.grid is not None:
         raise ConfigError(
             f"the recipe has a grid ({', '.join(recipe.grid)}): run every cell with "
@@ -244,7 +250,8 @@ def run_negation_study(
     )
     freeform = study_freeform(recipe)  # a bad file fails before any training
     examples = training_data(data, recipe)
-    held_claims = validation_claims(data, recipe.loop, recipe.data_seed)
+    held_claims = validation_claims(data, recipe.loop, recipe.data_seed, recipe.holdout_conditions)
+    held_freeform = validation_freeform(data, recipe, recipe.loop)
     runs: dict[str, list[dict[str, Any]]] = {}
     for run in run_plan(recipe):
         run_alpha = alpha if run.permutation is None else permutations[run.permutation]
@@ -262,7 +269,7 @@ def run_negation_study(
                 inputs,
                 run_alpha,
                 examples,
-                held_claims,
+                (held_claims, held_freeform),
                 cte_by_block,
                 out,
                 say,
@@ -283,6 +290,10 @@ def run_negation_study(
         "trace": trace_record(traced, recipe, alpha),
         "runs": runs,
     }
+    if recipe.holdout_conditions:
+        results["holdout"] = holdout_record(
+            recipe, examples, traced, len(held_claims), len(held_freeform)
+        )
     controls = controls_record(recipe, alpha, permutations)
     if controls:
         results["controls"] = controls
@@ -295,6 +306,41 @@ def run_negation_study(
     table = "\n\n".join(t for t in (results_table(results), control_table(results)) if t)
     atomic_write_text(out / "table.md", table + "\n")
     return results
+
+
+def holdout_record(
+    recipe: NegationStudyConfig,
+    examples: NegationData,
+    traced: TraceResult,
+    validation_claim_sets: int,
+    validation_freeform_items: int,
+) -> dict[str, Any]:
+    """``results["holdout"]``: the held-out conditions; what was removed from training
+    (:attr:`~mechtune.train.negation_data.NegationData.removed`) and what was kept
+    (captions, claim sets after balancing, MCQs); the validation claim sets and
+    free-form items left to ``eval_every`` (none about a held-out condition); and how
+    many traced pairs name a held-out condition: the trace only chooses alpha (no weight
+    is trained on its pairs), so they are counted, not removed."""
+    conditions = recipe.holdout_conditions
+    return {
+        "conditions": list(conditions),
+        "removed": dict(examples.removed),
+        "kept": {
+            "captions": len(examples.captions),
+            "claim_sets": len(examples.claims),
+            "mcq": len(examples.mcq),
+        },
+        "validation": {
+            "template_claim_sets": validation_claim_sets,
+            "freeform_items": validation_freeform_items,
+        },
+        "trace_pairs_naming_it": sum(
+            p.get("condition") in conditions
+            or mentions(str(p.get("correct", "")), conditions)
+            or mentions(str(p.get("foil", "")), conditions)
+            for p in traced.pairs
+        ),
+    }
 
 
 def run_key(run: StudyRun, recipe: NegationStudyConfig, alpha: Any) -> str:
@@ -321,6 +367,7 @@ def run_key(run: StudyRun, recipe: NegationStudyConfig, alpha: Any) -> str:
                 "probes",
                 "freeform",
                 "freeform_max_studies",
+                "holdout_conditions",
             )
         },
     }
@@ -355,7 +402,7 @@ def study_run(
     inputs: StudyInputs,
     alpha: Any,
     examples: NegationData,
-    held_claims: list[ClaimExample],
+    held: tuple[list[ClaimExample], list[ClaimExample]],
     cte_by_block: list[float],
     out: Path,
     say: Log,
@@ -368,10 +415,13 @@ def study_run(
     """Train one run of a study from the base weights (resuming from
     ``out/runs/<method>/<run>``) with ``alpha``, evaluate it on ``recipe.eval_split``
     and return its report: the metrics, ``seed``, ``train_seconds``, random-alpha's
-    ``permutation``, and for a trained method the per-block update norms and the share
+    ``permutation``, ``kept`` (with ``loop.keep_best``: the step whose weights were
+    kept, its criterion and metrics), and for a trained method the per-block update norms and the share
     of them in the top-3/top-5 blocks of ``cte_by_block``. ``freeform``: the free-form
     claim sets (:func:`~mechtune.pipelines.negation.study_freeform`) scored beside the
-    template ones, at most ``recipe.freeform_max_studies`` studies per set."""
+    template ones, at most ``recipe.freeform_max_studies`` studies per set. ``held``:
+    the validation claim sets and free-form items of ``eval_every``
+    (:func:`validation_claims`, :func:`validation_freeform`)."""
     encoder = options.load(recipe.model)
     initial = block_weights(encoder.model)
     say(f"{run.method}, {run.name}: training ...")
@@ -389,7 +439,8 @@ def study_run(
         track=track,
         tracker=tracker,
         run_name=run_name,
-        evaluate=validation(encoder, inputs.data, held_claims),
+        evaluate=validation(encoder, inputs.data, *held),
+        holdout=recipe.holdout_conditions,
     )
     seconds = time.perf_counter() - start
     report = to_jsonable(
@@ -403,10 +454,15 @@ def study_run(
             track=track,
             freeform=freeform,
             freeform_max_studies=recipe.freeform_max_studies,
+            holdout=recipe.holdout_conditions,
         )
     )
     report["train_seconds"] = round(seconds, 1)
     report["seed"] = run.seed
+    trained = out / "runs" / run.method / run.name / "train.json"
+    if recipe.loop.keep_best is not None and trained.is_file():
+        # the step whose weights were evaluated (early stopping): train.json's "kept"
+        report["kept"] = json.loads(trained.read_text(encoding="utf-8")).get("kept")
     if run.permutation is not None:
         report["permutation"] = run.permutation
     if run.method != "zero-shot":

@@ -7,7 +7,8 @@
 - :mod:`~mechtune.train.checkpoint`: checkpoints, ``save_trained`` / ``load_trained``;
 - tasks: :mod:`~mechtune.train.negation` (dual encoders), :mod:`~mechtune.train.consistency`
   (yes/no VLMs);
-- :mod:`~mechtune.train.methods`: the method registry, ``negation_examples``,
+- :mod:`~mechtune.train.negation_data`: ``negation_examples`` (held-out conditions too);
+- :mod:`~mechtune.train.methods`: the method registry,
   ``run_method`` and ``run_paraphrase_method``;
 - :mod:`~mechtune.train.tracking`: ``--report-to`` TensorBoard / W&B through accelerate's
   trackers (``Tracker``); :mod:`~mechtune.train.validation`: the cheap validation

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import json
 import shutil
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -50,8 +50,11 @@ def save_checkpoint(
     generator: torch.Generator,
     state: dict[str, Any],
     model: nn.Module | None = None,
+    extra: Callable[[Path], Mapping[str, Any]] | None = None,
 ) -> Path:
-    """Write ``out/step_{step}``; ``state`` must be JSON-serialisable."""
+    """Write ``out/step_{step}``; ``state`` must be JSON-serialisable. ``extra`` writes
+    more files into the folder before ``state.json`` and returns entries for it (the
+    kept best weights: :meth:`mechtune.train.selection.BestKeeper.save`)."""
     folder = out / f"step_{step:06d}"
     folder.mkdir(parents=True, exist_ok=True)
     weights = {n: p.detach().contiguous() for n, p in params.items()}
@@ -63,8 +66,9 @@ def save_checkpoint(
         torch.save({"sampler": generator.get_state(), "torch": torch.get_rng_state()}, tmp)
     if isinstance(model, PeftModel):
         model.save_pretrained(str(folder / "peft"))
+    more = dict(extra(folder)) if extra is not None else {}
     # state.json last: its presence marks the checkpoint complete
-    write_json(folder / "state.json", {"step": step, **state})
+    write_json(folder / "state.json", {"step": step, **state, **more})
     return folder
 
 

@@ -52,6 +52,20 @@ class NegationBatch:
     candidates: torch.Tensor
     mask: torch.Tensor
     scale: torch.Tensor | float
+    # Read only by the extra terms of mechtune.train.negation_terms (None when off):
+    # twin [C] long, the index of each claim set's negation twin (-1: none), and
+    # affirmative [C] bool, its correct claim's polarity (the pair margin);
+    # retention_text / retention_frozen / retention_image [R, D]: affirmative sentences
+    # embedded by the tuned and the frozen tower, and their images (retention);
+    # mcq_image [M, D], mcq_options [M, K, D], mcq_mask [M, K]: MCQ options (NegBench).
+    twin: torch.Tensor | None = None
+    affirmative: torch.Tensor | None = None
+    retention_text: torch.Tensor | None = None
+    retention_frozen: torch.Tensor | None = None
+    retention_image: torch.Tensor | None = None
+    mcq_image: torch.Tensor | None = None
+    mcq_options: torch.Tensor | None = None
+    mcq_mask: torch.Tensor | None = None
 
 
 class ContrastiveLoss(nn.Module):
@@ -238,9 +252,15 @@ def _consistency_loss(config: Any) -> nn.Module:
     return CONSISTENCY_LOSSES[answer_loss](config.consistency_weight)
 
 
+def _negation_loss(base: nn.Module, config: Any) -> nn.Module:
+    from mechtune.train.negation_terms import with_negation_terms
+
+    return with_negation_terms(base, config)
+
+
 LOSS_FACTORIES: dict[str, Callable[[Any], nn.Module]] = {
-    "nast": lambda config: NASTLoss(config.lam),
-    "negclip": lambda config: NegCLIPLoss(),
+    "nast": lambda config: _negation_loss(NASTLoss(config.lam), config),
+    "negclip": lambda config: _negation_loss(NegCLIPLoss(), config),
     "consistency": _consistency_loss,
 }
 LOSSES = tuple(LOSS_FACTORIES)
@@ -248,7 +268,9 @@ LOSSES = tuple(LOSS_FACTORIES)
 
 def create_loss(name: str, config: Any) -> nn.Module:
     """The loss ``name`` built with the settings of ``config`` it reads (``lam`` of a
-    :class:`~mechtune.train.negation.LoopConfig` for ``"nast"``; ``answer_loss`` (a key of
+    :class:`~mechtune.train.negation.LoopConfig` for ``"nast"``, and for both negation
+    losses the extra terms its ``margin_weight``, ``retention_weight`` and ``mcq_weight``
+    switch on: :func:`mechtune.train.negation_terms.with_negation_terms`; ``answer_loss`` (a key of
     :data:`CONSISTENCY_LOSSES`) and ``consistency_weight`` of a
     :class:`~mechtune.train.consistency.ConsistencyConfig` for ``"consistency"``).
 

@@ -26,7 +26,7 @@ Paraphrase (yes/no VLMs, :class:`~mechtune.train.consistency.ConsistencyConfig`)
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from dataclasses import fields as dataclass_fields
 from pathlib import Path
 from types import MappingProxyType
@@ -34,9 +34,6 @@ from typing import Any
 
 import torch
 
-from mechtune.data.builders.contextual import ContextualConfig, study_records
-from mechtune.data.builders.polarity import PolarityConfig, make_mcq, passes_row_filter
-from mechtune.data.schema import SPLITS, Study
 from mechtune.errors import ConfigError, DataError
 from mechtune.models.dual_encoder import DualEncoder
 from mechtune.models.yes_no import YesNoVLM
@@ -49,79 +46,12 @@ from mechtune.train.lora import (
     text_lora_site,
 )
 from mechtune.train.losses import LOSSES, create_loss
-from mechtune.train.negation import CaptionExample, ClaimExample, LoopConfig, NegationTask
+from mechtune.train.negation import ClaimExample, LoopConfig, NegationTask
+from mechtune.train.negation_data import NegationData
+from mechtune.train.negation_data import negation_examples as negation_examples  # re-exported
 from mechtune.train.scaling import block_scales, effective_lr
 from mechtune.train.tracking import Tracker as RunTracker
 from mechtune.train.trainer import Evaluate, Trainer
-
-
-@dataclass(frozen=True)
-class NegationData:
-    """Training examples of the negation task: single negated captions, claim sets and
-    NegBench-style MCQ options (correct option first), each with its image row."""
-
-    captions: list[CaptionExample]
-    claims: list[ClaimExample]
-    mcq: list[ClaimExample] = field(default_factory=list)
-
-
-def negation_examples(
-    rows: Sequence[tuple[int, Study]],
-    split: str = "train",
-    *,
-    seed: int,
-    heldout: bool = False,
-    balance_polarity: bool = True,
-) -> NegationData:
-    """Single negated captions, claim sets and MCQ options of one split's studies.
-
-    ``rows``: ``(row of the image-embedding tensor, study)`` for the studies of ``split``
-    (the caller's source decides the split). ``seed`` drives the per-study random streams
-    of the contextual and polarity builders (``record_rng``), as their ``seed`` does;
-    ``heldout`` picks the held-out phrasing families instead of the training ones. MCQ
-    options come from studies passing NAST's row filter.
-
-    Most conditions are absent in most studies, so about two thirds of the claim sets have
-    a negated correct claim; trained on them as drawn, every method learns to prefer "No
-    ..." wording and overshoots (the affirmative-negation gap flips sign). With
-    ``balance_polarity`` the minority polarity's claim sets are repeated, in order, until
-    both polarities are equally many, so uniform sampling sees each half the time.
-    Raises ConfigError for an unknown split.
-    """
-    if split not in SPLITS:
-        raise ConfigError(f"split must be one of {SPLITS}, got {split!r}")
-    contextual = ContextualConfig(seed=seed)
-    polarity = PolarityConfig(seed=seed, families="heldout" if heldout else "train")
-
-    def split_of(_study: Study) -> str:
-        return split
-
-    captions, mcq = [], []
-    by_polarity: dict[str, list[ClaimExample]] = {"affirmative": [], "negated": []}
-    for row, study in rows:
-        row = int(row)
-        claim_sets, caps = study_records(study, contextual, split_of=split_of)
-        captions += [CaptionExample(c.text, row) for c in caps if c.heldout_family == heldout]
-        for cs in claim_sets:
-            if cs.heldout_family == heldout:
-                by_polarity.setdefault(cs.polarity, []).append(ClaimExample(cs.candidates, row))
-        if passes_row_filter(study, polarity):
-            q = make_mcq(study, polarity, split)
-            options = [q.negated_options[q.correct_index]]
-            options += [o for i, o in enumerate(q.negated_options) if i != q.correct_index]
-            mcq.append(ClaimExample(tuple(options), row))
-    if balance_polarity:
-        claims = _balanced(list(by_polarity.values()))
-    else:
-        claims = [c for group in by_polarity.values() for c in group]
-    return NegationData(captions, claims, mcq)
-
-
-def _balanced(groups: list[list[ClaimExample]]) -> list[ClaimExample]:
-    """Each non-empty group repeated cyclically up to the largest group's size."""
-    size = max((len(g) for g in groups), default=0)
-    return [g[i % len(g)] for g in groups if g for i in range(size)]
-
 
 # -- the registry ---------------------------------------------------------------------------
 
@@ -326,8 +256,11 @@ def negation_trainer(
     ``images``: ``[N, D]`` image embeddings; ``alpha``: ``[n_blocks + 1]`` causal-tracing
     effects (embedding output, then each block's output); ``config`` with the method's
     overrides applied (``effective-lr``: its lr the mean per-block rate first); ``tracker`` and ``evaluate`` (needed when ``config.eval_every`` >
-    0): see :class:`~mechtune.train.trainer.Trainer`. Raises ConfigError for an unknown or
-    non-training method and DataError when the method's examples are empty.
+    0): see :class:`~mechtune.train.trainer.Trainer`; ``config.mcq_weight`` mixes in
+    NegBench's term on ``data.mcq``, ``config.keep_best`` keeps the best evaluated step
+    (:mod:`mechtune.train.selection`). Raises ConfigError for an unknown or non-training
+    method, or ``mcq_weight`` on a method that trains on MCQs already (negbench), and
+    DataError when the method's examples are empty.
     """
     entry = _entry(name, "negation")
     if entry.loss is None or entry.data is None:
@@ -339,8 +272,19 @@ def negation_trainer(
             f"no training examples ({entry.data}) for {name} (for negbench: no train "
             "study passes the polarity row filter)"
         )
+    if config.mcq_weight and entry.data == "mcq":
+        raise ConfigError(
+            f"mcq_weight ({config.mcq_weight}) mixes NegBench's multiple-choice term into a "
+            f"claim-set method; {name} already trains on the MCQ options: set it to 0"
+        )
     task = NegationTask(
-        encoder, images, data.captions, claims, create_loss(entry.loss, config), config
+        encoder,
+        images,
+        data.captions,
+        claims,
+        create_loss(entry.loss, config),
+        config,
+        mcq=data.mcq if config.mcq_weight else (),
     )
     site = text_lora_site(encoder.model)
     scales = block_scales(alpha, config.beta, site.n_layers).float()
@@ -355,6 +299,7 @@ def negation_trainer(
         accelerator=accelerator,
         tracker=tracker,
         evaluate=evaluate,
+        keep_best=config.keep_best,
     )
 
 

@@ -62,6 +62,7 @@ from mechtune.train.lora import (
 from mechtune.train.model_card import CardFacts
 from mechtune.train.optimizers import build_optimizer
 from mechtune.train.scaling import scaled_gradients
+from mechtune.train.selection import BestKeeper
 from mechtune.train.tracking import Tracker, block_tag
 
 SCALINGS = ("gradient", "lr")
@@ -71,7 +72,20 @@ SCALINGS = ("gradient", "lr")
 RESUME_FREE = frozenset({"steps", "checkpoint_every", "eval_every", "gradient_checkpointing"})
 # Settings added after checkpoints were first written, with the value every older run
 # trained under: a checkpoint whose config lacks one is read as having this value.
-ADDED_SETTINGS: dict[str, Any] = {"optimizer": "adamw", "momentum": 0.0}
+# (A task's config that lacks one, such as the consistency task's, is not compared on it.)
+ADDED_SETTINGS: dict[str, Any] = {
+    "optimizer": "adamw",
+    "momentum": 0.0,
+    "batch_polarity": False,
+    "margin_weight": 0.0,
+    "margin": 1.0,
+    "retention_weight": 0.0,
+    "retention_kind": "cosine",
+    "retention_batch": 32,
+    "mcq_weight": 0.0,
+    "mcq_batch": 32,
+    "keep_best": None,
+}
 # A validation metric: reads the model being trained (in eval mode, without gradients)
 # and returns {metric: value}, logged as ``eval/<metric>``.
 Evaluate = Callable[[], Mapping[str, float]]
@@ -145,10 +159,13 @@ class Trainer:
     number of processes must divide ``task.shards`` (:func:`check_shards`).
     ``tracker``: where the per-step values go (:mod:`mechtune.train.tracking`; None or
     disabled: nowhere, and no gradient norm is computed); ``evaluate``: the validation
-    metric run every ``settings.eval_every`` steps (:meth:`fit`). Raises ConfigError for
+    metric run every ``settings.eval_every`` steps (:meth:`fit`); ``keep_best``: a
+    criterion of :data:`~mechtune.train.selection.KEEP_BEST`: the run ends with the
+    weights of the best evaluated step (step 0, the untrained model, included), recorded
+    in ``train.json`` as ``"kept"`` (:mod:`mechtune.train.selection`). Raises ConfigError for
     an unknown scaling, a scale vector of the wrong length, shards that the processes
-    cannot share equally, a trainable parameter outside the blocks, or ``eval_every`` > 0
-    without ``evaluate``.
+    cannot share equally, a trainable parameter outside the blocks, ``eval_every`` > 0
+    without ``evaluate``, or ``keep_best`` without ``eval_every``.
     """
 
     def __init__(
@@ -164,6 +181,7 @@ class Trainer:
         accelerator: Any | None = None,
         tracker: Tracker | None = None,
         evaluate: Evaluate | None = None,
+        keep_best: str | None = None,
     ) -> None:
         if scaling not in SCALINGS:
             raise ConfigError(f"scaling must be one of {SCALINGS}, got {scaling!r}")
@@ -173,6 +191,8 @@ class Trainer:
             )
         if accelerator is not None:
             check_shards(task.shards, accelerator.num_processes)
+        if keep_best is not None and not settings.eval_every:
+            raise ConfigError(f"keep_best ({keep_best!r}) needs eval_every > 0")
         if settings.eval_every and evaluate is None:
             raise ConfigError(
                 f"eval_every is {settings.eval_every}, but no validation data was given to "
@@ -214,6 +234,11 @@ class Trainer:
         self.evals: list[dict[str, float]] = []  # {"step", metric: value} per evaluation
         self._pending_evals: dict[int, dict[str, float]] = {}  # not yet sent to the tracker
         self.tracker = tracker if tracker is not None and tracker.enabled else None
+        self.keeper = (
+            BestKeeper(keep_best, {n: p for n, (_, p) in self.params.items()})
+            if keep_best is not None
+            else None
+        )
         # the trained blocks, ascending, and each trainable parameter's place among them
         self.blocks = sorted({layer for layer, _ in self.params.values()})
         place = {b: i for i, b in enumerate(self.blocks)}
@@ -236,7 +261,14 @@ class Trainer:
         params = {n: p for n, (_, p) in self.params.items()}
         state = {"config": self.settings.to_dict(), "history": self.history, "eval": self.evals}
         return save_checkpoint(
-            self.out, self.step, params, self.optim, self.generator, state, self.model
+            self.out,
+            self.step,
+            params,
+            self.optim,
+            self.generator,
+            state,
+            self.model,
+            extra=self.keeper.save if self.keeper is not None else None,
         )
 
     def resume(self) -> bool:
@@ -252,8 +284,9 @@ class Trainer:
         found = self.checkpoints()
         if found:
             saved = json.loads((found[-1] / "state.json").read_text(encoding="utf-8"))
-            saved["config"] = {**ADDED_SETTINGS, **saved["config"]}
             ours = self.settings.to_dict()
+            added = {k: v for k, v in ADDED_SETTINGS.items() if k in ours}
+            saved["config"] = {**added, **saved["config"]}
             free = RESUME_FREE
             changed = sorted(
                 k
@@ -271,6 +304,8 @@ class Trainer:
             return False
         self.step, self.history = int(state["step"]), list(state["history"])
         self.evals = list(state.get("eval", []))
+        if self.keeper is not None:
+            self.keeper.load(found[-1], state)
         self._pending = []  # steps after the checkpoint are undone with their terms
         self._pending_evals = {}
         return True
@@ -300,6 +335,8 @@ class Trainer:
             }
             if self.settings.eval_every:
                 info["eval"] = self.evals
+            if self.keeper is not None:
+                info["kept"] = self.keeper.record(self.evals)
             save_trained(
                 self.out,
                 self.model,
@@ -494,7 +531,11 @@ class Trainer:
         interval (:meth:`flush`): at every checkpoint step, at the last step and when
         ``stop_after`` ends the run; ``on_log`` then gets that interval's records (all
         processes under DDP). Every ``settings.eval_every`` steps (0: never) the main
-        process runs the validation metric (:meth:`run_evaluation`) after the step.
+        process runs the validation metric (:meth:`run_evaluation`) after the step; with
+        ``keep_best`` it first evaluates the untrained model (step 0) and, once the run
+        has reached ``settings.steps``, puts the best evaluated step's weights back
+        (:class:`~mechtune.train.selection.BestKeeper`; the last checkpoint keeps the
+        last step's, so a longer resumed run continues from there).
         Returns the history: one ``{"step", term: value}`` per step."""
         if resume:
             self.resume()
@@ -503,11 +544,19 @@ class Trainer:
         main = self.accelerator is None or self.accelerator.is_main_process
         every = self.settings.checkpoint_every
         evaluate_every = self.settings.eval_every
+        if main and self.keeper is not None and self.step == 0 and not self.evals:
+            metrics = self.run_evaluation()  # the untrained model: the guarded criteria's base
+            self.keeper.consider(self.evals, 0)
+            if self.tracker is not None:  # no step 0 is ever flushed: log it now
+                self._pending_evals.pop(0, None)
+                self.tracker.log({f"eval/{k}": v for k, v in metrics.items()}, 0)
         while self.step < self.settings.steps:
             self.train_step()
             done += 1
             if main and evaluate_every and self.step % evaluate_every == 0:
                 self.run_evaluation()
+                if self.keeper is not None:
+                    self.keeper.consider(self.evals, self.step)
             stopping = stop_after is not None and done >= stop_after
             checkpoint = self.step % every == 0 or self.step == self.settings.steps
             records = self.flush() if checkpoint or stopping else []
@@ -519,5 +568,7 @@ class Trainer:
                 progress(1)
             if stopping:
                 break
+        if self.keeper is not None and self.step >= self.settings.steps:
+            self.keeper.restore()  # the best evaluated step's weights, not the last's
         self.model.eval()
         return self.history

@@ -6,7 +6,9 @@ reported metrics with their intervals are the evaluation commands' (``negation e
 
 - negation: **claim accuracy**, the share of claim sets whose correct claim (candidate 0)
   scores strictly highest against its image (the top-1 hit of
-  :func:`mechtune.eval.metrics.claim_hits`; NAST arXiv 2602.12498 §5);
+  :func:`mechtune.eval.metrics.claim_hits`; NAST arXiv 2602.12498 §5), on the template
+  validation claim sets and, when given, on the free-form validation half by the
+  polarity of the correct claim (every item, no limit);
 - paraphrase: PSF-Med's (arXiv 2602.21428) **flip rate**, the share of question groups in
   which any paraphrase's answer differs from the original's, and **accuracy**, the share
   of all answers (originals and paraphrases) equal to the ground truth; an answer is yes
@@ -59,17 +61,35 @@ def negation_validation(
     claims: Sequence[ClaimExample],
     limit: int = EVAL_LIMIT,
     setting: str = "eval_every",
+    freeform: Sequence[ClaimExample] = (),
 ) -> Evaluate:
     """The negation trainer's ``evaluate``: ``{"claim_accuracy": ...}`` of the first
-    ``limit`` validation claim sets (:func:`claim_accuracy`). Raises ConfigError naming
-    ``setting`` when there is none."""
+    ``limit`` validation claim sets (:func:`claim_accuracy`); with ``freeform`` (the
+    free-form validation half's items, each labelled with its correct claim's polarity:
+    :func:`mechtune.pipelines.negation.validation_freeform`), also the claim accuracy of
+    all of them (``freeform_accuracy``) and of those whose correct claim is affirmative
+    (``freeform_affirmative``) or negated (``freeform_negated``), NaN for an empty
+    slice; what early stopping reads (:mod:`mechtune.train.selection`). Raises
+    ConfigError naming ``setting`` when there is no claim set."""
     chosen = list(claims[:limit])
     if not chosen:
         raise ConfigError(
             f"{setting} > 0 evaluates on validation-split claim sets, and the data has none; "
             f"set {setting} to 0"
         )
-    return lambda: {"claim_accuracy": claim_accuracy(encoder, images, chosen)}
+    slices = {
+        "freeform_accuracy": list(freeform),
+        "freeform_affirmative": [c for c in freeform if c.polarity == "affirmative"],
+        "freeform_negated": [c for c in freeform if c.polarity == "negated"],
+    }
+
+    def evaluate() -> dict[str, float]:
+        metrics = {"claim_accuracy": claim_accuracy(encoder, images, chosen)}
+        if freeform:
+            metrics.update({k: claim_accuracy(encoder, images, v) for k, v in slices.items()})
+        return metrics
+
+    return evaluate
 
 
 def paraphrase_scores(
