@@ -4,17 +4,14 @@ done by :mod:`mechtune.pipelines.negation`."""
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import replace
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.markup import escape
 from rich.table import Table
 
-from mechtune import __version__
 from mechtune.cli._common import (
     console,
     data_source,
@@ -27,23 +24,20 @@ from mechtune.cli._tracking import (
     EvalEveryOpt,
     ReportToOpt,
     TrackingDirOpt,
-    make_tracker,
     tracking_folder,
 )
-from mechtune.data.io import atomic_write_text, to_jsonable, write_json
 from mechtune.errors import ConfigError
-from mechtune.eval.negation import summary_rows
 from mechtune.interp.ratios import MIN_GAP_SHARE
 from mechtune.interp.result import TraceConfig, TraceResult
 from mechtune.models.spec import parse_spec
 from mechtune.pipelines import negation as pipeline
 from mechtune.pipelines.negation_config import load_recipe
 from mechtune.pipelines.negation_controls import RANDOM_ALPHA, alpha_permutations
-from mechtune.pipelines.negation_study import run_negation_study, study_alpha
-from mechtune.train.distributed import check_launch_shards, launched_processes, refuse_launch
+from mechtune.pipelines.negation_study import study_alpha
+from mechtune.train.distributed import check_launch_shards, launched_processes
 from mechtune.train.methods import methods_for, reads_alpha
 
-app = typer.Typer(
+app: typer.Typer = typer.Typer(
     help="The negation half: trace, train, evaluate, or run the whole study.",
     no_args_is_help=True,
 )
@@ -508,277 +502,33 @@ def train_command(
             finish_report(out)
 
 
-# -- eval ----------------------------------------------------------------------------------
+# -- eval and study ------------------------------------------------------------------------
+# ``negation eval`` and ``negation study`` live in mechtune.cli.negation_eval and
+# mechtune.cli.negation_study; importing them registers the commands on ``app``, and their
+# functions stay importable from here.
+from mechtune.cli.negation_eval import (  # noqa: E402
+    eval_command,
+    evaluate,
+    print_report,
+    report_markdown,
+)
+from mechtune.cli.negation_study import (  # noqa: E402
+    run_grid,
+    run_study,
+    study_command,
+    study_figures,
+)
 
-
-def print_report(report: dict[str, Any], title: str) -> None:
-    table = Table(
-        "metric",
-        "in-distribution phrasing",
-        "held-out phrasing",
-        title=title,
-        title_justify="left",
-    )
-    for row in summary_rows(report):
-        table.add_row(*row)
-    console.print(table)
-    for metric, reason in report.get("not_available", {}).items():
-        console.print(f"n/a {metric}: {escape(reason)}", highlight=False)
-
-
-def report_markdown(report: dict[str, Any], title: str) -> str:
-    lines = [f"# {title}", "", "| metric | in-distribution phrasing | held-out phrasing |"]
-    lines.append("|---|---|---|")
-    lines += [f"| {a.strip()} | {b} | {c} |" for a, b, c in summary_rows(report)]
-    reasons = report.get("not_available", {})
-    if reasons:
-        lines += ["", *(f"- n/a {k}: {v}" for k, v in reasons.items())]
-    return "\n".join(lines) + "\n"
-
-
-def evaluate(
-    settings: pipeline.NegationStudyConfig,
-    source: Any,
-    out: Path,
-    options: Any,
-    *,
-    adapter: Path | None,
-    split: str,
-    probes: bool,
-    figure: Path | None = None,
-) -> dict[str, Any]:
-    """What ``negation eval`` runs (also the demo's zero-shot evaluation): writes
-    OUT/eval.json and OUT/table.md, prints the table, returns the report."""
-    from mechtune.eval.figures import blind_spot_chart
-
-    encoder = options.load(settings.model)
-    study = _embedded(encoder, source, settings, options)
-    base, check = None, None
-    if adapter is not None:
-        base = encoder
-        encoder, check = pipeline.apply_adapter(
-            options.load(settings.model), adapter, spec=settings.model
-        )
-    report = pipeline.evaluate_model(
-        encoder,
-        study,
-        split=split,
-        seed=settings.data_seed,
-        probes=probes,
-        base=base,
-        track=progress_bar,
-        freeform=pipeline.study_freeform(settings),
-        freeform_max_studies=settings.freeform_max_studies,
-        holdout=settings.holdout_conditions,
-    )
-    if check is not None:
-        report["adapter_check"] = check
-    else:
-        report["not_available"]["retention"] = (
-            "retention needs --adapter: it is the drift of everyday-sentence embeddings "
-            "from the base model's"
-        )
-    report.update(pipeline.weights_info(encoder))
-    label = f"{settings.model}{' + adapter' if adapter else ''}"
-    for example in report.get("examples", []):  # the scores under the model's name
-        example["scores"] = {label: example["scores"]["score"]}
-    report["seed"] = settings.data_seed
-    report["mechtune"] = __version__
-    report["model"] = settings.model
-    report["adapter"] = None if adapter is None else str(adapter)
-    report["data"] = to_jsonable(source.description)
-    write_json(out / "eval.json", report, sort_keys=True)
-    if adapter is not None:
-        from mechtune.train.model_card import card_from_eval
-
-        for card in card_from_eval(adapter, out / "eval.json"):
-            console.print(f"updated the model card {card}")
-    title = (
-        f"{settings.model}{' + ' + str(adapter) if adapter else ''}: {split} split, "
-        f"{report['studies']} studies of {len(set(study.eval_set(split).patients))} "
-        "patients, 95% intervals clustered by patient"
-    )
-    atomic_write_text(out / "table.md", report_markdown(report, title))
-    if report["claims"]:
-        blind_spot_chart(report["claims"], figure or out / "blind_spot.png")
-    print_report(report, title)
-    return report
-
-
-@app.command("eval")
-def eval_command(
-    model: ModelOpt = None,
-    data: DataOpt = None,
-    recipe: RecipeOpt = None,
-    adapter: Annotated[
-        Path | None,
-        typer.Option(help="What `negation train` wrote: a run folder or its adapter folder."),
-    ] = None,
-    split: Annotated[
-        str, typer.Option(help="Patient split to evaluate: test (report), val (choose), train.")
-    ] = "test",
-    probes: Annotated[
-        bool, typer.Option("--probes/--no-probes", help="Linear probes on image embeddings.")
-    ] = False,
-    seed: Annotated[
-        int | None, typer.Option(help="Seed of the claim sets' wording (default: recipe's).")
-    ] = None,
-    out: Annotated[Path, typer.Option("--out", "-o", help="Output folder.")] = Path(
-        "runs/negation-eval"
-    ),
-    device: DeviceOpt = "cpu",
-    dtype: DtypeOpt = None,
-    cache_dir: CacheOpt = None,
-    no_cache: NoCacheOpt = False,
-    uncertain: UncertainOpt = "skip",
-    report_facts: FactsOpt = True,
-    freeform: FreeformOpt = None,
-    no_freeform: NoFreeformOpt = False,
-    freeform_max_studies: Annotated[
-        int | None,
-        typer.Option(
-            help="Studies scored per free-form claim set at most (default: recipe's).", min=1
-        ),
-    ] = None,
-) -> None:
-    """R@1/R@5, claim accuracy by attribute and polarity, the gap, polarity MCQ,
-    contralateral negation, the free-form claim sets (the split's half) and retention
-    (with --adapter), each with a 95% interval."""
-    _check_split(split, ("val", "test", "train"))
-    settings = _recipe(recipe, model, data)
-    if seed is not None:
-        settings = replace(settings, data_seed=seed)
-    settings = _with_freeform(settings, freeform, no_freeform, freeform_max_studies)
-    options = _options(settings, device, dtype, cache_dir, no_cache)
-    source = _open(settings, uncertain, report_facts)
-    evaluate(settings, source, out, options, adapter=adapter, split=split, probes=probes)
-    _record(out, settings, device)
-    console.print(f"wrote {out}")
-    finish_report(out)
-
-
-# -- study ---------------------------------------------------------------------------------
-
-
-def study_figures(results: dict[str, Any], folder: Path) -> None:
-    """The study's figures in ``folder/figures``: the trace's CTE heatmap and alpha bars,
-    and each method's update share by block, the blocks ranked by the CTE profile of the
-    study's ``alpha_source`` (the ranking the table's top-k update share used)."""
-    from mechtune.eval.figures import update_share_chart
-    from mechtune.interp.alpha import cte_profile
-
-    traced = TraceResult.load(folder / "trace")
-    source = results.get("trace", {}).get("alpha_source") or results["config"]["alpha_source"]
-    profile = cte_profile(traced.cte_layer, traced.cte, traced.roles, source)
-    figures = folder / "figures"
-    trace_figures(
-        traced, figures, "CTE by layer and role (train-split pairs)", results.get("trace")
-    )
-    norms = {
-        m: {int(k): v for k, v in runs[0]["update_norms"].items()}
-        for m, runs in results["runs"].items()
-        if "update_norms" in runs[0]
-    }
-    if norms:
-        label = f"CTE at block output ({source} over roles)"
-        update_share_chart(norms, profile[1:].tolist(), figures / "update_share.png", label)
-
-
-def run_study(
-    settings: pipeline.NegationStudyConfig,
-    source: Any,
-    out: Path,
-    options: Any,
-    tracker: Any | None = None,
-) -> dict[str, Any]:
-    """What ``negation study`` runs after opening the data (also the demo's), each
-    training run tracked by ``tracker`` (:class:`~mechtune.train.tracking.Tracker`).
-    Refuses a launch of several processes (ConfigError): use ``negation train`` under a
-    launcher."""
-    refuse_launch("mechtune negation study", "mechtune negation train")
-    console.print(
-        f"negation study of {settings.model} on {source.root}: {', '.join(settings.methods)}; "
-        f"{settings.loop.steps} steps each, seeds {list(settings.seeds)} ..."
-    )
-    if settings.grid is not None:
-        return run_grid(settings, source, out, options, tracker)
-    results = run_negation_study(
-        settings, source, out, options, log=console.print, track=progress_bar, tracker=tracker
-    )
-    study_figures(results, out)
-    console.print(
-        f"[bold]Negation methods on held-out phrasing families, {settings.eval_split} "
-        f"patients[/] (also in {out / 'table.md'}):"
-    )
-    console.print((out / "table.md").read_text(), highlight=False, soft_wrap=True)
-    return results
-
-
-def run_grid(
-    settings: pipeline.NegationStudyConfig,
-    source: Any,
-    out: Path,
-    options: Any,
-    tracker: Any | None = None,
-) -> dict[str, Any]:
-    """``negation study`` of a recipe with a grid: every cell a study in OUT/cells/<cell>
-    (with its figures), finished cells skipped; OUT/grid.json and OUT/grid.md."""
-    from mechtune.pipelines.negation_grid import CELLS, run_negation_grid
-
-    record = run_negation_grid(
-        settings, source, out, options, log=console.print, track=progress_bar, tracker=tracker
-    )
-    for cell in record["cells"]:
-        folder = out / CELLS / cell["name"]
-        cell_results = json.loads((folder / "results.json").read_text(encoding="utf-8"))
-        study_figures(cell_results, folder)
-    console.print(f"[bold]Grid of {len(record['cells'])} cells[/] (also in {out / 'grid.md'}):")
-    console.print((out / "grid.md").read_text(), highlight=False, soft_wrap=True, markup=False)
-    return record
-
-
-@app.command("study")
-def study_command(
-    model: ModelOpt = None,
-    data: DataOpt = None,
-    recipe: RecipeOpt = None,
-    out: Annotated[Path, typer.Option("--out", "-o", help="Study folder.")] = Path(
-        "runs/negation-study"
-    ),
-    dry_run: Annotated[
-        bool,
-        typer.Option(
-            "--dry-run",
-            help="Check every recipe key, the data layout and the model spec; load no "
-            "weights and train nothing.",
-        ),
-    ] = False,
-    device: DeviceOpt = "cpu",
-    dtype: DtypeOpt = None,
-    cache_dir: CacheOpt = None,
-    no_cache: NoCacheOpt = False,
-    uncertain: UncertainOpt = "skip",
-    report_facts: FactsOpt = True,
-    report_to: ReportToOpt = "none",
-    tracking_dir: TrackingDirOpt = None,
-    freeform: FreeformOpt = None,
-    no_freeform: NoFreeformOpt = False,
-) -> None:
-    """Trace on train patients, train every method on the same data and budget, evaluate
-    on test patients; writes results.json, table.md, figures, adapters."""
-    from mechtune.pipelines.dry_run import dry_run_report
-
-    tracker = make_tracker(report_to, out, tracking_dir)
-    settings = _with_freeform(_recipe(recipe, model, data), freeform, no_freeform)
-    if not dry_run:
-        refuse_launch("mechtune negation study", "mechtune negation train")
-    if dry_run:
-        lines = dry_run_report(settings, _data_path(settings), dtype=dtype, device=device)
-        for line in lines:
-            console.print(escape(line), highlight=False, soft_wrap=True)
-        return
-    options = _options(settings, device, dtype, cache_dir, no_cache)
-    source = _open(settings, uncertain, report_facts)
-    run_study(settings, source, out, options, tracker)
-    _record(out, settings, device)
-    finish_report(out)
+__all__ = [
+    "app",
+    "default_cache_dir",
+    "eval_command",
+    "evaluate",
+    "print_report",
+    "report_markdown",
+    "run_grid",
+    "run_study",
+    "study_command",
+    "study_figures",
+    "trace_figures",
+]
