@@ -80,6 +80,16 @@ def test_anything_else_is_refused_with_where_it_is():
         dumps_json([object()])
 
 
+def test_compact_json_has_no_spaces_and_is_what_json_gives_with_tight_separators():
+    import json
+
+    obj = {"b": [1, 2.5, "é"], "a": {"x": None}}
+    compact = dumps_json(obj, indent=None, sort_keys=True, ensure_ascii=False, compact=True)
+    assert compact == '{"a":{"x":null},"b":[1,2.5,"é"]}'
+    assert compact == json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    assert dumps_json(obj, indent=None) == '{"b": [1, 2.5, "\\u00e9"], "a": {"x": null}}'
+
+
 def test_write_json_is_strict_and_ends_with_a_newline(tmp_path):
     path = tmp_path / "sub" / "results.json"
     write_json(path, {"b": float("nan"), "a": 1}, sort_keys=True)

@@ -46,6 +46,7 @@ from typing import Any
 
 import yaml
 
+from mechtune.data.io import dumps_json
 from mechtune.data.ontology import LATERALITIES, ZONES, load_ontology
 from mechtune.data.schema import POLARITIES, Finding, RecordError
 from mechtune.errors import DataError
@@ -156,7 +157,7 @@ def half_hash(sets: Sequence[FreeformClaimSet]) -> str:
     and UTF-8 text. Any change of a text, a truth, a tag or the half a set belongs to
     changes it; the layout of the file does not."""
     records = sorted((s.to_dict() for s in sets), key=lambda r: r["id"])
-    blob = json.dumps(records, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    blob = dumps_json(records, indent=None, sort_keys=True, ensure_ascii=False, compact=True)
     return hashlib.sha256(blob.encode("utf-8")).hexdigest()
 
 

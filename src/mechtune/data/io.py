@@ -110,16 +110,23 @@ def to_jsonable(obj: Any, where: str = "$") -> Any:
 
 
 def dumps_json(
-    obj: Any, *, indent: int | None = 2, sort_keys: bool = False, ensure_ascii: bool = True
+    obj: Any,
+    *,
+    indent: int | None = 2,
+    sort_keys: bool = False,
+    ensure_ascii: bool = True,
+    compact: bool = False,
 ) -> str:
     """Strict JSON text of ``obj`` (via :func:`to_jsonable`; never NaN or Infinity), no
-    trailing newline. Raises ``DataError`` for a value JSON cannot hold."""
+    trailing newline; ``compact``: no spaces after ``,`` and ``:`` (a canonical form to
+    hash). Raises ``DataError`` for a value JSON cannot hold."""
     return json.dumps(
         to_jsonable(obj),
         indent=indent,
         sort_keys=sort_keys,
         ensure_ascii=ensure_ascii,
         allow_nan=False,
+        separators=(",", ":") if compact else None,
     )
 
 
