@@ -16,6 +16,7 @@ from mechtune.pipelines import negation_grid
 from mechtune.pipelines.negation import RunOptions
 from mechtune.pipelines.negation_config import NegationStudyConfig, grid_cells, load_recipe
 from mechtune.pipelines.negation_grid import finished_cell, run_negation_grid
+from mechtune.pipelines.negation_study import run_negation_study
 from mechtune.train.negation import LoopConfig
 from mechtune.train.trainer import Trainer
 from tests.pipelines.test_negation_report import NAST, UNIFORM
@@ -70,8 +71,6 @@ def test_recipe_grids_cross_the_settings(tmp_path):
     assert config.to_dict()["grid"]["loop.beta"] == [0.5, 1, 2]
     assert grid_cells(replace(config, grid=None)) == [("study", {}, replace(config, grid=None))]
     # a study of a grid recipe would silently run the base settings only: refused
-    from mechtune.pipelines.negation_study import run_negation_study
-
     with pytest.raises(ConfigError, match=r"the recipe has a grid \(loop\.beta, alpha_norm"):
         run_negation_study(config, None, tmp_path / "never")
     # a list-valued setting is a value of its own; a recipe's bad grid key names the file
@@ -270,6 +269,49 @@ def test_grid_runs_every_cell_and_resumes_from_checkpoints(tmp_path, world_and_m
 
     monkeypatch.setattr(Trainer, "train_step", no_training)
     assert run_negation_grid(config, source, tmp_path, RunOptions()) == record
+
+
+def test_a_resumed_study_reuses_each_evaluated_report_only_under_the_same_settings(
+    tmp_path, world_and_model, monkeypatch
+):
+    """Each run saves its report (report.json, keyed by run_key) beside its checkpoints:
+    a rerun neither trains nor evaluates it again, and gives the same results; a report
+    saved under other settings is not used (the run is evaluated again)."""
+    import mechtune.pipelines.negation_study as study
+
+    world_dir, model = world_and_model
+    config = NegationStudyConfig(
+        model=model,
+        methods=("zero-shot", "uniform-lora"),
+        trace_max_pairs=10,
+        eval_split="val",
+        loop=LoopConfig(steps=1, caption_batch=4, claim_batch=4, checkpoint_every=1),
+    )
+    source = open_source(world_dir)
+    first = run_negation_study(config, source, tmp_path, RunOptions())
+    saved = tmp_path / "runs/uniform-lora/seed0/report.json"
+    record = json.loads(saved.read_text())
+    assert record["report"] == first["runs"]["uniform-lora"][0]
+    calls = []
+    evaluate = study.evaluate_model
+
+    def counted(*args, **kwargs):
+        calls.append(1)
+        return evaluate(*args, **kwargs)
+
+    def no_training(self):
+        raise AssertionError("a finished run trained again")
+
+    monkeypatch.setattr(study, "evaluate_model", counted)
+    monkeypatch.setattr(Trainer, "train_step", no_training)
+    again = run_negation_study(config, source, tmp_path, RunOptions())
+    assert calls == [] and again["runs"] == first["runs"]
+    # a report saved under another key (other settings) is evaluated again, and replaced
+    record["run_key"] = "0" * 20
+    saved.write_text(json.dumps(record))
+    run_negation_study(config, source, tmp_path, RunOptions())
+    assert calls == [1]
+    assert json.loads(saved.read_text())["run_key"] != "0" * 20
 
 
 def test_run_keys_tell_which_runs_train_the_same():

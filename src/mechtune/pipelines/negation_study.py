@@ -257,10 +257,18 @@ def run_negation_study(
         run_alpha = alpha if run.permutation is None else permutations[run.permutation]
         if not reads_alpha(run.method, recipe.loop.beta):
             run_alpha = torch.ones_like(run_alpha)
-        key = run_key(run, recipe, run_alpha) if shared is not None else None
+        key = run_key(run, recipe, run_alpha)
+        saved = out / "runs" / run.method / run.name / REPORT_FILE
         if shared is not None and key in shared:
             say(f"{run.method}, {run.name}: the same run as {shared[key]['trained_in']}")
             report = reused_report(shared[key], run, cte_by_block)
+        elif (cached := saved_report(saved, key, cte_by_block)) is not None:
+            say(f"{run.method}, {run.name}: trained and evaluated before ({saved})")
+            report = cached
+            if shared is not None:
+                report["run_key"] = key
+                report["trained_in"] = str(saved.parent)
+                shared[key] = report
         else:
             report = study_run(
                 run,
@@ -278,7 +286,10 @@ def run_negation_study(
                 tracker=tracker,
                 run_name=f"{run_prefix}{run.method}/{run.name}",
             )
-            if shared is not None and key is not None:
+            # as JSON reads it back (block keys as strings): a resumed study's runs equal
+            report = json.loads(dumps_json(report))
+            write_json(saved, {"run_key": key, "report": report})
+            if shared is not None:
                 report["run_key"] = key
                 report["trained_in"] = str(out / "runs" / run.method / run.name)
                 shared[key] = report
@@ -375,6 +386,45 @@ def run_key(run: StudyRun, recipe: NegationStudyConfig, alpha: Any) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:20]
 
 
+REPORT_FILE = "report.json"
+"""A study run's evaluated report beside its checkpoints: ``{"run_key", "report"}``."""
+
+
+def saved_report(path: Path, key: str, cte_by_block: list[float]) -> dict[str, Any] | None:
+    """The report a finished run saved at ``path`` (:data:`REPORT_FILE`) when it was
+    trained and evaluated with the same settings (its :func:`run_key` is ``key``), with
+    its update share recomputed for this study's profile ``cte_by_block`` (the key leaves
+    the trace out); None when there is none or the settings differ (the run is then
+    resumed from its checkpoints and evaluated again). A resumed study therefore spends
+    no time on runs it has already evaluated. The key covers settings, not code: delete
+    ``report.json`` files to re-evaluate finished runs after changing the evaluation."""
+    if not path.is_file():
+        return None
+    try:
+        saved = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None  # a torn or foreign file: evaluate again (the write is atomic)
+    if not isinstance(saved, dict) or saved.get("run_key") != key:
+        return None
+    report = saved.get("report")
+    if not isinstance(report, dict):
+        return None
+    with_share(report, cte_by_block)
+    return report
+
+
+def with_share(report: dict[str, Any], cte_by_block: list[float]) -> None:
+    """Set ``report["update_share"]`` (top-3/top-5) from its ``update_norms`` over the
+    blocks ``cte_by_block`` ranks highest; a report without norms (zero-shot) is left
+    as it is."""
+    norms = {int(b): float(v) for b, v in (report.get("update_norms") or {}).items()}
+    if norms:
+        report["update_share"] = {
+            f"top{k}": update_share(norms, cte_by_block, k) if k <= len(cte_by_block) else None
+            for k in (3, 5)
+        }
+
+
 def reused_report(
     report: dict[str, Any], run: StudyRun, cte_by_block: list[float]
 ) -> dict[str, Any]:
@@ -386,12 +436,7 @@ def reused_report(
     out["train_seconds"] = 0.0  # trained in another study: no time spent here
     if run.permutation is not None:
         out["permutation"] = run.permutation
-    norms = {int(b): float(v) for b, v in (out.get("update_norms") or {}).items()}
-    if norms:
-        out["update_share"] = {
-            f"top{k}": update_share(norms, cte_by_block, k) if k <= len(cte_by_block) else None
-            for k in (3, 5)
-        }
+    with_share(out, cte_by_block)
     return out
 
 
