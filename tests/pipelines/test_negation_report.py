@@ -97,7 +97,19 @@ def test_paired_table_and_results_table():
     assert rows["nast"][1] == "2"
     assert rows["nast"][2] == paired_comparisons(_results())["nast"]["claim acc"].pp()
     full = results_table(_results())
-    assert full.endswith(table) and "| uniform-lora | 2 |" in full
+    assert table in full and "| uniform-lora | 2 |" in full
+    # then each method minus zero-shot: uniform LoRA's Δ is the negative of zero-shot's
+    versus_zero = paired_table(_results(), "zero-shot")
+    assert full.endswith(versus_zero) and versus_zero.startswith("Δ vs zero-shot [95% interval]")
+    zero_rows = {
+        line.split(" | ")[0].lstrip("| "): line.split(" | ")
+        for line in versus_zero.splitlines()[4:]
+    }
+    assert set(zero_rows) == {"uniform-lora", "nast"}
+    back = paired_comparisons(_results(), "zero-shot")["uniform-lora"]["claim acc"]
+    assert back.value == pytest.approx(
+        -paired_comparisons(_results())["zero-shot"]["claim acc"].value
+    )
     # one seed each: McNemar's exact p appears in the cells
     single = {"runs": {"uniform-lora": [UNIFORM[0]], "nast": [NAST[0]]}}
     assert "McNemar p = " in paired_table(single)

@@ -115,8 +115,10 @@ def results_table(results: dict[str, Any]) -> str:
             )
             + " |"
         )
-    paired = paired_table(results)
-    out = "\n".join(lines) + (f"\n\n{paired}" if paired else "")
+    # each method minus uniform LoRA (the plain fix), then minus zero-shot (the untrained
+    # model: did the fix lose what the model could already do, e.g. free-form affirmative)
+    paired = [t for t in (paired_table(results), paired_table(results, ZERO_SHOT)) if t]
+    out = "\n\n".join(["\n".join(lines), *paired])
     if "holdout" in results:
         out = f"{holdout_header(results['holdout'])}\n\n{out}\n\n{holdout_tables(results)}"
     return out
@@ -241,6 +243,7 @@ def holdout_tables(results: dict[str, Any]) -> str:
 
 
 REFERENCE_METHOD = "uniform-lora"
+ZERO_SHOT = "zero-shot"
 # (column, item table, value column, selection): per-item proportions of the test items
 PAIRED_METRICS: tuple[tuple[str, str, str, dict[str, Any]], ...] = (
     ("claim acc", "claims", "correct", {"heldout": True}),
