@@ -119,6 +119,27 @@ def test_paired_table_and_results_table():
     assert "on the same validation items" in paired_table(validation).splitlines()[0]
 
 
+def test_cross_study_cells_pair_methods_of_two_studies_on_the_same_items():
+    from mechtune.errors import DataError
+    from mechtune.pipelines.negation_report import cross_study_cells
+
+    config = {"data": "runs/x", "eval_split": "test", "data_seed": 0}
+    a = {"config": config, "runs": {"nast": list(NAST)}}
+    b = {"config": dict(config), "runs": {"uniform-lora": list(UNIFORM)}}
+    cells = cross_study_cells(a, "nast", b, "uniform-lora")
+    # the same as within one study
+    assert cells == paired_comparisons(_results())["nast"]
+    with pytest.raises(DataError, match="differ in eval_split \\('test' vs 'val'\\)"):
+        cross_study_cells(
+            a, "nast", {**b, "config": {**config, "eval_split": "val"}}, "uniform-lora"
+        )
+    with pytest.raises(DataError, match="the second study has no runs of 'nast'"):
+        cross_study_cells(a, "nast", b, "nast")
+    bare = {k: v for k, v in NAST[0].items() if k != "items"}
+    with pytest.raises(DataError, match="the first study's 'nast' runs lack their items"):
+        cross_study_cells({**a, "runs": {"nast": [bare]}}, "nast", b, "uniform-lora")
+
+
 def test_no_paired_table_without_the_reference_or_items():
     assert paired_table({"runs": {"nast": list(NAST)}}) == ""
     old = {k: v for k, v in UNIFORM[0].items() if k != "items"}

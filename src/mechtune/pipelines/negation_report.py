@@ -300,6 +300,30 @@ def paired_cells(reports: list[dict[str, Any]], reference: list[dict[str, Any]])
     return cells
 
 
+def cross_study_cells(
+    a: Mapping[str, Any], method_a: str, b: Mapping[str, Any], method_b: str
+) -> dict[str, Any]:
+    """``{column: PairedDifference or None}``: ``method_a`` of study ``a`` minus
+    ``method_b`` of study ``b`` (two ``results.json`` dicts) on the same items, as
+    :func:`paired_cells`; for a method trained in a study of its own (a setting chosen on
+    validation patients, run later at the headline's seeds). Raises ``DataError`` when a
+    study lacks the method or its items, or when the two evaluated other data, another
+    split or another data seed (their items would not be the same)."""
+    for name, results, method in (("first", a, method_a), ("second", b, method_b)):
+        runs = results.get("runs", {}).get(method)
+        if not runs:
+            raise DataError(f"the {name} study has no runs of {method!r}")
+        if any("items" not in r for r in runs):
+            raise DataError(f"the {name} study's {method!r} runs lack their items")
+    for key in ("data", "eval_split", "data_seed"):
+        left, right = a.get("config", {}).get(key), b.get("config", {}).get(key)
+        if left != right:
+            raise DataError(
+                f"the studies differ in {key} ({left!r} vs {right!r}): not the same items"
+            )
+    return paired_cells(a["runs"][method_a], b["runs"][method_b])
+
+
 def split_name(results: Mapping[str, Any]) -> str:
     """The patients a study evaluated on, in words: ``test`` or ``validation`` (from
     ``results["config"]["eval_split"]``; ``test`` when the record has no config)."""
