@@ -11,6 +11,9 @@ other data, another split or another data seed.
         runs/nast-controls/results.json:nast runs/nast-controls/results.json:uniform-lora
 
 prints one markdown row per reference: the first study's method minus each reference.
+``--seeds 0 1 2`` keeps those training seeds in both studies; ``--condition pneumothorax``
+keeps the template claim sets about it (a study that held it out of training against one
+that did not; the other columns are n/a).
 """
 
 from __future__ import annotations
@@ -30,10 +33,16 @@ def _study(spec: str) -> tuple[Path, dict, str]:
     return Path(path), json.loads(Path(path).read_text(encoding="utf-8")), method
 
 
+def cells_runs(results: dict, method: str, seeds: list[int] | None) -> int:
+    return sum(seeds is None or r.get("seed") in seeds for r in results["runs"][method])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("study", help="RESULTS.json:METHOD, the method compared")
     parser.add_argument("references", nargs="+", help="RESULTS.json:METHOD, each a reference")
+    parser.add_argument("--seeds", type=int, nargs="+", default=None)
+    parser.add_argument("--condition", default=None)
     args = parser.parse_args()
     path_a, a, method_a = _study(args.study)
     print("| comparison | runs | " + " | ".join(c for c, *_ in PAIRED_METRICS) + " |")
@@ -41,10 +50,12 @@ def main() -> None:
     for spec in args.references:
         path_b, b, method_b = _study(spec)
         try:
-            cells = cross_study_cells(a, method_a, b, method_b)
+            cells = cross_study_cells(
+                a, method_a, b, method_b, seeds=args.seeds, condition=args.condition
+            )
         except DataError as err:
             raise SystemExit(f"{path_a} vs {path_b}: {err}") from err
-        runs = f"{len(a['runs'][method_a])} vs {len(b['runs'][method_b])}"
+        runs = f"{cells_runs(a, method_a, args.seeds)} vs {cells_runs(b, method_b, args.seeds)}"
         row = [f"{method_a} ({path_a.parent.name}) − {method_b} ({path_b.parent.name})", runs]
         row += ["n/a" if cells[c] is None else cells[c].pp() for c, *_ in PAIRED_METRICS]
         print("| " + " | ".join(row) + " |")

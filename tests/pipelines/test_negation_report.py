@@ -121,7 +121,7 @@ def test_paired_table_and_results_table():
 
 def test_cross_study_cells_pair_methods_of_two_studies_on_the_same_items():
     from mechtune.errors import DataError
-    from mechtune.pipelines.negation_report import cross_study_cells
+    from mechtune.pipelines.negation_report import cross_study_cells, paired_cells
 
     config = {"data": "runs/x", "eval_split": "test", "data_seed": 0}
     a = {"config": config, "runs": {"nast": list(NAST)}}
@@ -135,6 +135,40 @@ def test_cross_study_cells_pair_methods_of_two_studies_on_the_same_items():
         )
     with pytest.raises(DataError, match="the second study has no runs of 'nast'"):
         cross_study_cells(a, "nast", b, "nast")
+    # seeds and a condition narrow both sides: a slice of the claim sets, the rest n/a
+    seeded = {"config": config, "runs": {"nast": [{**NAST[0], "seed": 0}, {**NAST[1], "seed": 1}]}}
+    ref = {"config": config, "runs": {"uniform-lora": [{**UNIFORM[0], "seed": 0}]}}
+    one = cross_study_cells(seeded, "nast", ref, "uniform-lora", seeds=[0])
+    assert one["claim acc"] == paired_cells([NAST[0]], [UNIFORM[0]])["claim acc"]
+    with pytest.raises(DataError, match=r"no runs of seeds \[5\] in both studies"):
+        cross_study_cells(seeded, "nast", ref, "uniform-lora", seeds=[5])
+    conditioned = {
+        **NAST[0],
+        "items": {
+            **NAST[0]["items"],
+            "claims": {**NAST[0]["items"]["claims"], "condition": ["a", "b", "a", "b", "a", "b"]},
+        },
+    }
+    ref_c = {
+        **UNIFORM[0],
+        "items": {
+            **UNIFORM[0]["items"],
+            "claims": {
+                **UNIFORM[0]["items"]["claims"],
+                "condition": ["a", "b", "a", "b", "a", "b"],
+            },
+        },
+    }
+    sliced = cross_study_cells(
+        {"config": config, "runs": {"nast": [conditioned]}},
+        "nast",
+        {"config": config, "runs": {"uniform-lora": [ref_c]}},
+        "uniform-lora",
+        condition="a",
+    )
+    # held-out sets about "a": sets 0 and 2; NAST [1, 1], uniform [1, 0]
+    assert sliced["claim acc"].value == pytest.approx(0.5) and sliced["claim acc"].n_items == 2
+    assert sliced["R@1"] is None and sliced["MCQ neg"] is None
     bare = {k: v for k, v in NAST[0].items() if k != "items"}
     with pytest.raises(DataError, match="the first study's 'nast' runs lack their items"):
         cross_study_cells({**a, "runs": {"nast": [bare]}}, "nast", b, "uniform-lora")

@@ -7,7 +7,7 @@ against a reference method on the same evaluation items, and per-block update no
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -301,14 +301,23 @@ def paired_cells(reports: list[dict[str, Any]], reference: list[dict[str, Any]])
 
 
 def cross_study_cells(
-    a: Mapping[str, Any], method_a: str, b: Mapping[str, Any], method_b: str
+    a: Mapping[str, Any],
+    method_a: str,
+    b: Mapping[str, Any],
+    method_b: str,
+    *,
+    seeds: Sequence[int] | None = None,
+    condition: str | None = None,
 ) -> dict[str, Any]:
     """``{column: PairedDifference or None}``: ``method_a`` of study ``a`` minus
     ``method_b`` of study ``b`` (two ``results.json`` dicts) on the same items, as
     :func:`paired_cells`; for a method trained in a study of its own (a setting chosen on
-    validation patients, run later at the headline's seeds). Raises ``DataError`` when a
-    study lacks the method or its items, or when the two evaluated other data, another
-    split or another data seed (their items would not be the same)."""
+    validation patients, run later at the headline's seeds), or a study that held a
+    condition out of training against one that did not. ``seeds``: only the runs of these
+    training seeds, in both studies. ``condition``: only the template claim sets about it
+    (the claims columns; the others are None). Raises ``DataError`` when a study lacks the
+    method, its items or the seeds, or when the two evaluated other data, another split or
+    another data seed (their items would not be the same)."""
     for name, results, method in (("first", a, method_a), ("second", b, method_b)):
         runs = results.get("runs", {}).get(method)
         if not runs:
@@ -321,7 +330,31 @@ def cross_study_cells(
             raise DataError(
                 f"the studies differ in {key} ({left!r} vs {right!r}): not the same items"
             )
-    return paired_cells(a["runs"][method_a], b["runs"][method_b])
+    runs_a, runs_b = a["runs"][method_a], b["runs"][method_b]
+    if seeds is not None:
+        wanted = set(seeds)
+        runs_a = [r for r in runs_a if r.get("seed") in wanted]
+        runs_b = [r for r in runs_b if r.get("seed") in wanted]
+        if not runs_a or not runs_b:
+            raise DataError(f"no runs of seeds {sorted(wanted)} in both studies")
+    if condition is None:
+        return paired_cells(runs_a, runs_b)
+    cells: dict[str, Any] = {}
+    for column, table, value, select in PAIRED_METRICS:
+        cells[column] = None
+        if table != "claims":
+            continue
+        try:
+            cells[column] = paired_items(
+                [r["items"][table] for r in runs_a],
+                [r["items"][table] for r in runs_b],
+                value,
+                select={**select, "condition": condition},
+            )
+        except DataError as err:
+            if "no item matches" not in str(err):
+                raise
+    return cells
 
 
 def split_name(results: Mapping[str, Any]) -> str:
