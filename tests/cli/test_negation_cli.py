@@ -488,14 +488,20 @@ def test_adapters_are_checked_against_the_model_dtype_and_split(setup, tmp_path)
         run,
         code=2,
     )
-    invoke("trace", *base, "--max-pairs", 5, "--seed", 3, "--out", tmp_path / "trace2")
+    # another alpha: the same trace, rank-normalised (min-max has a 0, rank's least value
+    # is 1/L, so the two always differ; a second trace of a tiny model can round to the
+    # same min-max alpha)
+    rank = tmp_path / "rank.yaml"
+    rank.write_text("alpha_norm: rank\n")
     moved = invoke(
         "train",
         *base,
+        "--recipe",
+        rank,
         "--method",
         "nast",
         "--alpha",
-        tmp_path / "trace2",
+        tmp_path / "trace",
         "--steps",
         3,
         "--resume",
