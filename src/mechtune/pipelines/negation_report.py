@@ -277,15 +277,23 @@ def paired_comparisons(
     return out
 
 
-def paired_cells(reports: list[dict[str, Any]], reference: list[dict[str, Any]]) -> dict[str, Any]:
+def paired_cells(
+    reports: list[dict[str, Any]],
+    reference: list[dict[str, Any]],
+    condition: str | None = None,
+) -> dict[str, Any]:
     """``{column: PairedDifference or None}``: ``reports`` minus ``reference`` on the same
     items for each of :data:`PAIRED_METRICS` (None where no item is selected, or where a
-    run has no such item table: free-form sets turned off)."""
+    run has no such item table: free-form sets turned off). ``condition``: only the
+    template claim sets about it (the other tables' columns are None)."""
     cells: dict[str, Any] = {}
     for column, table, value, select in PAIRED_METRICS:
-        if any(table not in r["items"] for r in (*reports, *reference)):
+        missing = any(table not in r["items"] for r in (*reports, *reference))
+        if missing or (condition is not None and table != "claims"):
             cells[column] = None
             continue
+        if condition is not None:
+            select = {**select, "condition": condition}
         try:
             cells[column] = paired_items(
                 [r["items"][table] for r in reports],
@@ -337,24 +345,7 @@ def cross_study_cells(
         runs_b = [r for r in runs_b if r.get("seed") in wanted]
         if not runs_a or not runs_b:
             raise DataError(f"no runs of seeds {sorted(wanted)} in both studies")
-    if condition is None:
-        return paired_cells(runs_a, runs_b)
-    cells: dict[str, Any] = {}
-    for column, table, value, select in PAIRED_METRICS:
-        cells[column] = None
-        if table != "claims":
-            continue
-        try:
-            cells[column] = paired_items(
-                [r["items"][table] for r in runs_a],
-                [r["items"][table] for r in runs_b],
-                value,
-                select={**select, "condition": condition},
-            )
-        except DataError as err:
-            if "no item matches" not in str(err):
-                raise
-    return cells
+    return paired_cells(runs_a, runs_b, condition)
 
 
 def split_name(results: Mapping[str, Any]) -> str:
