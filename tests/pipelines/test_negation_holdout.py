@@ -236,3 +236,41 @@ def test_grid_table_shows_free_form_accuracy_per_cell_and_method():
         "| 1.0 | uniform-lora | 1 | 50.0 | (reference) | (reference) | (reference) | 30.0 | n/a |"
         in table
     )
+
+
+def test_a_run_that_keeps_the_untrained_step_has_no_update_share(
+    world_and_model, tmp_path, monkeypatch
+):
+    """Early stopping may keep step 0 (issue 18's goal criterion did, on the phantom): the
+    update is then zero everywhere, its top-k share undefined (None, n/a in the table),
+    and the study must still finish; a run that moved keeps its share."""
+    from mechtune.pipelines.negation_study import top_shares
+    from mechtune.train import selection
+
+    assert top_shares({0: 0.0, 1: 0.0}, [0.5, 0.1]) == {"top3": None, "top5": None}
+    assert top_shares({0: 3.0, 1: 1.0}, [0.1, 0.5, 0.2]) == {"top3": 1.0, "top5": None}
+    assert top_shares({0: 3.0, 1: 1.0, 2: 0.0, 3: 0.0}, [0.1, 0.5, 0.2, 0.0])["top3"] == 1.0
+    world, model = world_and_model
+    first = selection.best_evaluation
+    monkeypatch.setattr(
+        selection, "best_evaluation", lambda evals, criterion: first(evals[:1], criterion)
+    )
+    recipe = NegationStudyConfig(
+        model=model,
+        methods=("zero-shot", "uniform-lora"),
+        trace_max_pairs=20,
+        loop=LoopConfig(
+            steps=2,
+            caption_batch=4,
+            claim_batch=4,
+            checkpoint_every=2,
+            eval_every=1,
+            keep_best="freeform_goal",
+        ),
+    )
+    results = run_negation_study(recipe, open_source(world), tmp_path, RunOptions())
+    report = results["runs"]["uniform-lora"][0]
+    assert report["kept"]["step"] == 0
+    assert set(report["update_norms"].values()) == {0.0}
+    assert report["update_share"] == {"top3": None, "top5": None}
+    assert "| uniform-lora | 1 |" in (tmp_path / "table.md").read_text()

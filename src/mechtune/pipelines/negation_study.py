@@ -419,10 +419,21 @@ def with_share(report: dict[str, Any], cte_by_block: list[float]) -> None:
     as it is."""
     norms = {int(b): float(v) for b, v in (report.get("update_norms") or {}).items()}
     if norms:
-        report["update_share"] = {
-            f"top{k}": update_share(norms, cte_by_block, k) if k <= len(cte_by_block) else None
-            for k in (3, 5)
-        }
+        report["update_share"] = top_shares(norms, cte_by_block)
+
+
+def top_shares(norms: dict[int, float], cte_by_block: list[float]) -> dict[str, float | None]:
+    """``{"top3": share, "top5": share}`` of the update ``norms`` (block -> ||delta W||)
+    in the blocks ``cte_by_block`` ranks highest (:func:`update_share`). A share is None
+    (n/a in the table) where it is undefined: a tower of fewer blocks than k, or an update
+    that is zero everywhere (early stopping that kept the untrained step 0)."""
+    moved = sum(norms.values()) > 0
+    return {
+        f"top{k}": update_share(norms, cte_by_block, k)
+        if moved and k <= len(cte_by_block)
+        else None
+        for k in (3, 5)
+    }
 
 
 def reused_report(
@@ -513,9 +524,5 @@ def study_run(
     if run.method != "zero-shot":
         norms = block_update_norms(encoder.model, initial)
         report["update_norms"] = norms
-        # a tower of fewer blocks than k has no top-k share (n/a in the table)
-        report["update_share"] = {
-            f"top{k}": update_share(norms, cte_by_block, k) if k <= len(cte_by_block) else None
-            for k in (3, 5)
-        }
+        report["update_share"] = top_shares(norms, cte_by_block)
     return report
