@@ -32,6 +32,7 @@ def _leaves(tree: dict, prefix: str = "") -> dict[str, object]:
         ("nast-controls-phantom.yaml", load_recipe),
         ("nast-variants-phantom.yaml", load_recipe),
         ("negation-holdout-phantom.yaml", load_recipe),
+        ("negation-shortcut-phantom.yaml", load_recipe),
         ("consistency-phantom.yaml", lambda path: load_paraphrase_recipe(path).config),
         ("consistency-medgemma-mimic.yaml", lambda path: load_paraphrase_recipe(path).config),
     ],
@@ -91,3 +92,22 @@ def test_shortcut_candidates_recipe_has_one_cell_per_candidate():
     held = load_recipe(RECIPES / "negation-holdout-phantom.yaml")
     assert held.holdout_conditions == ("pneumothorax",) and held.seeds == (0, 1, 2)
     assert held.eval_split == "test"
+
+
+def test_the_chosen_shortcut_change_differs_from_the_headline_only_by_it():
+    """recipes/negation-shortcut-phantom.yaml (issue 18's chosen change) trains as the
+    headline study (recipes/nast-controls-phantom.yaml) does, on the same test patients and
+    seeds, except for early stopping on the free-form validation half by the goal, so
+    experiments/compare_studies.py pairs the two on the same items."""
+    from dataclasses import replace
+
+    chosen = load_recipe(RECIPES / "negation-shortcut-phantom.yaml")
+    headline = load_recipe(RECIPES / "nast-controls-phantom.yaml")
+    assert (chosen.loop.eval_every, chosen.loop.keep_best) == (10, "freeform_goal")
+    assert chosen.methods == ("zero-shot", "uniform-lora", "nast")
+    same = replace(
+        chosen,
+        loop=replace(chosen.loop, eval_every=0, keep_best=None),
+        methods=headline.methods,
+    )
+    assert same == headline
